@@ -1,0 +1,50 @@
+"""`unetdist <command>`: each command lives in unetdist/commands/<name>.py.
+
+A command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
+Modules import their heavy dependencies inside `run`, so `unetdist --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from unetdist.errors import UserError
+
+COMMANDS = ("config", "doctor", "synth", "shard", "stage", "train", "evaluate", "predict",
+            "export", "report", "bench", "demo")
+
+
+def _available_commands() -> dict:
+    mods = {}
+    for name in COMMANDS:
+        try:
+            mods[name] = importlib.import_module(f"unetdist.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"unetdist.commands.{name}":
+                raise
+    return mods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unetdist", description="Distributed UNet training for retinal vessel segmentation.")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, mod in _available_commands().items():
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

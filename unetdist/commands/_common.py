@@ -1,0 +1,17 @@
+"""Argument helpers shared by the commands that take a config."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="experiment YAML (configs/*.yaml); defaults when omitted")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. optim.lr=3e-4 train.precision=bf16")
+
+
+def load_from_args(args: argparse.Namespace):
+    from unetdist.config import load_config
+
+    return load_config(args.config, args.overrides)

@@ -1,0 +1,364 @@
+"""The typed config tree: dataclass sections, YAML loading, dotted overrides, validation.
+
+Precedence is CLI overrides > YAML file > defaults. OmegaConf does the merging and the type
+coercion; we validate values once, after merging, and report every problem as one line that
+names the dotted field (`optim.lr must be > 0, got -1`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from unetdist.errors import ConfigError
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _one_of(name: str, value: Any, choices: tuple) -> None:
+    _require(value in choices, name, value, "one of " + "|".join(map(str, choices)))
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass
+class AugConfig:
+    """Paired image/label/FOV augmentation for training views."""
+
+    enabled: bool = True  # apply augmentation at all
+    hflip: float = 0.5  # probability of a horizontal flip
+    vflip: float = 0.5  # probability of a vertical flip
+    rot90: bool = True  # random multiples of 90 degrees
+    rotate_deg: float = 15.0  # max small rotation in degrees (0 = off)
+    scale: float = 0.1  # max relative zoom in/out (0 = off)
+    elastic: float = 0.0  # probability of an elastic/grid distortion
+    brightness: float = 0.1  # max additive brightness jitter (fraction of range)
+    contrast: float = 0.1  # max multiplicative contrast jitter
+    gamma: float = 0.1  # max gamma jitter (gamma in [1-g, 1+g])
+    blur: float = 0.1  # probability of a Gaussian blur
+    noise: float = 0.02  # std of additive Gaussian noise (fraction of range; 0 = off)
+
+    def check(self, p: str) -> None:
+        for f in ("hflip", "vflip", "elastic", "blur"):
+            v = getattr(self, f)
+            _require(0.0 <= v <= 1.0, f"{p}.{f}", v, "a probability in [0, 1]")
+        for f in ("rotate_deg", "scale", "brightness", "contrast", "gamma", "noise"):
+            _require(getattr(self, f) >= 0, f"{p}.{f}", getattr(self, f), ">= 0")
+        _require(self.scale < 1, f"{p}.scale", self.scale, "< 1")
+        _require(self.gamma < 1, f"{p}.gamma", self.gamma, "< 1")
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how samples become batches."""
+
+    shared_dir: Optional[str] = None  # shard folder (with manifest.json) on shared storage
+    local_dir: Optional[str] = None  # node-local copy; staged from shared_dir when set
+    stage: bool = True  # stage shared_dir -> local_dir at start (else read local_dir as is)
+    stage_timeout: float = 3600.0  # seconds non-copying local ranks wait for the staged copy
+    channels: str = "green"  # input channels: rgb | green | gray
+    clahe: bool = False  # contrast-limited adaptive histogram equalisation
+    gamma: float = 1.0  # fixed gamma correction applied in preprocessing (1 = off)
+    normalize: str = "zscore"  # zscore (per image, inside FOV) | unit (x/255) | none
+    crop: int = 128  # training crop size in px (0 = full image)
+    crop_in_fov: float = 0.9  # fraction of crops whose centre is forced inside the FOV
+    resize: int = 0  # seed mode: resize whole images to N x N instead of cropping (0 = off)
+    batch_size: int = 4  # samples per process per step
+    num_workers: int = 2  # DataLoader workers per process
+    steps_per_epoch: int = 50  # batches per epoch, the same on every rank
+    shuffle_buffer: int = 64  # webdataset sample shuffle buffer
+    cache: bool = True  # keep decoded samples in memory (per worker) after the first pass
+    on_corrupt: str = "error"  # error | skip: what a bad sample does
+    aug: AugConfig = field(default_factory=AugConfig)  # training augmentation
+
+    def check(self, p: str) -> None:
+        _one_of(f"{p}.channels", self.channels, ("rgb", "green", "gray"))
+        _one_of(f"{p}.normalize", self.normalize, ("zscore", "unit", "none"))
+        _one_of(f"{p}.on_corrupt", self.on_corrupt, ("error", "skip"))
+        _require(self.gamma > 0, f"{p}.gamma", self.gamma, "> 0")
+        _require(self.crop >= 0, f"{p}.crop", self.crop, ">= 0")
+        _require(self.resize >= 0, f"{p}.resize", self.resize, ">= 0")
+        _require(0 <= self.crop_in_fov <= 1, f"{p}.crop_in_fov", self.crop_in_fov, "in [0, 1]")
+        _require(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, ">= 1")
+        _require(self.num_workers >= 0, f"{p}.num_workers", self.num_workers, ">= 0")
+        _require(self.steps_per_epoch >= 1, f"{p}.steps_per_epoch", self.steps_per_epoch, ">= 1")
+        _require(self.shuffle_buffer >= 1, f"{p}.shuffle_buffer", self.shuffle_buffer, ">= 1")
+        _require(self.stage_timeout > 0, f"{p}.stage_timeout", self.stage_timeout, "> 0")
+        self.aug.check(f"{p}.aug")
+
+    @property
+    def in_channels(self) -> int:
+        return 3 if self.channels == "rgb" else 1
+
+
+@dataclass
+class ModelConfig:
+    """The network. Architecture fields must match when resuming; runtime switches may change."""
+
+    name: str = "unet"  # unet | timm_unet
+    in_channels: int = 0  # input channels (0 = derived from data.channels)
+    num_classes: int = 1  # output channels (1 = binary vessel logit)
+    width: int = 64  # base channel count of the classic UNet (the seed used 64)
+    depth: int = 4  # number of down/up stages of the classic UNet
+    bilinear: bool = True  # bilinear upsampling (True) or transposed convolutions
+    norm: str = "batch"  # batch | group | instance
+    dropout: float = 0.0  # dropout probability in the bottleneck
+    encoder: str = "resnet34"  # timm encoder name for timm_unet
+    pretrained_path: Optional[str] = None  # local encoder weights file (never downloaded)
+    channels_last: bool = False  # use channels_last memory format (runtime switch)
+    compile: bool = False  # torch.compile the model (runtime switch)
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (GPU only)
+
+    RUNTIME_FIELDS = ("pretrained_path", "channels_last", "compile", "sync_bn")
+
+    def check(self, p: str) -> None:
+        _one_of(f"{p}.name", self.name, ("unet", "timm_unet"))
+        _one_of(f"{p}.norm", self.norm, ("batch", "group", "instance"))
+        _require(self.in_channels >= 0, f"{p}.in_channels", self.in_channels, ">= 0")
+        _require(self.num_classes >= 1, f"{p}.num_classes", self.num_classes, ">= 1")
+        _require(self.width >= 1, f"{p}.width", self.width, ">= 1")
+        _require(1 <= self.depth <= 6, f"{p}.depth", self.depth, "in [1, 6]")
+        _require(0 <= self.dropout < 1, f"{p}.dropout", self.dropout, "in [0, 1)")
+
+    def architecture(self) -> dict:
+        """The fields that define the weights' shapes; a resume must match them."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if k not in self.RUNTIME_FIELDS}
+
+
+@dataclass
+class LossConfig:
+    """Training loss, computed inside the FOV."""
+
+    name: str = "bce_dice"  # bce | dice | bce_dice | cldice
+    pos_weight: float = 1.0  # BCE weight of the vessel class
+    dice_weight: float = 1.0  # weight of the Dice term in bce_dice / cldice
+    cldice_weight: float = 0.5  # weight of the clDice term in cldice
+    cldice_iters: int = 3  # soft-skeleton iterations
+
+    def check(self, p: str) -> None:
+        _one_of(f"{p}.name", self.name, ("bce", "dice", "bce_dice", "cldice"))
+        _require(self.pos_weight > 0, f"{p}.pos_weight", self.pos_weight, "> 0")
+        _require(self.dice_weight >= 0, f"{p}.dice_weight", self.dice_weight, ">= 0")
+        _require(self.cldice_weight >= 0, f"{p}.cldice_weight", self.cldice_weight, ">= 0")
+        _require(self.cldice_iters >= 1, f"{p}.cldice_iters", self.cldice_iters, ">= 1")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule."""
+
+    name: str = "adamw"  # adam | adamw | sgd
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 1e-4  # weight decay
+    momentum: float = 0.9  # SGD momentum
+    schedule: str = "cosine"  # constant | cosine | poly
+    warmup_steps: int = 0  # linear warm-up steps
+    min_lr_ratio: float = 0.0  # final lr as a fraction of lr (cosine/poly)
+    poly_power: float = 0.9  # exponent of the poly schedule
+    grad_clip: float = 1.0  # max global grad norm (0 = off)
+
+    def check(self, p: str) -> None:
+        _one_of(f"{p}.name", self.name, ("adam", "adamw", "sgd"))
+        _one_of(f"{p}.schedule", self.schedule, ("constant", "cosine", "poly"))
+        _require(self.lr > 0, f"{p}.lr", self.lr, "> 0")
+        _require(self.weight_decay >= 0, f"{p}.weight_decay", self.weight_decay, ">= 0")
+        _require(0 <= self.momentum < 1, f"{p}.momentum", self.momentum, "in [0, 1)")
+        _require(self.warmup_steps >= 0, f"{p}.warmup_steps", self.warmup_steps, ">= 0")
+        _require(0 <= self.min_lr_ratio <= 1, f"{p}.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
+        _require(self.poly_power > 0, f"{p}.poly_power", self.poly_power, "> 0")
+        _require(self.grad_clip >= 0, f"{p}.grad_clip", self.grad_clip, ">= 0")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    run_dir: str = ""  # where everything is written (default runs/<config file stem>)
+    max_steps: int = 1000  # optimizer steps in total
+    precision: str = "no"  # no | bf16 | fp16 (fp16 needs CUDA)
+    grad_accum: int = 1  # gradient accumulation steps
+    eval_every: int = 200  # validate every N steps (0 = only at the end)
+    log_every: int = 10  # log train scalars every N steps
+    resume: str = "auto"  # auto | none | <checkpoint path>
+    max_skipped_steps: int = 10  # consecutive fp16 scaler skips tolerated
+    progress: bool = True  # show the tqdm bar on rank 0
+
+    def check(self, p: str) -> None:
+        _one_of(f"{p}.precision", self.precision, ("no", "bf16", "fp16"))
+        _require(self.max_steps >= 1, f"{p}.max_steps", self.max_steps, ">= 1")
+        _require(self.grad_accum >= 1, f"{p}.grad_accum", self.grad_accum, ">= 1")
+        _require(self.eval_every >= 0, f"{p}.eval_every", self.eval_every, ">= 0")
+        _require(self.log_every >= 1, f"{p}.log_every", self.log_every, ">= 1")
+        _require(bool(self.resume), f"{p}.resume", self.resume, "auto|none|<path>")
+        _require(self.max_skipped_steps >= 0, f"{p}.max_skipped_steps",
+                 self.max_skipped_steps, ">= 0")
+
+
+@dataclass
+class EvalConfig:
+    """Sliding-window evaluation and metrics."""
+
+    split: str = "val"  # split used for validation during training
+    tile: int = 256  # sliding-window tile size in px
+    overlap: float = 0.25  # fraction of overlap between tiles
+    threshold: float = 0.5  # probability threshold for the binary prediction
+    tta: bool = False  # flip test-time augmentation
+    batch_size: int = 4  # tiles per forward pass
+    auc_bins: int = 10000  # histogram bins for AUC-ROC / AUC-PR
+    num_overlays: int = 4  # overlay figures written per evaluation
+
+    def check(self, p: str) -> None:
+        _one_of(f"{p}.split", self.split, ("train", "val", "test"))
+        _require(self.tile >= 16, f"{p}.tile", self.tile, ">= 16")
+        _require(0 <= self.overlap < 1, f"{p}.overlap", self.overlap, "in [0, 1)")
+        _require(0 < self.threshold < 1, f"{p}.threshold", self.threshold, "in (0, 1)")
+        _require(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, ">= 1")
+        _require(self.auc_bins >= 100, f"{p}.auc_bins", self.auc_bins, ">= 100")
+        _require(self.num_overlays >= 0, f"{p}.num_overlays", self.num_overlays, ">= 0")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases (rank 0 only; WANDB_* environment variables fill unset fields)."""
+
+    mode: str = "auto"  # auto (online with an API key, else offline) | online | offline | disabled
+    project: Optional[str] = None  # W&B project (default WANDB_PROJECT or "unetdist")
+    entity: Optional[str] = None  # W&B entity (default WANDB_ENTITY)
+    name: Optional[str] = None  # run name (default: run_dir's name)
+    group: Optional[str] = None  # run group
+    tags: list[str] = field(default_factory=list)  # run tags
+    log_model: bool = False  # upload the best model as an artifact
+    log_images: int = 4  # validation images logged with masks
+
+    def check(self, p: str) -> None:
+        _one_of(f"{p}.mode", self.mode, ("auto", "online", "offline", "disabled"))
+        _require(self.log_images >= 0, f"{p}.log_images", self.log_images, ">= 0")
+
+
+@dataclass
+class TrackConfig:
+    """Experiment tracking (local JSONL is always on)."""
+
+    wandb: WandbConfig = field(default_factory=WandbConfig)  # Weights & Biases settings
+
+    def check(self, p: str) -> None:
+        self.wandb.check(f"{p}.wandb")
+
+
+@dataclass
+class CheckpointConfig:
+    """When to checkpoint and how many to keep."""
+
+    every_steps: int = 500  # checkpoint every N steps (0 = off)
+    every_minutes: float = 0.0  # and/or every N minutes of wall time (0 = off)
+    keep_last: int = 2  # checkpoints kept (>= 2, pruned after the new one is complete)
+
+    def check(self, p: str) -> None:
+        _require(self.every_steps >= 0, f"{p}.every_steps", self.every_steps, ">= 0")
+        _require(self.every_minutes >= 0, f"{p}.every_minutes", self.every_minutes, ">= 0")
+        _require(self.keep_last >= 2, f"{p}.keep_last", self.keep_last, ">= 2")
+
+
+SECTIONS = ("data", "model", "loss", "optim", "train", "eval", "track", "checkpoint")
+
+
+@dataclass
+class RunConfig:
+    """The whole run. Each builder receives only its section."""
+
+    seed: int = 0  # global seed; per-rank/worker seeds derive from it
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _require(self.seed >= 0, "seed", self.seed, ">= 0")
+        for name in SECTIONS:
+            getattr(self, name).check(name)
+        if self.model.in_channels == 0:
+            self.model.in_channels = self.data.in_channels
+        _require(self.model.in_channels == self.data.in_channels, "model.in_channels",
+                 self.model.in_channels, f"{self.data.in_channels} for data.channels="
+                 f"{self.data.channels}")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _wrap_omegaconf_error(e: Exception) -> ConfigError:
+    key = getattr(e, "full_key", None) or ""
+    msg = str(e).split("\n")[0]
+    if type(e).__name__ == "ConfigKeyError" or "not in" in msg:
+        return ConfigError(f"unknown config key {key!r} ({msg})")
+    return ConfigError(f"{key}: {msg}" if key else msg)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> RunConfig:
+    """Defaults < YAML file < dotted overrides, then validate. Raises ConfigError."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"override {o!r} must look like section.field=value")
+    try:
+        schema = OmegaConf.structured(RunConfig)
+        layers = [schema]
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file not found: {p}")
+            loaded = OmegaConf.load(p)
+            if loaded is None or not isinstance(OmegaConf.to_container(loaded), dict):
+                raise ConfigError(f"config file {p} must hold a mapping at the top level")
+            layers.append(loaded)
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        cfg: RunConfig = OmegaConf.to_object(merged)  # dataclasses; __post_init__ validates
+    except OmegaConfBaseException as e:
+        raise _wrap_omegaconf_error(e) from None
+    except ValueError as e:  # yaml errors and the like
+        raise ConfigError(str(e).split("\n")[0]) from None
+    if not cfg.train.run_dir:
+        stem = Path(path).stem if path is not None else "default"
+        cfg.train.run_dir = str(Path("runs") / stem)
+    return cfg
+
+
+def config_from_dict(d: dict) -> RunConfig:
+    """Rebuild a config stored in a checkpoint or best/ folder (same validation)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(d))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise _wrap_omegaconf_error(e) from None
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
