@@ -1,0 +1,1 @@
+"""Raw datasets, shards, staging and the streaming pipeline."""

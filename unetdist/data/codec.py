@@ -1,0 +1,66 @@
+"""Our own decoders/encoders for shard members: PNG and JSON only, never pickles.
+
+Shards come from shared storage that others can write, so we decode only the members we know
+(`image.png`, `label.png`, `fov.png`, `label2.png`, `meta.json`) and ignore everything else.
+"""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+
+from unetdist.errors import DataError
+
+MASK_MEMBERS = ("label", "fov", "label2")
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Lossless PNG of an RGB (H,W,3) or gray (H,W) uint8 array."""
+    if array.dtype != np.uint8:
+        raise ValueError(f"expected uint8, got {array.dtype}")
+    img = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
+    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def encode_mask(mask01: np.ndarray) -> bytes:
+    """A {0,1} mask stored as 0/255 gray PNG (viewable in any image viewer)."""
+    return encode_png((mask01 > 0).astype(np.uint8) * 255)
+
+
+def decode_png(data: bytes, *, color: bool, what: str = "PNG") -> np.ndarray:
+    arr = np.frombuffer(data, dtype=np.uint8)
+    flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
+    img = cv2.imdecode(arr, flag) if arr.size else None
+    if img is None:
+        raise DataError(f"cannot decode {what}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if color else img
+
+
+def decode_sample(sample: dict) -> dict:
+    """webdataset raw sample (bytes per member) -> arrays.
+
+    Returns key, image (H,W,3 uint8 RGB), label/fov (H,W uint8 in {0,1}), label2 when present,
+    meta (dict). Raises DataError naming the key and member on anything malformed.
+    """
+    key = sample.get("__key__", "?")
+    where = f"sample {key!r}" + (f" in {sample['__url__']}" if "__url__" in sample else "")
+    for m in ("image.png", "label.png", "fov.png"):
+        if m not in sample:
+            raise DataError(f"{where}: member {m} missing")
+    out = {"key": key, "image": decode_png(sample["image.png"], color=True, what=f"{where} image")}
+    for m in MASK_MEMBERS:
+        if f"{m}.png" in sample:
+            out[m] = (decode_png(sample[f"{m}.png"], color=False, what=f"{where} {m}") > 127)
+            out[m] = out[m].astype(np.uint8)
+    if out["label"].shape != out["image"].shape[:2] or out["fov"].shape != out["image"].shape[:2]:
+        raise DataError(f"{where}: image/label/fov sizes differ")
+    try:
+        out["meta"] = json.loads(sample["meta.json"]) if "meta.json" in sample else {}
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{where}: bad meta.json ({e})") from None
+    return out
