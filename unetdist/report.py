@@ -1,0 +1,447 @@
+"""One self-contained HTML page for a run directory (plots embedded as base64 PNG).
+
+Reads only files: config.yaml, runinfo.json, metrics.jsonl, eval-*/metrics.json and the PNGs
+under eval-*/plots/. Every part that is missing or unreadable is shown as "not available"
+rather than failing, because reports are often built for runs that crashed half-way.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from unetdist.errors import UserError
+
+REPORT_FILE = "report.html"
+METRIC_ROWS = ("dice", "iou_vessel", "iou_background", "miou", "precision", "recall",
+               "specificity", "accuracy", "mcc", "auc_roc", "auc_pr")
+REGIONS = (("fov", "inside FOV"), ("image", "whole image"))
+MAX_SIDE = 1400  # px: larger embedded images are downscaled to keep the page light
+_THROUGHPUT = re.compile(r"(img|images?|samples?)[_/]?(per_?s|ps|s)$|throughput",
+                         re.IGNORECASE)
+_WAIT = re.compile(r"(data_?wait|wait_?frac)", re.IGNORECASE)
+_MEM = re.compile(r"mem", re.IGNORECASE)
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d2330;background:#f4f5f7}
+main{max-width:1180px;margin:0 auto;padding:24px 28px 60px}
+header{background:#1f2a44;color:#fff;padding:22px 28px}header h1{margin:0 0 4px;font-size:22px}
+header .sub{opacity:.8;font-size:13px;word-break:break-all}
+section,.card{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08)}
+section{margin:18px 0;padding:16px 20px}
+h2{font-size:17px;margin:0 0 12px;border-bottom:1px solid #e3e6eb;padding-bottom:6px}
+h3{font-size:14px;margin:16px 0 8px;color:#384158}
+table{border-collapse:collapse;font-size:13px;margin:4px 0 8px}
+th,td{padding:4px 12px 4px 8px;border-bottom:1px solid #eceef2;text-align:left;vertical-align:top}
+th{background:#f7f8fa;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.kv th{background:none;font-weight:500;color:#384158;white-space:nowrap}
+table.kv td{word-break:break-all}.na{color:#8a93a6;font-style:italic}
+.cards{display:flex;flex-wrap:wrap;gap:12px}.card{padding:10px 16px;min-width:140px}
+.card .v{font-size:20px;font-weight:600}.card .k{font-size:12px;color:#5b6478}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:6px 18px}
+.figs{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
+figure{margin:0;max-width:100%}figure img{max-width:100%;height:auto;border:1px solid #e3e6eb}
+figcaption{font-size:12px;color:#5b6478}
+"""
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _load(path: Path) -> dict | None:
+    """A JSON or YAML mapping, or None when missing or unreadable."""
+    import yaml
+
+    try:
+        text = path.read_text()
+        d = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def _records(path: Path) -> list[dict]:
+    """metrics.jsonl records with an integer step (torn lines are skipped by read_records)."""
+    from unetdist.tracking import read_records
+
+    return [r for r in read_records(path) if isinstance(r, dict) and isinstance(
+        r.get("step"), int)]
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _esc(v: Any) -> str:
+    return html.escape(str(v), quote=True)
+
+
+def _na(what: str = "not available") -> str:
+    return f'<p class="na">{_esc(what)}</p>'
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return '<span class="na">n/a</span>'
+    if isinstance(v, bool) or not _number(v):
+        return _esc(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.1f}"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="num">{_fmt(c)}</td>' if (_number(c) or c is None)
+                         else f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _raw(v: Any) -> str:
+    """A config/environment value as YAML would show it."""
+    if v is None or isinstance(v, bool):
+        return {None: "null", True: "true", False: "false"}[v]
+    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def _kv_table(rows: list[list[Any]]) -> str:
+    body = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(_raw(v))}</td></tr>" for k, v in rows)
+    return f'<table class="kv">{body}</table>'
+
+
+def _png_uri(data: bytes) -> str | None:
+    """data: URI of a decodable image, downscaled when large; None when it does not decode."""
+    import cv2
+    import numpy as np
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return None
+    h, w = img.shape[:2]
+    if max(h, w) > MAX_SIDE:
+        s = MAX_SIDE / max(h, w)
+        img = cv2.resize(img, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".png", img)
+        data = buf.tobytes() if ok else data
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _figure(data: bytes, caption: str, width: int | None = None) -> str:
+    uri = _png_uri(data)
+    if uri is None:
+        return _na(f"{caption}: image does not decode")
+    style = f' style="width:{width}px"' if width else ""
+    return (f'<figure><img src="{uri}" alt="{_esc(caption)}"{style}>'
+            f"<figcaption>{_esc(caption)}</figcaption></figure>")
+
+
+def _section(title: str, render, *args) -> str:
+    """One <section>; a part that cannot be rendered says so instead of failing the page."""
+    try:
+        body = render(*args)
+    except Exception as e:  # noqa: BLE001 - a report of a broken run must still render
+        body = _na(f"not available (could not render: {type(e).__name__}: {e})")
+    return f"<section><h2>{_esc(title)}</h2>{body}</section>"
+
+
+def _fig_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def _series(records: list[dict], split: str, key: str) -> tuple[list, list]:
+    pts = [(r["step"], r[key]) for r in records if r.get("split", "train") == split
+           and _number(r.get(key))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _curves_png(records: list[dict]) -> bytes:
+    """Loss / lr / validation curves: plots.plot_training_curves, drawn to a temp file."""
+    import tempfile
+
+    from unetdist.plots import plot_training_curves
+
+    with tempfile.TemporaryDirectory() as d:
+        return plot_training_curves(records, Path(d) / "curves.png").read_bytes()
+
+
+def _scalar_keys(records: list[dict], split: str, skip: set[str]) -> list[str]:
+    keys: dict[str, None] = {}
+    for r in records:
+        if r.get("split", "train") == split:
+            keys.update({k: None for k, v in r.items() if _number(v) and k not in skip})
+    return list(keys)
+
+
+def _small_multiples_png(records: list[dict], keys: list[str]) -> bytes:
+    """One small panel per train scalar the curves figure does not show (grad norm, img/s...)."""
+    from matplotlib.figure import Figure
+
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig = Figure(figsize=(4.0 * cols, 2.7 * rows))
+    for i, k in enumerate(keys):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        xs, ys = _series(records, "train", k)
+        ax.plot(xs, ys, color="#2f5f98", marker="o" if len(xs) < 30 else None, ms=3)
+        ax.set_title(k, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _fig_bytes(fig)
+
+
+def _curves(records: list[dict]) -> str:
+    if not records:
+        return _na("not available (no metrics.jsonl records)")
+    parts = [_figure(_curves_png(records), "loss, learning rate and validation metrics")]
+    extra = _scalar_keys(records, "train", {"step", "time", "loss", "lr", "epoch"})
+    if extra:
+        parts.append(_figure(_small_multiples_png(records, extra), "other training scalars"))
+    return '<div class="figs">' + "".join(parts) + "</div>"
+
+
+def _throughput(records: list[dict]) -> str:
+    train = [r for r in records if r.get("split", "train") == "train"]
+    keys = _scalar_keys(records, "train", {"step", "time"})
+    rows = []
+    for k in keys:
+        if not (_THROUGHPUT.search(k) or _WAIT.search(k) or _MEM.search(k)):
+            continue
+        vals = [r[k] for r in train if _number(r.get(k))]
+        steady = vals[1:] or vals  # the first window includes start-up (compile, warm caches)
+        rows.append([k, statistics.median(steady), statistics.fmean(steady), max(vals),
+                     vals[-1], len(vals)])
+    body = (_table(["scalar", "median (after first log)", "mean (after first log)", "max",
+                    "last", "records"], rows) if rows
+            else _na("not available (no img/s, data-wait or memory scalars in metrics.jsonl)"))
+    if train and len(train) > 1 and all(_number(r.get("time")) for r in (train[0], train[-1])):
+        span = train[-1]["time"] - train[0]["time"]
+        steps = train[-1]["step"] - train[0]["step"]
+        if span > 0 and steps > 0:
+            body += (f"<p>{steps:,} steps in {span / 60:.1f} min of logged wall time "
+                     f"({steps / span:.2f} steps/s).</p>")
+    return body
+
+
+def _kv_rows(d: dict, prefix: str = "") -> list[list[Any]]:
+    rows = []
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            rows.extend(_kv_rows(v, name + "."))
+        else:
+            rows.append([name, v if v != [] else "[]"])
+    return rows
+
+
+def _environment(run_dir: Path, config: dict | None) -> str:
+    info = _load(run_dir / "runinfo.json")
+    if info is None and config and isinstance(config.get("runinfo"), dict):
+        info = config["runinfo"]
+    if not info:
+        return _na("not available (no runinfo.json)")
+    from unetdist.wandb_tracker import scrub
+
+    info = scrub(info)
+    first = [k for k in ("gpus", "world_size", "precision", "host", "slurm_job_id", "git",
+                         "python", "platform", "started") if k in info]
+    main = [[k, info[k]] for k in first] + _kv_rows(
+        {k: v for k, v in info.items() if k not in first and k != "versions"})
+    if "gpus" not in info:
+        main.insert(0, ["gpus", "not recorded"])
+    if (run_dir / "wandb_run_id").is_file():
+        main.append(["wandb run id", (run_dir / "wandb_run_id").read_text().strip()])
+    cols = [_kv_table(main)]
+    if isinstance(info.get("versions"), dict):
+        cols.append("<h3>Package versions</h3>" + _kv_table(_kv_rows(info["versions"])))
+    return '<div class="grid">' + "".join(f"<div>{c}</div>" for c in cols) + "</div>"
+
+
+def _config(config: dict | None) -> str:
+    if not config:
+        return _na("not available (no config.yaml)")
+    from unetdist.wandb_tracker import scrub
+
+    config = scrub({k: v for k, v in config.items() if k != "runinfo"})
+    scalars = [[k, v] for k, v in config.items() if not isinstance(v, dict)]
+    top = "<p>" + ", ".join(f"{_esc(k)}: {_esc(_raw(v))}" for k, v in scalars) + "</p>"
+    parts = [f"<div><h3>{_esc(name)}</h3>{_kv_table(_kv_rows(sec))}</div>"
+             for name, sec in config.items() if isinstance(sec, dict)]
+    return f'{top}<div class="grid">{"".join(parts)}</div>'
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _class_bars_png(m: dict) -> bytes:
+    """Per-class IoU / precision / recall, inside the FOV and on the whole image."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.5, 3.2))
+    for i, (region, title) in enumerate(REGIONS):
+        ax = fig.add_subplot(1, 2, i + 1)
+        r = m.get(region) or {}
+        c = r.get("counts") or {}
+        npv = c["tn"] / (c["tn"] + c["fn"]) if c and c.get("tn", 0) + c.get("fn", 0) else None
+        groups = {"vessel": (r.get("iou_vessel"), r.get("precision"), r.get("recall")),
+                  "background": (r.get("iou_background"), npv, r.get("specificity"))}
+        x = np.arange(3)
+        for j, (cls, vals) in enumerate(groups.items()):
+            ys = [v if _number(v) else 0.0 for v in vals]
+            bars = ax.bar(x + (j - 0.5) * 0.38, ys, 0.38, label=cls,
+                          color=("#c0392b", "#8a93a6")[j])
+            ax.bar_label(bars, [f"{v:.3f}" if _number(v) else "n/a" for v in vals], fontsize=7)
+        ax.set_xticks(x, ["IoU", "precision", "recall"])
+        ax.set_ylim(0, 1.12)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _fig_bytes(fig)
+
+
+def _eval_pngs(eval_dir: Path) -> dict[str, list[Path]]:
+    """The evaluation's PNGs by kind, from their names (evaluate writes them to plots/)."""
+    found: dict[str, list[Path]] = {k: [] for k in ("bars", "curves", "confusion", "overlays",
+                                                    "other")}
+    for p in sorted((eval_dir / "plots").rglob("*.png")) + sorted(eval_dir.glob("*.png")):
+        n = p.stem.lower()
+        found["overlays" if "overlay" in n else "curves" if re.search(r"roc|(^|_)pr(_|$)", n)
+              else "confusion" if "confusion" in n else "bars" if re.search(r"class|bar", n)
+              else "other"].append(p)
+    return found
+
+
+def _figs(paths: list[Path], width: int | None = None) -> str:
+    if not paths:
+        return ""
+    out = []
+    for p in paths:
+        try:
+            out.append(_figure(p.read_bytes(), p.name, width))
+        except OSError:
+            out.append(_na(f"{p.name}: unreadable"))
+    return '<div class="figs">' + "".join(out) + "</div>"
+
+
+def _eval_block(eval_dir: Path) -> str:
+    split = eval_dir.name[len("eval-"):]
+    m = _load(eval_dir / "metrics.json")
+    title = f"<h3>Split {_esc(split)}"
+    if m is None:
+        return title + "</h3>" + _na("metrics.json not available")
+    title += f" &middot; {_fmt(m.get('num_images'))} images</h3>"
+    regions = [(k, t) for k, t in REGIONS if isinstance(m.get(k), dict)]
+    obs = (m.get("second_observer") or {}).get("fov")
+    cols = [t for _, t in regions] + (["2nd observer (FOV)"] if obs else [])
+    rows = [[name] + [m[k].get(name) for k, _ in regions] + ([obs.get(name)] if obs else [])
+            for name in METRIC_ROWS]
+    parts = [title, _table(["metric"] + cols, rows) if regions else _na("no region metrics")]
+    counts = [[t] + [(m[k].get("counts") or {}).get(c) for c in ("tp", "fp", "fn", "tn")]
+              for k, t in regions]
+    if counts:
+        parts.append(_table(["pixels", "TP", "FP", "FN", "TN"], counts))
+    if isinstance(m.get("settings"), dict):
+        parts.append("<p>Settings: " + _esc(", ".join(f"{k}={v}" for k, v in
+                                                       m["settings"].items())) + "</p>")
+    pngs = _eval_pngs(eval_dir)
+    # Drawn here for both regions; evaluate's own bar figure (FOV only) would repeat it.
+    bars = ('<div class="figs">' + _figure(_class_bars_png(m), "per-class IoU, precision, "
+                                           "recall (background: NPV, specificity)") + "</div>"
+            if regions else _figs(pngs["bars"]) if pngs["bars"] else _na())
+    for name, body in (("Per-class results", bars),
+                       ("Confusion matrices", _figs(pngs["confusion"], 380)),
+                       ("ROC and precision-recall", _figs(pngs["curves"], 420)),
+                       ("Overlays", _figs(pngs["overlays"], 540)),
+                       ("Other figures", _figs(pngs["other"], 420))):
+        if body or name != "Other figures":
+            parts.append(f"<h3>{name}</h3>{body or _na()}")
+    return "".join(parts)
+
+
+def _evaluation(run_dir: Path) -> str:
+    dirs = sorted(d for d in run_dir.glob("eval-*") if d.is_dir())
+    return "".join(_eval_block(d) for d in dirs) if dirs else _na(
+        "not available (no eval-<split>/ folder: run `unetdist evaluate`)")
+
+
+def _cards(records: list[dict], run_dir: Path) -> str:
+    cards = []
+    train = [r["step"] for r in records if r.get("split", "train") == "train"]
+    if train:
+        cards.append(("steps logged", max(train)))
+    dice = [(r["dice"], r["step"]) for r in records if r.get("split") == "val"
+            and _number(r.get("dice"))]
+    if dice:
+        best = max(dice)
+        cards.append((f"best val dice (step {best[1]:,})", best[0]))
+    ips = [k for k in _scalar_keys(records, "train", {"step"}) if _THROUGHPUT.search(k)]
+    vals = [r[ips[0]] for r in records if ips and _number(r.get(ips[0]))][1:]
+    if vals:
+        cards.append((f"median {ips[0]}", statistics.median(vals)))
+    for d in sorted(run_dir.glob("eval-*")):
+        m = _load(d / "metrics.json") or {}
+        if _number((m.get("fov") or {}).get("dice")):
+            cards.append((f"{d.name[5:]} dice (FOV)", m["fov"]["dice"]))
+    if not cards:
+        return ""
+    return '<div class="cards">' + "".join(
+        f'<div class="card"><div class="v">{_fmt(v)}</div><div class="k">{_esc(k)}</div></div>'
+        for k, v in cards) + "</div>"
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def render_report(run_dir: Path) -> str:
+    run_dir = Path(run_dir)
+    config = _load(run_dir / "config.yaml")
+    records = _records(run_dir / "metrics.jsonl")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    head = (f"<header><h1>unetdist run: {_esc(run_dir.resolve().name)}</h1>"
+            f'<div class="sub">{_esc(run_dir.resolve())} &middot; report generated {stamp}'
+            "</div></header>")
+    body = [_cards(records, run_dir), _section("Training curves", _curves, records),
+            _section("Final evaluation", _evaluation, run_dir),
+            _section("Throughput", _throughput, records),
+            _section("Environment", _environment, run_dir, config),
+            _section("Config", _config, config)]
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>unetdist report: {_esc(run_dir.resolve().name)}</title>"
+            f"<style>{CSS}</style></head><body>{head}<main>{''.join(body)}</main>"
+            "</body></html>\n")
+
+
+def build_report(run_dir: Path) -> Path:
+    """Write RUN_DIR/report.html (temp name + rename) and return its path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    text = render_report(run_dir)
+    out = run_dir / REPORT_FILE
+    tmp = run_dir / f".{REPORT_FILE}.tmp-{os.getpid()}"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
