@@ -1,0 +1,96 @@
+"""`unetdist shard SRC OUT --layout ...` and `unetdist shard --verify OUT`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+
+HELP = "validate a raw dataset and write webdataset shards + manifest.json (or --verify them)"
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_bytes(text: str) -> int:
+    """'1000', '64K', '256M', '2G' (binary units) -> bytes."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kmg]?)i?b?\s*", text.lower())
+    if not m or int(m.group(1)) < 1:
+        raise argparse.ArgumentTypeError(f"expected a size like 256M, got {text!r}")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from unetdist.data.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, LAYOUTS
+
+    p.add_argument("src", nargs="?", metavar="SRC", help="raw dataset folder")
+    p.add_argument("out", nargs="?", metavar="OUT", help="shard folder to create")
+    p.add_argument("--verify", metavar="OUT", help="re-hash the shards of OUT against its "
+                   "manifest.json (exit 1 on a mismatch) instead of writing")
+    p.add_argument("--layout", choices=LAYOUTS, default="drive",
+                   help="drive: DRIVE tree; seed: Train_Images/Train_Labels/Test_*; "
+                   "folders: --images/--labels [--fov] (default drive)")
+    g = p.add_argument_group("folders layout (folders relative to SRC; pairing by file stem)")
+    for name, what in (("images", "images (default: images)"),
+                       ("labels", "labels (default: labels)"),
+                       ("fov", "FOV masks (default: none, the whole image)"),
+                       ("labels2", "second-annotator labels (optional)")):
+        g.add_argument(f"--{name}", metavar="DIR", help=f"training {what}")
+        g.add_argument(f"--test-{name}", metavar="DIR", help=f"test {what.split(' (')[0]}")
+    g.add_argument("--image-suffix", default="", metavar="S",
+                   help="image stems end in S, the rest is the pairing key (default none)")
+    for name in ("label", "fov", "label2"):
+        g.add_argument(f"--{name}-suffix", default="", metavar="S",
+                       help=f"the {name} of key K is K<S>.* (e.g. _mask; default none)")
+    p.add_argument("--split-val", type=float, default=0.1, metavar="F",
+                   help="fraction of training samples moved to val, >= 1 sample when > 0 "
+                   "(default 0.1; 0 keeps all for training)")
+    p.add_argument("--max-samples", type=int, default=DEFAULT_MAX_SAMPLES, metavar="N",
+                   help=f"samples per shard at most (default {DEFAULT_MAX_SAMPLES})")
+    p.add_argument("--max-bytes", type=parse_bytes, default=DEFAULT_MAX_BYTES, metavar="B",
+                   help="bytes per shard at most, e.g. 64M (default 256M)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _verify(root: str, progress: bool) -> int:
+    from unetdist.data.shards import read_manifest, verify_shards
+
+    problems = verify_shards(root, progress=progress)
+    for p in problems:
+        print(f"mismatch: {p}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} shard(s) of {root} do not match manifest.json", file=sys.stderr)
+        return 1
+    m = read_manifest(root)
+    n = sum(len(e["shards"]) for e in m["splits"].values())
+    print(f"ok: {n} shards, {m['total_bytes']} bytes match {root}/manifest.json")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from unetdist.data.shards import shard_dataset
+    from unetdist.errors import UserError
+
+    if args.verify:
+        if args.src or args.out:
+            raise UserError("--verify OUT takes no SRC/OUT arguments")
+        return _verify(args.verify, not args.quiet)
+    if not args.src or not args.out:
+        raise UserError("usage: unetdist shard SRC OUT --layout ... (or --verify OUT)")
+    start = time.perf_counter()
+    folder_opts = {k: getattr(args, k) for k in (
+        "images", "labels", "fov", "labels2", "test_images", "test_labels", "test_fov",
+        "test_labels2", "image_suffix", "label_suffix", "fov_suffix", "label2_suffix")}
+    m = shard_dataset(args.src, args.out, layout=args.layout, split_val=args.split_val,
+                      max_samples=args.max_samples, max_bytes=args.max_bytes,
+                      progress=not args.quiet, overwrite=args.force, **folder_opts)
+    splits = m["splits"]
+    counts = ", ".join(f"{s} {e['samples']}" for s, e in splits.items())
+    n = sum(e["samples"] for e in splits.values())
+    shards = sum(len(e["shards"]) for e in splits.values())
+    print(f"wrote {n} samples ({counts}) in {shards} shards, {m['total_bytes']} bytes "
+          f"({m['total_bytes'] / 2**20:.1f} MiB), {time.perf_counter() - start:.1f} s "
+          f"-> {os.path.abspath(args.out)}")
+    return 0

@@ -1,0 +1,80 @@
+"""Decode and validate raw samples: readable, same size, binary masks. Problems are collected.
+
+Validation decodes every file once before anything is written; the writer decodes again (the
+encoding dominates the cost, and keeping a whole dataset decoded in memory would not scale).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from unetdist.data.rawio import RawFileError, read_image, read_mask
+from unetdist.data.sources import Problem, RawSample
+
+MAX_SHOWN = 20  # problems listed in an error message; the rest are counted
+
+
+@dataclass(frozen=True)
+class LoadedSample:
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    label: np.ndarray  # (H, W) uint8 {0, 1}
+    fov: np.ndarray | None  # None: the whole image
+    label2: np.ndarray | None
+
+
+def load_sample(s: RawSample) -> tuple[LoadedSample | None, list[Problem]]:
+    """Decode a sample's files; (None, problems) when any file is unusable."""
+    problems: list[Problem] = []
+
+    def read(path: Path | None, reader):
+        if path is None:
+            return None
+        try:
+            return reader(path)
+        except RawFileError as e:
+            problems.append(Problem(str(path), str(e)))
+            return None
+
+    image = read(s.image, read_image)
+    masks = {name: (path, read(path, read_mask))
+             for name, path in (("label", s.label), ("FOV mask", s.fov), ("label2", s.label2))}
+    for name, (path, mask) in masks.items():
+        if mask is None or image is None:
+            continue
+        if mask.shape != image.shape[:2]:
+            problems.append(Problem(str(path), f"{name} is {mask.shape[0]}x{mask.shape[1]} "
+                                    f"(HxW) but image {s.image.name} is "
+                                    f"{image.shape[0]}x{image.shape[1]}"))
+        elif name == "FOV mask" and not mask.any():
+            problems.append(Problem(str(path), "FOV mask is empty (all zero)"))
+    if problems or image is None:
+        return None, problems
+    return LoadedSample(image, masks["label"][1], masks["FOV mask"][1], masks["label2"][1]), []
+
+
+def check_samples(samples: list[RawSample], *, threads: int = 4,
+                  progress: bool = True) -> list[Problem]:
+    """Every problem of every sample, in sample order."""
+    from tqdm import tqdm
+
+    def problems_of(s: RawSample) -> list[Problem]:
+        return load_sample(s)[1]
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        results = tqdm(pool.map(problems_of, samples), total=len(samples), desc="checking",
+                       unit="img", disable=not progress, leave=False)
+        return [p for found in results for p in found]
+
+
+def format_problems(problems: list[Problem], where: str) -> str:
+    """A report for a DataError: the first MAX_SHOWN problems and how many more there are."""
+    n = len(problems)
+    lines = [f"{n} problem{'s' if n != 1 else ''} in {where}; nothing was written:"]
+    lines += [f"  {p}" for p in problems[:MAX_SHOWN]]
+    if n > MAX_SHOWN:
+        lines.append(f"  ... and {n - MAX_SHOWN} more")
+    return "\n".join(lines)
