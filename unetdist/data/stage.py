@@ -284,9 +284,11 @@ def summary(src: Path | str, dst: Path | str, r: StageResult) -> str:
 
 
 def _local_rank() -> int:
-    value = os.environ.get("LOCAL_RANK", "0")
+    # Under a bare `srun` with several tasks per node only SLURM_LOCALID says who is first.
+    name = "LOCAL_RANK" if "LOCAL_RANK" in os.environ else "SLURM_LOCALID"
+    value = os.environ.get(name, "0")
     if not value.isdigit():
-        raise UserError(f"LOCAL_RANK must be an integer >= 0, got {value!r}")
+        raise UserError(f"{name} must be an integer >= 0, got {value!r}")
     return int(value)
 
 

@@ -1,0 +1,242 @@
+"""Sliding-window inference, flip TTA and loading a best model / exported file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from tests.eval_helpers import make_best_dir, tiny_config, tiny_model
+from unetdist.config import EvalConfig
+from unetdist.errors import UserError
+from unetdist.inference import load_for_inference, sliding_window_predict, tile_starts
+
+
+class Pointwise(nn.Module):
+    """A 1x1 conv: every tile predicts the same value for a pixel, so blending must give it."""
+
+    def __init__(self, classes: int = 1) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(2, classes, 1)
+        self.seen: list[tuple] = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape))
+        return self.conv(x) * 3
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(100, 48, 0.25), (48, 48, 0.5), (61, 16, 0.0),
+                                                 (200, 64, 0.9)])
+def test_tile_starts_cover_the_axis_and_end_at_the_border(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    assert starts[0] == 0 and starts[-1] == length - tile
+    assert starts == sorted(set(starts))
+    covered = torch.zeros(length, dtype=torch.bool)
+    for s in starts:
+        covered[s:s + tile] = True
+    assert bool(covered.all())
+
+
+@pytest.mark.parametrize("h,w", [(100, 77), (48, 48), (20, 33), (130, 40)])
+def test_blended_windows_reproduce_a_pointwise_model(h, w):
+    """Covers padding (images smaller than a tile) and border tiles: weights normalise exactly."""
+    model = Pointwise()
+    cfg = EvalConfig(tile=48, overlap=0.25, batch_size=4)
+    x = torch.randn(1, 2, h, w)
+    prob = sliding_window_predict(model, x, cfg)
+    assert prob.shape == (1, 1, h, w) and prob.dtype == torch.float32
+    torch.testing.assert_close(prob, torch.sigmoid(model.conv(x) * 3), atol=1e-6, rtol=1e-5)
+    assert all(s[-2:] == (48, 48) and s[0] <= 4 for s in model.seen)
+
+
+def test_two_class_model_uses_softmax_vessel_channel():
+    model = Pointwise(classes=2)
+    x = torch.randn(1, 2, 40, 52)
+    prob = sliding_window_predict(model, x, EvalConfig(tile=32, overlap=0.5))
+    torch.testing.assert_close(prob, torch.softmax(model.conv(x) * 3, 1)[:, 1:], atol=1e-6,
+                               rtol=1e-5)
+
+
+def test_batch_size_does_not_change_the_result_and_mode_is_restored():
+    cfg = tiny_config()
+    model = tiny_model(cfg).train()
+    x = torch.randn(1, 1, 90, 75)
+    a = sliding_window_predict(model, x, EvalConfig(tile=48, overlap=0.25, batch_size=1))
+    b = sliding_window_predict(model, x, EvalConfig(tile=48, overlap=0.25, batch_size=5))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert model.training  # eval() inside, previous mode back afterwards
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+
+
+def test_tta_equals_the_manual_flip_average():
+    cfg = tiny_config()
+    model = tiny_model(cfg, seed=3)
+    x = torch.randn(1, 1, 70, 85)
+    plain = EvalConfig(tile=48, overlap=0.25, batch_size=2)
+    tta = EvalConfig(tile=48, overlap=0.25, batch_size=2, tta=True)
+    manual = (sliding_window_predict(model, x, plain)
+              + sliding_window_predict(model, x.flip(-1), plain).flip(-1)
+              + sliding_window_predict(model, x.flip(-2), plain).flip(-2)
+              + sliding_window_predict(model, x.flip(-2, -1), plain).flip(-2, -1)) / 4
+    out = sliding_window_predict(model, x, tta)
+    torch.testing.assert_close(out, manual, atol=1e-6, rtol=0)
+    assert not torch.allclose(out, sliding_window_predict(model, x, plain), atol=1e-4)
+
+
+class _FakeAccelerator:
+    mixed_precision = "bf16"
+
+    def __init__(self) -> None:
+        self.entered = 0
+
+    @contextlib.contextmanager
+    def autocast(self):
+        self.entered += 1
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            yield
+
+
+def test_autocast_under_mixed_precision_returns_float32():
+    cfg = tiny_config()
+    model = tiny_model(cfg)
+    x = torch.randn(1, 1, 64, 64)
+    acc = _FakeAccelerator()
+    mixed = sliding_window_predict(model, x, EvalConfig(tile=48), accelerator=acc)
+    full = sliding_window_predict(model, x, EvalConfig(tile=48))
+    assert acc.entered > 0 and mixed.dtype == torch.float32
+    assert float((mixed - full).abs().max()) < 0.05
+
+
+def test_load_for_inference_from_folder_and_single_file(tmp_path):
+    cfg = tiny_config("data.channels=rgb", "model.width=8")
+    best = make_best_dir(tmp_path / "run" / "best", cfg, seed=5)
+    ref = tiny_model(cfg, seed=5)
+    x = torch.randn(2, 3, 40, 56)
+    for path in (best, best / "model.safetensors"):
+        model, loaded = load_for_inference(path)
+        assert not model.training
+        assert loaded.model.width == 8 and loaded.data.channels == "rgb"
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), ref(x), atol=0, rtol=0)
+
+
+def test_load_for_inference_errors(tmp_path):
+    from unetdist.models.weights import save_weights
+
+    with pytest.raises(UserError, match="not found"):
+        load_for_inference(tmp_path / "nope")
+    cfg = tiny_config()
+    lonely = tmp_path / "lonely.safetensors"
+    save_weights(tiny_model(cfg), lonely, {"format": "unetdist-1"})
+    with pytest.raises(UserError, match="no model config"):
+        load_for_inference(lonely)
+    other = tiny_config("model.width=4")
+    from unetdist.config import to_dict
+
+    wrong = tmp_path / "wrong.safetensors"
+    save_weights(tiny_model(cfg), wrong, {"config": json.dumps(to_dict(other))})
+    with pytest.raises(UserError, match="do not fit"):
+        load_for_inference(wrong)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(UserError):
+        load_for_inference(garbage)
+
+
+# ----------------------------------------------------------------------------- evaluate_split
+
+
+def _read_gray(path):
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert img is not None, path
+    return img
+
+
+def test_evaluate_split_counts_files_and_original_size(tmp_path):
+    import csv
+
+    import numpy as np
+
+    from tests.eval_helpers import random_sample
+    from unetdist.evaluate import evaluate_split
+    from unetdist.metrics import MetricState
+
+    cfg = tiny_config()
+    model = tiny_model(cfg, seed=1)
+    sizes = {"b_img": (70, 61), "a_img": (64, 90), "c_img": (50, 50)}
+    samples = [random_sample(k, h, w, seed=i, label2=(k != "c_img"))
+               for i, (k, (h, w)) in enumerate(sizes.items())]
+    samples[2]["meta"].update(height=75, width=80)  # inferred at a resized resolution
+    res = evaluate_split(model, samples, cfg.eval, out_dir=tmp_path / "ev", info={"x": 1})
+
+    ref = MetricState(cfg.eval.auc_bins, cfg.eval.threshold)
+    for s in samples:
+        ref.update(sliding_window_predict(model, s["image"], cfg.eval), s["label"], s["fov"],
+                   s.get("label2"))
+    assert res == {**ref.compute(), "per_image": res["per_image"]}
+    assert [r["key"] for r in res["per_image"]] == ["a_img", "b_img", "c_img"]
+    assert res["second_observer"]["num_images"] == 2
+
+    ev = tmp_path / "ev"
+    doc = json.loads((ev / "metrics.json").read_text())
+    assert doc["info"] == {"x": 1} and doc["num_images"] == 3
+    assert doc["fov"]["counts"] == res["fov"]["counts"] and "regions" in doc
+    assert set(doc["fov"]["counts"].values()) != {0}
+    rows = list(csv.DictReader((ev / "per_image.csv").open()))
+    assert [r["key"] for r in rows] == ["a_img", "b_img", "c_img"]
+    assert int(rows[0]["fov_tp"]) == res["per_image"][0]["counts"]["tp"]
+    assert rows[2]["second_observer_fov_dice"] == ""
+    expect = {"a_img": (64, 90), "b_img": (70, 61), "c_img": (75, 80)}
+    for key, shape in expect.items():
+        binary = _read_gray(ev / "predictions" / f"{key}.png")
+        prob = _read_gray(ev / "predictions" / f"{key}_prob.png")
+        assert binary.shape == shape and prob.shape == shape and prob.dtype == np.uint8
+        assert set(np.unique(binary)) <= {0, 255}
+    # binary PNG = thresholded probability at the metric resolution
+    p = sliding_window_predict(model, samples[1]["image"], cfg.eval)[0, 0].numpy()
+    binary = _read_gray(ev / "predictions" / "a_img.png") > 0
+    assert np.array_equal(binary, p >= cfg.eval.threshold)
+    plots = {p.name for p in (ev / "plots").iterdir()}
+    assert {"class_metrics.png", "roc_fov.png", "pr_fov.png", "confusion_fov.png",
+            "confusion_image.png", "overlay_a_img.png", "overlay_b_img.png"} <= plots
+    assert "overlay_c_img.png" not in plots  # num_overlays=2: the first two ids
+    assert not [p for p in ev.rglob(".*")]  # no temp files left
+
+
+def test_evaluate_split_with_no_samples_is_defined():
+    from unetdist.evaluate import evaluate_split
+
+    cfg = tiny_config()
+    res = evaluate_split(tiny_model(cfg), [], cfg.eval)
+    assert res["num_images"] == 0 and res["per_image"] == []
+    json.dumps(res, allow_nan=False)
+
+
+def test_training_curves_plot(tmp_path):
+    from unetdist.plots import plot_training_curves
+
+    recs = [{"step": s, "split": "train", "loss": 1 / s, "lr": 1e-3} for s in range(1, 40)]
+    recs += [{"step": s, "split": "val", "loss": 0.5 / s, "dice": 0.5 + s / 100}
+             for s in (10, 20, 30)]
+    for records in (recs, recs[:5], []):
+        out = plot_training_curves(records, tmp_path / "plots" / "loss.png")
+        assert _read_gray(out).shape[0] > 100
+
+
+def test_eval_overrides_only_touch_the_eval_section():
+    from unetdist.errors import ConfigError
+    from unetdist.inference import with_eval_overrides
+
+    cfg = tiny_config()
+    new = with_eval_overrides(cfg, ["eval.tta=true", "eval.threshold=0.3"])
+    assert new.eval.tta and new.eval.threshold == 0.3 and new.data == cfg.data
+    for bad, msg in ((["data.channels=rgb"], "only eval."), (["eval.threshold=1.5"],
+                     "eval.threshold"), (["eval.nope=1"], "eval.nope")):
+        with pytest.raises(ConfigError, match=msg):
+            with_eval_overrides(cfg, bad)

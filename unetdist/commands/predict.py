@@ -1,0 +1,63 @@
+"""`unetdist predict`: vessel maps for a folder of images with a best model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "predict vessel probability + binary PNGs for a folder of images"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True,
+                   help="RUN/best folder or a single exported .safetensors file")
+    p.add_argument("--images", required=True, help="folder of PNG/JPEG/TIFF images, any size")
+    p.add_argument("--out", required=True, help="output folder for <stem>.png, <stem>_prob.png")
+    p.add_argument("--fov", help="folder of FOV masks named <stem> or <stem>_mask "
+                                 "(default: estimated from the dark border, else whole image)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="eval.key=value",
+                   help="inference overrides, e.g. eval.tta=true eval.threshold=0.4")
+
+
+def _device(name: str):
+    import torch
+
+    from unetdist.errors import UserError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available")
+    return dev
+
+
+def run(args: argparse.Namespace) -> int:
+    from unetdist.errors import DataError
+    from unetdist.inference import load_for_inference, with_eval_overrides
+    from unetdist.predict import list_images, predict_folder
+
+    images = Path(args.images)
+    if not list_images(images):
+        raise DataError(f"no image files (png/jpg/tif/...) in {images}")
+    fov_dir = Path(args.fov) if args.fov else None
+    if fov_dir is not None and not fov_dir.is_dir():
+        raise DataError(f"FOV mask folder not found: {fov_dir}")
+    model, cfg = load_for_inference(args.checkpoint)
+    cfg = with_eval_overrides(cfg, args.overrides)
+    model = model.to(_device(args.device))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = predict_folder(model, cfg, images, out, fov_dir=fov_dir,
+                            progress=not args.no_progress)
+    if fov_dir is not None and report.estimated_fov:
+        print(f"warning: no FOV mask in {fov_dir} for {', '.join(report.estimated_fov)}; "
+              f"estimated from the image", file=sys.stderr)
+    for name, reason in report.failed:
+        print(f"failed: {reason if name in reason else f'{name}: {reason}'}", file=sys.stderr)
+    print(f"predicted {len(report.done)} image(s) into {out}"
+          + (f"; {len(report.failed)} failed" if report.failed else ""))
+    return 1 if report.failed else 0

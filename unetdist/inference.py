@@ -1,0 +1,218 @@
+"""Full-resolution inference: Gaussian-blended sliding window, flip TTA, loading a best model.
+
+The window covers the image with tiles of `eval.tile` px overlapping by `eval.overlap`; the
+last tile of a row/column is shifted back to end at the border so no tile needs padding except
+when the image itself is smaller than a tile (then its border is replicated: a fundus image's
+border is its dark surround, so the padding looks like more of it). Tile probabilities are blended with a
+Gaussian weight (sigma = tile/8, as nnU-Net does) so tile borders, where the network sees
+little context, count least.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unetdist.config import EvalConfig, RunConfig
+from unetdist.errors import UserError
+
+WEIGHTS_NAME = "model.safetensors"
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # identity, h, v, hv
+
+
+@lru_cache(maxsize=8)
+def _gaussian(tile: int) -> torch.Tensor:
+    sigma = tile / 8.0
+    x = torch.arange(tile, dtype=torch.float64) - (tile - 1) / 2.0
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    w = torch.outer(g, g)
+    return (w / w.max()).float()
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Tile offsets along one axis of `length` >= tile; the last tile ends at the border."""
+    stride = max(1, round(tile * (1.0 - overlap)))
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+def _vessel_prob(logits: torch.Tensor) -> torch.Tensor:
+    """(B, K, h, w) logits -> (B, 1, h, w) vessel probability (K=1 sigmoid, K>1 softmax[1])."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits)
+    return torch.softmax(logits, dim=1)[:, 1:2]
+
+
+def _autocast(accelerator):
+    if accelerator is not None and getattr(accelerator, "mixed_precision", "no") != "no":
+        return accelerator.autocast()
+    return contextlib.nullcontext()
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _window(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, accelerator) -> torch.Tensor:
+    """One sliding-window pass; image (1,C,H,W) on the model's device -> (1,1,H,W)."""
+    _, _, h, w = image.shape
+    t = cfg.tile
+    ph, pw = max(0, t - h), max(0, t - w)
+    if ph or pw:
+        image = F.pad(image, (0, pw, 0, ph), mode="replicate")
+    H, W = image.shape[-2:]
+    weight = _gaussian(t).to(image.device)
+    acc = torch.zeros((1, 1, H, W), dtype=torch.float32, device=image.device)
+    norm = torch.zeros_like(acc)
+    ys, xs = tile_starts(H, t, cfg.overlap), tile_starts(W, t, cfg.overlap)
+    coords = [(y, x) for y in ys for x in xs]
+    for chunk in _batches(coords, cfg.batch_size):
+        tiles = torch.cat([image[..., y:y + t, x:x + t] for y, x in chunk])
+        with _autocast(accelerator):
+            probs = _vessel_prob(model(tiles))
+        for (y, x), p in zip(chunk, probs):
+            acc[0, :, y:y + t, x:x + t] += p * weight
+            norm[0, :, y:y + t, x:x + t] += weight
+    return (acc / norm)[..., :h, :w]
+
+
+def _param_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, *,
+                           accelerator=None) -> torch.Tensor:
+    """Vessel probabilities (1,1,H,W) float32 on the model's device for image (1,C,H,W).
+
+    With cfg.tta the result is the mean of the four flip variants (identity, horizontal,
+    vertical, both), each a full sliding-window pass on the flipped image, flipped back.
+    Autocasts when the accelerator uses mixed precision. The model's train/eval mode is restored.
+    """
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError(f"expected an image of shape (1,C,H,W), got {tuple(image.shape)}")
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    try:
+        image = image.to(_param_device(model), dtype=torch.float32)
+        if not cfg.tta:
+            return _window(model, image, cfg, accelerator)
+        total = None
+        for dims in FLIPS:
+            flipped = image.flip(dims) if dims else image
+            p = _window(model, flipped, cfg, accelerator)
+            p = p.flip(dims) if dims else p
+            total = p if total is None else total + p
+        return total / len(FLIPS)
+    finally:
+        model.train(was_training)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def weights_file(path: str | Path) -> Path:
+    """The safetensors file of a best/ folder or the file itself."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / WEIGHTS_NAME
+    if not p.is_file():
+        raise UserError(f"checkpoint not found: {p} (expected a best/ folder or a "
+                        f".safetensors file)")
+    return p
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict, RunConfig]:
+    """(state_dict, metadata, config) of a best/ folder or an exported safetensors file.
+
+    The config comes from the file's metadata (so the file works alone); a best/ folder whose
+    weights lack it falls back to its config.yaml.
+    """
+    from unetdist.config import config_from_dict
+    from unetdist.models.weights import load_weights
+
+    wf = weights_file(path)
+    state, meta = load_weights(wf)  # UserError on an unreadable file
+    meta = dict(meta or {})
+    if "config" in meta:
+        try:
+            cfg_dict = json.loads(meta["config"])
+        except ValueError as e:
+            raise UserError(f"{wf}: bad config in metadata ({e})") from None
+    elif (wf.parent / "config.yaml").is_file():
+        import yaml
+
+        cfg_dict = yaml.safe_load((wf.parent / "config.yaml").read_text())
+        meta["config"] = json.dumps(cfg_dict)
+    else:
+        raise UserError(f"{wf} has no model config in its metadata and no config.yaml beside it")
+    return state, meta, config_from_dict(cfg_dict)
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, RunConfig, dict]:
+    """(model on CPU in eval mode, config, safetensors metadata) of a checkpoint."""
+    from unetdist.models import build_model
+    from unetdist.models.weights import clean_state_dict
+
+    state, meta, cfg = read_checkpoint(path)
+    # Weights come from the file: never look for the encoder's pretrained file again.
+    cfg.model.pretrained_path = None
+    cfg.model.compile = False
+    model = build_model(cfg.model)
+    try:
+        model.load_state_dict(clean_state_dict(state), strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[:2]
+        raise UserError(f"weights in {path} do not fit model {cfg.model.name} "
+                        f"(width {cfg.model.width}): {' '.join(first)}") from None
+    return model.eval(), cfg, meta
+
+
+def load_for_inference(path: str | Path) -> tuple[nn.Module, RunConfig]:
+    """Rebuild the model of a best/ folder or exported file on CPU, in eval mode."""
+    model, cfg, _ = load_checkpoint(path)
+    return model, cfg
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DDP: DDP's forward syncs buffers, which would hang uneven ranks."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def with_eval_overrides(cfg: RunConfig, overrides: list[str] | tuple = ()) -> RunConfig:
+    """The stored config with `eval.key=value` overrides applied and validated.
+
+    Only the eval section may change: preprocessing and architecture must stay those the
+    model was trained with.
+    """
+    from omegaconf import OmegaConf
+
+    from unetdist.config import config_from_dict, to_dict
+    from unetdist.errors import ConfigError
+
+    bad = [o for o in overrides if "=" not in o or not o.startswith("eval.")]
+    if bad:
+        raise ConfigError(f"only eval.key=value overrides are allowed here, got {bad[0]!r}")
+    if not overrides:
+        return cfg
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.create(to_dict(cfg)),
+                                 OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    return config_from_dict(OmegaConf.to_container(merged))

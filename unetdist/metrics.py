@@ -1,0 +1,236 @@
+"""Segmentation metrics from integer sums: confusion counts and score histograms.
+
+Every metric here is a function of sums that can be added across images and ranks: the binary
+confusion counts (tp, fp, fn, tn, int64) inside the field of view (FOV) and over the whole
+image, and per-bin counts of the vessel probability for positive and negative pixels. Each rank
+accumulates them in a `MetricState`; `reduce()` adds all ranks' sums with ONE all-reduce of a
+single int64 tensor; `compute()` then applies the formulas. AUC-ROC and average precision come
+from the histograms: scores in the same bin count as tied, which is exactly how sklearn treats
+tied scores, so the only approximation is the bin width (10000 bins agree with sklearn's exact
+values to ~1e-4 on probability maps).
+
+Undefined ratios (0/0) never produce NaN:
+- Dice, IoU of a class: 1.0 when the class is absent from both label and prediction.
+- precision (recall, specificity, NPV): when nothing was predicted (present) for the class,
+  1.0 if there was also nothing to find (no false negatives / false positives), else 0.0.
+- accuracy: 1.0 for an empty region; MCC: 0.0 when its denominator is 0 (as sklearn does).
+- AUC-ROC: None without both positive and negative pixels; AUC-PR: None without positives.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+COUNT_KEYS = ("tp", "fp", "fn", "tn")
+# Layout of the scalar part of the reduced tensor (histograms follow).
+_SCALARS = ("num_images", "fov_tp", "fov_fp", "fov_fn", "fov_tn", "image_tp", "image_fp",
+            "image_fn", "image_tn", "obs2_images", "obs2_tp", "obs2_fp", "obs2_fn", "obs2_tn")
+_HISTS = ("fov_pos", "fov_neg", "image_pos", "image_neg")
+
+
+# ----------------------------------------------------------------------------- formulas
+
+
+def _ratio(num: int, den: int, empty: float) -> float:
+    return num / den if den > 0 else empty
+
+
+def metrics_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict:
+    """All threshold metrics of a binary confusion matrix (vessel = positive class)."""
+    tp, fp, fn, tn = (int(v) for v in (tp, fp, fn, tn))
+    total = tp + fp + fn + tn
+    iou_v = _ratio(tp, tp + fp + fn, 1.0)
+    iou_b = _ratio(tn, tn + fp + fn, 1.0)
+    precision = _ratio(tp, tp + fp, 1.0 if fn == 0 else 0.0)
+    recall = _ratio(tp, tp + fn, 1.0 if fp == 0 else 0.0)
+    specificity = _ratio(tn, tn + fp, 1.0 if fn == 0 else 0.0)
+    npv = _ratio(tn, tn + fn, 1.0 if fp == 0 else 0.0)
+    # Python ints: tp*tn etc. overflow nothing, and the product under the root can be huge.
+    den = math.sqrt(float(tp + fp) * float(tp + fn) * float(tn + fp) * float(tn + fn))
+    mcc = (tp * tn - fp * fn) / den if den > 0 else 0.0
+    return {
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn, 1.0),
+        "iou_vessel": iou_v,
+        "iou_background": iou_b,
+        "miou": (iou_v + iou_b) / 2,
+        "precision": precision,
+        "recall": recall,
+        "specificity": specificity,
+        "accuracy": _ratio(tp + tn, total, 1.0),
+        "mcc": mcc,
+        "per_class": {
+            "background": {"iou": iou_b, "precision": npv, "recall": specificity},
+            "vessel": {"iou": iou_v, "precision": precision, "recall": recall},
+        },
+        "counts": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
+    }
+
+
+def _descending_cumsums(pos_hist, neg_hist) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative positives/negatives predicted positive as the threshold falls bin by bin."""
+    pos = np.asarray(pos_hist, dtype=np.int64)[::-1]
+    neg = np.asarray(neg_hist, dtype=np.int64)[::-1]
+    keep = (pos + neg) > 0  # empty bins are no threshold at all
+    return np.cumsum(pos[keep]), np.cumsum(neg[keep])
+
+
+def roc_from_histograms(pos_hist, neg_hist) -> tuple[np.ndarray, np.ndarray] | None:
+    """(fpr, tpr) starting at (0, 0); None without both classes."""
+    tps, fps = _descending_cumsums(pos_hist, neg_hist)
+    if tps.size == 0 or tps[-1] == 0 or fps[-1] == 0:
+        return None
+    tpr = np.concatenate([[0.0], tps / tps[-1]])
+    fpr = np.concatenate([[0.0], fps / fps[-1]])
+    return fpr, tpr
+
+
+def pr_from_histograms(pos_hist, neg_hist) -> tuple[np.ndarray, np.ndarray] | None:
+    """(recall, precision) per threshold, highest threshold first; None without positives."""
+    tps, fps = _descending_cumsums(pos_hist, neg_hist)
+    if tps.size == 0 or tps[-1] == 0:
+        return None
+    predicted = tps + fps
+    precision = np.divide(tps, predicted, out=np.ones(tps.shape), where=predicted > 0)
+    return tps / tps[-1], precision
+
+
+def auc_from_histograms(pos_hist, neg_hist) -> tuple[float | None, float | None]:
+    """(AUC-ROC by the trapezoidal rule, average precision as sklearn defines it).
+
+    AP = sum_n (R_n - R_{n-1}) * P_n over thresholds, step-wise, no interpolation.
+    """
+    roc = roc_from_histograms(pos_hist, neg_hist)
+    auc_roc = float(np.trapezoid(roc[1], roc[0])) if roc is not None else None
+    pr = pr_from_histograms(pos_hist, neg_hist)
+    if pr is None:
+        return auc_roc, None
+    recall, precision = pr
+    auc_pr = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
+    return auc_roc, auc_pr
+
+
+def region_metrics(counts, pos_hist, neg_hist) -> dict:
+    """Threshold metrics plus the two AUCs for one region (FOV or whole image)."""
+    out = metrics_from_counts(*counts)
+    out["auc_roc"], out["auc_pr"] = auc_from_histograms(pos_hist, neg_hist)
+    return out
+
+
+# ----------------------------------------------------------------------------- per image
+
+
+def _counts(pred: torch.Tensor, label: torch.Tensor, region: torch.Tensor | None) -> list[int]:
+    if region is not None:
+        pred, label = pred[region], label[region]
+    tp = int((pred & label).sum())
+    fp = int((pred & ~label).sum())
+    fn = int((~pred & label).sum())
+    return [tp, fp, fn, int(pred.numel()) - tp - fp - fn]
+
+
+def _hist(prob: torch.Tensor, mask: torch.Tensor, bins: int) -> torch.Tensor:
+    idx = (prob[mask] * bins).long().clamp_(0, bins - 1)
+    return torch.bincount(idx, minlength=bins).cpu()
+
+
+class MetricState:
+    """Per-rank sums for one evaluation; `update` per image, `reduce` once, then `compute`."""
+
+    def __init__(self, bins: int = 10000, threshold: float = 0.5) -> None:
+        self.bins = bins
+        self.threshold = threshold
+        self.scalars = torch.zeros(len(_SCALARS), dtype=torch.int64)
+        self.hists = torch.zeros(len(_HISTS), bins, dtype=torch.int64)
+        self.reduced = False
+
+    def _add(self, name: str, values: list[int]) -> None:
+        i = _SCALARS.index(name)
+        self.scalars[i:i + len(values)] += torch.tensor(values, dtype=torch.int64)
+
+    def update(self, prob: torch.Tensor, label: torch.Tensor, fov: torch.Tensor,
+               label2: torch.Tensor | None = None) -> dict:
+        """Add one image (any shape with H, W last; label/fov/label2 in {0,1}).
+
+        Returns the image's own metrics: FOV metrics with counts and AUCs, plus whole-image
+        counts and Dice (the per_image.csv row without the key).
+        """
+        if self.reduced:
+            raise RuntimeError("MetricState already reduced")
+        prob = prob.detach().float().reshape(prob.shape[-2:])
+        lab = label.reshape(prob.shape).to(prob.device) > 0.5
+        region = fov.reshape(prob.shape).to(prob.device) > 0.5
+        pred = prob >= self.threshold
+        fov_c, img_c = _counts(pred, lab, region), _counts(pred, lab, None)
+        hists = torch.stack([_hist(prob, region & lab, self.bins),
+                             _hist(prob, region & ~lab, self.bins),
+                             _hist(prob, lab, self.bins), _hist(prob, ~lab, self.bins)])
+        self.hists += hists
+        self._add("num_images", [1])
+        self._add("fov_tp", fov_c)
+        self._add("image_tp", img_c)
+        row = region_metrics(fov_c, hists[0].numpy(), hists[1].numpy())
+        row.pop("per_class")
+        row["image_counts"] = dict(zip(COUNT_KEYS, img_c))
+        row["image_dice"] = metrics_from_counts(*img_c)["dice"]
+        if label2 is not None:
+            obs2 = label2.reshape(prob.shape).to(prob.device) > 0.5
+            obs2_c = _counts(obs2, lab, region)
+            self._add("obs2_images", [1])
+            self._add("obs2_tp", obs2_c)
+            row["second_observer_dice"] = metrics_from_counts(*obs2_c)["dice"]
+        return row
+
+    def as_tensor(self) -> torch.Tensor:
+        """All sums as one flat int64 tensor (what is all-reduced)."""
+        return torch.cat([self.scalars, self.hists.flatten()])
+
+    def load_tensor(self, flat: torch.Tensor) -> None:
+        flat = flat.detach().cpu().to(torch.int64)
+        n = len(_SCALARS)
+        self.scalars = flat[:n].clone()
+        self.hists = flat[n:].reshape(len(_HISTS), self.bins).clone()
+
+    def reduce(self, accelerator=None) -> MetricState:
+        """Sum the state over all ranks with one all-reduce (a no-op in one process)."""
+        import torch.distributed as dist
+
+        if self.reduced:
+            return self
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if accelerator is not None:
+                device = accelerator.device
+            elif dist.get_backend() == "nccl":
+                device = torch.device("cuda", torch.cuda.current_device())
+            else:
+                device = torch.device("cpu")
+            flat = self.as_tensor().to(device)
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            self.load_tensor(flat)
+        self.reduced = True
+        return self
+
+    def scalar(self, name: str) -> int:
+        return int(self.scalars[_SCALARS.index(name)])
+
+    def counts(self, region: str) -> list[int]:
+        """[tp, fp, fn, tn] of region fov | image | obs2."""
+        return [self.scalar(f"{region}_{k}") for k in COUNT_KEYS]
+
+    def hist(self, name: str) -> np.ndarray:
+        return self.hists[_HISTS.index(name)].numpy()
+
+    def compute(self) -> dict:
+        """Global metrics of the (reduced) sums: num_images, fov, image, [second_observer]."""
+        out = {
+            "num_images": self.scalar("num_images"),
+            "fov": region_metrics(self.counts("fov"), self.hist("fov_pos"), self.hist("fov_neg")),
+            "image": region_metrics(self.counts("image"), self.hist("image_pos"),
+                                    self.hist("image_neg")),
+        }
+        if self.scalar("obs2_images") > 0:
+            out["second_observer"] = {"num_images": self.scalar("obs2_images"),
+                                      "fov": metrics_from_counts(*self.counts("obs2"))}
+        return out

@@ -1,0 +1,168 @@
+"""Matplotlib figures (Agg backend, no display): result bars, ROC/PR, confusion, overlays, curves.
+
+Every figure is written to a temporary name and renamed, so a crash never leaves half a PNG.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+# Overlay colours (RGB): true positives, false positives, false negatives.
+TP_COLOR, FP_COLOR, FN_COLOR = (0, 200, 0), (230, 30, 30), (40, 120, 255)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _label(ax, bars, fmt: str = "{:.3f}") -> None:
+    for b in bars:
+        ax.annotate(fmt.format(b.get_height()), (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+
+
+def plot_class_bars(region: dict, out_png: str | Path, title: str = "") -> Path:
+    """Per-class IoU / recall / precision bars (background, vessel) with the mIoU line."""
+    classes = ("background", "vessel")
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), sharey=True)
+    for ax, metric in zip(axes, ("iou", "recall", "precision")):
+        vals = [region["per_class"][c][metric] for c in classes]
+        _label(ax, ax.bar(classes, vals, color=["#999999", "#c0392b"]))
+        ax.set_title(metric if metric != "iou" else "IoU")
+        ax.set_ylim(0, 1.08)
+        if metric == "iou":
+            ax.axhline(region["miou"], color="k", ls="--", lw=1)
+            ax.text(1.45, region["miou"], f"mIoU {region['miou']:.3f}", ha="right",
+                    va="bottom", fontsize=8)
+    fig.suptitle(title or f"per-class results (mIoU {region['miou']:.3f})")
+    return save_figure(fig, out_png)
+
+
+def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, out_png: str | Path,
+             reference: tuple[float, float] | None = None, title: str = "ROC") -> Path:
+    """ROC curve; `reference` = (fpr, tpr) of the second observer, drawn as a point."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.plot(fpr, tpr, color="#c0392b", label=f"model (AUC {auc:.4f})")
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", ls=":", lw=1)
+    if reference is not None:
+        ax.plot(*reference, "k^", label="2nd observer")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1),
+           ylim=(0, 1.01), title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    return save_figure(fig, out_png)
+
+
+def plot_pr(recall: np.ndarray, precision: np.ndarray, ap: float, out_png: str | Path,
+            reference: tuple[float, float] | None = None, title: str = "precision-recall"
+            ) -> Path:
+    """Step-wise PR curve (as AP sums it); `reference` = (recall, precision) of observer 2."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.step(np.concatenate([[0.0], recall]), np.concatenate([[precision[0]], precision]),
+            where="pre", color="#c0392b", label=f"model (AP {ap:.4f})")
+    if reference is not None:
+        ax.plot(*reference, "k^", label="2nd observer")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.legend(loc="lower left", fontsize=8)
+    return save_figure(fig, out_png)
+
+
+def plot_confusion(counts: dict, out_png: str | Path, title: str = "confusion matrix") -> Path:
+    """2x2 matrix (rows: truth, columns: prediction) with counts and row fractions."""
+    m = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]], dtype=np.float64)
+    rows = m.sum(axis=1, keepdims=True)
+    frac = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(4.4, 3.9))
+    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, f"{int(m[i, j]):,}\n{frac[i, j]:.3f}", ha="center", va="center",
+                    color="white" if frac[i, j] > 0.5 else "black", fontsize=9)
+    names = ["background", "vessel"]
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=names, yticklabels=names,
+           xlabel="predicted", ylabel="true", title=title)
+    return save_figure(fig, out_png)
+
+
+def overlay_image(rgb: np.ndarray, label: np.ndarray, pred: np.ndarray,
+                  fov: np.ndarray | None = None, alpha: float = 0.75) -> np.ndarray:
+    """RGB uint8 with TP / FP / FN pixels painted in three colours (outside the FOV dimmed)."""
+    # a gray base keeps the three colours apart from the fundus' own reds and greens
+    out = np.repeat(rgb.astype(np.float32).mean(axis=2, keepdims=True), 3, axis=2)
+    if fov is not None:
+        out[~fov.astype(bool)] *= 0.4
+    lab, pr = label.astype(bool), pred.astype(bool)
+    for mask, color in ((lab & pr, TP_COLOR), (~lab & pr, FP_COLOR), (lab & ~pr, FN_COLOR)):
+        out[mask] = (1 - alpha) * out[mask] + alpha * np.array(color, np.float32)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def plot_overlay(rgb: np.ndarray, label: np.ndarray, pred: np.ndarray, out_png: str | Path,
+                 fov: np.ndarray | None = None, title: str = "") -> Path:
+    from matplotlib.patches import Patch
+
+    h, w = label.shape
+    fig, ax = plt.subplots(figsize=(min(12.0, 2 + 6 * w / max(h, w)), 6.3))
+    ax.imshow(overlay_image(rgb, label, pred, fov))
+    ax.set_axis_off()
+    ax.set_title(title)
+    handles = [Patch(color=np.array(c) / 255, label=n) for c, n in
+               ((TP_COLOR, "true positive"), (FP_COLOR, "false positive"),
+                (FN_COLOR, "false negative"))]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=3,
+              fontsize=8, frameon=False)
+    return save_figure(fig, out_png)
+
+
+def _series(records: Sequence[dict], split: str, key: str) -> tuple[list, list]:
+    pts = [(r["step"], r[key]) for r in records
+           if r.get("split") == split and isinstance(r.get(key), (int, float)) and "step" in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+VAL_METRICS = ("dice", "miou", "auc_roc", "auc_pr", "recall", "precision")
+
+
+def plot_training_curves(records: list[dict], out_png: Path) -> Path:
+    """Loss (train, val), learning rate and validation metrics against the step.
+
+    `records` are metrics.jsonl lines: {"step", "split": "train"|"val", "loss", "lr", ...}.
+    Panels without data are left out, so early calls (no validation yet) still work.
+    """
+    panels = []
+    loss = [(s, *_series(records, s, "loss")) for s in ("train", "val")]
+    if any(xs for _, xs, _ in loss):
+        panels.append(("loss", [(f"{s} loss", xs, ys) for s, xs, ys in loss if xs]))
+    lr = _series(records, "train", "lr")
+    if lr[0]:
+        panels.append(("learning rate", [("lr", *lr)]))
+    val = [(m, *_series(records, "val", m)) for m in VAL_METRICS]
+    if any(xs for _, xs, _ in val):
+        panels.append(("validation", [(m, xs, ys) for m, xs, ys in val if xs]))
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.6 * max(1, len(panels)), 3.6),
+                             squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels):
+        for name, xs, ys in lines:
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=name)
+        ax.set(title=title, xlabel="step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "no records yet", ha="center", va="center")
+    return save_figure(fig, out_png)

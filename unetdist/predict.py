@@ -1,0 +1,180 @@
+"""Predict vessel maps for a folder of arbitrary images (no labels needed).
+
+Any PNG/JPEG/TIFF/BMP/GIF image, any size, RGB or gray (16-bit images are scaled to 8 bits).
+The FOV comes from a mask folder when given (matched by stem, `<stem>` or `<stem>_mask`), else
+it is estimated from the dark border around a fundus photograph, else it is the whole image.
+Outputs `<stem>.png` (0/255) and `<stem>_prob.png` (8-bit probability), both at the input's
+size and zero outside the FOV. Files that cannot be used are reported by name; the rest are
+still processed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from unetdist.config import RunConfig
+from unetdist.errors import DataError
+from unetdist.inference import sliding_window_predict
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".webp")
+DARK = 20  # max channel value (0-255) of the black surround of a fundus photograph
+
+
+@dataclass
+class PredictReport:
+    done: list[str] = field(default_factory=list)  # input file names written
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
+    estimated_fov: list[str] = field(default_factory=list)  # names whose FOV was estimated
+
+
+@contextmanager
+def _quiet_decoders():
+    """Bad files are reported once by name; silence the decoders' own log lines about them."""
+    import cv2
+
+    log = cv2.utils.logging
+    level = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLogLevel(level)
+
+
+def _read(path: Path, color: bool) -> np.ndarray:
+    """cv2 first (handles 16-bit and TIFF), Pillow for what cv2 cannot read (GIF)."""
+    import cv2
+    from PIL import Image
+
+    flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
+    with _quiet_decoders():
+        img = cv2.imread(str(path), flag)
+        if img is not None:
+            return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if color else img
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB" if color else "L"))
+        except Exception as e:  # noqa: BLE001 -- Pillow raises many types for bad files
+            raise DataError(f"cannot read image {path.name}: not a readable image file "
+                            f"({type(e).__name__})") from None
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of any supported image; DataError naming the file otherwise."""
+    img = _read(path, color=True)
+    if img.ndim != 3 or img.shape[2] != 3 or min(img.shape[:2]) < 1:
+        raise DataError(f"cannot read image {path.name}: unexpected shape {img.shape}")
+    return img
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Boolean mask from a 0/255 (or 0/1) gray image."""
+    m = _read(path, color=False)
+    return m > (127 if m.max() > 1 else 0)
+
+
+def find_mask(fov_dir: Path, stem: str) -> Path | None:
+    for name in (stem, f"{stem}_mask"):
+        for ext in IMAGE_EXTS:
+            for cand in (fov_dir / f"{name}{ext}", fov_dir / f"{name}{ext.upper()}"):
+                if cand.is_file():
+                    return cand
+    return None
+
+
+def estimate_fov(rgb: np.ndarray) -> np.ndarray | None:
+    """The bright disc of a fundus photograph, or None when there is no dark border.
+
+    Pixels brighter than DARK in any channel, largest connected component, holes filled.
+    None (use the whole image) when the outer ring of pixels is mostly not dark or the
+    component covers under 10% of the image.
+    """
+    import cv2
+
+    bright = (rgb.max(axis=2) > DARK).astype(np.uint8)
+    ring = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
+    if ring.mean() > 0.5:
+        return None
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
+    if n < 2:
+        return None
+    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    comp = (labels == biggest).astype(np.uint8)
+    contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros_like(comp)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    if filled.mean() < 0.1:
+        return None
+    return filled.astype(bool)
+
+
+@torch.no_grad()
+def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunConfig
+                  ) -> np.ndarray:
+    """(H, W) float32 vessel probability, zero outside the FOV."""
+    from unetdist.data.transforms import preprocess
+
+    x = preprocess(rgb, fov.astype(np.uint8), cfg.data)
+    prob = sliding_window_predict(model, torch.from_numpy(np.ascontiguousarray(x))[None],
+                                  cfg.eval)
+    prob = prob[0, 0].float().cpu().numpy()
+    if prob.shape != fov.shape:
+        import cv2
+
+        prob = cv2.resize(prob, fov.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    return prob * fov
+
+
+def list_images(images_dir: Path) -> list[Path]:
+    if not images_dir.is_dir():
+        raise DataError(f"image folder not found: {images_dir}")
+    return sorted(p for p in images_dir.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def _fov_for(path: Path, rgb: np.ndarray, fov_dir: Path | None, report: PredictReport
+             ) -> np.ndarray:
+    mask_path = find_mask(fov_dir, path.stem) if fov_dir is not None else None
+    if mask_path is not None:
+        fov = read_mask(mask_path)
+        if fov.shape != rgb.shape[:2]:
+            raise DataError(f"FOV mask {mask_path.name} is {fov.shape[1]}x{fov.shape[0]}, "
+                            f"image {path.name} is {rgb.shape[1]}x{rgb.shape[0]}")
+        return fov
+    report.estimated_fov.append(path.name)
+    est = estimate_fov(rgb)
+    return est if est is not None else np.ones(rgb.shape[:2], dtype=bool)
+
+
+def predict_folder(model: nn.Module, cfg: RunConfig, images_dir: Path, out_dir: Path, *,
+                   fov_dir: Path | None = None, progress: bool = True) -> PredictReport:
+    """Predict every image of images_dir into out_dir; failures are collected, not raised."""
+    from tqdm import tqdm
+
+    from unetdist.evaluate import write_prediction_pngs
+
+    report, stems = PredictReport(), {}
+    for path in tqdm(list_images(images_dir), desc="predict", unit="img", disable=not progress):
+        if path.stem in stems:
+            report.failed.append((path.name, f"same name stem as {stems[path.stem]}"))
+            continue
+        stems[path.stem] = path.name
+        try:
+            rgb = read_image(path)
+            fov = _fov_for(path, rgb, fov_dir, report)
+            prob = predict_image(model, rgb, fov, cfg)
+        except (DataError, ValueError) as e:
+            report.failed.append((path.name, str(e)))
+            continue
+        write_prediction_pngs(out_dir, path.stem, prob, cfg.eval.threshold)
+        report.done.append(path.name)
+    return report
