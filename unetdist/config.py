@@ -112,7 +112,10 @@ class ModelConfig:
     norm: str = "batch"  # batch | group | instance
     dropout: float = 0.0  # dropout probability in the bottleneck
     encoder: str = "resnet34"  # timm encoder name for timm_unet
-    pretrained_path: Optional[str] = None  # local encoder weights file (never downloaded)
+    encoder_levels: int = 0  # timm_unet: finest encoder feature levels used (0 = all it has)
+    decoder_width: int = 16  # timm_unet decoder channels at full size, doubled per halving
+    # local weights: timm encoder (timm_unet) or a full checkpoint (unet); never downloaded
+    pretrained_path: Optional[str] = None
     channels_last: bool = False  # use channels_last memory format (runtime switch)
     compile: bool = False  # torch.compile the model (runtime switch)
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (GPU only)
@@ -127,6 +130,8 @@ class ModelConfig:
         _require(self.width >= 1, f"{p}.width", self.width, ">= 1")
         _require(1 <= self.depth <= 6, f"{p}.depth", self.depth, "in [1, 6]")
         _require(0 <= self.dropout < 1, f"{p}.dropout", self.dropout, "in [0, 1)")
+        _require(self.encoder_levels >= 0, f"{p}.encoder_levels", self.encoder_levels, ">= 0")
+        _require(self.decoder_width >= 1, f"{p}.decoder_width", self.decoder_width, ">= 1")
 
     def architecture(self) -> dict:
         """The fields that define the weights' shapes; a resume must match them."""

@@ -171,7 +171,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, RunConfig, dict]:
     # Weights come from the file: never look for the encoder's pretrained file again.
     cfg.model.pretrained_path = None
     cfg.model.compile = False
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, pretrained=False)  # trained weights replace them anyway
     try:
         model.load_state_dict(clean_state_dict(state), strict=True)
     except RuntimeError as e:
