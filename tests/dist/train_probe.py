@@ -1,0 +1,54 @@
+"""`unetdist train ARGS` with per-rank probes, for tests/dist/test_trainer.py.
+
+    accelerate launch ... tests/dist/train_probe.py PROBE_DIR train --config F key=value ...
+
+Each rank writes into PROBE_DIR:
+  dtype_<rank>.txt   the dtype of the first convolution's output in a training forward pass
+                     (what autocast really ran), written at the first step
+  params_<rank>.pt   its parameters after training
+  buffers_<rank>.pt  its buffers (BatchNorm statistics) after training
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main() -> int:
+    probe, argv = Path(sys.argv[1]), sys.argv[2:]
+    rank = int(os.environ.get("RANK", "0"))
+    from unetdist import trainer, trainsetup
+    from unetdist.cli import main as cli_main
+
+    build, fit = trainsetup.build_training_objects, trainer.fit
+
+    def build_with_hook(cfg, acc):
+        model, opt, sched = build(cfg, acc)
+        conv = next(m for m in acc.unwrap_model(model).modules()
+                    if isinstance(m, torch.nn.Conv2d))
+
+        def record(mod, inputs, out):
+            if mod.training:
+                (probe / f"dtype_{rank}.txt").write_text(str(out.dtype))
+
+        conv.register_forward_hook(record)
+        return model, opt, sched
+
+    def fit_and_dump(cfg):
+        result = fit(cfg)
+        params = {n: p.detach().clone() for n, p in result.model.named_parameters()}
+        torch.save(params, probe / f"params_{rank}.pt")
+        buffers = {n: b.detach().clone() for n, b in result.model.named_buffers()}
+        torch.save(buffers, probe / f"buffers_{rank}.pt")
+        return result
+
+    trainsetup.build_training_objects, trainer.fit = build_with_hook, fit_and_dump
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Checkpoint folder, `latest` pointer, pruning, resume rules, best export, metrics truncation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from unetdist import checkpoint as ck
+from unetdist.config import RunConfig, config_from_dict, to_dict, to_yaml
+from unetdist.errors import UserError
+from unetdist.tracking import open_tracker, read_records
+
+
+def _fake_ckpt(run_dir: Path, step: int, complete: bool = True) -> Path:
+    p = ck.checkpoints_dir(run_dir) / ck.step_name(step)
+    p.mkdir(parents=True)
+    (p / "random_states_0.pkl").write_bytes(b"x")
+    if complete:
+        (p / ck.STATE_FILE).write_text(json.dumps({"step": step}))
+    return p
+
+
+def test_latest_pointer_is_atomic_and_incomplete_folders_are_ignored(tmp_path):
+    for s in (2, 4):
+        _fake_ckpt(tmp_path, s)
+        ck.write_latest(tmp_path, ck.step_name(s))
+    _fake_ckpt(tmp_path, 6, complete=False)  # killed before trainer_state.json
+    assert ck.read_latest(tmp_path).name == "step-000004"
+    assert (ck.checkpoints_dir(tmp_path) / "latest").read_text() == "step-000004\n"
+    assert not list(ck.checkpoints_dir(tmp_path).glob(".tmp-*"))
+    # killed between the rename and the pointer update: the newer complete folder wins
+    _fake_ckpt(tmp_path, 8)
+    assert ck.read_latest(tmp_path).name == "step-000008"
+
+
+def test_prune_keeps_the_newest_and_never_latest(tmp_path):
+    for s in (1, 2, 3, 4, 5):
+        _fake_ckpt(tmp_path, s)
+    ck.write_latest(tmp_path, "step-000005")
+    removed = ck.prune(tmp_path, keep_last=2)
+    assert sorted(p.name for p in removed) == ["step-000001", "step-000002", "step-000003"]
+    assert [p.name for _, p in ck.list_checkpoints(tmp_path)] == ["step-000004", "step-000005"]
+
+
+def test_clean_stale_removes_temporaries_and_restores_best(tmp_path):
+    _fake_ckpt(tmp_path, 2)
+    (ck.checkpoints_dir(tmp_path) / ".tmp-step-000004").mkdir()
+    (tmp_path / ".tmp-old-best").mkdir()
+    (tmp_path / ".tmp-old-best" / "model.safetensors").write_bytes(b"w")
+    ck.clean_stale(tmp_path)
+    assert not list(tmp_path.rglob(".tmp-*"))
+    assert (tmp_path / "best" / "model.safetensors").read_bytes() == b"w"
+    assert ck.read_latest(tmp_path).name == "step-000002"
+
+
+def test_find_resume_rules(tmp_path):
+    assert ck.find_resume("auto", tmp_path) is None
+    assert ck.find_resume("none", tmp_path) is None
+    _fake_ckpt(tmp_path, 3)
+    old = _fake_ckpt(tmp_path, 1)
+    ck.write_latest(tmp_path, "step-000003")
+    assert ck.find_resume("auto", tmp_path).name == "step-000003"
+    with pytest.raises(UserError, match="train.resume=none.*already holds checkpoints"):
+        ck.find_resume("none", tmp_path)
+    with pytest.raises(UserError, match="older than checkpoints"):
+        ck.find_resume(str(old), tmp_path)
+    with pytest.raises(UserError, match="not a checkpoint folder"):
+        ck.find_resume(str(tmp_path / "nowhere"), tmp_path)
+    other = tmp_path / "other-run"
+    assert ck.find_resume(str(tmp_path), other).name == "step-000003"  # a run dir: its latest
+
+
+def test_compatibility_refuses_architecture_and_dataset_warns_world_size():
+    cfg = RunConfig()
+    saved = {"config": to_dict(cfg), "manifest_hash": "abc", "world_size": 2}
+    assert ck.check_compatible(saved, cfg.model.architecture(), "abc", 2, "p") == []
+    cfg.model.channels_last = True  # runtime switch: allowed
+    assert ck.check_compatible(saved, cfg.model.architecture(), "abc", 2, "p") == []
+    cfg.model.width = 32
+    with pytest.raises(UserError, match="model.width: 64 -> 32"):
+        ck.check_compatible(saved, cfg.model.architecture(), "abc", 2, "p")
+    with pytest.raises(UserError, match="different dataset"):
+        ck.check_compatible(saved, RunConfig().model.architecture(), "xyz", 2, "p")
+    warn = ck.check_compatible(saved, RunConfig().model.architecture(), "abc", 4, "p")
+    assert len(warn) == 1 and "2 processes with 4" in warn[0]
+
+
+def test_export_best_is_self_describing_and_replaces_atomically(tmp_path):
+    from unetdist.models.weights import load_weights
+
+    cfg = RunConfig()
+    sd = {"w": torch.arange(6.0).reshape(2, 3)}
+    ck.export_best(sd, to_dict(cfg), to_yaml(cfg), {"dice": 0.5}, 10, tmp_path)
+    ck.export_best({"w": sd["w"] + 1}, to_dict(cfg), to_yaml(cfg), {"dice": 0.6}, 20, tmp_path)
+    best = tmp_path / "best"
+    weights, meta = load_weights(best / "model.safetensors")
+    assert torch.equal(weights["w"], sd["w"] + 1)
+    assert meta["format"] == "unetdist-1" and meta["step"] == "20"
+    assert config_from_dict(json.loads(meta["config"])) == cfg
+    assert json.loads((best / "metrics.json").read_text()) == {"step": 20, "dice": 0.6}
+    assert (best / "config.yaml").read_text() == to_yaml(cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+def test_metrics_records_past_the_resumed_step_are_dropped(tmp_path):
+    cfg = RunConfig()
+    cfg.track.wandb.mode = "disabled"
+    t = open_tracker(cfg, tmp_path, is_main=True)
+    for s in (1, 2, 3, 4):
+        t.log({"split": "train", "loss": float(s)}, s)
+    t.finish()
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 5, "spl')  # torn line from a kill
+    t = open_tracker(cfg, tmp_path, is_main=True, run_id=t.run_id, resume_step=2)
+    t.log({"split": "train", "loss": 3.5}, 3)
+    t.finish()
+    recs = read_records(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r["loss"]) for r in recs] == [(1, 1.0), (2, 2.0), (3, 3.5)]
+
+
+@pytest.fixture
+def accelerator():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield Accelerator(cpu=True)
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _model_and_opt(acc):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return acc.prepare(model, opt)
+
+
+def test_save_load_prune_and_crash_mid_save(tmp_path, accelerator, monkeypatch):
+    model, _ = _model_and_opt(accelerator)
+    for step in (2, 4, 6):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        path = ck.save_checkpoint(accelerator, tmp_path, step, {"step": step}, keep_last=2)
+    assert path.name == "step-000006" and ck.read_latest(tmp_path) == path
+    assert [p.name for _, p in ck.list_checkpoints(tmp_path)] == ["step-000004", "step-000006"]
+    assert (path / "random_states_0.pkl").is_file() and (path / "model.safetensors").is_file()
+    assert ck.read_trainer_state(path) == {"step": 6}
+
+    monkeypatch.setenv("UNETDIST_FAULT", "save_crash:step=8")
+    with pytest.raises(RuntimeError, match="injected fault"):
+        ck.save_checkpoint(accelerator, tmp_path, 8, {"step": 8}, keep_last=2)
+    assert ck.read_latest(tmp_path).name == "step-000006"
+    assert not list(tmp_path.rglob(".tmp-*"))
+
+    saved = model.weight.detach().clone()
+    torch.manual_seed(123)
+    with torch.no_grad():
+        model.weight.zero_()
+    accelerator.load_state(str(path))
+    assert torch.equal(model.weight, saved)
+    assert ck.verify_rng_restored(path, 0)
+    torch.rand(3)  # consuming randomness changes the state: the check notices
+    assert not ck.verify_rng_restored(path, 0)
+
+
+def test_preemption_flag_only_records_signals_and_the_marker_names_the_step(tmp_path):
+    import os
+    import signal
+
+    from unetdist.preempt import PreemptionFlag
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    try:
+        with PreemptionFlag() as flag:
+            assert not flag.requested
+            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), signal.SIGTERM)  # a second signal (while saving): no exit
+            assert flag.received == ["SIGUSR1", "SIGTERM"]
+        # the process is on its way out after a preemption: late signals stay harmless
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+    with PreemptionFlag():
+        pass  # no signal: the previous handlers come back
+    assert {s: signal.getsignal(s) for s in before} == before
+    ck.write_preempted(tmp_path, 12)
+    assert (tmp_path / "PREEMPTED").read_text() == "12\n"
+    ck.clear_preempted(tmp_path)
+    ck.clear_preempted(tmp_path)  # idempotent
+    assert not (tmp_path / "PREEMPTED").exists()

@@ -1,0 +1,259 @@
+"""Checkpoints, the `latest` pointer, resume checks, best-model export, the PREEMPTED marker.
+
+Layout under run_dir:
+    checkpoints/step-000500/   accelerate's save_state (model, optimizer, scheduler, scaler,
+                               random_states_<rank>.pkl for every rank) + trainer_state.json
+    checkpoints/latest         the name of the newest complete checkpoint
+    best/                      model.safetensors, config.yaml, metrics.json
+    PREEMPTED                  the step saved when a preemption signal stopped the run
+
+Nothing is half-written after a crash: folders are written under a temporary name and renamed
+when complete, small files are written to a temporary name and os.replace'd, and old
+checkpoints are pruned only after the new one and `latest` are in place. accelerate's own
+`total_limit` deletes before writing, which is why it is not used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from unetdist.errors import DataError, UserError
+from unetdist.faults import fault
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+STATE_FILE = "trainer_state.json"
+PREEMPTED = "PREEMPTED"
+BEST = "best"
+TMP_PREFIX = ".tmp-"
+_STEP_RE = re.compile(r"^step-(\d{6,})$")
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temporary sibling, fsync, then os.replace: readers see old or new, never half."""
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (renamed folders holding trainer_state.json), oldest first."""
+    d = checkpoints_dir(run_dir)
+    found = []
+    for p in d.iterdir() if d.is_dir() else ():
+        m = _STEP_RE.match(p.name)
+        if m and (p / STATE_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def write_latest(run_dir: str | Path, name: str) -> None:
+    atomic_write_text(checkpoints_dir(run_dir) / LATEST, name + "\n")
+
+
+def read_latest(run_dir: str | Path) -> Path | None:
+    """The checkpoint to resume: the newest complete one.
+
+    That is the one `latest` names, except after a crash between a checkpoint's rename and the
+    pointer update, which leaves a newer complete folder (`latest` is for people and scripts).
+    """
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def prune(run_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints (never `latest`'s target)."""
+    keep_target = read_latest(run_dir)
+    found = list_checkpoints(run_dir)
+    removed = []
+    for _, path in found[:max(0, len(found) - keep_last)]:
+        if path != keep_target:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def clean_stale(run_dir: str | Path) -> list[Path]:
+    """Remove temporary folders/files a killed run left behind (call on rank 0 at start)."""
+    _restore_best(Path(run_dir))
+    removed = []
+    for d in (checkpoints_dir(run_dir), Path(run_dir)):
+        for p in d.glob(TMP_PREFIX + "*") if d.is_dir() else ():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            removed.append(p)
+    return removed
+
+
+def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: dict,
+                    keep_last: int) -> Path:
+    """Collective: every rank must call it. Returns the final checkpoint folder."""
+    ckdir = checkpoints_dir(run_dir)
+    final, tmp = ckdir / step_name(step), ckdir / f"{TMP_PREFIX}{step_name(step)}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # every rank writes its own random_states_<rank>.pkl
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        try:
+            atomic_write_text(tmp / STATE_FILE, json.dumps(trainer_state, indent=1))
+            if fault("save_crash", step=step):
+                raise RuntimeError(f"injected fault: crash while saving step {step}")
+            _fsync_tree(tmp)  # on disk before the rename makes the folder count as complete
+            _replace_dir(tmp, final)
+            write_latest(run_dir, final.name)
+            _fsync_tree(ckdir, files=False)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        prune(run_dir, keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _fsync_tree(folder: Path, files: bool = True) -> None:
+    """fsync the files directly in `folder` (accelerate's torch.save does not) and the folder."""
+    paths = [p for p in folder.iterdir() if p.is_file()] if files else []
+    for p in paths + [folder]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename src to dst; an existing dst is moved aside first and deleted after."""
+    old = dst.with_name(f"{TMP_PREFIX}old-{dst.name}")
+    if dst.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(dst, old)
+    os.rename(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore_best(run_dir: Path) -> None:
+    """A crash between the two renames of _replace_dir(best) leaves only the old copy."""
+    old = run_dir / f"{TMP_PREFIX}old-{BEST}"
+    if old.is_dir() and not (run_dir / BEST).exists():
+        os.rename(old, run_dir / BEST)
+
+
+def read_trainer_state(path: str | Path) -> dict:
+    try:
+        return json.loads((Path(path) / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"checkpoint {path} has no readable {STATE_FILE}: {e}") from None
+
+
+def check_rng_files(path: str | Path, saved_world_size: int, world_size: int) -> None:
+    """Every rank's RNG file must be there (accelerate only logs at INFO when one is missing)."""
+    for r in range(min(saved_world_size, world_size)):
+        f = Path(path) / f"random_states_{r}.pkl"
+        if not f.is_file():
+            raise DataError(f"checkpoint {path} is incomplete: {f.name} is missing")
+
+
+def verify_rng_restored(path: str | Path, rank: int) -> bool:
+    """True when this rank's torch RNG now equals the state stored in its RNG file."""
+    import torch
+    from accelerate.utils import load
+
+    f = Path(path) / f"random_states_{rank}.pkl"
+    if not f.is_file():
+        return False
+    return torch.equal(torch.get_rng_state(), load(f)["torch_manual_seed"])
+
+
+def check_compatible(state: dict, architecture: dict, manifest_hash: str, world_size: int,
+                     path: str | Path) -> list[str]:
+    """Refuse a different architecture or dataset; return warnings (e.g. world size)."""
+    saved_arch = dict(state["config"]["model"])
+    diff = sorted(k for k in architecture if saved_arch.get(k) != architecture[k])
+    if diff:
+        pairs = ", ".join(f"model.{k}: {saved_arch.get(k)!r} -> {architecture[k]!r}" for k in diff)
+        raise UserError(f"cannot resume {path}: different architecture ({pairs}); "
+                        "use a new train.run_dir or train.resume=none")
+    if state.get("manifest_hash") != manifest_hash:
+        raise UserError(f"cannot resume {path}: it was trained on a different dataset (manifest "
+                        f"hash {str(state.get('manifest_hash'))[:12]} != {manifest_hash[:12]})")
+    warnings = []
+    if int(state.get("world_size", world_size)) != world_size:
+        warnings.append(
+            f"WARNING: resuming {path} written by {state['world_size']} processes with "
+            f"{world_size}: the data order is no longer the uninterrupted run's (results differ)")
+    return warnings
+
+
+def write_preempted(run_dir: str | Path, step: int) -> Path:
+    p = Path(run_dir) / PREEMPTED
+    atomic_write_text(p, f"{step}\n")
+    return p
+
+
+def clear_preempted(run_dir: str | Path) -> None:
+    Path(run_dir, PREEMPTED).unlink(missing_ok=True)
+
+
+def export_best(state_dict: dict, config_dict: dict, config_yaml: str, metrics: dict[str, Any],
+                step: int, run_dir: str | Path) -> Path:
+    """Write run_dir/best/ atomically (rank 0): weights with the config in their metadata."""
+    from unetdist.models.weights import save_weights
+
+    best = Path(run_dir) / BEST
+    tmp = Path(run_dir) / f"{TMP_PREFIX}{BEST}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    meta = {"format": "unetdist-1", "config": json.dumps(config_dict), "step": str(step)}
+    save_weights(state_dict, tmp / "model.safetensors", meta)
+    (tmp / "config.yaml").write_text(config_yaml)
+    (tmp / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=1) + "\n")
+    _replace_dir(tmp, best)
+    return best
+
+
+def find_resume(resume: str, run_dir: str | Path) -> Path | None:
+    """The checkpoint `train.resume` selects (auto | none | <path>), or None for a fresh start.
+
+    Pure reads, so every rank reaches the same answer (or the same error) before any writes.
+    """
+    existing = read_latest(run_dir)
+    if resume == "none":
+        if existing is not None:
+            raise UserError(f"train.resume=none but {run_dir} already holds checkpoints (latest "
+                            f"{existing.name}); nothing was overwritten: use train.resume=auto "
+                            "to continue it or choose a new train.run_dir")
+        return None
+    if resume == "auto":
+        return existing
+    path = Path(resume)
+    if (path / CHECKPOINTS).is_dir():
+        path = read_latest(path) or path
+    if not (path / STATE_FILE).is_file():
+        raise UserError(f"train.resume={resume}: not a checkpoint folder (no {STATE_FILE}) nor a "
+                        "run directory holding checkpoints")
+    m = _STEP_RE.match(path.name)
+    if existing is not None and m and existing.resolve() != path.resolve():
+        newer = [p.name for s, p in list_checkpoints(run_dir) if s > int(m.group(1))]
+        if newer:
+            raise UserError(f"train.resume={resume} is older than checkpoints already in "
+                            f"{run_dir} ({newer[-1]}); resume into a new train.run_dir")
+    return path

@@ -1,0 +1,47 @@
+"""Small collectives the trainer needs beyond what accelerate offers.
+
+Each helper is a no-op (returns its local answer) when no process group is running, so the
+same code path serves one process and many. Tensors live on the accelerator's device because
+NCCL only reduces CUDA tensors (gloo takes CPU ones).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def sum_across(values: list[float], device: torch.device) -> list[float]:
+    """All-reduce (sum) a few scalars in one collective; every rank gets the same list."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Overwrite every rank's buffers (BatchNorm running stats) with rank `src`'s.
+
+    DDP syncs buffers at the start of each forward, but each rank then updates its own copy
+    from its own batch, so after the last step they differ; validation and the exported model
+    must see a single copy.
+    """
+    if not is_distributed():
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src=src)
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank (small picklable objects only)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,0 +1,47 @@
+"""Preemption signals: the handler only records that a signal came.
+
+SLURM (`--signal=USR1@N`) or a scheduler's SIGTERM asks the job to stop soon. Doing anything
+inside a signal handler (I/O, collectives) is unsafe, and ranks receive signals at different
+moments, so the handler sets a flag; the trainer polls it at step boundaries and all ranks agree
+through a collective before they save the same step. Signals that arrive while the checkpoint
+is being written just set the flag again: they are ignored, never fatal.
+
+Under `accelerate launch` the workers only see SIGUSR1 when the launcher forwards it
+(`PET_SIGNALS_TO_HANDLE` must list it), and the launcher SIGKILLs them
+`TORCH_ELASTIC_SHUTDOWN_TIMEOUT` seconds (30 by default) after forwarding: the checkpoint must
+be written within that time (slurm/train.sbatch sets both).
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class PreemptionFlag:
+    """Context manager installing flag-setting handlers for SIGUSR1 and SIGTERM."""
+
+    def __init__(self, signals: tuple = SIGNALS):
+        self.signals = signals
+        self.received: list[str] = []  # names of the signals received, in order
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.received)
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signal.Signals(signum).name)
+
+    def __enter__(self) -> PreemptionFlag:  # noqa: PYI034 (py3.10: no typing.Self)
+        for s in self.signals:
+            self._previous[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # keep ignoring late signals until the process is done with its last writes: a
+        # second SIGTERM after the preemption checkpoint must not turn exit 0 into a kill
+        for s in self.signals:
+            signal.signal(s, signal.SIG_IGN if self.requested else self._previous[s])

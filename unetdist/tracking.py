@@ -1,0 +1,162 @@
+"""Rank-0 experiment trackers behind one tiny interface.
+
+`Tracker` is the protocol: `log(metrics, step)`, `finish()`, `run_id`. The local JSONL tracker
+(`run_dir/metrics.jsonl`, one JSON object per line with a `step` key) is always on; other
+backends (W&B) plug in through `open_tracker` and are fanned out by `MultiTracker`. Other ranks
+get a `NullTracker`, so calling code never branches on the rank.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from unetdist.config import RunConfig
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    @property
+    def run_id(self) -> str: ...
+
+    def log(self, metrics: dict, step: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class NullTracker:
+    """What non-zero ranks get: accepts everything, writes nothing."""
+
+    def __init__(self, run_id: str = ""):
+        self._run_id = run_id
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def _jsonable(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # JSON has no NaN/inf; null keeps the file parseable by any reader
+    return v
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """All records of a metrics.jsonl; a torn last line (crash mid-write) is skipped."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def truncate_records(path: str | Path, last_step: int) -> int:
+    """Drop records with step > last_step (atomically); returns how many were dropped."""
+    p = Path(path)
+    if not p.exists():
+        return 0
+    records = read_records(p)
+    keep = [r for r in records if int(r.get("step", 0)) <= last_step]
+    if len(keep) == len(records) and len(records) == len(p.read_text().splitlines()):
+        return 0  # nothing to drop (a torn last line still gets rewritten away)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    os.replace(tmp, p)
+    return len(records) - len(keep)
+
+
+class JsonlTracker:
+    """Appends `{"step": N, "time": unix, **metrics}` lines to run_dir/metrics.jsonl."""
+
+    def __init__(self, run_dir: str | Path, run_id: str | None = None):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._run_id = run_id or uuid.uuid4().hex[:12]
+        # held open for the run, line-buffered: every record is on disk when log() returns
+        self._fh = open(self.path, "a", buffering=1)  # noqa: SIM115
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    def log(self, metrics: dict, step: int) -> None:
+        rec = {"step": int(step), "time": round(time.time(), 3)}
+        rec.update({k: _jsonable(v) for k, v in metrics.items()})
+        self._fh.write(json.dumps(rec) + "\n")
+
+    def records(self) -> list[dict]:
+        self._fh.flush()
+        return read_records(self.path)
+
+    def finish(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+
+class MultiTracker:
+    """Fans out to several trackers; the first one's run id is the run's."""
+
+    def __init__(self, trackers: list):
+        self.trackers = trackers
+
+    @property
+    def run_id(self) -> str:
+        return self.trackers[0].run_id
+
+    def log(self, metrics: dict, step: int) -> None:
+        for t in self.trackers:
+            t.log(metrics, step)
+
+    def finish(self) -> None:
+        for t in self.trackers:
+            t.finish()
+
+    def log_model(self, best_dir: Path) -> None:
+        """Hand the exported best/ folder to the backends that store models (W&B artifacts)."""
+        for t in self.trackers:
+            if hasattr(t, "log_model"):
+                t.log_model(best_dir)
+
+
+def open_tracker(cfg: RunConfig, run_dir: str | Path, *, is_main: bool,
+                 run_id: str | None = None, resume_step: int = 0) -> Tracker:
+    """The run's tracker: JSONL on rank 0 (records past `resume_step` dropped), null elsewhere.
+
+    `run_id` is the id stored in the checkpoint being resumed (None for a fresh run), so a
+    resumed run continues the same tracked run. W&B joins when `cfg.track.wandb.mode` resolves
+    to online/offline; its run id then is the run's (and the JSONL tracker's).
+    """
+    if not is_main:
+        return NullTracker(run_id or "")
+    truncate_records(Path(run_dir) / METRICS_FILE, resume_step)
+    trackers: list = []
+    if cfg.track.wandb.mode != "disabled":
+        from unetdist.config import to_dict
+        from unetdist.wandb_tracker import WandbTracker
+
+        wb = WandbTracker(cfg.track.wandb, Path(run_dir), to_dict(cfg), resume_id=run_id)
+        if wb.active:
+            trackers.append(wb)
+            run_id = wb.run_id
+    return MultiTracker([JsonlTracker(run_dir, run_id), *trackers])

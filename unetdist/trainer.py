@@ -1,0 +1,322 @@
+"""The training loop: `fit()` is a skeleton of named steps; each step is a small function below.
+
+Distributed semantics (DESIGN.md §4-§5): data is staged before the process group exists; the
+webdataset stream is never passed through `accelerator.prepare()` (each rank reads its own
+explicitly seeded stream and we move batches to the device); the LR scheduler is stepped here
+once per optimizer step and only registered for checkpointing. Every optimizer step ends with
+one small all-reduce that carries the global loss, the non-finite flag, the preemption flag and
+rank 0's checkpoint clock, so all ranks take the same decisions at the same step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from unetdist import checkpoint as ckpt
+from unetdist.config import RunConfig, to_dict, to_yaml
+from unetdist.distributed import broadcast_buffers, gather_objects, sum_across
+from unetdist.errors import UserError
+from unetdist.faults import fault
+from unetdist.preempt import PreemptionFlag
+from unetdist.tracking import METRICS_FILE, read_records
+from unetdist.trainsetup import (
+    Run,
+    announce,
+    check_runtime,
+    make_accelerator,
+    setup_run,
+    trainer_state,
+)
+
+
+class NonFiniteError(UserError):
+    """Training diverged: a NaN/inf loss or gradient norm (or too many fp16 overflow skips)."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    preempted: bool
+    best_dice: float | None
+    best_step: int | None
+    model: torch.nn.Module  # the trained network (unwrapped from DDP)
+
+
+@dataclass
+class StepStats:
+    loss: float  # global mean loss of the step
+    grad_norm: float
+    lr: float
+    images: int  # images this step processed across all ranks
+    seconds: float
+    preempt: bool  # some rank received a preemption signal
+    clock_due: bool  # rank 0's every_minutes clock says checkpoint now
+    nonfinite: bool  # some rank's loss was NaN/inf
+    local_nonfinite: bool  # this rank's loss was NaN/inf
+
+
+# ----------------------------------------------------------------------------- the skeleton
+
+
+def fit(cfg: RunConfig) -> TrainResult:
+    """Train `cfg` to `train.max_steps` (or until preempted); resume per `train.resume`."""
+    from unetdist.data.stage import resolve_data_dir
+
+    check_runtime(cfg)
+    with PreemptionFlag() as flag:  # from the start: a signal while staging is not fatal either
+        shard_dir = resolve_data_dir(cfg.data)  # staging before the process group: no timeouts
+        acc = make_accelerator(cfg)
+        run = setup_run(cfg, acc, shard_dir)
+        announce(run)
+        try:
+            result = train_loop(run, flag)
+            finish(run, result)
+        finally:
+            run.tracker.finish()
+            acc.end_training()
+    return result
+
+
+def train_loop(run: Run, flag: PreemptionFlag) -> TrainResult:
+    cfg, st = run.cfg, run.state
+    bar = progress_bar(run)
+    window: list[StepStats] = []
+    stream = batch_stream(run)
+    try:
+        while st.step < cfg.train.max_steps:
+            stall_for_tests(run, flag)
+            stats = train_step(run, [next(stream) for _ in range(cfg.train.grad_accum)], flag)
+            st.step += 1
+            log_step(run, stats, window, bar)
+            if stats.preempt and st.step < cfg.train.max_steps:
+                return stop_for_preemption(run, flag)
+            if validation_due(run):
+                validate(run)
+            if checkpoint_due(run, stats):
+                save(run)
+    finally:
+        stream.close()
+        bar.close()
+    return result_of(run, preempted=False)
+
+
+def finish(run: Run, result: TrainResult) -> None:
+    if result.preempted:
+        return
+    if not run.has_val:  # no validation split, no "best": export the final weights as best/
+        export_best(run, {"note": f"no '{run.cfg.eval.split}' split: final weights"})
+    best = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
+    run.acc.print(f"done: step {result.step}, best val FOV Dice {best} (step "
+                  f"{result.best_step}), run_dir {run.run_dir}", flush=True)
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def batch_stream(run: Run) -> Iterator[dict]:
+    """The rank's batches from the current stream position, epoch after epoch."""
+    from unetdist.data.pipeline import train_batches
+
+    cfg, acc = run.cfg, run.acc
+    epoch, pos = divmod(run.state.batches, cfg.data.steps_per_epoch)
+    while True:
+        yield from train_batches(cfg.data, run.shard_dir, seed=cfg.seed,
+                                 rank=acc.process_index, world_size=acc.num_processes,
+                                 epoch=epoch, start_step=pos)
+        epoch, pos = epoch + 1, 0
+
+
+def train_step(run: Run, micro_batches: list[dict], flag: PreemptionFlag) -> StepStats:
+    """Forward/backward over the accumulation micro-batches, agree, clip, step."""
+    acc, model, cfg = run.acc, run.model, run.cfg
+    step_no, t0 = run.state.step + 1, time.perf_counter()
+    model.train()
+    loss_sum, images, keys = torch.zeros((), device=acc.device), 0, []
+    for batch in micro_batches:
+        with acc.accumulate(model):
+            x, y, f = to_device(batch, acc.device, cfg.model.channels_last)
+            loss = run.loss_fn(model(x), y, f)
+            if fault("nan_loss", step=step_no, rank=acc.process_index):
+                loss = loss * float("nan")
+            acc.backward(loss)
+        loss_sum += loss.detach()
+        images += x.shape[0]
+        keys += list(batch["key"])
+        run.state.batches += 1
+    stats = agree(run, loss_sum, images, flag)
+    check_finite_loss(run, stats, keys, step_no)
+    stats.grad_norm = clip_gradients(run, step_no)
+    stats.lr = run.optimizer.param_groups[0]["lr"]
+    optimizer_step(run, step_no)
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def to_device(batch: dict, device: torch.device, channels_last: bool):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
+    return x, batch["label"].to(device, non_blocking=True), batch["fov"].to(device,
+                                                                             non_blocking=True)
+
+
+def agree(run: Run, loss_sum: torch.Tensor, images: int, flag: PreemptionFlag) -> StepStats:
+    """The step's one collective: global loss, non-finite ranks, preemption, rank 0's clock."""
+    acc, n = run.acc, run.acc.num_processes
+    local = float(loss_sum.item())
+    finite = math.isfinite(local)
+    minutes = run.cfg.checkpoint.every_minutes
+    clock = (acc.is_main_process and minutes > 0
+             and time.monotonic() - run.last_save_time >= minutes * 60)
+    tot = sum_across([local if finite else 0.0, 0.0 if finite else 1.0,
+                      float(flag.requested), float(clock), float(images)], acc.device)
+    bad = tot[1] > 0
+    mean = float("nan") if bad else tot[0] / (n * run.cfg.train.grad_accum)
+    return StepStats(loss=mean, grad_norm=0.0, lr=0.0, images=int(tot[4]), seconds=0.0,
+                     preempt=tot[2] > 0, clock_due=tot[3] > 0, nonfinite=bad,
+                     local_nonfinite=not finite)
+
+
+def check_finite_loss(run: Run, stats: StepStats, keys: list[str], step_no: int) -> None:
+    if not stats.nonfinite:
+        return
+    per_rank = gather_objects(keys if stats.local_nonfinite else None)
+    where = "; ".join(f"rank {r}: {', '.join(k)}" for r, k in enumerate(per_rank) if k)
+    raise NonFiniteError(f"non-finite loss at step {step_no} (batch keys {where}); training "
+                         f"stopped, no checkpoint written after step {step_no - 1}")
+
+
+def clip_gradients(run: Run, step_no: int) -> float:
+    max_norm = run.cfg.optim.grad_clip or float("inf")  # inf: measure the norm, scale by 1
+    norm = float(run.acc.clip_grad_norm_(run.model.parameters(), max_norm))
+    if run.cfg.train.precision != "fp16" and not math.isfinite(norm):
+        # identical on all ranks (gradients are all-reduced), so every rank stops here
+        raise NonFiniteError(f"non-finite gradient norm ({norm}) at step {step_no}; training "
+                             f"stopped, no checkpoint written after step {step_no - 1}")
+    return norm
+
+
+def optimizer_step(run: Run, step_no: int) -> None:
+    run.optimizer.step()
+    skipped = run.acc.optimizer_step_was_skipped  # fp16 overflow: the scaler skipped it
+    if not skipped:
+        run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    st = run.state
+    st.skipped_in_a_row = st.skipped_in_a_row + 1 if skipped else 0
+    if st.skipped_in_a_row > run.cfg.train.max_skipped_steps:
+        raise NonFiniteError(f"{st.skipped_in_a_row} consecutive fp16 overflow skips up to step "
+                             f"{step_no} (train.max_skipped_steps="
+                             f"{run.cfg.train.max_skipped_steps}); lower optim.lr or use bf16")
+
+
+def stall_for_tests(run: Run, flag: PreemptionFlag) -> None:
+    """UNETDIST_FAULT=stall:step=N: wait before step N until a signal (tests kill/signal here)."""
+    if fault("stall", step=run.state.step + 1, rank=run.acc.process_index):
+        deadline = time.monotonic() + 600
+        while not flag.requested and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+
+
+def progress_bar(run: Run):
+    from tqdm import tqdm
+
+    return tqdm(total=run.cfg.train.max_steps, initial=run.state.step, desc="train",
+                unit="step", dynamic_ncols=True,
+                disable=not (run.acc.is_main_process and run.cfg.train.progress))
+
+
+def log_step(run: Run, stats: StepStats, window: list[StepStats], bar) -> None:
+    window.append(stats)
+    secs = sum(s.seconds for s in window)
+    ips = sum(s.images for s in window) / secs if secs > 0 else 0.0
+    bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}", img_s=f"{ips:.1f}",
+                    refresh=False)
+    bar.update(1)
+    st, cfg = run.state, run.cfg
+    if st.step % cfg.train.log_every and st.step != cfg.train.max_steps:
+        return
+    run.tracker.log({"split": "train", "loss": sum(s.loss for s in window) / len(window),
+                     "lr": stats.lr, "grad_norm": stats.grad_norm, "img_per_s": ips,
+                     "epoch": st.batches / cfg.data.steps_per_epoch}, st.step)
+    window.clear()
+
+
+def validation_due(run: Run) -> bool:
+    every, step = run.cfg.train.eval_every, run.state.step
+    return run.has_val and (step == run.cfg.train.max_steps or (every > 0 and step % every == 0))
+
+
+def checkpoint_due(run: Run, stats: StepStats) -> bool:
+    every, step = run.cfg.checkpoint.every_steps, run.state.step
+    return (step == run.cfg.train.max_steps or stats.clock_due
+            or (every > 0 and step % every == 0))
+
+
+def validate(run: Run) -> dict:
+    """Full-image validation on every rank's share; best model by FOV Dice."""
+    from unetdist.data.pipeline import eval_samples
+    from unetdist.evaluate import evaluate_split
+    from unetdist.plots import plot_training_curves
+
+    cfg, acc, st = run.cfg, run.acc, run.state
+    broadcast_buffers(acc.unwrap_model(run.model))  # one copy of the BN statistics
+    samples = eval_samples(cfg.data, run.shard_dir, cfg.eval.split, rank=acc.process_index,
+                           world_size=acc.num_processes)
+    res = evaluate_split(run.model, samples, cfg.eval, accelerator=acc, progress=False)
+    metrics = {"split": "val", "num_images": res["num_images"], **res["fov"]}
+    run.tracker.log(metrics, st.step)
+    dice = float(res["fov"]["dice"])
+    if st.best_dice is None or dice > st.best_dice:
+        st.best_dice, st.best_step = dice, st.step
+        export_best(run, metrics)
+    if acc.is_main_process:
+        plot_training_curves(read_records(run.run_dir / METRICS_FILE),
+                             run.run_dir / "plots" / "loss.png")
+    return metrics
+
+
+def export_best(run: Run, metrics: dict) -> None:
+    state_dict = run.acc.get_state_dict(run.model)
+    if run.acc.is_main_process:
+        path = ckpt.export_best(state_dict, to_dict(run.cfg), to_yaml(run.cfg), metrics,
+                                run.state.step, run.run_dir)
+        log_model = getattr(run.tracker, "log_model", None)
+        if log_model is not None:
+            log_model(path)
+    run.acc.wait_for_everyone()
+
+
+def save(run: Run) -> Path | None:
+    if run.last_saved_step == run.state.step:
+        return None
+    path = ckpt.save_checkpoint(run.acc, run.run_dir, run.state.step, trainer_state(run),
+                                run.cfg.checkpoint.keep_last)
+    run.last_save_time, run.last_saved_step = time.monotonic(), run.state.step
+    return path
+
+
+def stop_for_preemption(run: Run, flag: PreemptionFlag) -> TrainResult:
+    step = run.state.step
+    save(run)
+    if run.acc.is_main_process:
+        ckpt.write_preempted(run.run_dir, step)
+    why = ", ".join(sorted(set(flag.received))) or "signal on another rank"
+    print(f"rank {run.acc.process_index}: preempted ({why}); checkpoint of step {step} saved, "
+          "exiting", flush=True)
+    return result_of(run, preempted=True)
+
+
+def result_of(run: Run, preempted: bool) -> TrainResult:
+    st = run.state
+    return TrainResult(run.run_dir, st.step, preempted, st.best_dice, st.best_step,
+                       run.acc.unwrap_model(run.model))

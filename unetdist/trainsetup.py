@@ -1,0 +1,177 @@
+"""Everything before the first step: accelerator, model/optimizer/scheduler, resume, run dir.
+
+`setup_run` returns the `Run` the loop in `unetdist.trainer` works on. The reads that decide
+whether and from where to resume happen on every rank before any rank writes, so all ranks
+reach the same decision (or raise the same error) without a collective.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from unetdist import checkpoint as ckpt
+from unetdist.config import RunConfig, to_dict, to_yaml
+from unetdist.distributed import gather_objects
+from unetdist.errors import ConfigError, DataError
+from unetdist.tracking import Tracker, open_tracker
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint must carry besides accelerate's state."""
+
+    step: int = 0  # optimizer steps completed
+    batches: int = 0  # micro-batches this rank consumed: the data-stream position
+    best_dice: float | None = None  # best validation FOV Dice so far
+    best_step: int | None = None  # the step it was reached at
+    skipped_in_a_row: int = 0  # consecutive fp16 overflow skips
+    run_id: str = ""  # tracker run id, so a resumed run continues the same tracked run
+
+
+@dataclass
+class Run:
+    """Everything the loop's steps share."""
+
+    cfg: RunConfig
+    acc: object  # accelerate.Accelerator
+    run_dir: Path
+    shard_dir: str
+    manifest_hash: str
+    has_val: bool
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loss_fn: object
+    state: TrainState
+    tracker: Tracker | None = None
+    last_save_time: float = field(default_factory=time.monotonic)
+    last_saved_step: int = -1
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def check_runtime(cfg: RunConfig) -> None:
+    if cfg.train.precision == "fp16" and not torch.cuda.is_available():
+        # accelerate would silently train in fp32 on CPU
+        raise ConfigError("train.precision must be no|bf16 without CUDA, got 'fp16'")
+
+
+def make_accelerator(cfg: RunConfig):
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.train.precision,
+                       gradient_accumulation_steps=cfg.train.grad_accum)
+
+
+def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
+    from unetdist.data.shards import manifest_hash, read_manifest
+    from unetdist.losses import build_loss
+
+    manifest = read_manifest(shard_dir)
+    run_dir = Path(cfg.train.run_dir)
+    mhash = manifest_hash(manifest)
+    resume_from, saved = plan_resume(cfg, acc, run_dir, mhash)
+    acc.wait_for_everyone()  # every rank has read the run dir before rank 0 writes to it
+    if acc.is_main_process:
+        prepare_run_dir(cfg, acc, run_dir)
+    model, optimizer, scheduler = build_training_objects(cfg, acc)
+    run = Run(cfg, acc, run_dir, shard_dir, mhash, cfg.eval.split in manifest["splits"],
+              model, optimizer, scheduler, build_loss(cfg.loss), TrainState())
+    if resume_from is not None:
+        run.state = restore(run, resume_from, saved)
+        run.last_saved_step = run.state.step
+        acc.print(f"resuming from {resume_from}", flush=True)
+    run.tracker = open_tracker(cfg, run_dir, is_main=acc.is_main_process,
+                               run_id=run.state.run_id or None, resume_step=run.state.step)
+    run.state.run_id = run.tracker.run_id or run.state.run_id
+    acc.wait_for_everyone()
+    return run
+
+
+def plan_resume(cfg: RunConfig, acc, run_dir: Path, mhash: str) -> tuple[Path | None, dict]:
+    """Pick the checkpoint to resume and check it; reads only, so all ranks agree."""
+    path = ckpt.find_resume(cfg.train.resume, run_dir)
+    if path is None:
+        return None, {}
+    saved = ckpt.read_trainer_state(path)
+    warnings = ckpt.check_compatible(saved, cfg.model.architecture(), mhash,
+                                     acc.num_processes, path)
+    ckpt.check_rng_files(path, int(saved["world_size"]), acc.num_processes)
+    if acc.is_main_process:
+        for w in warnings:
+            print(w, file=sys.stderr, flush=True)
+    return path, saved
+
+
+def prepare_run_dir(cfg: RunConfig, acc, run_dir: Path) -> None:
+    from unetdist.runinfo import run_info, write_run_config
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.clean_stale(run_dir)
+    ckpt.clear_preempted(run_dir)  # this start is the requeued job the marker asked for
+    write_run_config(run_dir, to_yaml(cfg), run_info(acc.num_processes, cfg.train.precision))
+
+
+def build_training_objects(cfg: RunConfig, acc):
+    from accelerate.utils import set_seed
+
+    from unetdist.models import apply_runtime_options, build_model
+    from unetdist.optim import build_optimizer, build_scheduler
+
+    set_seed(cfg.seed)  # identical initial weights on every rank
+    model = apply_runtime_options(build_model(cfg.model), cfg.model,
+                                  distributed=acc.num_processes > 1)
+    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+    model, optimizer = acc.prepare(model, optimizer)
+    acc.register_for_checkpointing(scheduler)  # not prepare(): it would step once per process
+    set_seed(cfg.seed, device_specific=True)  # per-rank random streams from here on
+    return model, optimizer, scheduler
+
+
+def restore(run: Run, path: Path, saved: dict) -> TrainState:
+    acc = run.acc
+    acc.load_state(str(path))
+    rank, saved_ws = acc.process_index, int(saved["world_size"])
+    ok = rank >= saved_ws or ckpt.verify_rng_restored(path, rank)
+    failed = [r for r, good in enumerate(gather_objects(ok)) if not good]
+    if failed:
+        raise DataError(f"checkpoint {path}: the random state of rank(s) {failed} did not load")
+    return TrainState(step=int(saved["step"]), batches=int(saved["stream"]["batches"]),
+                      best_dice=saved["best"]["value"], best_step=saved["best"]["step"],
+                      skipped_in_a_row=int(saved["skipped_in_a_row"]),
+                      run_id=saved["tracker_run_id"])
+
+
+def announce(run: Run) -> None:
+    cfg, acc = run.cfg, run.acc
+    b, n, ga = cfg.data.batch_size, acc.num_processes, cfg.train.grad_accum
+    backend = "single process" if n == 1 else "nccl" if acc.device.type == "cuda" else "gloo"
+    acc.print(f"unetdist train: {n} process(es) on {acc.device.type} ({backend}), precision "
+              f"{cfg.train.precision}; global batch = {b} per process x {n} processes x {ga} "
+              f"accumulation = {b * n * ga}; run_dir {run.run_dir}", flush=True)
+    if run.state.step:
+        e, p = divmod(run.state.batches, cfg.data.steps_per_epoch)
+        acc.print(f"resumed at step {run.state.step} (epoch {e}, batch {p}) -> "
+                  f"{cfg.train.max_steps}", flush=True)
+    if not run.has_val:
+        acc.print(f"warning: the shards have no '{cfg.eval.split}' split: no validation; the "
+                  "final weights are exported as best/", file=sys.stderr, flush=True)
+
+
+def trainer_state(run: Run) -> dict:
+    """trainer_state.json of a checkpoint: what `restore` reads back, plus what resume checks."""
+    st, cfg = run.state, run.cfg
+    epoch, pos = divmod(st.batches, cfg.data.steps_per_epoch)
+    return {"step": st.step, "epoch": epoch,
+            "stream": {"epoch": epoch, "position": pos, "batches": st.batches},
+            "best": {"metric": "val fov dice", "value": st.best_dice, "step": st.best_step},
+            "skipped_in_a_row": st.skipped_in_a_row, "tracker_run_id": st.run_id,
+            "manifest_hash": run.manifest_hash, "world_size": run.acc.num_processes,
+            "config": to_dict(cfg)}
