@@ -1,0 +1,261 @@
+"""The input pipelines: training batches (resampled, exact under DDP) and evaluation samples.
+
+Training (`train_batches`): each rank yields exactly `steps_per_epoch - start_step` batches
+from its own seeded streams (see `stream.py`), so no rank ever waits for another at an epoch
+boundary and any shard count works. The DataLoader is built here and must NOT go through
+`accelerator.prepare()` (that would re-shard or dispatch an already split stream); the trainer
+moves batches to its device itself. The loader gets its own torch.Generator so building one
+never advances the trainer's global RNG (a resumed run would otherwise drift).
+
+Evaluation (`eval_samples`): rank r reads the contiguous r-th share of the split's samples in
+key order, full resolution, no augmentation, each sample exactly once across ranks; shares can
+be empty. No collectives happen here, so ranks with fewer samples never block.
+
+Cache (data.cache): DataLoader workers are new processes every epoch, so a cache filled inside
+them would die with them and every epoch would decode again. Instead the cache is filled in
+the process that calls `train_batches` (the trainer), with a thread pool, right before the
+workers start; forked workers inherit it copy-on-write (one copy per rank, not per worker) and
+never open a tar; under spawn/forkserver it is pickled to each worker instead. The alternative,
+persistent workers, would need the epoch and start step passed through shared memory to a
+hidden long-lived loader and would keep one cache copy per worker. Forking workers is also why
+OpenCV's thread pool is switched off in this process once a loader has workers (see
+`_single_threaded_opencv`).
+
+Corrupt samples: with data.on_corrupt=skip each one is logged once (main process) and counted
+(`.skipped`); the count is logged when the stream ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from unetdist.data.reader import (
+    CACHE,
+    SampleCache,
+    ShardInfo,
+    decode_checked,
+    fill_cache,
+    iter_raw,
+    split_shards,
+)
+from unetdist.data.stream import StreamSpec, assign_shards, stream_batches
+from unetdist.data.transforms import preprocess
+from unetdist.errors import DataError
+
+if TYPE_CHECKING:
+    from unetdist.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+
+def count_samples(shard_dir: str, split: str) -> int:
+    """Samples in SPLIT according to the manifest (0 when the split has none)."""
+    from unetdist.data.shards import read_manifest
+
+    entry = read_manifest(shard_dir).get("splits", {}).get(split) or {}
+    return sum(int(s["samples"]) for s in entry.get("shards", []))
+
+
+class _SkipLog:
+    """Corrupt samples seen by a stream: logged once each, counted, summarised at the end."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self.keys = what, set()
+
+    def add(self, key: str, shard: str, why: str) -> None:
+        if (shard, key) not in self.keys:
+            self.keys.add((shard, key))
+            log.warning("skipping corrupt sample %r in %s: %s", key, shard, why)
+
+    def summary(self) -> None:
+        if self.keys:
+            log.warning("skipped %d corrupt %s sample(s) (data.on_corrupt=skip)",
+                        len(self.keys), self.what)
+
+
+def _identity(x):
+    return x
+
+
+def _single_threaded_opencv() -> None:
+    """Turn OpenCV's thread pool off in this process before forking DataLoader workers.
+
+    A forked worker inherits the parent's pool without its threads, and touching it there
+    (`setNumThreads`, or a parallel warp) can block forever on a condition variable; mmcv and
+    mmdet do the same for the same reason. Each worker then uses one core, as it should.
+    """
+    import cv2
+
+    if cv2.getNumThreads() > 1:
+        cv2.setNumThreads(0)
+
+
+def _forks() -> bool:
+    """Whether DataLoader workers will be forked (the default start method, not fixing it)."""
+    import multiprocessing
+
+    method = multiprocessing.get_start_method(allow_none=True)
+    return (method or multiprocessing.get_all_start_methods()[0]) == "fork"
+
+
+class _TrainDataset(torch.utils.data.IterableDataset):
+    """One epoch of one rank; each DataLoader worker plays the logical stream it is due.
+
+    CACHE is None when workers are forked (they inherit the module's cache for free) or the
+    cache is off; with spawn/forkserver it is the warm cache itself, pickled to each worker.
+    """
+
+    def __init__(self, spec: StreamSpec, use_cache: bool, cache: SampleCache | None) -> None:
+        self.spec, self.use_cache, self.cache = spec, use_cache, cache
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        spec, n = self.spec, self.spec.num_streams
+        first = spec.start_step + worker  # this worker makes steps first, first + n, ...
+        count = len(range(first, spec.cfg.steps_per_epoch, n))
+        try:
+            cache = (self.cache or CACHE) if self.use_cache else None
+            yield from stream_batches(spec, first % n, first // n, count, cache)
+        except DataError as e:  # one clean line for the CLI instead of a wrapped traceback
+            yield {"_error": str(e)}
+
+
+class TrainStream:
+    """The batches of one rank for one epoch (from start_step); see `train_batches`."""
+
+    def __init__(self, cfg: DataConfig, shard_dir: str, *, seed: int, rank: int,
+                 world_size: int, epoch: int, start_step: int = 0) -> None:
+        if not 0 <= start_step <= cfg.steps_per_epoch:
+            raise ValueError(f"start_step must be in [0, {cfg.steps_per_epoch}], got {start_step}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world size {world_size}")
+        shards = tuple(split_shards(shard_dir, "train"))
+        self.cfg = cfg
+        self.spec = StreamSpec(cfg, shards, seed, epoch, rank, world_size, start_step,
+                               max(1, cfg.num_workers))
+        self.skipped = _SkipLog("training")
+
+    def __len__(self) -> int:
+        return self.cfg.steps_per_epoch - self.spec.start_step
+
+    def _warm_cache(self) -> None:
+        needed = {s for k in range(self.spec.num_streams) for s in assign_shards(self.spec, k)}
+        for key, shard, why in fill_cache(sorted(needed, key=lambda s: s.name), self.cfg):
+            self.skipped.add(key, shard, why)
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        workers = self.cfg.num_workers
+        if workers:
+            _single_threaded_opencv()
+        ship = CACHE if workers and self.cfg.cache and not _forks() else None
+        gen = torch.Generator().manual_seed(self.spec.seed_for(0xDA7A))
+        return torch.utils.data.DataLoader(
+            _TrainDataset(self.spec, self.cfg.cache, ship), batch_size=None, num_workers=workers,
+            collate_fn=_identity, prefetch_factor=2 if workers else None,
+            pin_memory=torch.cuda.is_available(), generator=gen)
+
+    def __iter__(self) -> Iterator[dict]:
+        if len(self) == 0:
+            return
+        if self.cfg.cache:
+            self._warm_cache()
+        n = 0
+        for batch in self._loader():
+            if "_error" in batch:
+                raise DataError(batch["_error"])
+            for key, shard, why in batch.pop("_bad"):
+                self.skipped.add(key, shard, why)
+            n += 1
+            yield batch
+        if n != len(self):  # the DataLoader round-robin contract; never expected to fire
+            raise RuntimeError(f"training stream yielded {n} batches, expected {len(self)}")
+        self.skipped.summary()
+
+
+def train_batches(cfg: DataConfig, shard_dir: str, *, seed: int, rank: int, world_size: int,
+                  epoch: int, start_step: int = 0) -> TrainStream:
+    """Exactly `cfg.steps_per_epoch - start_step` batches of this rank for EPOCH.
+
+    Batches are dicts of CPU tensors: image float32 (B,C,h,w), label/fov float32 (B,1,h,w) in
+    {0,1}, key list[str]. Deterministic in (seed, epoch, rank, data.num_workers); rebuilt with
+    start_step=k it yields what the uninterrupted stream yields after k batches.
+    """
+    return TrainStream(cfg, shard_dir, seed=seed, rank=rank, world_size=world_size,
+                       epoch=epoch, start_step=start_step)
+
+
+class EvalStream:
+    """This rank's share of a split, one preprocessed full-resolution sample at a time."""
+
+    def __init__(self, cfg: DataConfig, shard_dir: str, split: str, *, rank: int,
+                 world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world size {world_size}")
+        self.cfg, self.split = cfg, split
+        self.shards = split_shards(shard_dir, split)
+        total = sum(s.samples for s in self.shards)
+        self.lo, self.hi = rank * total // world_size, (rank + 1) * total // world_size
+        self.skipped = _SkipLog(f"{split!r}")
+
+    def __len__(self) -> int:
+        """Samples assigned to this rank (corrupt ones skipped under on_corrupt=skip included)."""
+        return self.hi - self.lo
+
+    def _raw(self) -> Iterator[dict]:
+        """Raw samples with global index in [lo, hi), in key order; other shards are not read."""
+        offset, last = 0, None
+        for shard in self.shards:
+            start, offset = offset, offset + shard.samples
+            if offset <= self.lo or start >= self.hi:
+                continue
+            for i, raw in enumerate(iter_raw(shard), start=start):
+                if last is not None and raw["__key__"] <= last:
+                    raise DataError(f"shard {shard.name}: keys out of order ({last!r} then "
+                                    f"{raw['__key__']!r}); rewrite the shards")
+                last = raw["__key__"]
+                if i >= self.lo:
+                    yield raw
+                if i + 1 >= self.hi:
+                    return
+
+    def __iter__(self) -> Iterator[dict]:
+        for raw in self._raw():
+            decoded, why = decode_checked(raw, self.cfg.on_corrupt)
+            if decoded is None:
+                self.skipped.add(raw["__key__"], raw["__url__"].rsplit("/", 1)[-1], why)
+                continue
+            yield _eval_sample(decoded, self.cfg)
+        self.skipped.summary()
+
+
+def _mask(m: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(m.astype(np.float32)[None, None])
+
+
+def _eval_sample(d: dict, cfg: DataConfig) -> dict:
+    out = {"key": d["key"], "image": torch.from_numpy(preprocess(d["image"], d["fov"], cfg)[None]),
+           "label": _mask(d["label"]), "fov": _mask(d["fov"])}
+    if "label2" in d:
+        out["label2"] = _mask(d["label2"])
+    out.update(rgb=d["image"], meta=d["meta"])
+    return out
+
+
+def eval_samples(cfg: DataConfig, shard_dir: str, split: str, *, rank: int,
+                 world_size: int) -> EvalStream:
+    """Every sample of SPLIT exactly once across ranks, this rank's share ordered by key.
+
+    Each item: key, image float32 (1,C,H,W) preprocessed, label/fov (and label2 when present)
+    float32 (1,1,H,W), rgb uint8 (H,W,3), meta dict. A rank's share may be empty.
+    """
+    return EvalStream(cfg, shard_dir, split, rank=rank, world_size=world_size)
+
+
+__all__ = ["EvalStream", "ShardInfo", "TrainStream", "count_samples", "eval_samples",
+           "train_batches"]
