@@ -138,6 +138,16 @@ class MultiTracker:
             if hasattr(t, "log_model"):
                 t.log_model(best_dir)
 
+    @property
+    def wants_masks(self) -> bool:
+        """Whether some backend shows prediction masks (so validation should render them)."""
+        return any(hasattr(t, "log_masks") for t in self.trackers)
+
+    def log_masks(self, images: list[dict], step: int) -> None:
+        for t in self.trackers:
+            if hasattr(t, "log_masks"):
+                t.log_masks(images, step)
+
 
 def open_tracker(cfg: RunConfig, run_dir: str | Path, *, is_main: bool,
                  run_id: str | None = None, resume_step: int = 0) -> Tracker:

@@ -60,6 +60,7 @@ class StepStats:
     clock_due: bool  # rank 0's every_minutes clock says checkpoint now
     nonfinite: bool  # some rank's loss was NaN/inf
     local_nonfinite: bool  # this rank's loss was NaN/inf
+    data_wait: float = 0.0  # seconds this rank waited for its batches (included in seconds)
 
 
 # ----------------------------------------------------------------------------- the skeleton
@@ -92,7 +93,11 @@ def train_loop(run: Run, flag: PreemptionFlag) -> TrainResult:
     try:
         while st.step < cfg.train.max_steps:
             stall_for_tests(run, flag)
-            stats = train_step(run, [next(stream) for _ in range(cfg.train.grad_accum)], flag)
+            t0 = time.perf_counter()
+            micro = [next(stream) for _ in range(cfg.train.grad_accum)]
+            waited = time.perf_counter() - t0
+            stats = train_step(run, micro, flag)
+            stats.data_wait, stats.seconds = waited, stats.seconds + waited
             st.step += 1
             log_step(run, stats, window, bar)
             if stats.preempt and st.step < cfg.train.max_steps:
@@ -245,9 +250,13 @@ def log_step(run: Run, stats: StepStats, window: list[StepStats], bar) -> None:
     st, cfg = run.state, run.cfg
     if st.step % cfg.train.log_every and st.step != cfg.train.max_steps:
         return
-    run.tracker.log({"split": "train", "loss": sum(s.loss for s in window) / len(window),
-                     "lr": stats.lr, "grad_norm": stats.grad_norm, "img_per_s": ips,
-                     "epoch": st.batches / cfg.data.steps_per_epoch}, st.step)
+    record = {"split": "train", "loss": sum(s.loss for s in window) / len(window),
+              "lr": stats.lr, "grad_norm": stats.grad_norm, "img_per_s": ips,
+              "data_wait": sum(s.data_wait for s in window) / secs if secs > 0 else 0.0,
+              "epoch": st.batches / cfg.data.steps_per_epoch}
+    if torch.cuda.is_available():
+        record["gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    run.tracker.log(record, st.step)
     window.clear()
 
 
@@ -275,6 +284,7 @@ def validate(run: Run) -> dict:
     res = evaluate_split(run.model, samples, cfg.eval, accelerator=acc, progress=False)
     metrics = {"split": "val", "num_images": res["num_images"], **res["fov"]}
     run.tracker.log(metrics, st.step)
+    log_val_masks(run)
     dice = float(res["fov"]["dice"])
     if st.best_dice is None or dice > st.best_dice:
         st.best_dice, st.best_step = dice, st.step
@@ -283,6 +293,28 @@ def validate(run: Run) -> dict:
         plot_training_curves(read_records(run.run_dir / METRICS_FILE),
                              run.run_dir / "plots" / "loss.png")
     return metrics
+
+
+def log_val_masks(run: Run) -> None:
+    """Rank 0 renders a fixed set of validation images (first by key) for W&B's mask viewer."""
+    n = run.cfg.track.wandb.log_images
+    if not (run.acc.is_main_process and n > 0 and getattr(run.tracker, "wants_masks", False)):
+        return
+    from itertools import islice
+
+    from unetdist.data.pipeline import eval_samples
+    from unetdist.inference import sliding_window_predict
+
+    model = run.acc.unwrap_model(run.model)  # DDP's forward would sync with idle ranks
+    images = []
+    for s in islice(eval_samples(run.cfg.data, run.shard_dir, run.cfg.eval.split, rank=0,
+                                 world_size=1), n):
+        prob = sliding_window_predict(model, s["image"].to(run.acc.device), run.cfg.eval)
+        pred = (prob[0, 0].float().cpu().numpy() >= run.cfg.eval.threshold)
+        images.append({"key": s["key"], "rgb": s["rgb"], "pred": pred.astype("uint8"),
+                       "label": s["label"][0, 0].numpy().astype("uint8"),
+                       "fov": s["fov"][0, 0].numpy().astype("uint8")})
+    run.tracker.log_masks(images, run.state.step)
 
 
 def export_best(run: Run, metrics: dict) -> None:
