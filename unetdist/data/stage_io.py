@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from unetdist.data.atomic import fsync_path as fsync_dir  # a folder fsync makes renames durable
 from unetdist.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -55,15 +56,6 @@ def marker_dir(dst: Path) -> Path:
 
 def failure_path(dst: Path) -> Path:
     return state_dir(dst) / "failed.json"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make renames and unlinks in PATH durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
