@@ -1,0 +1,77 @@
+"""`unetdist bench --quick`: every section runs and the JSON holds what the table claims."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+from tests.util import cli
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "sub" / "bench.json"
+    r = cli("bench", "--quick", "--out", out, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return {"doc": json.loads(out.read_text()), "stdout": r.stdout}
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_quick_bench_writes_every_section(quick):
+    import torch
+
+    from unetdist.bench import SECTIONS
+
+    doc = quick["doc"]
+    assert doc["format"] == 1 and doc["quick"] is True and doc["errors"] == {}
+    assert set(doc["sections"]) == set(SECTIONS)
+    m = doc["machine"]
+    assert m["cpu_count"] == os.cpu_count() and m["torch"] == torch.__version__
+    assert len(m["cuda_devices"]) == (torch.cuda.device_count() if torch.cuda.is_available()
+                                      else 0)
+    assert doc["ratios"] and all(math.isfinite(v) and v > 0 for v in doc["ratios"].values())
+    assert set(doc["seconds"]) == set(SECTIONS) | {"total"}
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_quick_bench_figures_are_consistent(quick):
+    s = quick["doc"]["sections"]
+    for w in s["data_wait"]["workers"].values():
+        assert 0.0 <= w["wait_fraction"] <= 1.0
+        assert w["wait_fraction"] == pytest.approx(w["wait_s"] / (w["wait_s"] + w["compute_s"]))
+    st = s["staging"]
+    for v in st["variants"].values():
+        assert v["mb_s"] * v["seconds"] == pytest.approx(st["size_mb"], rel=0.01)
+    assert st["ratio_vs_copytree"] == pytest.approx(
+        st["variants"]["stage"]["mb_s"] / st["variants"]["copytree"]["mb_s"])
+    assert {r["processes"] for r in s["ddp"]["results"]} == {1, 2}
+    assert all(r["sec_per_image"] > 0 for r in s["inference"]["rows"])
+    assert "skipped" in s["compile"]  # compiling is too slow for --quick
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_quick_bench_prints_ratios_first(quick):
+    out = quick["stdout"]
+    assert out.index("ratios") < out.index("figures")
+    for name in quick["doc"]["ratios"]:
+        assert name in out
+
+
+def test_every_benchmark_script_loads_by_path():
+    from unetdist.bench import load_benchmark
+
+    for name in ("bench_pipeline", "bench_models", "bench_train", "bench_stage",
+                 "bench_inference"):
+        assert callable(load_benchmark(name).run_benchmark), name
+
+
+def test_bench_rejects_unknown_sections(tmp_path):
+    r = cli("bench", "--only", "nope", "--out", tmp_path / "x.json")
+    assert r.returncode == 2 and "nope" in r.stderr
+    assert not (tmp_path / "x.json").exists()
