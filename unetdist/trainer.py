@@ -71,6 +71,10 @@ def fit(cfg: RunConfig) -> TrainResult:
     from unetdist.data.stage import resolve_data_dir
 
     check_runtime(cfg)
+    if cfg.data.num_workers:
+        from unetdist.data.pipeline import single_threaded_opencv
+
+        single_threaded_opencv()  # before any OpenCV work here: workers are forked later
     with PreemptionFlag() as flag:  # from the start: a signal while staging is not fatal either
         shard_dir = resolve_data_dir(cfg.data)  # staging before the process group: no timeouts
         acc = make_accelerator(cfg)

@@ -19,7 +19,7 @@ never open a tar; under spawn/forkserver it is pickled to each worker instead. T
 persistent workers, would need the epoch and start step passed through shared memory to a
 hidden long-lived loader and would keep one cache copy per worker. Forking workers is also why
 OpenCV's thread pool is switched off in this process once a loader has workers (see
-`_single_threaded_opencv`).
+`single_threaded_opencv`).
 
 Corrupt samples: with data.on_corrupt=skip each one is logged once (main process) and counted
 (`.skipped`); the count is logged when the stream ends.
@@ -82,12 +82,14 @@ def _identity(x):
     return x
 
 
-def _single_threaded_opencv() -> None:
+def single_threaded_opencv() -> None:
     """Turn OpenCV's thread pool off in this process before forking DataLoader workers.
 
     A forked worker inherits the parent's pool without its threads, and touching it there
     (`setNumThreads`, or a parallel warp) can block forever on a condition variable; mmcv and
     mmdet do the same for the same reason. Each worker then uses one core, as it should.
+    Call it before the process does any OpenCV work: shutting a pool down that already ran
+    can itself leave a mutex locked for a later fork (seen once in ~6 demo runs).
     """
     import cv2
 
@@ -135,6 +137,8 @@ class TrainStream:
             raise ValueError(f"start_step must be in [0, {cfg.steps_per_epoch}], got {start_step}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} out of range for world size {world_size}")
+        if cfg.num_workers:
+            single_threaded_opencv()  # before the cache fill runs OpenCV in this process
         shards = tuple(split_shards(shard_dir, "train"))
         self.cfg = cfg
         self.spec = StreamSpec(cfg, shards, seed, epoch, rank, world_size, start_step,
@@ -152,7 +156,7 @@ class TrainStream:
     def _loader(self) -> torch.utils.data.DataLoader:
         workers = self.cfg.num_workers
         if workers:
-            _single_threaded_opencv()
+            single_threaded_opencv()
         ship = CACHE if workers and self.cfg.cache and not _forks() else None
         gen = torch.Generator().manual_seed(self.spec.seed_for(0xDA7A))
         return torch.utils.data.DataLoader(
