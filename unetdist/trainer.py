@@ -30,6 +30,7 @@ from unetdist.trainsetup import (
     announce,
     check_runtime,
     make_accelerator,
+    say,
     setup_run,
     trainer_state,
 )
@@ -122,7 +123,7 @@ def finish(run: Run, result: TrainResult) -> None:
     if not run.has_val:  # no validation split, no "best": export the final weights as best/
         export_best(run, {"note": f"no '{run.cfg.eval.split}' split: final weights"})
     best = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
-    run.acc.print(f"done: step {result.step}, best val FOV Dice {best} (step "
+    say(run.acc, f"done: step {result.step}, best val FOV Dice {best} (step "
                   f"{result.best_step}), run_dir {run.run_dir}", flush=True)
 
 

@@ -21,6 +21,12 @@ from unetdist.errors import ConfigError, DataError
 from unetdist.tracking import Tracker, open_tracker
 
 
+def say(acc, *args, **kw) -> None:
+    """Run-wide messages once per job (accelerate's print is once per node)."""
+    if acc.is_main_process:
+        print(*args, **kw)
+
+
 @dataclass
 class TrainState:
     """What a checkpoint must carry besides accelerate's state."""
@@ -86,7 +92,7 @@ def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
     if resume_from is not None:
         run.state = restore(run, resume_from, saved)
         run.last_saved_step = run.state.step
-        acc.print(f"resuming from {resume_from}", flush=True)
+        say(acc, f"resuming from {resume_from}", flush=True)
     run.tracker = open_tracker(cfg, run_dir, is_main=acc.is_main_process,
                                run_id=run.state.run_id or None, resume_step=run.state.step)
     run.state.run_id = run.tracker.run_id or run.state.run_id
@@ -153,15 +159,15 @@ def announce(run: Run) -> None:
     cfg, acc = run.cfg, run.acc
     b, n, ga = cfg.data.batch_size, acc.num_processes, cfg.train.grad_accum
     backend = "single process" if n == 1 else "nccl" if acc.device.type == "cuda" else "gloo"
-    acc.print(f"unetdist train: {n} process(es) on {acc.device.type} ({backend}), precision "
+    say(acc, f"unetdist train: {n} process(es) on {acc.device.type} ({backend}), precision "
               f"{cfg.train.precision}; global batch = {b} per process x {n} processes x {ga} "
               f"accumulation = {b * n * ga}; run_dir {run.run_dir}", flush=True)
     if run.state.step:
         e, p = divmod(run.state.batches, cfg.data.steps_per_epoch)
-        acc.print(f"resumed at step {run.state.step} (epoch {e}, batch {p}) -> "
+        say(acc, f"resumed at step {run.state.step} (epoch {e}, batch {p}) -> "
                   f"{cfg.train.max_steps}", flush=True)
     if not run.has_val:
-        acc.print(f"warning: the shards have no '{cfg.eval.split}' split: no validation; the "
+        say(acc, f"warning: the shards have no '{cfg.eval.split}' split: no validation; the "
                   "final weights are exported as best/", file=sys.stderr, flush=True)
 
 
