@@ -220,6 +220,7 @@ class EvalConfig:
     batch_size: int = 4  # tiles per forward pass
     auc_bins: int = 10000  # histogram bins for AUC-ROC / AUC-PR
     num_overlays: int = 4  # overlay figures written per evaluation
+    resize: int = -1  # infer at N x N, resized back (-1 = data.resize, the training scale; 0 = native)
 
     def check(self, p: str) -> None:
         _one_of(f"{p}.split", self.split, ("train", "val", "test"))
@@ -229,6 +230,8 @@ class EvalConfig:
         _require(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, ">= 1")
         _require(self.auc_bins >= 100, f"{p}.auc_bins", self.auc_bins, ">= 100")
         _require(self.num_overlays >= 0, f"{p}.num_overlays", self.num_overlays, ">= 0")
+        _require(self.resize == -1 or self.resize == 0 or self.resize >= 16, f"{p}.resize",
+                 self.resize, "-1 (as data.resize), 0 (native) or >= 16")
 
 
 @dataclass
@@ -299,6 +302,8 @@ class RunConfig:
             getattr(self, name).check(name)
         if self.model.in_channels == 0:
             self.model.in_channels = self.data.in_channels
+        if self.eval.resize == -1:  # a model trained on resized images is scored at that scale
+            self.eval.resize = self.data.resize
         _require(self.model.in_channels == self.data.in_channels, "model.in_channels",
                  self.model.in_channels, f"{self.data.in_channels} for data.channels="
                  f"{self.data.channels}")

@@ -108,17 +108,28 @@ def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfi
     model.eval()
     try:
         image = image.to(_param_device(model), dtype=torch.float32)
-        if not cfg.tta:
-            return _window(model, image, cfg, accelerator)
-        total = None
-        for dims in FLIPS:
-            flipped = image.flip(dims) if dims else image
-            p = _window(model, flipped, cfg, accelerator)
-            p = p.flip(dims) if dims else p
-            total = p if total is None else total + p
-        return total / len(FLIPS)
+        if cfg.resize <= 0:
+            return _flip_averaged(model, image, cfg, accelerator)
+        size = tuple(image.shape[-2:])
+        small = F.interpolate(image, size=(cfg.resize, cfg.resize), mode="bilinear",
+                              align_corners=False)
+        prob = _flip_averaged(model, small, cfg, accelerator)
+        return F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
     finally:
         model.train(was_training)
+
+
+def _flip_averaged(model: nn.Module, image: torch.Tensor, cfg: EvalConfig,
+                   accelerator) -> torch.Tensor:
+    if not cfg.tta:
+        return _window(model, image, cfg, accelerator)
+    total = None
+    for dims in FLIPS:
+        flipped = image.flip(dims) if dims else image
+        p = _window(model, flipped, cfg, accelerator)
+        p = p.flip(dims) if dims else p
+        total = p if total is None else total + p
+    return total / len(FLIPS)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -103,3 +103,11 @@ def test_cli_config_error_is_one_line_exit_2():
     assert "Traceback" not in r.stderr
     r = cli("config", "data.bogus=1")
     assert r.returncode == 2 and "data.bogus" in r.stderr
+
+
+def test_eval_resize_follows_the_training_resize_unless_set():
+    assert load_config(None, []).eval.resize == 0
+    assert load_config(None, ["data.resize=512"]).eval.resize == 512
+    assert load_config(None, ["data.resize=512", "eval.resize=0"]).eval.resize == 0
+    with pytest.raises(ConfigError, match="eval.resize"):
+        load_config(None, ["eval.resize=3"])

@@ -87,6 +87,22 @@ def test_tta_equals_the_manual_flip_average():
     assert not torch.allclose(out, sliding_window_predict(model, x, plain), atol=1e-4)
 
 
+def test_eval_resize_predicts_at_the_training_scale_and_returns_the_original_size():
+    import torch.nn.functional as F
+
+    cfg = tiny_config()
+    model = tiny_model(cfg, seed=5)
+    x = torch.randn(1, 1, 70, 85)
+    native = EvalConfig(tile=48, overlap=0.25, batch_size=2)
+    scaled = EvalConfig(tile=48, overlap=0.25, batch_size=2, resize=32)
+    out = sliding_window_predict(model, x, scaled)
+    small = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    manual = F.interpolate(sliding_window_predict(model, small, native), size=(70, 85),
+                           mode="bilinear", align_corners=False)
+    assert out.shape == (1, 1, 70, 85)
+    torch.testing.assert_close(out, manual, atol=1e-6, rtol=0)
+
+
 class _FakeAccelerator:
     mixed_precision = "bf16"
 
