@@ -2,6 +2,7 @@
 
 Examples: `nan_loss:rank=1:step=3` (that rank's loss becomes NaN at optimizer step 3),
 `save_crash:step=4` (the checkpoint of step 4 raises after every rank wrote its files),
+`inf_grad:step=2` (every rank's gradients overflow after a finite loss),
 `stall:step=5` (every rank sleeps before step 5 until a preemption signal arrives, so a test can
 signal or kill a run at a known point). Several faults are separated by commas. Unset in
 normal use: then every query is a cheap dictionary miss.

@@ -162,6 +162,8 @@ def train_step(run: Run, micro_batches: list[dict], flag: PreemptionFlag) -> Ste
         run.state.batches += 1
     stats = agree(run, loss_sum, images, flag)
     check_finite_loss(run, stats, keys, step_no)
+    if fault("inf_grad", step=step_no, rank=acc.process_index):
+        next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("inf"))
     stats.grad_norm = clip_gradients(run, step_no)
     stats.lr = run.optimizer.param_groups[0]["lr"]
     optimizer_step(run, step_no)

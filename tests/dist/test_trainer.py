@@ -262,3 +262,14 @@ def test_resume_refuses_other_architecture_and_resume_none_on_existing_run(shard
     r = cli(*args, "train.resume=none", env=_env())
     assert r.returncode == 2 and "train.resume=none" in r.stderr
     assert sorted(p.name for p in run_dir.rglob("*")) == before  # nothing touched
+
+
+def test_non_finite_gradient_norm_stops_training_without_a_later_checkpoint(shards, tmp_path):
+    run_dir = tmp_path / "run"
+    r = cli(*_overrides(shards, run_dir, "checkpoint.every_steps=1"),
+            env=_env(UNETDIST_FAULT="inf_grad:step=3"))
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "non-finite gradient norm (inf) at step 3" in r.stderr
+    assert "Traceback" not in r.stderr
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
+    assert ckpts == ["step-000001", "step-000002"]
