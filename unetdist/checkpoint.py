@@ -131,13 +131,11 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
 
 def _fsync_tree(folder: Path, files: bool = True) -> None:
     """fsync the files directly in `folder` (accelerate's torch.save does not) and the folder."""
+    from unetdist.data.atomic import fsync_path
+
     paths = [p for p in folder.iterdir() if p.is_file()] if files else []
     for p in paths + [folder]:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(p)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
