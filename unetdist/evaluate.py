@@ -25,7 +25,7 @@ from unetdist.metrics import COUNT_KEYS, MetricState, pr_from_histograms, roc_fr
 
 REGION_NOTES = {
     "fov": "inside the field-of-view mask (the standard DRIVE protocol)",
-    "image": "whole image, every pixel including the dark border outside the FOV",
+    "image": "whole image, every pixel; predictions outside the FOV are set to background",
     "second_observer": "second manual annotation scored against the first, inside the FOV "
                        "(a human reference for the model's FOV metrics)",
 }
@@ -202,6 +202,9 @@ def evaluate_split(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *
     for s in tqdm(samples, desc="evaluate", unit="img", disable=not progress or rank != 0,
                   leave=False):
         prob = sliding_window_predict(model, s["image"], cfg, accelerator=accelerator)
+        # The dataset defines everything outside the FOV as background and the loss never
+        # sees it, so predictions there are zeroed (as `predict` does) rather than scored.
+        prob = prob * s["fov"].to(prob.device, prob.dtype)
         row = state.update(prob, s["label"], s["fov"], s.get("label2"))
         rows.append({"key": s["key"], "height": int(prob.shape[-2]),
                      "width": int(prob.shape[-1]), **row})

@@ -193,9 +193,12 @@ def test_evaluate_split_counts_files_and_original_size(tmp_path):
 
     ref = MetricState(cfg.eval.auc_bins, cfg.eval.threshold)
     for s in samples:
-        ref.update(sliding_window_predict(model, s["image"], cfg.eval), s["label"], s["fov"],
-                   s.get("label2"))
+        prob = sliding_window_predict(model, s["image"], cfg.eval) * s["fov"]  # FOV-masked
+        ref.update(prob, s["label"], s["fov"], s.get("label2"))
     assert res == {**ref.compute(), "per_image": res["per_image"]}
+    # nothing is predicted outside the FOV: the whole image adds only true negatives there
+    assert res["image"]["counts"]["fp"] == res["fov"]["counts"]["fp"]
+    assert res["image"]["counts"]["tp"] == res["fov"]["counts"]["tp"]
     assert [r["key"] for r in res["per_image"]] == ["a_img", "b_img", "c_img"]
     assert res["second_observer"]["num_images"] == 2
 
