@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from unetdist.atomic import fsync_path, write_atomic
 from unetdist.errors import DataError, UserError
 from unetdist.faults import fault
 
@@ -43,14 +44,8 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temporary sibling, fsync, then os.replace: readers see old or new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Readers see the old or the new file, never half; fsynced (it points at checkpoints)."""
+    write_atomic(path, text, durable=True)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -131,8 +126,6 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
 
 def _fsync_tree(folder: Path, files: bool = True) -> None:
     """fsync the files directly in `folder` (accelerate's torch.save does not) and the folder."""
-    from unetdist.data.atomic import fsync_path
-
     paths = [p for p in folder.iterdir() if p.is_file()] if files else []
     for p in paths + [folder]:
         fsync_path(p)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
+from unetdist.atomic import write_atomic
 from unetdist.config import EvalConfig
 from unetdist.inference import sliding_window_predict, unwrap
 from unetdist.metrics import COUNT_KEYS, MetricState, pr_from_histograms, roc_from_histograms
@@ -61,13 +61,6 @@ def _gather_objects(obj, world: int) -> list:
 # ----------------------------------------------------------------------------- file writing
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_prediction_pngs(out_dir: Path, key: str, prob: np.ndarray, threshold: float,
                           size: tuple[int, int] | None = None) -> np.ndarray:
     """predictions/<key>.png (0/255) and <key>_prob.png (8-bit) at `size` (H, W).
@@ -81,9 +74,9 @@ def write_prediction_pngs(out_dir: Path, key: str, prob: np.ndarray, threshold: 
     if size is not None and tuple(prob.shape) != tuple(size):
         prob = cv2.resize(prob, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     binary = prob >= threshold
-    write_bytes_atomic(out_dir / f"{key}.png", encode_png(binary.astype(np.uint8) * 255))
+    write_atomic(out_dir / f"{key}.png", encode_png(binary.astype(np.uint8) * 255))
     prob8 = np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
-    write_bytes_atomic(out_dir / f"{key}_prob.png", encode_png(prob8))
+    write_atomic(out_dir / f"{key}_prob.png", encode_png(prob8))
     return binary
 
 
@@ -109,7 +102,7 @@ def write_per_image_csv(rows: list[dict], path: Path) -> None:
     w.writeheader()
     for r in flat:
         w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    write_bytes_atomic(path, buf.getvalue().encode())
+    write_atomic(path, buf.getvalue().encode())
 
 
 def write_metrics_json(result: dict, cfg: EvalConfig, path: Path, info: dict | None) -> None:
@@ -118,7 +111,7 @@ def write_metrics_json(result: dict, cfg: EvalConfig, path: Path, info: dict | N
                                                     "auc_bins")},
            "regions": {k: v for k, v in REGION_NOTES.items() if k in result},
            **{k: v for k, v in result.items() if k != "per_image"}}
-    write_bytes_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())
+    write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())
 
 
 def write_plots(result: dict, state: MetricState, plot_dir: Path) -> None:

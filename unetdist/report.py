@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from unetdist.atomic import write_atomic
 from unetdist.errors import UserError
 from unetdist.report_html import CSS
 from unetdist.report_html import esc as _esc
@@ -338,10 +338,5 @@ def build_report(run_dir: Path) -> Path:
         raise UserError(f"run directory not found: {run_dir}")
     text = render_report(run_dir)
     out = run_dir / REPORT_FILE
-    tmp = run_dir / f".{REPORT_FILE}.tmp-{os.getpid()}"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out, text)
     return out

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from unetdist.atomic import write_atomic
+
 PACKAGES = ("unetdist", "torch", "torchvision", "accelerate", "timm", "webdataset", "numpy",
             "opencv-python-headless", "safetensors", "omegaconf", "wandb")
 
@@ -72,7 +74,5 @@ def write_run_config(run_dir: str | Path, cfg_yaml: str, info: dict) -> Path:
               "# versions " + ", ".join(f"{k} {v}" for k, v in info["versions"].items())]
     for name, text in (("config.yaml", "\n".join(header) + "\n" + cfg_yaml),
                        ("runinfo.json", json.dumps(info, indent=2) + "\n")):
-        tmp = run_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, run_dir / name)
+        write_atomic(run_dir / name, text)
     return run_dir / "config.yaml"

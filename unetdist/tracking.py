@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from unetdist.atomic import write_atomic
 
 if TYPE_CHECKING:
     from unetdist.config import RunConfig
@@ -80,9 +81,7 @@ def truncate_records(path: str | Path, last_step: int) -> int:
     keep = [r for r in records if int(r.get("step", 0)) <= last_step]
     if len(keep) == len(records) and len(records) == len(p.read_text().splitlines()):
         return 0  # nothing to drop (a torn last line still gets rewritten away)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    os.replace(tmp, p)
+    write_atomic(p, "".join(json.dumps(r) + "\n" for r in keep))
     return len(records) - len(keep)
 
 

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from unetdist.atomic import write_atomic
 from unetdist.config import WandbConfig
 from unetdist.errors import ConfigError, UserError
 
@@ -190,12 +191,6 @@ def _mask(a: np.ndarray, name: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- run dir state
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _read_run_id(run_dir: Path) -> str | None:
     p = run_dir / RUN_ID_FILE
     rid = p.read_text().strip() if p.is_file() else ""
@@ -240,7 +235,7 @@ class WandbTracker:
         previous = None if new_run else _read_run_id(self.run_dir)
         self._run_id = resume_id or previous or _new_run_id()
         # Written before wandb starts: a job killed during init still resumes the same run.
-        _write_atomic(self.run_dir / RUN_ID_FILE, self._run_id + "\n")
+        write_atomic(self.run_dir / RUN_ID_FILE, self._run_id + "\n")
         self._high_water = _read_high_water(self.run_dir, self._run_id)
         self._run = self._init_run(config)
         if self.mode == "offline":
@@ -353,7 +348,7 @@ class WandbTracker:
         # Saved only once W&B holds the data: after a hard crash (no finish) replayed steps
         # are logged again (a duplicate point at worst), never skipped into a gap.
         state = {"run_id": self._run_id, "last_step": self._high_water}
-        _write_atomic(self.run_dir / STATE_FILE, json.dumps(state) + "\n")
+        write_atomic(self.run_dir / STATE_FILE, json.dumps(state) + "\n")
         if (cmd := self.sync_command()) is not None:
             print(f"wandb: offline run saved; upload it later with:\n  {cmd}", file=sys.stderr)
 

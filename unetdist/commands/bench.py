@@ -33,15 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _write_json(path: Path, doc: dict) -> None:
     import json
-    import os
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from unetdist.atomic import write_atomic
+
+    write_atomic(path, json.dumps(doc, indent=1) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from unetdist.atomic import fsync_path  # noqa: F401 - re-exported for the data package
 from unetdist.errors import UserError
 
 
@@ -17,15 +18,6 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         raise UserError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} exists and is not empty (pass --force to replace it)")
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file (or a folder's entries) to disk before it is published by a rename."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager

@@ -22,19 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from unetdist.atomic import fsync_path as fsync_dir  # a folder fsync makes renames durable
+from unetdist.atomic import write_atomic
 from unetdist.data.shards import read_manifest
 from unetdist.data.stage_io import (
     MANIFEST,
     Shard,
     copy_verified,
-    fsync_dir,
     hash_file,
     marker_dir,
     marker_matches,
     read_json_or_none,
     remove_marker,
     tmp_dir,
-    write_atomic,
     write_marker,
 )
 from unetdist.data.stage_wait import clear_failure, record_failure, stage_lock, wait_for_stage
@@ -231,7 +231,7 @@ def _stage_locked(src: Path, dst: Path, raw: bytes, manifest: dict, shards: list
         _copy(src, dst, copy, threads, progress)
     if read_json_or_none(dst / MANIFEST) != manifest:
         fsync_dir(marker_dir(dst))
-        write_atomic(dst / MANIFEST, raw)  # last: its presence means complete
+        write_atomic(dst / MANIFEST, raw, durable=True)  # last: its presence means complete
     copied = {s.name for s in copy}
     return StageResult(copied_bytes=sum(s.bytes for s in copy),
                        copied=[s.name for s in shards if s.name in copied],

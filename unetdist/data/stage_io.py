@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from unetdist.data.atomic import fsync_path as fsync_dir  # a folder fsync makes renames durable
+from unetdist.atomic import write_atomic
 from unetdist.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -56,23 +56,6 @@ def marker_dir(dst: Path) -> Path:
 
 def failure_path(dst: Path) -> Path:
     return state_dir(dst) / "failed.json"
-
-
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write DATA to PATH via a temporary name (+ fsync when DURABLE) + rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if durable:
-        fsync_dir(path.parent)
 
 
 def read_json_or_none(path: Path) -> dict | None:

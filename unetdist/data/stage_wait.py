@@ -70,7 +70,7 @@ def record_failure(dst: Path, error: BaseException) -> None:
     """Tell waiting ranks that this stage failed, so they stop waiting and say why."""
     note = {"time": time.time(), "error": str(error) or type(error).__name__}
     with contextlib.suppress(OSError):
-        write_atomic(failure_path(dst), json.dumps(note).encode())
+        write_atomic(failure_path(dst), json.dumps(note).encode(), durable=True)
 
 
 def clear_failure(dst: Path) -> None:
