@@ -17,6 +17,11 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def rank_of_process() -> int:
+    """This process's global rank (0 without a process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def sum_across(values: list[float], device: torch.device) -> list[float]:
     """All-reduce (sum) a few scalars in one collective; every rank gets the same list."""
     t = torch.tensor(values, dtype=torch.float64, device=device)

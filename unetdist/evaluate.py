@@ -20,6 +20,7 @@ from torch import nn
 
 from unetdist.atomic import write_atomic
 from unetdist.config import EvalConfig
+from unetdist.distributed import gather_objects, rank_of_process
 from unetdist.inference import sliding_window_predict, unwrap
 from unetdist.metrics import COUNT_KEYS, MetricState, pr_from_histograms, roc_from_histograms
 
@@ -31,14 +32,6 @@ REGION_NOTES = {
 }
 
 
-def _dist() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _barrier(accelerator) -> None:
     import torch.distributed as dist
 
@@ -46,16 +39,6 @@ def _barrier(accelerator) -> None:
         accelerator.wait_for_everyone()
     elif dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def _gather_objects(obj, world: int) -> list:
-    import torch.distributed as dist
-
-    if world == 1:
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
 
 
 # ----------------------------------------------------------------------------- file writing
@@ -188,7 +171,7 @@ def evaluate_split(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *
     from tqdm import tqdm
 
     model = unwrap(model)
-    rank, world = _dist()
+    rank = rank_of_process()
     out_dir = Path(out_dir) if out_dir is not None else None
     state = MetricState(cfg.auc_bins, cfg.threshold)
     rows, overlays = [], _OverlayCache(cfg.num_overlays if out_dir else 0)
@@ -207,7 +190,7 @@ def evaluate_split(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *
                                   _original_size(s))
             overlays.offer(s["key"], s, p >= cfg.threshold)
     state.reduce(accelerator)
-    per_image = sorted((r for part in _gather_objects(rows, world) for r in part),
+    per_image = sorted((r for part in gather_objects(rows) for r in part),
                        key=lambda r: r["key"])
     result = {**state.compute(), "per_image": per_image}
     if out_dir is not None:
