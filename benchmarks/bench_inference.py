@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_inference.py [--quick] [--iters 3] [--json out.json]
 
-Runs `unetdist.inference.sliding_window_predict` (the evaluator's and `predict`'s own code:
+Runs `unetdist.eval.inference.sliding_window_predict` (the evaluator's and `predict`'s own code:
 Gaussian-blended tiles, eval.tile 256, overlap 0.25 -> 3x3 tiles on 584x565) on a random
 preprocessed-like image, for the seed UNet (width 64, depth 4) and the demo's UNet (width 16,
 depth 3): fp32, bf16 autocast, channels_last, and flip TTA (4 passes). Variants run
@@ -49,7 +49,7 @@ class _Autocast:
 
 def _build(name: str, quick: bool, channels_last: bool, device: torch.device):
     from unetdist.config import ModelConfig
-    from unetdist.models import build_model
+    from unetdist.models.registry import build_model
 
     spec = dict(MODELS[name], width=8) if quick else MODELS[name]
     torch.manual_seed(0)
@@ -65,7 +65,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _time_one(model, image: torch.Tensor, cfg, shim: _Autocast) -> float:
-    from unetdist.inference import sliding_window_predict
+    from unetdist.eval.inference import sliding_window_predict
 
     _sync(shim.device)
     t0 = time.perf_counter()

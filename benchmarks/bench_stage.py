@@ -3,7 +3,7 @@
     python benchmarks/bench_stage.py --size-mb 300 [--dir /local/scratch] [--rounds 5]
 
 Generates SIZE_MB of random shards with a manifest, then times, in one run and interleaved:
-  stage          `unetdist.data.stage.stage` (read once, hash while writing, fsync, rename)
+  stage          `unetdist.data.stage.node.stage` (read once, hash while writing, fsync, rename)
   stage-1thread  the same with threads=1
   copytree       plain `shutil.copytree` (no verification, no fsync)
   copytree+sha   copytree, then a separate sha256 pass over the copy checked against the
@@ -93,7 +93,7 @@ def _fsync_tree(root: Path) -> None:
 
 
 def _variants(manifest: dict) -> dict:
-    from unetdist.data.stage import stage
+    from unetdist.data.stage.node import stage
 
     def copy_then_hash(src: Path, dst: Path) -> None:
         shutil.copytree(src, dst)

@@ -33,10 +33,10 @@ def _worker(size: int, steps: int, warmup: int, precision: str, out: str) -> Non
     """One process of one configuration: time `steps` train steps after `warmup`."""
     import torch
 
-    from unetdist import trainer, trainsetup
+    from unetdist.train import loop as trainer, setup as trainsetup
     from unetdist.config import RunConfig
-    from unetdist.losses import build_loss
-    from unetdist.preempt import PreemptionFlag
+    from unetdist.train.losses import build_loss
+    from unetdist.train.preempt import PreemptionFlag
 
     cfg = RunConfig()
     cfg.data.channels, cfg.data.batch_size = "gray", 1

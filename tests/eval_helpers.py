@@ -20,7 +20,7 @@ def tiny_config(*overrides: str):
 
 def tiny_model(cfg, seed: int = 0) -> torch.nn.Module:
     """A width-8 UNet with random weights and non-trivial BatchNorm statistics."""
-    from unetdist.models import build_model
+    from unetdist.models.registry import build_model
 
     torch.manual_seed(seed)
     model = build_model(cfg.model)

@@ -14,8 +14,8 @@ pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:
-    from unetdist.data.shards import shard_dataset
-    from unetdist.data.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
+    from unetdist.data.ingest.synth import write_synthetic
 
     root = tmp_path_factory.mktemp("evaldist")
     # test: 3 images (uneven over 2 ranks); a second set with 1 image (one rank gets none)
@@ -36,8 +36,8 @@ def _strip(doc: dict) -> dict:
 def _one_process(best, shards, out) -> None:
     """The reference: the same evaluation in this (single, non-distributed) process."""
     from unetdist.data.pipeline import eval_samples
-    from unetdist.evaluate import evaluate_split
-    from unetdist.inference import load_for_inference
+    from unetdist.eval.evaluate import evaluate_split
+    from unetdist.eval.inference import load_for_inference
 
     model, cfg = load_for_inference(best)
     samples = eval_samples(cfg.data, str(shards), "test", rank=0, world_size=1)

@@ -118,8 +118,8 @@ def _ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    from unetdist.data.shards import shard_dataset
-    from unetdist.data.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
+    from unetdist.data.ingest.synth import write_synthetic
 
     root = tmp_path_factory.mktemp("trainer-data")
     raw = write_synthetic(root / "raw", n_train=8, n_test=0, size=(64, 64), seed=3,
@@ -142,7 +142,7 @@ def reference(shards, tmp_path_factory) -> dict:
 def test_tiny_run_completes_loss_falls_and_ranks_hold_identical_parameters(reference):
     from unetdist.config import load_config
     from unetdist.models.weights import load_weights
-    from unetdist.tracking import read_records
+    from unetdist.track.jsonl import read_records
 
     run_dir, probe = reference["run_dir"], reference["probe"]
     assert "global batch = 2 per process x 2 processes x 1 accumulation = 4" in reference["out"]
@@ -183,7 +183,7 @@ def test_kill_9_of_the_process_group_then_resume_is_bitwise_identical(shards, re
         _kill_everything(proc)  # the launcher and both workers, mid-run, as a node failure
     _ok(launch(_overrides(shards, run_dir), env=_env()))
     assert _final_weights(run_dir) == _final_weights(reference["run_dir"])
-    from unetdist.tracking import read_records
+    from unetdist.track.jsonl import read_records
 
     steps = [r["step"] for r in read_records(run_dir / "metrics.jsonl") if r["split"] == "train"]
     assert steps == list(range(1, MAX_STEPS + 1))  # nothing logged twice after the resume

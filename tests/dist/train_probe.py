@@ -21,7 +21,7 @@ import torch
 def main() -> int:
     probe, argv = Path(sys.argv[1]), sys.argv[2:]
     rank = int(os.environ.get("RANK", "0"))
-    from unetdist import trainer, trainsetup
+    from unetdist.train import loop as trainer, setup as trainsetup
     from unetdist.cli import main as cli_main
 
     build, fit = trainsetup.build_training_objects, trainer.fit

@@ -24,7 +24,7 @@ def quick(tmp_path_factory) -> dict:
 def test_quick_bench_writes_every_section(quick):
     import torch
 
-    from unetdist.bench import SECTIONS
+    from unetdist.tools.bench import SECTIONS
 
     doc = quick["doc"]
     assert doc["format"] == 1 and doc["quick"] is True and doc["errors"] == {}
@@ -64,7 +64,7 @@ def test_quick_bench_prints_ratios_first(quick):
 
 
 def test_every_benchmark_script_loads_by_path():
-    from unetdist.bench import load_benchmark
+    from unetdist.tools.bench import load_benchmark
 
     for name in ("bench_pipeline", "bench_models", "bench_train", "bench_stage",
                  "bench_inference"):

@@ -60,7 +60,7 @@ def test_demo_trains_with_ddp_and_stages(demo):
 @pytest.mark.slow
 @pytest.mark.dist
 def test_demo_best_model_carries_the_overrides(demo):
-    from unetdist.inference import load_for_inference
+    from unetdist.eval.inference import load_for_inference
 
     model, cfg = load_for_inference(demo["run"] / "best")
     assert cfg.model.width == 8 and cfg.data.crop == 48
@@ -123,7 +123,7 @@ def test_demo_bad_override_fails_before_any_work(tmp_path):
 
 
 def test_rerun_replaces_only_what_the_demo_wrote(tmp_path):
-    from unetdist.demo import MARKER, prepare_workdir
+    from unetdist.tools.demo import MARKER, prepare_workdir
 
     prepare_workdir(tmp_path / "w")
     (tmp_path / "w" / "run").mkdir()
@@ -134,7 +134,7 @@ def test_rerun_replaces_only_what_the_demo_wrote(tmp_path):
 
 
 def test_launch_command_topologies():
-    from unetdist.demo import Topology, launch_command
+    from unetdist.tools.demo import Topology, launch_command
 
     cfg = REPO / "configs" / "demo.yaml"
     cpu2 = launch_command(cfg, ["a=1"], Topology(2, cuda=False), "no", 1234)

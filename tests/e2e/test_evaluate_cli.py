@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
-    from unetdist.data.shards import shard_dataset
-    from unetdist.data.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
+    from unetdist.data.ingest.synth import write_synthetic
 
     root = tmp_path_factory.mktemp("evalcli")
     raw = write_synthetic(root / "raw", n_train=2, n_test=3, size=SIZE, seed=0, progress=False)
@@ -108,7 +108,7 @@ def test_onnx_export_matches_torch(data, tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from unetdist.inference import load_for_inference
+    from unetdist.eval.inference import load_for_inference
 
     out = tmp_path / "m.onnx"
     stdout = _run_ok("export", "--checkpoint", data["best"], "--format", "onnx", "--out", out)
@@ -175,7 +175,7 @@ def test_predict_without_fov_folder_exits_zero(data, tmp_path):
 def test_estimated_fov_matches_the_true_mask(data):
     from PIL import Image
 
-    from unetdist.predict import estimate_fov
+    from unetdist.eval.predict import estimate_fov
 
     for tif in sorted((data["raw"] / "test" / "images").iterdir()):
         rgb = np.asarray(Image.open(tif).convert("RGB"))

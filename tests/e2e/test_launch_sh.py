@@ -27,8 +27,8 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from unetdist.data.shards import shard_dataset
-    from unetdist.data.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
+    from unetdist.data.ingest.synth import write_synthetic
 
     root = tmp_path_factory.mktemp("launch_sh")
     raw = write_synthetic(root / "raw", n_train=3, n_test=1, size=(64, 64), progress=False)
@@ -46,7 +46,7 @@ def _run(tmp_path, *args: str, **knobs: str) -> subprocess.CompletedProcess:
 
 
 def test_nproc2_trains_over_gloo_on_cpu(shards, tmp_path):
-    from unetdist.checkpoint import read_latest, read_trainer_state
+    from unetdist.train.checkpoint import read_latest, read_trainer_state
 
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     run = tmp_path / "run"

@@ -130,8 +130,8 @@ def test_sbatch_orchestration_with_a_stand_in_trainer(slurm_cluster, tmp_path, n
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> dict:
-    from unetdist.data.shards import shard_dataset
-    from unetdist.data.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
+    from unetdist.data.ingest.synth import write_synthetic
 
     root = tmp_path_factory.mktemp("slurmdata")
     raw = write_synthetic(root / "raw", n_train=4, n_test=2, size=SIZE, progress=False)
@@ -177,7 +177,7 @@ def uninterrupted(slurm_cluster, dataset, tmp_path_factory) -> dict:
 
 
 def test_two_node_job_stages_trains_checkpoints_and_evaluates(uninterrupted):
-    from unetdist.checkpoint import read_latest, read_trainer_state
+    from unetdist.train.checkpoint import read_latest, read_trainer_state
 
     run, tmp = uninterrupted["run"], uninterrupted["tmp"]
     for node in ("n1", "n2"):  # one verified local copy per node
@@ -208,7 +208,7 @@ def test_preempted_job_requeues_resumes_and_matches_the_uninterrupted_run(
         slurm_cluster, dataset, uninterrupted, tmp_path):
     import torch
 
-    from unetdist.checkpoint import read_latest
+    from unetdist.train.checkpoint import read_latest
 
     job, out, run = _train_job(slurm_cluster, dataset, tmp_path, "run-b",
                                UNETDIST_FAULT=f"stall:step={STALL_STEP}")

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from unetdist import checkpoint as ck
+from unetdist.train import checkpoint as ck
 from unetdist.config import RunConfig, config_from_dict, to_dict, to_yaml
 from unetdist.errors import UserError
-from unetdist.tracking import open_tracker, read_records
+from unetdist.track.jsonl import open_tracker, read_records
 
 
 def _fake_ckpt(run_dir: Path, step: int, complete: bool = True) -> Path:
@@ -170,7 +170,7 @@ def test_preemption_flag_only_records_signals_and_the_marker_names_the_step(tmp_
     import os
     import signal
 
-    from unetdist.preempt import PreemptionFlag
+    from unetdist.train.preempt import PreemptionFlag
 
     before = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
     try:

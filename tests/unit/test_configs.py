@@ -21,7 +21,7 @@ def test_the_expected_configs_exist():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_loads_validates_and_builds(path):
-    from unetdist.models import build_model
+    from unetdist.models.registry import build_model
 
     cfg = load_config(path)
     assert cfg.train.run_dir == f"runs/{path.stem}"

@@ -12,7 +12,7 @@ from torch import nn
 from tests.eval_helpers import make_best_dir, tiny_config, tiny_model
 from unetdist.config import EvalConfig
 from unetdist.errors import UserError
-from unetdist.inference import load_for_inference, sliding_window_predict, tile_starts
+from unetdist.eval.inference import load_for_inference, sliding_window_predict, tile_starts
 
 
 class Pointwise(nn.Module):
@@ -180,8 +180,8 @@ def test_evaluate_split_counts_files_and_original_size(tmp_path):
     import numpy as np
 
     from tests.eval_helpers import random_sample
-    from unetdist.evaluate import evaluate_split
-    from unetdist.metrics import MetricState
+    from unetdist.eval.evaluate import evaluate_split
+    from unetdist.eval.metrics import MetricState
 
     cfg = tiny_config()
     model = tiny_model(cfg, seed=1)
@@ -229,7 +229,7 @@ def test_evaluate_split_counts_files_and_original_size(tmp_path):
 
 
 def test_evaluate_split_with_no_samples_is_defined():
-    from unetdist.evaluate import evaluate_split
+    from unetdist.eval.evaluate import evaluate_split
 
     cfg = tiny_config()
     res = evaluate_split(tiny_model(cfg), [], cfg.eval)
@@ -238,7 +238,7 @@ def test_evaluate_split_with_no_samples_is_defined():
 
 
 def test_training_curves_plot(tmp_path):
-    from unetdist.plots import plot_training_curves
+    from unetdist.eval.plots import plot_training_curves
 
     recs = [{"step": s, "split": "train", "loss": 1 / s, "lr": 1e-3} for s in range(1, 40)]
     recs += [{"step": s, "split": "val", "loss": 0.5 / s, "dice": 0.5 + s / 100}
@@ -250,7 +250,7 @@ def test_training_curves_plot(tmp_path):
 
 def test_eval_overrides_only_touch_the_eval_section():
     from unetdist.errors import ConfigError
-    from unetdist.inference import with_eval_overrides
+    from unetdist.eval.inference import with_eval_overrides
 
     cfg = tiny_config()
     new = with_eval_overrides(cfg, ["eval.tta=true", "eval.threshold=0.3"])

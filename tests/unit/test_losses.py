@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from unetdist.config import LossConfig
-from unetdist.losses import build_loss, cldice, masked_bce, soft_dice, soft_skeleton
+from unetdist.train.losses import build_loss, cldice, masked_bce, soft_dice, soft_skeleton
 
 
 def _t(rows) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from unetdist.metrics import MetricState, auc_from_histograms, metrics_from_counts
+from unetdist.eval.metrics import MetricState, auc_from_histograms, metrics_from_counts
 
 SIZES = [(64, 80), (72, 72), (96, 64), (64, 66)]
 

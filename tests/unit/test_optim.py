@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unetdist.config import OptimConfig
-from unetdist.optim import build_optimizer, build_scheduler, lr_factor
+from unetdist.train.optim import build_optimizer, build_scheduler, lr_factor
 
 
 def test_warmup_is_linear_and_reaches_the_peak():

@@ -55,7 +55,7 @@ def _write_tar(path: Path, samples: list[dict], split: str) -> None:
 
 
 def write_shards(root: str | Path, splits: dict[str, list[dict]], per_shard: int = 100) -> dict:
-    """Shards + manifest.json in the contract's format (what unetdist.data.shards writes)."""
+    """Shards + manifest.json in the contract's format (what unetdist.data.ingest.writer writes)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     manifest = {"format": 1, "layout": "drive", "source": str(root), "splits": {},

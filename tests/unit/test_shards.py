@@ -8,10 +8,10 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from unetdist.data import shards as shards_mod
+from unetdist.data.ingest import writer as shards_mod
 from unetdist.data.codec import decode_sample
-from unetdist.data.rawio import read_image, read_mask
-from unetdist.data.shards import (
+from unetdist.data.ingest.readers import read_image, read_mask
+from unetdist.data.ingest.writer import (
     manifest_hash,
     plan_shards,
     read_manifest,
@@ -19,7 +19,7 @@ from unetdist.data.shards import (
     shard_paths,
     verify_shards,
 )
-from unetdist.data.synth import write_synthetic
+from unetdist.data.ingest.synth import write_synthetic
 from unetdist.errors import DataError
 
 # manifest_hash (every shard's name and sha256) of the small synthetic dataset below. Fixed

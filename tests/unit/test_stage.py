@@ -16,8 +16,8 @@ import pytest
 
 from tests.util import REPO, subprocess_env, wait_for
 from unetdist.config import DataConfig
-from unetdist.data import stage_io
-from unetdist.data.stage import resolve_data_dir, stage
+from unetdist.data.stage import copy as stage_io
+from unetdist.data.stage.node import resolve_data_dir, stage
 from unetdist.errors import ConfigError, DataError
 
 
@@ -74,7 +74,7 @@ def test_second_stage_copies_nothing(ds, monkeypatch):
 
     def no_copy(*a, **k):
         raise AssertionError("second stage must not copy")
-    monkeypatch.setattr("unetdist.data.stage.copy_verified", no_copy)
+    monkeypatch.setattr("unetdist.data.stage.node.copy_verified", no_copy)
     r = stage(src, dst, progress=False)
     assert r.copied_bytes == 0 and r.copied == [] and r.skipped == names(m)
     assert r.hashed_bytes == 0
@@ -235,7 +235,7 @@ def test_restage_of_another_dataset_never_looks_complete(tmp_path, monkeypatch):
         raise RuntimeError("crash mid-restage")
     # b's shards have a's names and sizes, so the first thing the restage does is re-hash the
     # local files: crash right there, before any shard changes
-    monkeypatch.setattr("unetdist.data.stage.hash_file", crash)
+    monkeypatch.setattr("unetdist.data.stage.node.hash_file", crash)
     with pytest.raises(RuntimeError):
         stage(src_b, dst, progress=False)
     assert not (dst / "manifest.json").exists()  # neither a's (stale) nor b's (incomplete)
@@ -305,7 +305,7 @@ def test_resolve_local_rank0_stages(ds, monkeypatch):
 
 def _waiting_rank(src: Path, dst: Path, timeout: float = 120) -> subprocess.Popen:
     code = ("import sys\nfrom unetdist.config import DataConfig\n"
-            "from unetdist.data.stage import resolve_data_dir\nfrom unetdist.errors import "
+            "from unetdist.data.stage.node import resolve_data_dir\nfrom unetdist.errors import "
             "UserError\ntry:\n    print(resolve_data_dir(DataConfig(shared_dir=sys.argv[1], "
             "local_dir=sys.argv[2], stage_timeout=float(sys.argv[3]))))\nexcept UserError as e:"
             "\n    print(e, file=sys.stderr)\n    sys.exit(2)\n")

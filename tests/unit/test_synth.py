@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unetdist.data.rawio import read_image, read_mask
-from unetdist.data.synth import render_fundus, synthetic_sample, write_synthetic
+from unetdist.data.ingest.readers import read_image, read_mask
+from unetdist.data.ingest.synth import render_fundus, synthetic_sample, write_synthetic
 from unetdist.errors import UserError
 
 # sha256 over image, vessels and fov bytes of synthetic_sample(0, split="train", seed=0,

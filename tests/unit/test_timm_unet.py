@@ -11,7 +11,7 @@ from torch import nn
 
 from unetdist.config import ModelConfig
 from unetdist.errors import ConfigError, UserError
-from unetdist.models import apply_runtime_options, build_model
+from unetdist.models.registry import apply_runtime_options, build_model
 
 
 def timm_cfg(encoder: str = "resnet18", in_channels: int = 3, **kw) -> ModelConfig:

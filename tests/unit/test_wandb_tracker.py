@@ -12,7 +12,7 @@ import pytest
 
 from unetdist.config import WandbConfig
 from unetdist.errors import ConfigError
-from unetdist.wandb_tracker import (
+from unetdist.track.wandb_tracker import (
     MASKS_KEY,
     RUN_ID_FILE,
     STEP_METRIC,
@@ -89,7 +89,7 @@ def test_mode_resolution_never_prompts(wb_env, monkeypatch):
 
 
 def test_auto_is_online_only_with_a_key_and_a_reachable_host(wb_env, monkeypatch):
-    import unetdist.wandb_tracker as wt
+    import unetdist.track.wandb_tracker as wt
 
     monkeypatch.delenv("WANDB_MODE")
     netrc = Path(os.environ["NETRC"])

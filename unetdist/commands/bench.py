@@ -10,7 +10,7 @@ HELP = "measure throughput on this machine (data, train step, DDP, staging, infe
 
 
 def _sections(text: str) -> tuple[str, ...]:
-    from unetdist.bench import SECTIONS
+    from unetdist.tools.bench import SECTIONS
 
     names = tuple(s.strip() for s in text.split(",") if s.strip())
     bad = [n for n in names if n not in SECTIONS]
@@ -40,7 +40,7 @@ def _write_json(path: Path, doc: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetdist.bench import SECTIONS, format_table, run_all
+    from unetdist.tools.bench import SECTIONS, format_table, run_all
 
     result = run_all(quick=args.quick, only=args.only or SECTIONS,
                      log=lambda s: print(s, file=sys.stderr, flush=True))

@@ -20,7 +20,7 @@ def _positive(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from unetdist.commands.synth import parse_size
-    from unetdist.demo import DEFAULT_SIZE
+    from unetdist.tools.demo import DEFAULT_SIZE
 
     p.add_argument("--workdir", type=Path, default=Path("demo_run"),
                    help="folder for the data, the shards, the staged copy and the run "
@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetdist.demo import DemoOptions, run_demo, summary
+    from unetdist.tools.demo import DemoOptions, run_demo, summary
     from unetdist.errors import UserError
 
     if args.seed is not None and args.seed < 0:

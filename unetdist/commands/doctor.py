@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetdist.doctor import run_doctor
+    from unetdist.tools.doctor import run_doctor
 
     report = run_doctor(args.path)
     print("\n".join(report.lines))

@@ -28,10 +28,10 @@ def default_out_dir(checkpoint: str | Path, split: str) -> Path:
 
 
 def _shard_dir(args: argparse.Namespace, cfg) -> str:
-    from unetdist.data.shards import shard_paths
+    from unetdist.data.ingest.writer import shard_paths
 
     if args.local_dir:
-        from unetdist.data.stage import resolve_data_dir
+        from unetdist.data.stage.node import resolve_data_dir
 
         cfg.data.shared_dir, cfg.data.local_dir, cfg.data.stage = args.data, args.local_dir, True
         shard_dir = resolve_data_dir(cfg.data)
@@ -51,8 +51,8 @@ def _accelerator(cfg):
 
 def run(args: argparse.Namespace) -> int:
     from unetdist.data.pipeline import eval_samples
-    from unetdist.evaluate import evaluate_split, summary_line
-    from unetdist.inference import load_checkpoint, with_eval_overrides
+    from unetdist.eval.evaluate import evaluate_split, summary_line
+    from unetdist.eval.inference import load_checkpoint, with_eval_overrides
 
     model, cfg, meta = load_checkpoint(args.checkpoint)
     cfg = with_eval_overrides(cfg, args.overrides)

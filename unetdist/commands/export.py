@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from unetdist.errors import UserError
-    from unetdist.export import ONNX_TOLERANCE, export_onnx, export_safetensors
+    from unetdist.eval.export import ONNX_TOLERANCE, export_onnx, export_safetensors
 
     out = Path(args.out)
     if out.is_dir():

@@ -37,8 +37,8 @@ def _device(name: str):
 
 def run(args: argparse.Namespace) -> int:
     from unetdist.errors import DataError
-    from unetdist.inference import load_for_inference, with_eval_overrides
-    from unetdist.predict import list_images, predict_folder
+    from unetdist.eval.inference import load_for_inference, with_eval_overrides
+    from unetdist.eval.predict import list_images, predict_folder
 
     images = Path(args.images)
     if not list_images(images):

@@ -12,7 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetdist.report import build_report
+    from unetdist.track.report import build_report
 
     print(build_report(args.run_dir))
     return 0

@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _verify(root: str, progress: bool) -> int:
-    from unetdist.data.shards import read_manifest, verify_shards
+    from unetdist.data.ingest.writer import read_manifest, verify_shards
 
     problems = verify_shards(root, progress=progress)
     for p in problems:
@@ -70,7 +70,7 @@ def _verify(root: str, progress: bool) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetdist.data.shards import shard_dataset
+    from unetdist.data.ingest.writer import shard_dataset
     from unetdist.errors import UserError
 
     if args.verify:

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetdist.data.stage import stage, summary
+    from unetdist.data.stage.node import stage, summary
     from unetdist.errors import UserError
 
     if args.threads < 1:

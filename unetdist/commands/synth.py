@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetdist.data.synth import write_synthetic
+    from unetdist.data.ingest.synth import write_synthetic
 
     start = time.perf_counter()
     out = write_synthetic(args.out, n_train=args.n_train, n_test=args.n_test, size=args.size,

@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetdist.trainer import fit
+    from unetdist.train.loop import fit
 
     fit(load_from_args(args))
     # a preempted run exits 0 too: `accelerate launch` returns 1 whatever its workers return,

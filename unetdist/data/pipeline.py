@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 def count_samples(shard_dir: str, split: str) -> int:
     """Samples in SPLIT according to the manifest (0 when the split has none)."""
-    from unetdist.data.shards import read_manifest
+    from unetdist.data.ingest.writer import read_manifest
 
     entry = read_manifest(shard_dir).get("splits", {}).get(split) or {}
     return sum(int(s["samples"]) for s in entry.get("shards", []))

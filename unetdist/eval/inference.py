@@ -175,7 +175,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict, RunConfig]:
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, RunConfig, dict]:
     """(model on CPU in eval mode, config, safetensors metadata) of a checkpoint."""
-    from unetdist.models import build_model
+    from unetdist.models.registry import build_model
     from unetdist.models.weights import clean_state_dict
 
     state, meta, cfg = read_checkpoint(path)

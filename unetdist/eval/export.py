@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from unetdist.errors import UserError
-from unetdist.inference import load_checkpoint, read_checkpoint
+from unetdist.eval.inference import load_checkpoint, read_checkpoint
 
 ONNX_TOLERANCE = 1e-4  # max |onnxruntime - torch| on the logits (absolute, plus the same rel.)
 SAMPLE_HW = (67, 83)  # odd sides: see the module docstring

@@ -21,7 +21,7 @@ from torch import nn
 
 from unetdist.config import RunConfig
 from unetdist.errors import DataError
-from unetdist.inference import sliding_window_predict
+from unetdist.eval.inference import sliding_window_predict
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".webp")
 DARK = 20  # max channel value (0-255) of the black surround of a fundus photograph
@@ -160,7 +160,7 @@ def predict_folder(model: nn.Module, cfg: RunConfig, images_dir: Path, out_dir: 
     """Predict every image of images_dir into out_dir; failures are collected, not raised."""
     from tqdm import tqdm
 
-    from unetdist.evaluate import write_prediction_pngs
+    from unetdist.eval.evaluate import write_prediction_pngs
 
     report, stems = PredictReport(), {}
     for path in tqdm(list_images(images_dir), desc="predict", unit="img", disable=not progress):

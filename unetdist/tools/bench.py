@@ -34,7 +34,7 @@ def benchmarks_dir() -> Path:
     """benchmarks/ of the source tree this package runs from."""
     from unetdist.errors import UserError
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks"
+    path = Path(__file__).resolve().parents[2] / "benchmarks"
     if not path.is_dir():
         raise UserError(f"benchmarks/ not found at {path}: `unetdist bench` runs from a source "
                         "checkout (pip install -e .)")
@@ -126,9 +126,9 @@ def _train_objects(width: int, depth: int, compile_: bool = False):
     import torch
 
     from unetdist.config import LossConfig, ModelConfig, OptimConfig
-    from unetdist.losses import build_loss
-    from unetdist.models import apply_runtime_options, build_model
-    from unetdist.optim import build_optimizer
+    from unetdist.train.losses import build_loss
+    from unetdist.models.registry import apply_runtime_options, build_model
+    from unetdist.train.optim import build_optimizer
 
     torch.manual_seed(0)
     mcfg = ModelConfig(in_channels=1, width=width, depth=depth, compile=compile_)
@@ -218,8 +218,8 @@ def bench_data_wait(quick: bool) -> dict:
     import torch
 
     from unetdist.config import DataConfig
-    from unetdist.data.shards import shard_dataset
-    from unetdist.data.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
+    from unetdist.data.ingest.synth import write_synthetic
 
     size, n, crop, batch, width = (64, 6, 48, 4, 8) if quick else (256, 20, 96, 8, 16)
     steps, warmup = (4, 1) if quick else (30, 3)

@@ -24,7 +24,7 @@ from typing import Any
 
 from unetdist.atomic import fsync_path, write_atomic
 from unetdist.errors import DataError, UserError
-from unetdist.faults import fault
+from unetdist.train.faults import fault
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"

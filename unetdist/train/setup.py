@@ -1,6 +1,6 @@
 """Everything before the first step: accelerator, model/optimizer/scheduler, resume, run dir.
 
-`setup_run` returns the `Run` the loop in `unetdist.trainer` works on. The reads that decide
+`setup_run` returns the `Run` the loop in `unetdist.train.loop` works on. The reads that decide
 whether and from where to resume happen on every rank before any rank writes, so all ranks
 reach the same decision (or raise the same error) without a collective.
 """
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from unetdist import checkpoint as ckpt
+from unetdist.train import checkpoint as ckpt
 from unetdist.config import RunConfig, to_dict, to_yaml
 from unetdist.distributed import gather_objects
 from unetdist.errors import ConfigError, DataError
-from unetdist.tracking import Tracker, open_tracker
+from unetdist.track.jsonl import Tracker, open_tracker
 
 
 def say(acc, *args, **kw) -> None:
@@ -76,8 +76,8 @@ def make_accelerator(cfg: RunConfig):
 
 
 def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
-    from unetdist.data.shards import manifest_hash, read_manifest
-    from unetdist.losses import build_loss
+    from unetdist.data.ingest.writer import manifest_hash, read_manifest
+    from unetdist.train.losses import build_loss
 
     manifest = read_manifest(shard_dir)
     run_dir = Path(cfg.train.run_dir)
@@ -116,7 +116,7 @@ def plan_resume(cfg: RunConfig, acc, run_dir: Path, mhash: str) -> tuple[Path | 
 
 
 def prepare_run_dir(cfg: RunConfig, acc, run_dir: Path) -> None:
-    from unetdist.runinfo import run_info, write_run_config
+    from unetdist.track.runinfo import run_info, write_run_config
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt.clean_stale(run_dir)
@@ -127,8 +127,8 @@ def prepare_run_dir(cfg: RunConfig, acc, run_dir: Path) -> None:
 def build_training_objects(cfg: RunConfig, acc):
     from accelerate.utils import set_seed
 
-    from unetdist.models import apply_runtime_options, build_model
-    from unetdist.optim import build_optimizer, build_scheduler
+    from unetdist.models.registry import apply_runtime_options, build_model
+    from unetdist.train.optim import build_optimizer, build_scheduler
 
     set_seed(cfg.seed)  # identical initial weights on every rank
     model = apply_runtime_options(build_model(cfg.model), cfg.model,

@@ -162,7 +162,7 @@ def open_tracker(cfg: RunConfig, run_dir: str | Path, *, is_main: bool,
     trackers: list = []
     if cfg.track.wandb.mode != "disabled":
         from unetdist.config import to_dict
-        from unetdist.wandb_tracker import WandbTracker
+        from unetdist.track.wandb_tracker import WandbTracker
 
         wb = WandbTracker(cfg.track.wandb, Path(run_dir), to_dict(cfg), resume_id=run_id)
         if wb.active:

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from unetdist.data.atomic import atomic_dir
-from unetdist.data.vessels import VesselCanvas, grow_vessel_tree
+from unetdist.data.ingest.vessels import VesselCanvas, grow_vessel_tree
 from unetdist.errors import UserError
 
 REF_SIZE = 565.0  # DRIVE image width: the unit of every geometric constant below

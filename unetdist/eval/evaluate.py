@@ -21,8 +21,8 @@ from torch import nn
 from unetdist.atomic import write_atomic
 from unetdist.config import EvalConfig
 from unetdist.distributed import gather_objects, rank_of_process
-from unetdist.inference import sliding_window_predict, unwrap
-from unetdist.metrics import COUNT_KEYS, MetricState, pr_from_histograms, roc_from_histograms
+from unetdist.eval.inference import sliding_window_predict, unwrap
+from unetdist.eval.metrics import COUNT_KEYS, MetricState, pr_from_histograms, roc_from_histograms
 
 REGION_NOTES = {
     "fov": "inside the field-of-view mask (the standard DRIVE protocol)",
@@ -98,7 +98,7 @@ def write_metrics_json(result: dict, cfg: EvalConfig, path: Path, info: dict | N
 
 
 def write_plots(result: dict, state: MetricState, plot_dir: Path) -> None:
-    from unetdist import plots
+    from unetdist.eval import plots
 
     fov = result["fov"]
     plots.plot_class_bars(fov, plot_dir / "class_metrics.png",
@@ -138,7 +138,7 @@ class _OverlayCache:
     def write(self, keys: list[str], plot_dir: Path) -> None:
         import cv2
 
-        from unetdist import plots
+        from unetdist.eval import plots
 
         for key in keys:
             if key not in self.items:

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 from unetdist.atomic import fsync_path as fsync_dir  # a folder fsync makes renames durable
 from unetdist.atomic import write_atomic
-from unetdist.data.shards import read_manifest
-from unetdist.data.stage_io import (
+from unetdist.data.ingest.writer import read_manifest
+from unetdist.data.stage.copy import (
     MANIFEST,
     Shard,
     copy_verified,
@@ -37,7 +37,7 @@ from unetdist.data.stage_io import (
     tmp_dir,
     write_marker,
 )
-from unetdist.data.stage_wait import clear_failure, record_failure, stage_lock, wait_for_stage
+from unetdist.data.stage.wait import clear_failure, record_failure, stage_lock, wait_for_stage
 from unetdist.errors import ConfigError, DataError, UserError
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ Layouts:
 - `folders`: --images/--labels [--fov] [--labels2] (and optional --test-* folders), paired by
   stem with configurable suffixes.
 
-Discovery only pairs files; `unetdist.data.checks` decodes and validates them.
+Discovery only pairs files; `unetdist.data.ingest.checks` decodes and validates them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from unetdist.data.manifest import LAYOUTS
-from unetdist.data.rawio import list_images
+from unetdist.data.ingest.readers import list_images
 from unetdist.errors import DataError
 
 __all__ = [

@@ -29,7 +29,7 @@ from unetdist.data.manifest import (
     shard_paths,
     verify_shards,
 )
-from unetdist.data.sources import FolderSpec, RawSample
+from unetdist.data.ingest.layouts import FolderSpec, RawSample
 from unetdist.errors import DataError, UserError
 
 __all__ = [
@@ -48,7 +48,7 @@ __all__ = [
 
 def encode_sample(s: RawSample) -> list[tuple[str, bytes]]:
     """The tar members of one sample, in the fixed order."""
-    from unetdist.data.checks import format_problems, load_sample
+    from unetdist.data.ingest.checks import format_problems, load_sample
     from unetdist.data.codec import encode_mask, encode_png
 
     loaded, problems = load_sample(s)
@@ -138,8 +138,8 @@ def _check_layout_options(layout: str, folders: dict, suffixes: dict) -> None:
 def _validated(src: Path, layout: str, spec: FolderSpec, split_val: float, threads: int,
                progress: bool) -> list[RawSample]:
     """Discover, decode and check every sample; DataError listing all problems."""
-    from unetdist.data.checks import check_samples, format_problems
-    from unetdist.data.sources import assign_val, discover
+    from unetdist.data.ingest.checks import check_samples, format_problems
+    from unetdist.data.ingest.layouts import assign_val, discover
 
     found = discover(src, layout, spec)
     for note in found.notes:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from unetdist.data.stage_io import (
+from unetdist.data.stage.copy import (
     MANIFEST,
     Shard,
     failure_path,

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from unetdist import checkpoint as ckpt
+from unetdist.train import checkpoint as ckpt
 from unetdist.config import RunConfig, to_dict, to_yaml
 from unetdist.distributed import broadcast_buffers, gather_objects, sum_across
 from unetdist.errors import UserError
-from unetdist.faults import fault
-from unetdist.preempt import PreemptionFlag
-from unetdist.tracking import METRICS_FILE, read_records
-from unetdist.trainsetup import (
+from unetdist.train.faults import fault
+from unetdist.train.preempt import PreemptionFlag
+from unetdist.track.jsonl import METRICS_FILE, read_records
+from unetdist.train.setup import (
     Run,
     announce,
     check_runtime,
@@ -69,7 +69,7 @@ class StepStats:
 
 def fit(cfg: RunConfig) -> TrainResult:
     """Train `cfg` to `train.max_steps` (or until preempted); resume per `train.resume`."""
-    from unetdist.data.stage import resolve_data_dir
+    from unetdist.data.stage.node import resolve_data_dir
 
     check_runtime(cfg)
     if cfg.data.num_workers:
@@ -281,8 +281,8 @@ def checkpoint_due(run: Run, stats: StepStats) -> bool:
 def validate(run: Run) -> dict:
     """Full-image validation on every rank's share; best model by FOV Dice."""
     from unetdist.data.pipeline import eval_samples
-    from unetdist.evaluate import evaluate_split
-    from unetdist.plots import plot_training_curves
+    from unetdist.eval.evaluate import evaluate_split
+    from unetdist.eval.plots import plot_training_curves
 
     cfg, acc, st = run.cfg, run.acc, run.state
     broadcast_buffers(acc.unwrap_model(run.model))  # one copy of the BN statistics
@@ -310,7 +310,7 @@ def log_val_masks(run: Run) -> None:
     from itertools import islice
 
     from unetdist.data.pipeline import eval_samples
-    from unetdist.inference import sliding_window_predict
+    from unetdist.eval.inference import sliding_window_predict
 
     model = run.acc.unwrap_model(run.model)  # DDP's forward would sync with idle ranks
     images = []

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:
-    from unetdist.data.synth import Geometry
+    from unetdist.data.ingest.synth import Geometry
 
 SHIFT = 3  # cv2 fractional bits: vertices on a 1/8 px grid
 MAX_BRANCHES = 600  # bounds the work per image whatever the random draws

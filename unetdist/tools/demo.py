@@ -78,7 +78,7 @@ class DemoResult:
 
 def default_config() -> Path:
     """configs/demo.yaml of the source tree this package runs from (editable install)."""
-    path = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    path = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
     if not path.is_file():
         raise UserError(f"configs/demo.yaml not found beside the package ({path}); pass --config")
     return path
@@ -158,8 +158,8 @@ def prepare_workdir(workdir: Path) -> None:
 
 
 def make_data(opts: DemoOptions) -> None:
-    from unetdist.data.shards import shard_dataset
-    from unetdist.data.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
+    from unetdist.data.ingest.synth import write_synthetic
 
     raw = write_synthetic(opts.workdir / "raw", n_train=opts.n_train, n_test=opts.n_test,
                           size=opts.size, seed=opts.seed or 0, progress=opts.progress)
@@ -225,7 +225,7 @@ def header(i: int, n: int, text: str) -> None:
 def run_demo(opts: DemoOptions) -> DemoResult:
     """Every step of the demo in order, with a header before each; returns where things are."""
     from unetdist.config import load_config
-    from unetdist.report import build_report
+    from unetdist.track.report import build_report
 
     config = (opts.config or default_config()).absolute()
     cfg = load_config(config, train_overrides(opts))  # bad overrides fail here, in one line

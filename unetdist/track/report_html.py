@@ -1,6 +1,6 @@
 """HTML building blocks of the run report: escaping, number formatting, tables, embedded figures.
 
-Kept apart from unetdist.report, which decides what the page says; this decides how it looks.
+Kept apart from unetdist.track.report, which decides what the page says; this decides how it looks.
 """
 
 from __future__ import annotations

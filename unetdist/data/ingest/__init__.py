@@ -1,0 +1,1 @@
+"""Raw dataset -> verified webdataset shards: layouts, readers, checks, writer, synth."""

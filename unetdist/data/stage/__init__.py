@@ -1,0 +1,1 @@
+"""Shared storage -> node-local copy: copy+hash, lock, wait for local rank 0."""

@@ -1,0 +1,1 @@
+"""Evaluation: sliding-window inference, metrics, predict, export, plots."""

@@ -1,0 +1,1 @@
+"""Self-contained tools behind commands: benchmark, demo, doctor."""

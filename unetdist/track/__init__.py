@@ -1,0 +1,1 @@
+"""Tracking and reporting: local JSONL, W&B, run info, the HTML report."""

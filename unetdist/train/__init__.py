@@ -1,0 +1,1 @@
+"""Training: the loop, its setup, checkpoints, optimizer, losses, preemption."""
