@@ -26,6 +26,19 @@ def _one_of(name: str, value: Any, choices: tuple) -> None:
     _require(value in choices, name, value, "one of " + "|".join(map(str, choices)))
 
 
+# YAML 1.1 (PyYAML, OmegaConf's dotlist parser) reads no/off/false as the boolean False, which a
+# str field then holds as "False": `train.precision=no` must still mean "no".
+_FALSE_SPELLINGS = ("False", "false", "no", "off")
+
+
+def _enum(name: str, value: Any, choices: tuple, false_means: str | None = None) -> str:
+    """`value` checked against `choices`; a YAML false (no/off/false) means `false_means`."""
+    if false_means is not None and value in _FALSE_SPELLINGS:
+        value = false_means
+    _one_of(name, value, choices)
+    return value
+
+
 # ----------------------------------------------------------------------------- sections
 
 
@@ -81,7 +94,8 @@ class DataConfig:
 
     def check(self, p: str) -> None:
         _one_of(f"{p}.channels", self.channels, ("rgb", "green", "gray"))
-        _one_of(f"{p}.normalize", self.normalize, ("zscore", "unit", "none"))
+        self.normalize = _enum(f"{p}.normalize", self.normalize, ("zscore", "unit", "none"),
+                               false_means="none")
         _one_of(f"{p}.on_corrupt", self.on_corrupt, ("error", "skip"))
         _require(self.gamma > 0, f"{p}.gamma", self.gamma, "> 0")
         _require(self.crop >= 0, f"{p}.crop", self.crop, ">= 0")
@@ -193,17 +207,20 @@ class TrainConfig:
     grad_accum: int = 1  # gradient accumulation steps
     eval_every: int = 200  # validate every N steps (0 = only at the end)
     log_every: int = 10  # log train scalars every N steps
-    resume: str = "auto"  # auto | none | <checkpoint path>
+    resume: str = "auto"  # auto | none | <checkpoint path> (no/off/false mean none)
     max_skipped_steps: int = 10  # consecutive fp16 scaler skips tolerated
     progress: bool = True  # show the tqdm bar on rank 0
 
     def check(self, p: str) -> None:
-        _one_of(f"{p}.precision", self.precision, ("no", "bf16", "fp16"))
+        self.precision = _enum(f"{p}.precision", self.precision, ("no", "bf16", "fp16"),
+                               false_means="no")
         _require(self.max_steps >= 1, f"{p}.max_steps", self.max_steps, ">= 1")
         _require(self.grad_accum >= 1, f"{p}.grad_accum", self.grad_accum, ">= 1")
         _require(self.eval_every >= 0, f"{p}.eval_every", self.eval_every, ">= 0")
         _require(self.log_every >= 1, f"{p}.log_every", self.log_every, ">= 1")
         _require(bool(self.resume), f"{p}.resume", self.resume, "auto|none|<path>")
+        if self.resume in _FALSE_SPELLINGS:  # YAML's `resume: no` / `off`
+            self.resume = "none"
         _require(self.max_skipped_steps >= 0, f"{p}.max_skipped_steps",
                  self.max_skipped_steps, ">= 0")
 
@@ -248,7 +265,8 @@ class WandbConfig:
     log_images: int = 4  # validation images logged with masks
 
     def check(self, p: str) -> None:
-        _one_of(f"{p}.mode", self.mode, ("auto", "online", "offline", "disabled"))
+        self.mode = _enum(f"{p}.mode", self.mode, ("auto", "online", "offline", "disabled"),
+                          false_means="disabled")
         _require(self.log_images >= 0, f"{p}.log_images", self.log_images, ">= 0")
 
 
