@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from unetdist import __version__
 from unetdist.errors import UserError
 
 COMMANDS = ("config", "doctor", "synth", "shard", "stage", "train", "evaluate", "predict",
@@ -30,6 +32,7 @@ def _available_commands() -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unetdist", description="Distributed UNet training for retinal vessel segmentation.")
+    parser.add_argument("--version", action="version", version=f"unetdist {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, mod in _available_commands().items():
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
@@ -38,13 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _global_rank() -> int:
+    # The launcher's variable, not torch.distributed: the error may come before (config,
+    # staging) or after (teardown) the process group, and every rank hits the same one.
+    value = os.environ.get("RANK", "0")
+    return int(value) if value.isdigit() else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # Under `accelerate launch` every rank raises the same error: one line for the job.
+        # The other ranks exit quietly with the same status.
+        if _global_rank() == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if _global_rank() == 0:
+            print("interrupted", file=sys.stderr, flush=True)
         return 130

@@ -23,8 +23,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def default_out_dir(checkpoint: str | Path, split: str) -> Path:
-    """eval-<split>/ beside the checkpoint: RUN/best -> RUN/eval-<split>."""
-    return Path(checkpoint).resolve().parent / f"eval-{split}"
+    """eval-<split>/ beside the checkpoint: RUN and RUN/best -> RUN/eval-<split>;
+    RUN/checkpoints/step-N -> RUN/eval-<split>-step-N (where `report` finds it)."""
+    from unetdist.eval.inference import resolve_checkpoint
+
+    p = resolve_checkpoint(checkpoint).resolve()
+    if p.parent.name == "checkpoints":
+        return p.parent.parent / f"eval-{split}-{p.name}"
+    return p.parent / f"eval-{split}"
 
 
 def _shard_dir(args: argparse.Namespace, cfg) -> str:
@@ -52,7 +58,7 @@ def _accelerator(cfg):
 def run(args: argparse.Namespace) -> int:
     from unetdist.data.pipeline import eval_samples
     from unetdist.eval.evaluate import evaluate_split, summary_line
-    from unetdist.eval.inference import load_checkpoint, with_eval_overrides
+    from unetdist.eval.inference import load_checkpoint, resolve_checkpoint, with_eval_overrides
 
     model, cfg, meta = load_checkpoint(args.checkpoint)
     cfg = with_eval_overrides(cfg, args.overrides)
@@ -62,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     model = model.to(acc.device)
     samples = eval_samples(cfg.data, shard_dir, args.split, rank=acc.process_index,
                            world_size=acc.num_processes)
-    info = {"checkpoint": str(Path(args.checkpoint).resolve()), "step": meta.get("step"),
+    info = {"checkpoint": str(resolve_checkpoint(args.checkpoint).resolve()), "step": meta.get("step"),
             "data": shard_dir, "split": args.split, "world_size": acc.num_processes,
             "device": acc.device.type, "precision": acc.mixed_precision}
     result = evaluate_split(model, samples, cfg.eval, accelerator=acc, out_dir=out, info=info,

@@ -11,12 +11,20 @@ HELP = "train (multi-process: accelerate launch -m unetdist train --config F key
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
+    p.add_argument("--check", action="store_true",
+                   help="only validate the config and the data paths (one process, no "
+                        "training); launch/train.sh and slurm/train.sbatch run it first")
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetdist.train.loop import fit
+    from unetdist.train.loop import check_only, fit
 
-    fit(load_from_args(args))
+    cfg = load_from_args(args)
+    if args.check:
+        print(check_only(cfg))
+        return 0
+    result = fit(cfg)
     # a preempted run exits 0 too: `accelerate launch` returns 1 whatever its workers return,
-    # so a requeue script reads run_dir/PREEMPTED rather than the exit status
-    return 0
+    # so a requeue script reads run_dir/PREEMPTED rather than the exit status. Ctrl-C is the
+    # user's stop: 130, as for any interrupted command.
+    return 130 if result.interrupted else 0

@@ -331,11 +331,18 @@ def render_report(run_dir: Path) -> str:
             "</body></html>\n")
 
 
+# Files that every run directory has from its first step on (written by the trainer at start).
+RUN_MARKERS = ("config.yaml", "runinfo.json", "metrics.jsonl")
+
+
 def build_report(run_dir: Path) -> Path:
     """Write RUN_DIR/report.html (temp name + rename) and return its path."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
+    if not any((run_dir / n).is_file() for n in RUN_MARKERS):
+        raise UserError(f"{run_dir} is not a run directory (none of {', '.join(RUN_MARKERS)}); "
+                        "pass the train.run_dir of a run, e.g. runs/<config stem>")
     text = render_report(run_dir)
     out = run_dir / REPORT_FILE
     write_atomic(out, text)

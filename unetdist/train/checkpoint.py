@@ -182,7 +182,8 @@ def check_compatible(state: dict, architecture: dict, manifest_hash: str, world_
     if diff:
         pairs = ", ".join(f"model.{k}: {saved_arch.get(k)!r} -> {architecture[k]!r}" for k in diff)
         raise UserError(f"cannot resume {path}: different architecture ({pairs}); "
-                        "use a new train.run_dir or train.resume=none")
+                        "to train the new architecture use a new train.run_dir; to continue "
+                        "this run keep its model settings")
     if state.get("manifest_hash") != manifest_hash:
         raise UserError(f"cannot resume {path}: it was trained on a different dataset (manifest "
                         f"hash {str(state.get('manifest_hash'))[:12]} != {manifest_hash[:12]})")

@@ -11,6 +11,7 @@ rank 0's checkpoint clock, so all ranks take the same decisions at the same step
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class TrainResult:
     best_dice: float | None
     best_step: int | None
     model: torch.nn.Module  # the trained network (unwrapped from DDP)
+    interrupted: bool = False  # stopped by Ctrl-C (checkpoint saved): the command exits 130
 
 
 @dataclass
@@ -88,6 +90,15 @@ def fit(cfg: RunConfig) -> TrainResult:
             run.tracker.finish()
             acc.end_training()
     return result
+
+
+def check_only(cfg: RunConfig) -> str:
+    """`train --check`: what a launch script validates in one process before starting workers."""
+    from unetdist.data.stage.node import check_data_paths
+
+    check_runtime(cfg)
+    folder = check_data_paths(cfg.data)
+    return f"ok: config valid; data {folder}; run_dir {cfg.train.run_dir}"
 
 
 def train_loop(run: Run, flag: PreemptionFlag) -> TrainResult:
@@ -347,6 +358,12 @@ def save(run: Run) -> Path | None:
 def stop_for_preemption(run: Run, flag: PreemptionFlag) -> TrainResult:
     step = run.state.step
     save(run)
+    if flag.interrupted:  # Ctrl-C: the user's stop, no requeue marker; one line for the job
+        say(run.acc, f"stopped at step {step}; checkpoint saved; run the same command to "
+                     "resume", file=sys.stderr, flush=True)
+        result = result_of(run, preempted=True)
+        result.interrupted = True
+        return result
     if run.acc.is_main_process:
         ckpt.write_preempted(run.run_dir, step)
     why = ", ".join(sorted(set(flag.received))) or "signal on another rank"

@@ -6,6 +6,12 @@ moments, so the handler sets a flag; the trainer polls it at step boundaries and
 through a collective before they save the same step. Signals that arrive while the checkpoint
 is being written just set the flag again: they are ignored, never fatal.
 
+Ctrl-C (SIGINT) is the user's stop and works the same way: checkpoint at the next step
+boundary, then exit 130 telling how to resume. A second Ctrl-C aborts at once (KeyboardInterrupt:
+the half-written checkpoint stays under its temporary name and is removed at the next start).
+Under `accelerate launch` the terminal's Ctrl-C reaches the launcher, which sends SIGINT to
+every worker and kills them `TORCH_ELASTIC_SHUTDOWN_TIMEOUT` seconds later.
+
 Under `accelerate launch` the workers only see SIGUSR1 when the launcher forwards it
 (`PET_SIGNALS_TO_HANDLE` must list it), and the launcher SIGKILLs them
 `TORCH_ELASTIC_SHUTDOWN_TIMEOUT` seconds (30 by default) after forwarding: the checkpoint must
@@ -17,11 +23,11 @@ from __future__ import annotations
 import signal
 from types import FrameType
 
-SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 
 class PreemptionFlag:
-    """Context manager installing flag-setting handlers for SIGUSR1 and SIGTERM."""
+    """Context manager installing flag-setting handlers for SIGUSR1, SIGTERM and SIGINT."""
 
     def __init__(self, signals: tuple = SIGNALS):
         self.signals = signals
@@ -32,7 +38,15 @@ class PreemptionFlag:
     def requested(self) -> bool:
         return bool(self.received)
 
+    @property
+    def interrupted(self) -> bool:
+        """The user pressed Ctrl-C (a stop, not a scheduler's preemption: no requeue)."""
+        return "SIGINT" in self.received
+
     def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.interrupted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt  # the second Ctrl-C: abort now
         self.received.append(signal.Signals(signum).name)
 
     def __enter__(self) -> PreemptionFlag:  # noqa: PYI034 (py3.10: no typing.Self)
@@ -44,4 +58,5 @@ class PreemptionFlag:
         # keep ignoring late signals until the process is done with its last writes: a
         # second SIGTERM after the preemption checkpoint must not turn exit 0 into a kill
         for s in self.signals:
-            signal.signal(s, signal.SIG_IGN if self.requested else self._previous[s])
+            ignore = self.requested and s != signal.SIGINT  # Ctrl-C always works afterwards
+            signal.signal(s, signal.SIG_IGN if ignore else self._previous[s])

@@ -305,6 +305,30 @@ def _check_local_copy(local: Path) -> None:
                             f"or has the wrong size; set data.stage=true to re-stage it")
 
 
+def check_data_paths(cfg: DataConfig) -> str:
+    """Check the data paths of a DataConfig without copying anything; return the folder to read.
+
+    data.shared_dir must hold a readable manifest (unless data.stage=false, which reads
+    data.local_dir as is and needs a complete copy there). Cheap: launch scripts call it once,
+    in one process, before starting the workers (`unetdist train --check`).
+    """
+    if not cfg.local_dir or cfg.stage:  # data.stage=false reads data.local_dir as is
+        if not cfg.shared_dir:
+            raise ConfigError("data.shared_dir must be set to the shard folder (with "
+                              "manifest.json), or data.local_dir with data.stage=false to read "
+                              "a local copy as is; got neither")
+        shared = Path(cfg.shared_dir).absolute()
+        if not shared.is_dir():
+            raise DataError(f"data.shared_dir={shared} not found")
+        load_source(shared)
+        if not cfg.local_dir:
+            return str(shared)
+    local = Path(cfg.local_dir).absolute()
+    if not cfg.stage:
+        _check_local_copy(local)
+    return str(local)
+
+
 def resolve_data_dir(cfg: DataConfig) -> str:
     """The shard folder to read for this DataConfig; stages it first where configured.
 
@@ -312,17 +336,10 @@ def resolve_data_dir(cfg: DataConfig) -> str:
     process with LOCAL_RANK 0 stages data.shared_dir into it under the node's file lock and
     the node's other processes wait (data.stage_timeout) for the complete copy.
     """
-    if not cfg.shared_dir:
-        raise ConfigError("data.shared_dir must be set to the shard folder (with manifest.json) "
-                          "on shared storage, got None")
-    shared = Path(cfg.shared_dir).absolute()
-    if not cfg.local_dir:
-        load_source(shared)
-        return str(shared)
-    local = Path(cfg.local_dir).absolute()
-    if not cfg.stage:
-        _check_local_copy(local)
-        return str(local)
+    folder = check_data_paths(cfg)
+    if not cfg.local_dir or not cfg.stage:
+        return folder
+    shared, local = Path(cfg.shared_dir).absolute(), Path(folder)
     rank = _local_rank()
     if rank == 0:
         result = stage(shared, local, progress=True, lock_timeout=cfg.stage_timeout)

@@ -1,0 +1,122 @@
+"""Issue 18.4 and 18.7: Ctrl-C saves a checkpoint; advice that leads somewhere (evaluate any
+checkpoint of a run, report on a non-run folder, data.local_dir alone, the resume refusal)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.util import cli, subprocess_env, wait_for
+
+pytestmark = pytest.mark.slow
+
+TINY = ["model.width=8", "model.depth=2", "data.crop=48", "data.batch_size=2",
+        "data.num_workers=0", "data.steps_per_epoch=4", "train.max_steps=4",
+        "train.eval_every=2", "train.progress=false", "checkpoint.every_steps=2",
+        "eval.tile=64", "eval.num_overlays=0", "eval.auc_bins=100", "track.wandb.mode=off"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict:
+    from unetdist.data.ingest.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
+
+    root = tmp_path_factory.mktemp("advice")
+    raw = write_synthetic(root / "raw", n_train=4, n_test=2, size=(64, 64), progress=False)
+    shard_dataset(raw, root / "shards", layout="drive", split_val=0.25, progress=False)
+    run_dir = root / "run"
+    r = cli("train", f"data.shared_dir={root / 'shards'}", f"train.run_dir={run_dir}", *TINY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return {"root": root, "shards": root / "shards", "run_dir": run_dir}
+
+
+def _evaluate(run: dict, checkpoint, out: Path) -> dict:
+    r = cli("evaluate", "--checkpoint", checkpoint, "--data", run["shards"], "--split", "test",
+            "--no-progress", "--out", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_evaluate_accepts_run_folder_step_folder_and_latest(run, tmp_path):
+    rd = run["run_dir"]
+    best = _evaluate(run, rd / "best", tmp_path / "best")
+    assert _evaluate(run, rd, tmp_path / "run")["fov"] == best["fov"]  # run folder -> best/
+    step2 = _evaluate(run, rd / "checkpoints" / "step-000002", tmp_path / "s2")
+    latest = _evaluate(run, rd / "checkpoints" / "latest", tmp_path / "latest")
+    step4 = _evaluate(run, rd / "checkpoints" / "step-000004", tmp_path / "s4")
+    assert latest["fov"] == step4["fov"] and step2["fov"] != step4["fov"]
+    # the default output of a step folder lands in the run, where `report` finds it
+    r = cli("evaluate", "--checkpoint", rd / "checkpoints" / "step-000002", "--data",
+            run["shards"], "--split", "test", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert (rd / "eval-test-step-000002" / "metrics.json").is_file()
+
+
+def test_report_on_a_folder_that_is_not_a_run_is_exit_2(tmp_path):
+    r = cli("report", tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "not a run directory" in r.stderr
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_local_dir_alone_with_stage_false_is_valid(run):
+    args = ["train", "--check", f"data.local_dir={run['shards']}", "data.stage=false",
+            f"train.run_dir={run['root'] / 'other'}"]
+    r = cli(*args)
+    assert r.returncode == 0 and f"data {run['shards']}" in r.stdout, r.stderr
+    r = cli("train", "--check", f"data.local_dir={run['shards']}")  # stage=true needs a source
+    assert r.returncode == 2 and "data.shared_dir must be set" in r.stderr
+
+
+def test_architecture_refusal_does_not_point_at_resume_none(run):
+    r = cli("train", f"data.shared_dir={run['shards']}", f"train.run_dir={run['run_dir']}",
+            *TINY, "model.width=16")
+    assert r.returncode == 2 and "different architecture" in r.stderr
+    assert "train.resume=none" not in r.stderr and "new train.run_dir" in r.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(run, tmp_path):
+    rd = tmp_path / "run"
+    args = ["train", f"data.shared_dir={run['shards']}", f"train.run_dir={rd}", *TINY,
+            "checkpoint.every_steps=0", "train.eval_every=0", "train.log_every=1"]
+    env = subprocess_env(UNETDIST_FAULT="stall:step=3")
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "unetdist", *args], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, text=True)
+        try:
+            wait_for(lambda: _stalled(rd) or proc.poll() is not None, timeout=120,
+                     what="step 2 logged")
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert rc == 130, text
+    assert "stopped at step 3; checkpoint saved; run the same command to resume" in text
+    assert "Traceback" not in text and "interrupted" not in text
+    assert (rd / "checkpoints" / "step-000003" / "trainer_state.json").is_file()
+    assert not (rd / "PREEMPTED").exists()  # a user's stop is not a requeue request
+    r = cli(*args)  # the same command resumes and finishes
+    assert r.returncode == 0 and "resuming from" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def _stalled(run_dir: Path) -> bool:
+    m = run_dir / "metrics.jsonl"
+    return m.is_file() and any(json.loads(x)["step"] == 2 for x in m.read_text().splitlines())
+
+
+def test_second_ctrl_c_aborts_at_once():
+    from unetdist.train.preempt import PreemptionFlag
+
+    with PreemptionFlag() as flag:
+        signal.raise_signal(signal.SIGINT)
+        assert flag.interrupted and flag.requested
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
