@@ -40,6 +40,9 @@ else
     LAUNCH+=(--config_file "$HERE/multi_gpu.yaml" --num_processes "$NPROC"
              --main_process_port "$MAIN_PORT")
 fi
+# One process validates the config and the data paths first: a mistake is one `error:` line
+# and exit 2, not an error per worker followed by the launcher's traceback.
+"$PYTHON" -m unetdist train --check --config "$CONFIG" "$@" >&2 || exit $?
 device=$([ "$GPUS" -gt 0 ] && echo GPU || echo "CPU (gloo)")
 echo "launch/train.sh: $NPROC process(es) on $device, config $CONFIG" >&2
 exec "${LAUNCH[@]}" -m unetdist train --config "$CONFIG" "$@"

