@@ -7,7 +7,7 @@ import shlex
 
 from tests.util import REPO
 
-FENCE = re.compile(r"^```(bash|sh|shell)\n(.*?)^```", re.S | re.M)
+FENCE = re.compile(r"^```(bash|sh|shell)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
 def readme_commands(text: str | None = None) -> list[str]:

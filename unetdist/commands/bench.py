@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(figures not meaningful)")
     p.add_argument("--only", type=_sections, default=None, metavar="A,B",
                    help="run only these sections (pipeline, train_step, compile, ddp, "
-                        "data_wait, staging, inference)")
+                        "data_wait, threads, staging, inference)")
 
 
 def _write_json(path: Path, doc: dict) -> None:

@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder for the data, the shards, the staged copy and the run "
                         "(default demo_run; a re-run replaces what the demo wrote there)")
     p.add_argument("--config", type=Path, default=None,
-                   help="experiment YAML (default: the repository's configs/demo.yaml)")
+                   help="experiment YAML (default: configs/demo.yaml, shipped in the package)")
     p.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, metavar="HxW",
                    help=f"synthetic image size (default {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]})")
     p.add_argument("--n-train", type=_positive, default=20,

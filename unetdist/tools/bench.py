@@ -1,9 +1,9 @@
 """`unetdist bench`: every throughput figure of the project, measured in one run, with ratios.
 
-The benchmark scripts live in the source tree's `benchmarks/` folder (outside the package, each
-also runnable alone); this module loads them by path, runs them one after the other, adds the
-two measurements that no script owns (torch.compile's train-step speed-up and the data-wait
-fraction of a training step), and aggregates everything into one JSON document with the
+The benchmark modules live in unetdist/tools/benchmarks/ (inside the package, so `unetdist
+bench` works after any install; each also runs alone with `python -m`); this module runs them
+one after the other, adds the two measurements that no module owns (torch.compile's
+train-step speed-up and the data-wait fraction of a training step), and aggregates everything into one JSON document with the
 machine's description. A section that fails is recorded under "errors" and the others still
 run. Sections run in sequence, never concurrently, so they do not compete for the cores; other
 work on the machine still skews absolute figures (the load average is recorded).
@@ -11,11 +11,10 @@ work on the machine still skews absolute figures (the load average is recorded).
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import traceback
@@ -23,35 +22,17 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-SECTIONS = ("pipeline", "train_step", "compile", "ddp", "data_wait", "staging", "inference")
+SECTIONS = ("pipeline", "train_step", "compile", "ddp", "data_wait", "threads", "staging",
+            "inference")
 FORMAT = 1
 
 
 # ----------------------------------------------------------------------------- plumbing
 
 
-def benchmarks_dir() -> Path:
-    """benchmarks/ of the source tree this package runs from."""
-    from unetdist.errors import UserError
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks"
-    if not path.is_dir():
-        raise UserError(f"benchmarks/ not found at {path}: `unetdist bench` runs from a source "
-                        "checkout (pip install -e .)")
-    return path
-
-
 def load_benchmark(name: str) -> ModuleType:
-    """Import benchmarks/NAME.py by path (they are scripts, not package modules)."""
-    path = benchmarks_dir() / f"{name}.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
-    mod_name = f"unetdist_benchmarks.{name}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module  # dataclasses and pickling look the module up by name
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark module unetdist.tools.benchmarks.NAME (shipped in the package)."""
+    return importlib.import_module(f"unetdist.tools.benchmarks.{name}")
 
 
 def _cpu_model() -> str:
@@ -115,6 +96,10 @@ def bench_staging(quick: bool) -> dict:
         if quick:
             return mod.run_benchmark(8, d, rounds=1)
         return mod.run_benchmark(200, d, rounds=3)
+
+
+def bench_threads(quick: bool) -> dict:
+    return load_benchmark("bench_threads").run_benchmark(quick=quick)
 
 
 def bench_inference(quick: bool) -> dict:
@@ -246,7 +231,8 @@ def bench_data_wait(quick: bool) -> dict:
 
 RUNNERS: dict[str, Callable[[bool], dict]] = {
     "pipeline": bench_pipeline, "train_step": bench_train_step, "compile": bench_compile,
-    "ddp": bench_ddp, "data_wait": bench_data_wait, "staging": bench_staging,
+    "ddp": bench_ddp, "data_wait": bench_data_wait, "threads": bench_threads,
+    "staging": bench_staging,
     "inference": bench_inference,
 }
 
@@ -320,6 +306,10 @@ def headline_figures(name: str, res: dict) -> dict[str, float]:
     elif name == "data_wait":
         for w, r in res.get("workers", {}).items():
             out[f"data wait fraction, {w} worker(s)"] = r["wait_fraction"]
+    elif name == "threads":
+        for r in res.get("rows", []):
+            out[f"train img/s, {r['threads']} thread(s) + {res['workers']} loader worker(s)"] = \
+                r["img_per_s"]
     elif name == "inference":
         for r in res.get("rows", []):
             what = (f"{r['model']} UNet {r['precision']}" + (" channels_last" if

@@ -37,7 +37,7 @@ class StepFailed(UserError):
 @dataclass
 class DemoOptions:
     workdir: Path = Path("demo_run")
-    config: Path | None = None  # None: the repository's configs/demo.yaml
+    config: Path | None = None  # None: the packaged configs/demo.yaml
     size: tuple[int, int] = DEFAULT_SIZE
     n_train: int = 20
     n_test: int = 20
@@ -77,11 +77,10 @@ class DemoResult:
 
 
 def default_config() -> Path:
-    """configs/demo.yaml of the source tree this package runs from (editable install)."""
-    path = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
-    if not path.is_file():
-        raise UserError(f"configs/demo.yaml not found beside the package ({path}); pass --config")
-    return path
+    """configs/demo.yaml as shipped inside the package (works from any directory)."""
+    from unetdist.resources import resource
+
+    return resource("configs", "demo.yaml")
 
 
 def topology(nproc: int | None) -> Topology:

@@ -25,6 +25,7 @@ from unetdist.distributed import broadcast_buffers, gather_objects, sum_across
 from unetdist.errors import UserError
 from unetdist.train.faults import fault
 from unetdist.train.preempt import PreemptionFlag
+from unetdist.train.threads import apply_thread_policy
 from unetdist.track.jsonl import METRICS_FILE, read_records
 from unetdist.train.setup import (
     Run,
@@ -74,6 +75,7 @@ def fit(cfg: RunConfig) -> TrainResult:
     from unetdist.data.stage.node import resolve_data_dir
 
     check_runtime(cfg)
+    threads = apply_thread_policy(torch.cuda.is_available())
     if cfg.data.num_workers:
         from unetdist.data.pipeline import single_threaded_opencv
 
@@ -83,6 +85,7 @@ def fit(cfg: RunConfig) -> TrainResult:
         acc = make_accelerator(cfg)
         run = setup_run(cfg, acc, shard_dir)
         announce(run)
+        say(acc, threads, flush=True)
         try:
             result = train_loop(run, flag)
             finish(run, result)

@@ -1,6 +1,6 @@
 """Training input pipeline throughput vs a seed-style loader, and augmentation speed per core.
 
-    python benchmarks/bench_pipeline.py [--quick] [--workers 0 1 2] [--json out.json]
+    python -m unetdist.tools.benchmarks.bench_pipeline [--quick] [--workers 0 1 2] [--json out.json]
 
 One run, on the same synthetic fundus images (DRIVE size by default), written both as shards
 (for `unetdist.data.pipeline.train_batches`) and as PNG files (for the baseline):

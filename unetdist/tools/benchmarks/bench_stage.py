@@ -1,6 +1,6 @@
 """Staging throughput vs `shutil.copytree` and vs copytree followed by a sha256 pass.
 
-    python benchmarks/bench_stage.py --size-mb 300 [--dir /local/scratch] [--rounds 5]
+    python -m unetdist.tools.benchmarks.bench_stage --size-mb 300 [--dir /local/scratch] [--rounds 5]
 
 Generates SIZE_MB of random shards with a manifest, then times, in one run and interleaved:
   stage          `unetdist.data.stage.node.stage` (read once, hash while writing, fsync, rename)

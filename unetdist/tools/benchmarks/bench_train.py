@@ -1,7 +1,7 @@
 """Train-step throughput of the seed UNet (width 64, gray input) on CPU: 1 vs 2 DDP processes,
 fp32 vs bf16.
 
-    python benchmarks/bench_train.py [--quick] [--size 256] [--steps 6] [--rounds 2]
+    python -m unetdist.tools.benchmarks.bench_train [--quick] [--size 256] [--steps 6] [--rounds 2]
                                      [--json out.json]
 
 Each configuration runs the trainer's own `train_step` (forward, FOV loss, backward with DDP
@@ -25,7 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [(1, "no"), (2, "no"), (1, "bf16"), (2, "bf16")]
 
 
@@ -74,7 +73,7 @@ def _free_port() -> int:
 
 def _launch(nproc: int, precision: str, size: int, steps: int, warmup: int, tmp: Path) -> dict:
     out = tmp / f"r{nproc}-{precision}.json"
-    worker = [str(Path(__file__).resolve()), "--worker", "--size", str(size), "--steps",
+    worker = ["-m", "unetdist.tools.benchmarks.bench_train", "--worker", "--size", str(size), "--steps",
               str(steps), "--warmup", str(warmup), "--precision", precision, "--out", str(out)]
     if nproc == 1:
         cmd = [sys.executable] + worker
@@ -83,7 +82,7 @@ def _launch(nproc: int, precision: str, size: int, steps: int, warmup: int, tmp:
                "--num_processes", str(nproc), "--num_machines", "1", "--mixed_precision", "no",
                "--dynamo_backend", "no", "--main_process_port", str(_free_port())] + worker
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=1800,
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp, timeout=1800,
                        check=False)
     if r.returncode != 0 or not out.exists():
         raise RuntimeError(f"benchmark worker failed ({nproc} proc, {precision}):\n"

@@ -1,6 +1,6 @@
 """Sliding-window inference latency per DRIVE-sized (584x565) image.
 
-    .venv/bin/python benchmarks/bench_inference.py [--quick] [--iters 3] [--json out.json]
+    python -m unetdist.tools.benchmarks.bench_inference [--quick] [--iters 3] [--json out.json]
 
 Runs `unetdist.eval.inference.sliding_window_predict` (the evaluator's and `predict`'s own code:
 Gaussian-blended tiles, eval.tile 256, overlap 0.25 -> 3x3 tiles on 584x565) on a random

@@ -1,6 +1,6 @@
 """Forward+backward throughput of the seed UNet: fp32 vs bf16 autocast, channels_last on/off.
 
-    .venv/bin/python benchmarks/bench_models.py [--size 512] [--iters 3] [--batches 1 2]
+    python -m unetdist.tools.benchmarks.bench_models [--size 512] [--iters 3] [--batches 1 2]
                                                 [--json out.json]
 
 All configurations run interleaved (one step of each in turn, repeated), so a change in the

@@ -1,0 +1,81 @@
+"""CPU thread choices for one training process: should loader workers get cores of their own?
+
+    python -m unetdist.tools.benchmarks.bench_threads [--quick] [--json out.json]
+
+One training process on synthetic shards (crops with augmentation, the webdataset pipeline
+with W loader workers), timed for each torch intra-op thread count among: the trainer's policy
+(usable cores // 1 process), that minus the loader workers (cores left to the workers), and 1.
+All choices run in this one invocation, in turn, so the ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+
+def thread_choices(usable: int, workers: int) -> dict[str, int]:
+    """Named thread counts to compare (duplicates dropped, first name kept)."""
+    named = {"policy (usable cores)": usable,
+             "usable cores - loader workers": max(1, usable - workers), "one thread": 1}
+    out: dict[str, int] = {}
+    for name, n in named.items():
+        if n not in out.values():
+            out[name] = n
+    return out
+
+
+def run_benchmark(quick: bool = False, workers: int = 1) -> dict:
+    import torch
+
+    from unetdist.config import DataConfig
+    from unetdist.data.ingest.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
+    from unetdist.tools.bench import _train_objects, _wait_fraction
+    from unetdist.train.threads import usable_cpus
+
+    size, n, crop, batch, width = (64, 4, 48, 4, 8) if quick else (256, 20, 128, 4, 16)
+    steps, warmup = (3, 1) if quick else (20, 3)
+    usable = usable_cpus()
+    choices = thread_choices(usable, workers)
+    before = torch.get_num_threads()
+    out = {"usable_cpus": usable, "workers": workers, "image": size, "crop": crop,
+           "batch": batch, "model": f"unet width {width} depth 3", "steps": steps, "rows": []}
+    with tempfile.TemporaryDirectory(prefix="unetdist-bench-") as d:
+        raw = write_synthetic(Path(d) / "raw", n_train=n, n_test=0, size=(size, size),
+                              progress=False)
+        shard_dataset(raw, Path(d) / "shards", split_val=0.0, progress=False)
+        cfg = DataConfig(crop=crop, batch_size=batch, num_workers=workers,
+                         steps_per_epoch=steps + warmup)
+        try:
+            for name, threads in choices.items():
+                torch.set_num_threads(threads)
+                r = _wait_fraction(cfg, str(Path(d) / "shards"), _train_objects(width, 3),
+                                   steps, warmup)
+                out["rows"].append({"choice": name, "threads": threads, **r})
+        finally:
+            torch.set_num_threads(before)
+    first = out["rows"][0]
+    out["ratios"] = {f"{first['choice']} vs {r['choice']} (img/s)":
+                     first["img_per_s"] / r["img_per_s"] for r in out["rows"][1:]}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny images: a smoke run")
+    ap.add_argument("--workers", type=int, default=1, help="loader workers (default 1)")
+    ap.add_argument("--json", help="also write the result to this file")
+    a = ap.parse_args()
+    res = run_benchmark(a.quick, a.workers)
+    for r in res["rows"]:
+        print(f"{r['choice']:32s} {r['threads']} thread(s)  {r['img_per_s']:7.2f} img/s  "
+              f"data wait {r['wait_fraction']:.2f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
