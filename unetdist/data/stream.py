@@ -200,14 +200,14 @@ def stream_batches(spec: StreamSpec, stream: int, first_batch: int, count: int,
     """Batches FIRST_BATCH .. FIRST_BATCH+COUNT-1 of logical stream STREAM."""
     if count <= 0:
         return
-    from webdataset.filters import _shuffle
+    from webdataset.filters import shuffle  # the public, curried form
 
     cfg, size = spec.cfg, spec.cfg.batch_size
     total = sum(s.samples for s in assign_shards(spec, stream))
     buf = cfg.shuffle_buffer
     view = CacheView(cache, prep_key(cfg)) if cache is not None else None
-    refs = _shuffle(_refs(spec, stream, view), buf, initial=buf,
-                    rng=random.Random(spec.seed_for(stream, SHUFFLE)))
+    refs = shuffle(buf, initial=buf,
+                   rng=random.Random(spec.seed_for(stream, SHUFFLE)))(_refs(spec, stream, view))
     mat, index, skip, batch = _Materializer(cfg, view), 0, first_batch * size, _Batch(cfg)
     for ref in refs:
         if index < skip:  # resume: advance without decoding whenever the outcome is known

@@ -53,32 +53,39 @@ _SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "GITHUB_TOKEN")
 # ----------------------------------------------------------------------------- mode and secrets
 
 
+# Only public interfaces here (stdlib netrc/configparser and the files wandb documents): wandb's
+# internal modules move between releases.
+
+
 def _base_url() -> str:
-    """The W&B host wandb will talk to (WANDB_BASE_URL or `wandb login --host` settings)."""
+    """The W&B host wandb will talk to: WANDB_BASE_URL, else `wandb login --host`'s setting
+    (base_url in the [default] section of $WANDB_CONFIG_DIR/settings)."""
+    import configparser
+
+    if os.environ.get("WANDB_BASE_URL"):
+        return os.environ["WANDB_BASE_URL"]
+    config_dir = os.environ.get("WANDB_CONFIG_DIR") or Path.home() / ".config" / "wandb"
+    parser = configparser.ConfigParser()
     try:
-        from wandb.errors import Error
-        from wandb.sdk import wandb_setup
-    except ImportError:
-        return os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)
-    try:
-        return wandb_setup.singleton().settings.base_url or DEFAULT_BASE_URL
-    except (Error, OSError, ValueError):  # settings files that wandb cannot parse: fall back to the env
-        return os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)
+        parser.read(Path(config_dir) / "settings")
+        return parser.get("default", "base_url", fallback=None) or DEFAULT_BASE_URL
+    except (configparser.Error, OSError, UnicodeDecodeError):  # a file wandb could not parse
+        return DEFAULT_BASE_URL
 
 
 def api_key_configured(base_url: str | None = None) -> bool:
     """True when wandb would find credentials without prompting (env or netrc entry)."""
+    import netrc
+
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    host = urlsplit(base_url or _base_url()).hostname or ""
     try:
-        from wandb.errors import Error
-        from wandb.sdk.lib.wbauth import wbnetrc
-    except ImportError:
+        entry = netrc.netrc(str(path)).authenticators(host)
+    except (OSError, netrc.NetrcParseError):  # no or malformed netrc: wandb would find no key
         return False
-    try:
-        return wbnetrc.read_netrc_auth(host=base_url or _base_url()) is not None
-    except (Error, OSError, ValueError):  # malformed netrc or key: wandb would fail too, so treat as none
-        return False
+    return entry is not None and bool(entry[2])
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
@@ -354,6 +361,8 @@ class WandbTracker:
 
 
 def _new_run_id() -> str:
-    from wandb.sdk.lib.runid import generate_id
+    """8 random lowercase letters and digits, the form of wandb's own run ids."""
+    import secrets
+    import string
 
-    return generate_id()
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
