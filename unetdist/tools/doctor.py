@@ -10,8 +10,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PACKAGES = ("torch", "torchvision", "accelerate", "timm", "webdataset", "wandb",
+PACKAGES = ("torch", "accelerate", "timm", "webdataset", "wandb",
             "opencv-python-headless", "safetensors", "omegaconf", "numpy")
+EXPORT_EXTRA = ("onnx", "onnxscript", "onnxruntime")  # `pip install unetdist[export]`
+SHM = Path("/dev/shm")
+PREFETCH = 2  # batches each DataLoader worker keeps ready (unetdist.data.pipeline)
+FULL_SIDE = 584  # a DRIVE image's long side: the batch size when data.crop=0 and no resize
 DIST_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -82,13 +86,52 @@ def _check_paths(r: DoctorReport, paths: list[str]) -> None:
         r.add(f"free at {p}", f"{free / 2**30:.1f} GiB")
 
 
-def run_doctor(paths: list[str] | tuple = ()) -> DoctorReport:
+def _check_export_extra(r: DoctorReport) -> None:
+    missing = [p for p in EXPORT_EXTRA if _version(p) == "not installed"]
+    r.add("export extra", "installed (unetdist export --format onnx)" if not missing else
+          f"missing {', '.join(missing)}: pip install 'unetdist[export]' for --format onnx")
+
+
+def shm_need_bytes(data, processes: int) -> int:
+    """/dev/shm the DataLoader workers fill at most: processes x workers x prefetched batches.
+
+    Workers hand batches to the trainer through shared memory; image + label + FOV as float32.
+    """
+    side = data.crop or data.resize or FULL_SIDE
+    batch = data.batch_size * side * side * (data.in_channels + 2) * 4
+    return processes * data.num_workers * PREFETCH * batch
+
+
+def _check_shm(r: DoctorReport, data, processes: int, shm: Path = SHM) -> None:
+    if not shm.is_dir():
+        r.add("/dev/shm", "absent (DataLoader workers fall back to files)")
+        return
+    free = shutil.disk_usage(shm).free
+    need = shm_need_bytes(data, processes) if data is not None else 0
+    if data is None:
+        r.add("/dev/shm free", f"{free / 2**20:.0f} MiB (pass --config to check it against "
+              "data.num_workers)")
+        return
+    r.add("/dev/shm free", f"{free / 2**20:.0f} MiB; {processes} process(es) x "
+          f"{data.num_workers} worker(s) need about {need / 2**20:.0f} MiB")
+    if need > free:
+        r.problems.append(
+            f"/dev/shm has {free / 2**20:.0f} MiB free but data.num_workers={data.num_workers} "
+            f"needs about {need / 2**20:.0f} MiB (workers crash with a bus error): lower "
+            "data.num_workers or data.batch_size, or enlarge it (docker run --shm-size=2g)")
+
+
+def run_doctor(paths: list[str] | tuple = (), data=None, processes: int = 1,
+               shm: Path = SHM) -> DoctorReport:
+    """`data`: the DataConfig to check /dev/shm against (None: only report its size)."""
     r = DoctorReport()
     r.add("python", f"{sys.version.split()[0]} ({platform.platform()})")
     _check_torch(r)
     for pkg in PACKAGES[1:]:
         r.add(pkg, _version(pkg))
+    _check_export_extra(r)
     _check_accelerate_config(r)
     _check_env(r)
+    _check_shm(r, data, processes, shm)
     _check_paths(r, list(paths))
     return r

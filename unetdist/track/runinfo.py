@@ -19,7 +19,7 @@ from pathlib import Path
 
 from unetdist.atomic import write_atomic
 
-PACKAGES = ("unetdist", "torch", "torchvision", "accelerate", "timm", "webdataset", "numpy",
+PACKAGES = ("unetdist", "torch", "accelerate", "timm", "webdataset", "numpy",
             "opencv-python-headless", "safetensors", "omegaconf", "wandb")
 
 
