@@ -309,7 +309,7 @@ def validate(run: Run) -> dict:
 def log_val_masks(run: Run) -> None:
     """Rank 0 renders a fixed set of validation images (first by key) for W&B's mask viewer."""
     n = run.cfg.track.wandb.log_images
-    if not (run.acc.is_main_process and n > 0 and getattr(run.tracker, "wants_masks", False)):
+    if not (run.acc.is_main_process and n > 0 and run.tracker.wants_masks):
         return
     from itertools import islice
 
@@ -333,9 +333,7 @@ def export_best(run: Run, metrics: dict) -> None:
     if run.acc.is_main_process:
         path = ckpt.export_best(state_dict, to_dict(run.cfg), to_yaml(run.cfg), metrics,
                                 run.state.step, run.run_dir)
-        log_model = getattr(run.tracker, "log_model", None)
-        if log_model is not None:
-            log_model(path)
+        run.tracker.log_model(path)
     run.acc.wait_for_everyone()
 
 
