@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from unetdist import __version__
@@ -41,11 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _global_rank() -> int:
-    # The launcher's variable, not torch.distributed: the error may come before (config,
-    # staging) or after (teardown) the process group, and every rank hits the same one.
-    value = os.environ.get("RANK", "0")
-    return int(value) if value.isdigit() else 0
+def _is_main() -> bool:
+    from unetdist.log import is_main  # lazily: it imports torch, `--help` should stay fast
+
+    return is_main()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,10 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         # Under `accelerate launch` every rank raises the same error: one line for the job.
         # The other ranks exit quietly with the same status.
-        if _global_rank() == 0:
+        if _is_main():
             print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:
-        if _global_rank() == 0:
+        if _is_main():
             print("interrupted", file=sys.stderr, flush=True)
         return 130
