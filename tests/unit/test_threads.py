@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from unetdist.train.threads import cgroup_cpu_limit, choose_threads, usable_cpus
 from unetdist.tools.benchmarks.bench_threads import thread_choices
+from unetdist.train.threads import cgroup_cpu_limit, choose_threads, usable_cpus
 
 
 def test_cgroup_v2_and_v1_quotas(tmp_path):
@@ -32,19 +32,22 @@ def test_usable_cpus_is_capped_by_the_quota(tmp_path):
     assert usable_cpus(tmp_path) == 1
 
 
-@pytest.mark.parametrize("env, cuda, usable, expected", [
-    ({}, False, 8, 8),
-    ({"LOCAL_WORLD_SIZE": "2"}, False, 8, 4),
-    ({"LOCAL_WORLD_SIZE": "4"}, False, 2, 1),
-    ({"OMP_NUM_THREADS": "3", "LOCAL_WORLD_SIZE": "4"}, False, 2, 3),
-    ({}, True, 8, 1),
+@pytest.mark.parametrize("env, cuda, workers, usable, expected", [
+    ({}, False, 0, 8, 8),
+    ({}, False, 2, 8, 6),  # loader workers get cores of their own (bench section threads)
+    ({}, False, 1, 2, 1),
+    ({}, False, 6, 2, 1),
+    ({"LOCAL_WORLD_SIZE": "2"}, False, 1, 8, 3),
+    ({"LOCAL_WORLD_SIZE": "4"}, False, 0, 2, 1),
+    ({"OMP_NUM_THREADS": "3", "LOCAL_WORLD_SIZE": "4"}, False, 2, 2, 3),
+    ({}, True, 2, 8, 1),
 ])
-def test_policy(env, cuda, usable, expected):
-    assert choose_threads(cuda, env, usable=usable)[0] == expected
+def test_policy(env, cuda, workers, usable, expected):
+    assert choose_threads(cuda, workers, env, usable=usable)[0] == expected
 
 
 def test_bench_choices_compare_with_and_without_cores_for_workers():
-    assert thread_choices(2, 1) == {"policy (usable cores)": 2,
+    assert thread_choices(2, 1) == {"usable cores": 2,
                                     "usable cores - loader workers": 1}
-    assert thread_choices(8, 2) == {"policy (usable cores)": 8,
+    assert thread_choices(8, 2) == {"usable cores": 8,
                                     "usable cores - loader workers": 6, "one thread": 1}

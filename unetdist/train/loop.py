@@ -79,7 +79,7 @@ def fit(cfg: RunConfig) -> TrainResult:
     from unetdist.data.stage.node import resolve_data_dir
 
     resolve_precision(cfg.train.precision)  # fail before staging, not after
-    threads = apply_thread_policy(torch.cuda.is_available())
+    threads = apply_thread_policy(torch.cuda.is_available(), cfg.data.num_workers)
     if cfg.data.num_workers:
         from unetdist.data.pipeline import single_threaded_opencv
 

@@ -4,10 +4,14 @@ torch defaults to one thread per core it can see, in every process; with several
 processes on a node, DataLoader workers and other jobs, the threads then fight for the cores
 (on a loaded 2-core box a single process ran 10x slower with the default than with one thread).
 Unless OMP_NUM_THREADS is set (by the user, or by `accelerate launch`, which sets it for its
-workers), each process takes usable cores // local processes threads, where the usable cores
-come from the affinity mask and the cgroup quota, not `os.cpu_count()`. GPU runs keep one
-thread per rank: the GPU does the work. Loader workers are not subtracted: `unetdist bench`
-(section threads) measures that choice, and workers that mostly wait need no core of their own.
+workers), each process takes (usable cores // local processes) - its loader workers threads, at
+least one; the usable cores come from the affinity mask and the cgroup quota, not
+`os.cpu_count()`. GPU runs keep one thread per rank: the GPU does the work.
+
+Subtracting the loader workers is measured, not guessed (`unetdist bench --only threads`, see
+benchmarks/RESULTS.md): on the shared 2-core box one thread + one worker trained 3.2-7.7x faster
+than two threads + one worker; OpenMP's threads wait for the slowest of them at every op, and a
+worker that takes a core makes one of them the slowest.
 """
 
 from __future__ import annotations
@@ -49,9 +53,9 @@ def usable_cpus(root: Path = CGROUP) -> int:
     return max(1, cpus)
 
 
-def choose_threads(cuda: bool, env: Mapping[str, str] = os.environ,
+def choose_threads(cuda: bool, workers: int = 0, env: Mapping[str, str] = os.environ,
                    usable: int | None = None) -> tuple[int, str]:
-    """(intra-op threads per process, why) for this process."""
+    """(intra-op threads per process, why) for a process with `workers` loader workers."""
     omp = env.get("OMP_NUM_THREADS", "")
     if omp.isdigit() and int(omp) > 0:
         return int(omp), "OMP_NUM_THREADS"
@@ -60,13 +64,15 @@ def choose_threads(cuda: bool, env: Mapping[str, str] = os.environ,
     local = env.get("LOCAL_WORLD_SIZE", "1")
     local_procs = int(local) if local.isdigit() and int(local) > 0 else 1
     usable = usable_cpus() if usable is None else usable
-    return max(1, usable // local_procs), f"{usable} usable CPU(s) / {local_procs} process(es)"
+    n = max(1, usable // local_procs - workers)
+    return n, (f"{usable} usable CPU(s) / {local_procs} process(es) - {workers} loader "
+               "worker(s)")
 
 
-def apply_thread_policy(cuda: bool) -> str:
+def apply_thread_policy(cuda: bool, workers: int) -> str:
     """Set torch's intra-op threads per `choose_threads`; return the line to print."""
     import torch
 
-    n, why = choose_threads(cuda)
+    n, why = choose_threads(cuda, workers)
     torch.set_num_threads(n)
     return f"torch threads per process: {n} ({why})"

@@ -3,9 +3,8 @@
     python -m unetdist.tools.benchmarks.bench_threads [--quick] [--json out.json]
 
 One training process on synthetic shards (crops with augmentation, the webdataset pipeline
-with W loader workers), timed for each torch intra-op thread count among: the trainer's policy
-(usable cores // 1 process), that minus the loader workers (cores left to the workers), and 1.
-All choices run in this one invocation, in ROUNDS rounds of alternating order, each keeping its
+with W loader workers), timed for each torch intra-op thread count among: all usable cores,
+usable cores - W (the trainer's policy: workers get cores of their own), and 1. All choices run in this one invocation, in ROUNDS rounds of alternating order, each keeping its
 best round, so a burst of other work on the machine skews the ratios less.
 """
 
@@ -19,7 +18,7 @@ from pathlib import Path
 
 def thread_choices(usable: int, workers: int) -> dict[str, int]:
     """Named thread counts to compare (duplicates dropped, first name kept)."""
-    named = {"policy (usable cores)": usable,
+    named = {"usable cores": usable,
              "usable cores - loader workers": max(1, usable - workers), "one thread": 1}
     out: dict[str, int] = {}
     for name, n in named.items():
@@ -44,7 +43,8 @@ def run_benchmark(quick: bool = False, workers: int = 1, rounds: int | None = No
     choices = thread_choices(usable, workers)
     before = torch.get_num_threads()
     out = {"usable_cpus": usable, "workers": workers, "image": size, "crop": crop,
-           "batch": batch, "model": f"unet width {width} depth 3", "steps": steps, "rounds": rounds}
+           "batch": batch, "model": f"unet width {width} depth 3", "steps": steps,
+           "rounds": rounds}
     with tempfile.TemporaryDirectory(prefix="unetdist-bench-") as d:
         raw = write_synthetic(Path(d) / "raw", n_train=n, n_test=0, size=(size, size),
                               progress=False)
