@@ -16,7 +16,7 @@ def readme_commands(text: str | None = None) -> list[str]:
     text = (REPO / "README.md").read_text() if text is None else text
     out: list[str] = []
     for block in FENCE.finditer(text):
-        joined = re.sub(r"\\\n\s*", " ", block.group(2))
+        joined = re.sub(r"\s*\\\n\s*", " ", block.group(2))
         for line in joined.splitlines():
             line = re.sub(r"\s+#\s.*$", "", line).strip()
             if line and not line.startswith("#"):

@@ -229,6 +229,7 @@ class TrainConfig:
     resume: str = "auto"  # auto | none | <checkpoint path> (no/off/false mean none)
     max_skipped_steps: int = 10  # consecutive fp16 scaler skips tolerated
     progress: bool = True  # show the tqdm bar on rank 0
+    log_seconds: float = 30.0  # without a terminal (SLURM .out, CI): a progress line every N s
 
     def check(self, p: str) -> None:
         self.precision = _enum(f"{p}.precision", self.precision, registered("precision"),
@@ -237,6 +238,7 @@ class TrainConfig:
         _require(self.grad_accum >= 1, f"{p}.grad_accum", self.grad_accum, ">= 1")
         _require(self.eval_every >= 0, f"{p}.eval_every", self.eval_every, ">= 0")
         _require(self.log_every >= 1, f"{p}.log_every", self.log_every, ">= 1")
+        _require(self.log_seconds > 0, f"{p}.log_seconds", self.log_seconds, "> 0")
         _require(bool(self.resume), f"{p}.resume", self.resume, "auto|none|<path>")
         if self.resume in _FALSE_SPELLINGS:  # YAML's `resume: no` / `off`
             self.resume = "none"

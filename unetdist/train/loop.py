@@ -247,11 +247,12 @@ def optimizer_step(run: Run, step_no: int) -> None:
 
 
 def progress_bar(run: Run):
-    from tqdm import tqdm
+    """tqdm on a terminal; otherwise (SLURM .out files) a full line every train.log_seconds."""
+    from unetdist.log import progress
 
-    return tqdm(total=run.cfg.train.max_steps, initial=run.state.step, desc="train",
-                unit="step", dynamic_ncols=True,
-                disable=not (run.acc.is_main_process and run.cfg.train.progress))
+    cfg = run.cfg.train
+    return progress(cfg.max_steps, desc="train", unit="step", initial=run.state.step,
+                    enabled=cfg.progress, every_s=cfg.log_seconds)
 
 
 def log_step(run: Run, stats: StepStats, window: list[StepStats], bar) -> None:
@@ -292,6 +293,7 @@ def validate(run: Run) -> dict:
     from unetdist.eval.plots import plot_training_curves
 
     cfg, acc, st = run.cfg, run.acc, run.state
+    t0 = time.perf_counter()
     broadcast_buffers(acc.unwrap_model(run.model))  # one copy of the BN statistics
     samples = eval_samples(cfg.data, run.shard_dir, cfg.eval.split, rank=acc.process_index,
                            world_size=acc.num_processes)
@@ -300,12 +302,17 @@ def validate(run: Run) -> dict:
     run.tracker.log(metrics, st.step)
     log_val_masks(run)
     dice = float(res["fov"]["dice"])
-    if st.best_dice is None or dice > st.best_dice:
+    best = st.best_dice is None or dice > st.best_dice
+    if best:
         st.best_dice, st.best_step = dice, st.step
         export_best(run, metrics)
     if acc.is_main_process:
         plot_training_curves(read_records(run.run_dir / METRICS_FILE),
                              run.run_dir / "plots" / "loss.png")
+    auc = res["fov"].get("auc_roc")
+    say(f"step {st.step} val dice {dice:.3f}{' (best)' if best else ''}"
+        + (f" auc {auc:.3f}" if auc is not None else "")
+        + f" · {time.perf_counter() - t0:.0f} s")
     return metrics
 
 
@@ -346,9 +353,11 @@ def save(run: Run) -> Path | None:
     state = run.state.state_dict(steps_per_epoch=run.cfg.data.steps_per_epoch,
                                  manifest_hash=run.manifest_hash,
                                  world_size=run.acc.num_processes, config=to_dict(run.cfg))
+    t0 = time.perf_counter()
     path = ckpt.save_checkpoint(run.acc, run.run_dir, run.state.step, state,
                                 run.cfg.checkpoint.keep_last)
     run.last_save_time, run.last_saved_step = time.monotonic(), run.state.step
+    say(f"saved {path.name} ({time.perf_counter() - t0:.1f} s)")
     return path
 
 
