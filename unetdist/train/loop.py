@@ -34,12 +34,12 @@ from unetdist.track.jsonl import METRICS_FILE, read_records
 from unetdist.train import checkpoint as ckpt
 from unetdist.train.faults import install_faults
 from unetdist.train.preempt import PreemptionFlag
-from unetdist.train.threads import apply_thread_policy
 from unetdist.train.setup import (
     Run,
     announce,
     setup_run,
 )
+from unetdist.train.threads import apply_thread_policy
 
 
 class NonFiniteError(UserError):
