@@ -115,6 +115,7 @@ def test_report_renders_self_contained_page(tmp_path):
 
 
 def test_report_on_an_empty_run_dir_says_not_available(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")  # a run that has not logged anything yet
     r = cli("report", tmp_path)
     assert r.returncode == 0, r.stderr
     page = _Page()
