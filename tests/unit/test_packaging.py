@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+
 import tomllib
 
 from tests.util import REPO
@@ -61,3 +62,12 @@ def test_resources_are_the_repository_files():
     for rel in ("configs/demo.yaml", "configs/drive_unet.yaml", "launch/train.sh",
                 "launch/multi_gpu.yaml"):
         assert resource(*rel.split("/")).read_bytes() == (REPO / rel).read_bytes()
+
+
+def test_gitignore_covers_the_readme_working_folders():
+    import subprocess
+
+    paths = ["data/raw/x.tif", "runs/mine/config.yaml", "demo_run/run/x", "unetdist/data/x.py"]
+    r = subprocess.run(["git", "check-ignore", *paths], cwd=REPO, capture_output=True, text=True,
+                       check=False)
+    assert r.stdout.split() == paths[:3]  # and the package's own data/ folder is not ignored
