@@ -37,24 +37,37 @@ def run(tmp_path_factory) -> dict:
 
 def _evaluate(run: dict, checkpoint, out: Path) -> dict:
     r = cli("evaluate", "--checkpoint", checkpoint, "--data", run["shards"], "--split", "test",
-            "--no-progress", "--out", out)
+            "--quiet", "--out", out)
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_evaluate_accepts_run_folder_step_folder_and_latest(run, tmp_path):
+def test_checkpoint_forms_resolve_to_best_or_a_step(run):
+    from unetdist.eval.inference import read_checkpoint, resolve_checkpoint
+
     rd = run["run_dir"]
-    best = _evaluate(run, rd / "best", tmp_path / "best")
-    assert _evaluate(run, rd, tmp_path / "run")["fov"] == best["fov"]  # run folder -> best/
-    step2 = _evaluate(run, rd / "checkpoints" / "step-000002", tmp_path / "s2")
-    latest = _evaluate(run, rd / "checkpoints" / "latest", tmp_path / "latest")
-    step4 = _evaluate(run, rd / "checkpoints" / "step-000004", tmp_path / "s4")
-    assert latest["fov"] == step4["fov"] and step2["fov"] != step4["fov"]
+    ckpts = rd / "checkpoints"
+    assert resolve_checkpoint(rd) == rd / "best"
+    assert resolve_checkpoint(ckpts / "latest") == ckpts / "step-000004"
+    assert resolve_checkpoint(ckpts) == ckpts / "step-000004"
+    assert resolve_checkpoint(ckpts / "step-000002") == ckpts / "step-000002"
+    state, meta, cfg = read_checkpoint(ckpts / "step-000002")  # accelerate's state + run config
+    assert meta["step"] == "2" and cfg.model.width == 8 and any(k.endswith("weight")
+                                                                 for k in state)
+
+
+def test_evaluate_accepts_a_run_folder_and_latest(run, tmp_path):
+    rd = run["run_dir"]
+    best = json.loads((rd / "best" / "metrics.json").read_text())
+    via_run = _evaluate(run, rd, tmp_path / "run")  # -> best/
+    assert via_run["num_images"] == 2 and via_run["fov"]["dice"] >= 0
     # the default output of a step folder lands in the run, where `report` finds it
-    r = cli("evaluate", "--checkpoint", rd / "checkpoints" / "step-000002", "--data",
-            run["shards"], "--split", "test", "--no-progress")
+    r = cli("evaluate", "--checkpoint", rd / "checkpoints" / "latest", "--data", run["shards"],
+            "--split", "test", "--quiet")
     assert r.returncode == 0, r.stderr
-    assert (rd / "eval-test-step-000002" / "metrics.json").is_file()
+    latest = json.loads((rd / "eval-test-step-000004" / "metrics.json").read_text())
+    if best["step"] == 4:  # the same weights through both paths
+        assert latest["fov"] == via_run["fov"]
 
 
 def test_report_on_a_folder_that_is_not_a_run_is_exit_2(tmp_path):
