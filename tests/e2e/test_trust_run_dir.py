@@ -74,14 +74,18 @@ def test_planted_custom_checkpoint_pickle_is_refused_and_never_runs(trained, tmp
     assert "custom_checkpoint_0.pkl" in line and "step-000002" in line
 
 
-def test_malicious_random_state_pickle_is_one_error_line(trained, tmp_path):
+@pytest.mark.parametrize("name", ["random_states_0.pkl", "optimizer.bin"])
+def test_malicious_accelerate_pickle_is_one_error_line(trained, tmp_path, name):
     shards, run, ck = _copy_run(trained, tmp_path)
     marker = tmp_path / "PWNED"
-    _plant(ck / "random_states_0.pkl", marker)
+    _plant(ck / name, marker)
     r = cli(*train_args(shards, run, "train.max_steps=4"))
     assert not marker.exists()
     assert r.returncode == 2, r.stderr[-3000:]
-    assert "random_states_0.pkl" in one_error_line(r)
+    line = one_error_line(r)
+    assert "step-000002" in line and ("refused" in line), line
+    if name.endswith(".pkl"):  # checked by name before accelerate loads anything
+        assert name in line
 
 
 def test_scheduler_state_is_json_and_resume_continues_the_schedule(trained, tmp_path):

@@ -1,8 +1,9 @@
 """Checkpoints, the `latest` pointer, resume checks, best-model export, the PREEMPTED marker.
 
 Layout under run_dir:
-    checkpoints/step-000500/   accelerate's save_state (model, optimizer, scheduler, scaler,
-                               random_states_<rank>.pkl for every rank) + trainer_state.json
+    checkpoints/step-000500/   accelerate's save_state (model.safetensors, optimizer.bin,
+                               scaler.pt, random_states_<rank>.pkl for every rank) +
+                               trainer_state.json + scheduler.json
     checkpoints/latest         the name of the newest complete checkpoint
     best/                      model.safetensors, config.yaml, metrics.json
     PREEMPTED                  the step saved when a preemption signal stopped the run
@@ -11,14 +12,21 @@ Nothing is half-written after a crash: folders are written under a temporary nam
 when complete, small files are written to a temporary name and os.replace'd, and old
 checkpoints are pruned only after the new one and `latest` are in place. accelerate's own
 `total_limit` deletes before writing, which is why it is not used.
+
+A run folder lives on storage others may write, so loading one must never run code: the
+pickles accelerate writes (optimizer.bin, random_states_<rank>.pkl, scaler.pt) are loaded with
+`weights_only=True`, our own state is JSON, and a `custom_checkpoint_*.pkl` (which accelerate
+would unpickle with `weights_only=False`) is refused before anything is loaded.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +37,8 @@ from unetdist.train.faults import fault
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STATE_FILE = "trainer_state.json"
+SCHEDULER_FILE = "scheduler.json"
+_CUSTOM_PICKLE = re.compile(r"^custom_checkpoint_\d+\.pkl$")  # accelerate's pattern
 PREEMPTED = "PREEMPTED"
 BEST = "best"
 TMP_PREFIX = ".tmp-"
@@ -97,7 +107,7 @@ def clean_stale(run_dir: str | Path) -> list[Path]:
 
 
 def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: dict,
-                    keep_last: int) -> Path:
+                    keep_last: int, scheduler_state: dict) -> Path:
     """Collective: every rank must call it. Returns the final checkpoint folder."""
     ckdir = checkpoints_dir(run_dir)
     final, tmp = ckdir / step_name(step), ckdir / f"{TMP_PREFIX}{step_name(step)}"
@@ -109,6 +119,7 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         try:
+            atomic_write_text(tmp / SCHEDULER_FILE, json.dumps(scheduler_state, indent=1))
             atomic_write_text(tmp / STATE_FILE, json.dumps(trainer_state, indent=1))
             if fault("save_crash", step=step):
                 raise RuntimeError(f"injected fault: crash while saving step {step}")
@@ -155,12 +166,72 @@ def read_trainer_state(path: str | Path) -> dict:
         raise DataError(f"checkpoint {path} has no readable {STATE_FILE}: {e}") from None
 
 
+def refuse_code(path: str | Path) -> None:
+    """A checkpoint holding a file accelerate would unpickle with weights_only=False is refused.
+
+    unetdist never writes `custom_checkpoint_*.pkl` (nothing is registered for checkpointing),
+    so one there was planted or comes from an older version; loading it could run any code.
+    """
+    found = sorted(p.name for p in Path(path).iterdir() if _CUSTOM_PICKLE.match(p.name))
+    if found:
+        raise DataError(f"checkpoint {path} contains {found[0]}, a pickle that loading would "
+                        "execute; refusing it (unetdist writes none): remove the file only if "
+                        "you made it yourself, or resume from another checkpoint")
+
+
 def check_rng_files(path: str | Path, saved_world_size: int, world_size: int) -> None:
-    """Every rank's RNG file must be there (accelerate only logs at INFO when one is missing)."""
+    """Every rank's RNG file must be there (accelerate only logs at INFO when one is missing)
+    and hold plain data. Every rank checks all of them, so all ranks stop on the same error."""
+    from accelerate.utils import load
+
     for r in range(min(saved_world_size, world_size)):
         f = Path(path) / f"random_states_{r}.pkl"
         if not f.is_file():
             raise DataError(f"checkpoint {path} is incomplete: {f.name} is missing")
+        try:
+            with warnings.catch_warnings():  # torch warns about the protocol of any pickle
+                warnings.simplefilter("ignore")
+                load(f)  # weights_only=True: only tensors, numbers and numpy arrays
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError,
+                AttributeError, ImportError) as e:
+            raise DataError(f"checkpoint {path}: refused {f.name}: {_first_line(e)}; it is not "
+                            "a random state unetdist wrote (tampered or corrupt)") from None
+
+
+def _first_line(e: BaseException) -> str:
+    """The informative line of an error (torch's weights_only refusal hides it mid-text)."""
+    text = str(e)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = "not plain data: " + text.split(marker, 1)[1].strip()
+    lines = text.strip().splitlines()
+    return lines[0][:200] if lines else type(e).__name__
+
+
+def load_accelerate_state(accelerator, path: str | Path) -> None:
+    """accelerator.load_state with a refused or corrupt file as one DataError."""
+    try:
+        with warnings.catch_warnings():  # torch's pickle-protocol warning is noise here
+            warnings.simplefilter("ignore", UserWarning)
+            accelerator.load_state(str(path))
+    except (pickle.UnpicklingError, EOFError) as e:
+        raise DataError(f"checkpoint {path}: refused a file that is not plain tensor data "
+                        f"({_first_line(e)}); tampered or corrupt: resume from another "
+                        "checkpoint") from None
+    except (OSError, RuntimeError) as e:
+        raise DataError(f"checkpoint {path} could not be loaded: {_first_line(e)}") from None
+
+
+def read_scheduler_state(path: str | Path) -> dict:
+    f = Path(path) / SCHEDULER_FILE
+    try:
+        state = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"checkpoint {path} has no readable {SCHEDULER_FILE} ({e}); it was "
+                        "written by another unetdist version or is incomplete") from None
+    if not isinstance(state, dict):
+        raise DataError(f"{f}: expected a JSON object")
+    return state
 
 
 def verify_rng_restored(path: str | Path, rank: int) -> bool:

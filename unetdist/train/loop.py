@@ -338,8 +338,10 @@ def export_best(run: Run, metrics: dict) -> None:
 def save(run: Run) -> Path | None:
     if run.last_saved_step == run.state.step:
         return None
+    from unetdist.train.optim import scheduler_state
+
     path = ckpt.save_checkpoint(run.acc, run.run_dir, run.state.step, trainer_state(run),
-                                run.cfg.checkpoint.keep_last)
+                                run.cfg.checkpoint.keep_last, scheduler_state(run.scheduler))
     run.last_save_time, run.last_saved_step = time.monotonic(), run.state.step
     return path
 

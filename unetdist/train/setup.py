@@ -108,7 +108,9 @@ def plan_resume(cfg: RunConfig, acc, run_dir: Path, mhash: str) -> tuple[Path | 
     saved = ckpt.read_trainer_state(path)
     warnings = ckpt.check_compatible(saved, cfg.model.architecture(), mhash,
                                      acc.num_processes, path)
+    ckpt.refuse_code(path)
     ckpt.check_rng_files(path, int(saved["world_size"]), acc.num_processes)
+    ckpt.read_scheduler_state(path)
     if acc.is_main_process:
         for w in warnings:
             print(w, file=sys.stderr, flush=True)
@@ -135,15 +137,23 @@ def build_training_objects(cfg: RunConfig, acc):
                                   distributed=acc.num_processes > 1)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+    # the scheduler is neither prepared (it would step once per process) nor registered for
+    # checkpointing (accelerate would pickle it): it is saved as scheduler.json
     model, optimizer = acc.prepare(model, optimizer)
-    acc.register_for_checkpointing(scheduler)  # not prepare(): it would step once per process
     set_seed(cfg.seed, device_specific=True)  # per-rank random streams from here on
     return model, optimizer, scheduler
 
 
 def restore(run: Run, path: Path, saved: dict) -> TrainState:
+    from unetdist.train.optim import load_scheduler_state
+
     acc = run.acc
-    acc.load_state(str(path))
+    ckpt.load_accelerate_state(acc, path)
+    try:
+        load_scheduler_state(run.scheduler, ckpt.read_scheduler_state(path),
+                             f"{path}/{ckpt.SCHEDULER_FILE}")
+    except ValueError as e:
+        raise DataError(str(e)) from None
     rank, saved_ws = acc.process_index, int(saved["world_size"])
     ok = rank >= saved_ws or ckpt.verify_rng_restored(path, rank)
     failed = [r for r, good in enumerate(gather_objects(ok)) if not good]
