@@ -13,3 +13,27 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """Unusable input data (missing, unreadable, inconsistent files or shards)."""
+
+
+class FileSystemError(UserError):
+    """A folder the user chose cannot be written: read-only, permissions, full, a file."""
+
+    @classmethod
+    def of(cls, e: OSError, path: object, doing: str, setting: str = "") -> "FileSystemError":
+        """'cannot DOING PATH (SETTING): why; remedy' for an OSError raised while writing."""
+        import errno
+
+        no = e.errno
+        if no == errno.EROFS:
+            why = "read-only file system; choose a writable folder"
+        elif no in (errno.EACCES, errno.EPERM):
+            why = "permission denied; fix its permissions or choose another folder"
+        elif no in (errno.ENOSPC, errno.EDQUOT):
+            why = "no space left on the device (or quota exceeded); free space or choose " \
+                  "another folder"
+        elif no in (errno.ENOTDIR, errno.EEXIST):
+            why = "a file is in the way where a folder is needed; remove it or choose another path"
+        else:
+            why = e.strerror or type(e).__name__
+        where = f" ({setting})" if setting else ""
+        return cls(f"cannot {doing} {path}{where}: {why}")

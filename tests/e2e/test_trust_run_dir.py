@@ -100,3 +100,55 @@ def test_scheduler_state_is_json_and_resume_continues_the_schedule(trained, tmp_
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((run / "checkpoints" / "step-000004" / "scheduler.json")
                       .read_text())["last_epoch"] == 4
+
+
+# ----------------------------------------------------------------------------- the run lock
+
+
+def test_second_training_on_a_run_dir_is_refused_and_a_dead_holder_is_taken_over(trained,
+                                                                                tmp_path):
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from tests.util import subprocess_env, wait_for
+
+    shards, run, _ = _copy_run(trained, tmp_path)
+    holder_file = run / ".unetdist.lock.json"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "unetdist", *train_args(shards, run, "train.max_steps=4")],
+        env=subprocess_env(UNETDIST_FAULT="stall:step=3"), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        holder = wait_for(lambda: holder_file.is_file() and json.loads(holder_file.read_text()),
+                          timeout=120, what="the first training to take the lock")
+        assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
+        before = sorted(p.name for p in run.rglob("*"))
+        r = cli(*train_args(shards, run, "train.max_steps=4"))
+        assert r.returncode == 2, r.stderr[-3000:]
+        line = one_error_line(r)
+        for part in (str(run), socket.gethostname(), f"pid {first.pid}", holder["started"]):
+            assert part in line, line
+        assert sorted(p.name for p in run.rglob("*")) == before  # the refused one wrote nothing
+    finally:
+        first.send_signal(signal.SIGKILL)  # dies holding the lock: its record stays behind
+        first.wait(timeout=60)
+    assert holder_file.is_file()
+    r = cli(*train_args(shards, run, "train.max_steps=4"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "took over the lock" in r.stderr and f"pid {first.pid}" in r.stderr
+    assert not holder_file.exists()  # released at the end
+
+
+def test_resume_with_changed_hyperparameters_warns_once_per_key(trained, tmp_path):
+    shards, run, _ = _copy_run(trained, tmp_path)
+    r = cli(*train_args(shards, run, "train.max_steps=3", "optim.lr=0.002", "seed=3",
+                        "data.num_workers=0", "train.log_every=1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    warnings = [ln for ln in r.stderr.splitlines() if "changed hyperparameters" in ln]
+    assert len(warnings) == 1, r.stderr
+    assert "optim.lr: 0.001 -> 0.002" in warnings[0] and "seed: 0 -> 3" in warnings[0]
+    assert "train.max_steps: 2 -> 3" in warnings[0]
+    assert "log_every" not in warnings[0] and "run_dir" not in warnings[0]

@@ -265,6 +265,33 @@ def check_compatible(state: dict, architecture: dict, manifest_hash: str, world_
     return warnings
 
 
+# Settings that may change between a run and its resume without changing what is learned:
+# where data and outputs live, worker counts, logging, evaluation and tracking.
+RUNTIME_KEYS = ("data.shared_dir", "data.local_dir", "data.stage", "data.stage_timeout",
+                "data.num_workers", "data.cache", "model.channels_last", "model.compile",
+                "train.run_dir", "train.resume", "train.progress", "train.log_every",
+                "train.eval_every", "eval.", "track.", "checkpoint.")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def changed_hyperparameters(saved: dict, current: dict) -> list[str]:
+    """'key: old -> new' for every non-runtime setting that differs from the checkpoint's."""
+    old, new = _flatten(saved), _flatten(current)
+    keys = sorted(k for k in old.keys() | new.keys()
+                  if not any(k == r or (r.endswith(".") and k.startswith(r))
+                             for r in RUNTIME_KEYS) and old.get(k) != new.get(k))
+    return [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys]
+
+
 def write_preempted(run_dir: str | Path, step: int) -> Path:
     p = Path(run_dir) / PREEMPTED
     atomic_write_text(p, f"{step}\n")

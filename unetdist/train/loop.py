@@ -87,6 +87,8 @@ def fit(cfg: RunConfig) -> TrainResult:
         finally:
             run.tracker.finish()
             acc.end_training()
+            if run.lock is not None:  # last: every write of the job is done
+                run.lock.release()
     return result
 
 

@@ -17,7 +17,8 @@ import torch
 from unetdist.train import checkpoint as ckpt
 from unetdist.config import RunConfig, to_dict, to_yaml
 from unetdist.distributed import gather_objects
-from unetdist.errors import ConfigError, DataError
+from unetdist.errors import ConfigError, DataError, UserError
+from unetdist.train.runlock import RunLock
 from unetdist.track.jsonl import Tracker, open_tracker
 
 
@@ -55,6 +56,7 @@ class Run:
     loss_fn: object
     state: TrainState
     tracker: Tracker | None = None
+    lock: RunLock | None = None  # rank 0's hold on run_dir (None on other ranks)
     last_save_time: float = field(default_factory=time.monotonic)
     last_saved_step: int = -1
 
@@ -77,11 +79,42 @@ def make_accelerator(cfg: RunConfig):
 
 def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
     from unetdist.data.ingest.writer import manifest_hash, read_manifest
-    from unetdist.train.losses import build_loss
 
     manifest = read_manifest(shard_dir)
     run_dir = Path(cfg.train.run_dir)
     mhash = manifest_hash(manifest)
+    lock = take_run_lock(acc, run_dir)  # before anything reads or writes the run folder
+    try:
+        run = _setup_locked(cfg, acc, shard_dir, manifest, run_dir, mhash)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    run.lock = lock
+    return run
+
+
+def take_run_lock(acc, run_dir: Path) -> RunLock | None:
+    """Rank 0 takes the run folder's lock; every rank raises the same error when it cannot."""
+    lock, error, note = None, None, None
+    if acc.is_main_process:
+        lock = RunLock(run_dir)
+        try:
+            note = lock.acquire()
+        except UserError as e:
+            error = str(e)
+    error = gather_objects(error)[0]
+    if error:
+        raise UserError(error)
+    if note:
+        say(acc, f"warning: {note}", file=sys.stderr, flush=True)
+    return lock
+
+
+def _setup_locked(cfg: RunConfig, acc, shard_dir: str, manifest: dict, run_dir: Path,
+                  mhash: str) -> Run:
+    from unetdist.train.losses import build_loss
+
     resume_from, saved = plan_resume(cfg, acc, run_dir, mhash)
     acc.wait_for_everyone()  # every rank has read the run dir before rank 0 writes to it
     if acc.is_main_process:
@@ -111,6 +144,10 @@ def plan_resume(cfg: RunConfig, acc, run_dir: Path, mhash: str) -> tuple[Path | 
     ckpt.refuse_code(path)
     ckpt.check_rng_files(path, int(saved["world_size"]), acc.num_processes)
     ckpt.read_scheduler_state(path)
+    changed = ckpt.changed_hyperparameters(saved["config"], to_dict(cfg))
+    if changed:
+        warnings.append(f"warning: resuming {path} with changed hyperparameters: "
+                        + ", ".join(changed))
     if acc.is_main_process:
         for w in warnings:
             print(w, file=sys.stderr, flush=True)
