@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from unetdist.errors import ConfigError
 
@@ -60,8 +60,8 @@ class AugConfig:
 class DataConfig:
     """Where the shards are and how samples become batches."""
 
-    shared_dir: Optional[str] = None  # shard folder (with manifest.json) on shared storage
-    local_dir: Optional[str] = None  # node-local copy; staged from shared_dir when set
+    shared_dir: str | None = None  # shard folder (with manifest.json) on shared storage
+    local_dir: str | None = None  # node-local copy; staged from shared_dir when set
     stage: bool = True  # stage shared_dir -> local_dir at start (else read local_dir as is)
     stage_timeout: float = 3600.0  # seconds non-copying local ranks wait for the staged copy
     channels: str = "green"  # input channels: rgb | green | gray
@@ -115,7 +115,7 @@ class ModelConfig:
     encoder_levels: int = 0  # timm_unet: finest encoder feature levels used (0 = all it has)
     decoder_width: int = 16  # timm_unet decoder channels at full size, doubled per halving
     # local weights: timm encoder (timm_unet) or a full checkpoint (unet); never downloaded
-    pretrained_path: Optional[str] = None
+    pretrained_path: str | None = None
     channels_last: bool = False  # use channels_last memory format (runtime switch)
     compile: bool = False  # torch.compile the model (runtime switch)
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (GPU only)
@@ -239,10 +239,10 @@ class WandbConfig:
     """Weights & Biases (rank 0 only; WANDB_* environment variables fill unset fields)."""
 
     mode: str = "auto"  # auto (online with an API key, else offline) | online | offline | disabled
-    project: Optional[str] = None  # W&B project (default WANDB_PROJECT or "unetdist")
-    entity: Optional[str] = None  # W&B entity (default WANDB_ENTITY)
-    name: Optional[str] = None  # run name (default: run_dir's name)
-    group: Optional[str] = None  # run group
+    project: str | None = None  # W&B project (default WANDB_PROJECT or "unetdist")
+    entity: str | None = None  # W&B entity (default WANDB_ENTITY)
+    name: str | None = None  # run name (default: run_dir's name)
+    group: str | None = None  # run group
     tags: list[str] = field(default_factory=list)  # run tags
     log_model: bool = False  # upload the best model as an artifact
     log_images: int = 4  # validation images logged with masks

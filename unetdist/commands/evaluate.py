@@ -28,7 +28,7 @@ def default_out_dir(checkpoint: str | Path, split: str) -> Path:
 
 
 def _shard_dir(args: argparse.Namespace, cfg) -> str:
-    from unetdist.data.ingest.writer import shard_paths
+    from unetdist.data.manifest import shard_paths
 
     if args.local_dir:
         from unetdist.data.stage.node import resolve_data_dir
@@ -41,16 +41,9 @@ def _shard_dir(args: argparse.Namespace, cfg) -> str:
     return str(Path(shard_dir).resolve())
 
 
-def _accelerator(cfg):
-    import torch
-    from accelerate import Accelerator
-
-    cuda = torch.cuda.is_available()
-    return Accelerator(cpu=not cuda, mixed_precision=cfg.train.precision if cuda else "no")
-
-
 def run(args: argparse.Namespace) -> int:
     from unetdist.data.pipeline import eval_samples
+    from unetdist.distributed import make_accelerator
     from unetdist.eval.evaluate import evaluate_split, summary_line
     from unetdist.eval.inference import load_checkpoint, with_eval_overrides
 
@@ -58,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = with_eval_overrides(cfg, args.overrides)
     shard_dir = _shard_dir(args, cfg)  # before the process group: staging may take long
     out = Path(args.out) if args.out else default_out_dir(args.checkpoint, args.split)
-    acc = _accelerator(cfg)
+    acc = make_accelerator(cfg.train.precision, inference=True)
     model = model.to(acc.device)
     samples = eval_samples(cfg.data, shard_dir, args.split, rank=acc.process_index,
                            world_size=acc.num_processes)
