@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder for <stem>.png, <stem>_prob.png")
     p.add_argument("--fov", help="folder of FOV masks named <stem> or <stem>_mask "
                                  "(default: estimated from the dark border, else whole image)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow --out inside --images/--fov (input files are still never replaced)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="eval.key=value",
@@ -36,26 +38,38 @@ def _device(name: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetdist.errors import DataError
+    from unetdist.errors import DataError, FileSystemError
     from unetdist.eval.inference import load_for_inference, with_eval_overrides
-    from unetdist.eval.predict import list_images, predict_folder
+    from unetdist.eval.predict import (
+        check_output_folder,
+        list_images,
+        predict_folder,
+        split_outputs,
+    )
 
     images = Path(args.images)
-    if not list_images(images):
+    if not split_outputs(list_images(images))[0]:
         raise DataError(f"no image files (png/jpg/tif/...) in {images}")
     fov_dir = Path(args.fov) if args.fov else None
     if fov_dir is not None and not fov_dir.is_dir():
         raise DataError(f"FOV mask folder not found: {fov_dir}")
+    out = Path(args.out)
+    check_output_folder(out, images, fov_dir, args.overwrite)
     model, cfg = load_for_inference(args.checkpoint)
     cfg = with_eval_overrides(cfg, args.overrides)
     model = model.to(_device(args.device))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileSystemError.of(e, out, "create the output folder", "--out") from None
     report = predict_folder(model, cfg, images, out, fov_dir=fov_dir,
                             progress=not args.no_progress)
     if fov_dir is not None and report.estimated_fov:
         print(f"warning: no FOV mask in {fov_dir} for {', '.join(report.estimated_fov)}; "
               f"estimated from the image", file=sys.stderr)
+    if report.ignored:
+        print(f"note: ignored {len(report.ignored)} earlier prediction file(s) in {images} "
+              "(<stem>.png beside <stem>_prob.png)", file=sys.stderr)
     for name, reason in report.failed:
         print(f"failed: {reason if name in reason else f'{name}: {reason}'}", file=sys.stderr)
     print(f"predicted {len(report.done)} image(s) into {out}"
