@@ -144,6 +144,7 @@ def test_second_training_on_a_run_dir_is_refused_and_a_dead_holder_is_taken_over
 
 def test_resume_with_changed_hyperparameters_warns_once_per_key(trained, tmp_path):
     shards, run, _ = _copy_run(trained, tmp_path)
+    (run / "checkpoints" / ".tmp-step-000003").mkdir()  # a run killed while saving
     r = cli(*train_args(shards, run, "train.max_steps=3", "optim.lr=0.002", "seed=3",
                         "data.num_workers=0", "train.log_every=1"))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -152,3 +153,43 @@ def test_resume_with_changed_hyperparameters_warns_once_per_key(trained, tmp_pat
     assert "optim.lr: 0.001 -> 0.002" in warnings[0] and "seed: 0 -> 3" in warnings[0]
     assert "train.max_steps: 2 -> 3" in warnings[0]
     assert "log_every" not in warnings[0] and "run_dir" not in warnings[0]
+    assert "removed 1 temporary file(s)/folder(s)" in r.stderr
+    assert "checkpoints/.tmp-step-000003" in r.stderr
+    assert not (run / "checkpoints" / ".tmp-step-000003").exists()
+
+
+# ----------------------------------------------------------------------------- filesystem
+
+
+@pytest.mark.parametrize("where", ["train.run_dir", "data.local_dir"])
+def test_a_file_where_a_folder_belongs_is_one_error_line(trained, tmp_path, where):
+    shards, _ = trained
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    run = blocker if where == "train.run_dir" else tmp_path / "run"
+    r = cli(*train_args(shards, run, "train.max_steps=2", f"{where}={blocker}"))
+    assert r.returncode == 2, r.stderr[-3000:]
+    line = one_error_line(r)
+    assert str(blocker) in line and where in line and "a file is in the way" in line
+    assert blocker.read_text() == "a file"
+
+
+def test_exported_models_and_predictions_are_readable_by_others(trained, tmp_path):
+    import os
+
+    shards, run = trained
+    raw = Path(str(shards).replace("shards", "raw"))
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "shared" / "model.safetensors"
+        r = cli("export", "--checkpoint", run / "best", "--format", "safetensors", "--out", out)
+        assert r.returncode == 0, r.stderr
+        r = cli("predict", "--checkpoint", out, "--images", raw / "test" / "images",
+                "--out", tmp_path / "pred", "--no-progress")
+        assert r.returncode == 0, r.stderr
+    finally:
+        os.umask(old)
+    written = [out, run / "best" / "model.safetensors", *(tmp_path / "pred").iterdir()]
+    assert len(written) == 4
+    for p in written:
+        assert p.stat().st_mode & 0o777 == 0o644, (p, oct(p.stat().st_mode))

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from unetdist.atomic import fsync_path, replace_dir, write_atomic
-from unetdist.errors import DataError, UserError
+from unetdist.errors import DataError, FileSystemError, UserError
 from unetdist.train.faults import fault
 
 CHECKPOINTS = "checkpoints"
@@ -92,11 +92,13 @@ def prune(run_dir: str | Path, keep_last: int) -> list[Path]:
 
 
 def clean_stale(run_dir: str | Path) -> list[Path]:
-    """Remove temporary folders/files a killed run left behind (call on rank 0 at start)."""
+    """Remove temporary folders/files a killed run left behind (call on rank 0 at start,
+    holding the run lock); returns them, so that the caller can say so."""
     _restore_best(Path(run_dir))
     removed = []
     for d in (checkpoints_dir(run_dir), Path(run_dir)):
-        for p in d.glob(TMP_PREFIX + "*") if d.is_dir() else ():
+        found = [*d.glob(TMP_PREFIX + "*"), *d.glob(".*.tmp-*")] if d.is_dir() else []
+        for p in sorted(found):  # .tmp-step-*, .tmp-best, .tmp-old-*, atomic-write temps
             shutil.rmtree(p) if p.is_dir() else p.unlink()
             removed.append(p)
     return removed
@@ -109,9 +111,11 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
     final, tmp = ckdir / step_name(step), ckdir / f"{TMP_PREFIX}{step_name(step)}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        _fs_guard(lambda: tmp.mkdir(parents=True), ckdir, tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every rank writes its own random_states_<rank>.pkl
+    # every rank writes its own random_states_<rank>.pkl
+    _fs_guard(lambda: accelerator.save_state(str(tmp)), ckdir,
+              tmp if accelerator.is_main_process else None)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         try:
@@ -124,8 +128,11 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
             replace_dir(tmp, final, old=_old_name(final))
             write_latest(run_dir, final.name)
             _fsync_tree(ckdir, files=False)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            fs = FileSystemError.of_write(e, ckdir, "write a checkpoint into", "train.run_dir")
+            if fs is not None:
+                raise fs from None
             raise
         prune(run_dir, keep_last)
     accelerator.wait_for_everyone()
@@ -137,6 +144,22 @@ def _fsync_tree(folder: Path, files: bool = True) -> None:
     paths = [p for p in folder.iterdir() if p.is_file()] if files else []
     for p in paths + [folder]:
         fsync_path(p)
+
+
+def _fs_guard(write, folder: Path, tmp: Path | None) -> None:
+    """Run WRITE; a failed write (full disk, permissions) removes TMP and is one clear error.
+
+    The previous checkpoint and `latest` are untouched: nothing is renamed before all is written.
+    """
+    try:
+        write()
+    except Exception as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        fs = FileSystemError.of_write(e, folder, "write a checkpoint into", "train.run_dir")
+        if fs is None:
+            raise
+        raise fs from None
 
 
 def _old_name(dst: Path) -> Path:
@@ -302,11 +325,15 @@ def export_best(state_dict: dict, config_dict: dict, config_yaml: str, metrics: 
     best = Path(run_dir) / BEST
     tmp = Path(run_dir) / f"{TMP_PREFIX}{BEST}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     meta = {"format": "unetdist-1", "config": json.dumps(config_dict), "step": str(step)}
-    save_weights(state_dict, tmp / "model.safetensors", meta)
-    (tmp / "config.yaml").write_text(config_yaml)
-    (tmp / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=1) + "\n")
+    try:
+        tmp.mkdir(parents=True)
+        save_weights(state_dict, tmp / "model.safetensors", meta)
+        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=1) + "\n")
+    except OSError as e:  # the previous best/ is untouched: only tmp was written
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FileSystemError.of(e, best, "write the best model to", "train.run_dir") from None
     replace_dir(tmp, best, old=_old_name(best))
     return best
 

@@ -15,7 +15,7 @@ import torch
 
 from unetdist.config import RunConfig, to_dict, to_yaml
 from unetdist.distributed import gather_objects
-from unetdist.errors import DataError, UserError
+from unetdist.errors import DataError, FileSystemError, UserError
 from unetdist.log import say, warn
 from unetdist.train.runlock import RunLock
 from unetdist.track.jsonl import Tracker, open_tracker
@@ -153,10 +153,17 @@ def plan_resume(cfg: RunConfig, acc, run_dir: Path, mhash: str) -> tuple[Path | 
 def prepare_run_dir(cfg: RunConfig, acc, run_dir: Path) -> None:
     from unetdist.track.runinfo import run_info, write_run_config
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.clean_stale(run_dir)
-    ckpt.clear_preempted(run_dir)  # this start is the requeued job the marker asked for
-    write_run_config(run_dir, to_yaml(cfg), run_info(acc.num_processes, cfg.train.precision))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        removed = ckpt.clean_stale(run_dir)
+        ckpt.clear_preempted(run_dir)  # this start is the requeued job the marker asked for
+        write_run_config(run_dir, to_yaml(cfg), run_info(acc.num_processes, cfg.train.precision))
+    except OSError as e:
+        raise FileSystemError.of(e, run_dir, "write to the run folder", "train.run_dir") from None
+    if removed:
+        names = ", ".join(str(p.relative_to(run_dir)) for p in removed)
+        warn(f"removed {len(removed)} temporary file(s)/folder(s) an interrupted run left in "
+             f"{run_dir}: {names}")
 
 
 def build_training_objects(cfg: RunConfig, acc):
