@@ -32,7 +32,7 @@ def _unchanged(src: Path, before: dict[str, bytes]) -> None:
 def test_out_equal_to_or_inside_the_inputs_is_refused(trained, tmp_path):
     best, src, before = _images(trained, tmp_path)
     for out in (src, src / "pred"):
-        r = cli("predict", "--checkpoint", best, "--images", src, "--out", out, "--no-progress")
+        r = cli("predict", "--checkpoint", best, "--images", src, "--out", out, "--quiet")
         assert r.returncode == 2, r.stderr
         line = one_error_line(r)
         assert f"--out {out}" in line and "--overwrite" in line
@@ -43,7 +43,7 @@ def test_out_equal_to_or_inside_the_inputs_is_refused(trained, tmp_path):
 def test_overwrite_into_the_inputs_keeps_them_and_ignores_earlier_outputs(trained, tmp_path):
     best, src, before = _images(trained, tmp_path)
     args = ("predict", "--checkpoint", best, "--images", src, "--out", src, "--overwrite",
-            "--no-progress")
+            "--quiet")
     r = cli(*args)
     assert r.returncode == 1, r.stderr  # photo.png could not be written: reported
     assert "photo.png" in r.stderr and "would replace an input file" in r.stderr

@@ -185,7 +185,7 @@ def test_exported_models_and_predictions_are_readable_by_others(trained, tmp_pat
         r = cli("export", "--checkpoint", run / "best", "--format", "safetensors", "--out", out)
         assert r.returncode == 0, r.stderr
         r = cli("predict", "--checkpoint", out, "--images", raw / "test" / "images",
-                "--out", tmp_path / "pred", "--no-progress")
+                "--out", tmp_path / "pred", "--quiet")
         assert r.returncode == 0, r.stderr
     finally:
         os.umask(old)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from unetdist.commands._common import add_quiet_argument
+
 HELP = "predict vessel probability + binary PNGs for a folder of images"
 
 
@@ -19,33 +21,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="allow --out inside --images/--fov (input files are still never replaced)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet_argument(p)
     p.add_argument("overrides", nargs="*", metavar="eval.key=value",
                    help="inference overrides, e.g. eval.tta=true eval.threshold=0.4")
 
 
-def _device(name: str):
-    import torch
-
-    from unetdist.errors import UserError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available")
-    return dev
-
-
 def run(args: argparse.Namespace) -> int:
+    from unetdist.config import config_from_dict, to_dict
+    from unetdist.distributed import pick_device
     from unetdist.errors import DataError, FileSystemError
-    from unetdist.eval.inference import load_for_inference, with_eval_overrides
+    from unetdist.eval.inference import load_for_inference
     from unetdist.eval.predict import (
         check_output_folder,
         list_images,
         predict_folder,
         split_outputs,
     )
+    from unetdist.log import warn
 
     images = Path(args.images)
     if not split_outputs(list_images(images))[0]:
@@ -56,17 +48,17 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output_folder(out, images, fov_dir, args.overwrite)
     model, cfg = load_for_inference(args.checkpoint)
-    cfg = with_eval_overrides(cfg, args.overrides)
-    model = model.to(_device(args.device))
+    cfg = config_from_dict(to_dict(cfg), args.overrides, only="eval")
+    model = model.to(pick_device(args.device))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FileSystemError.of(e, out, "create the output folder", "--out") from None
     report = predict_folder(model, cfg, images, out, fov_dir=fov_dir,
-                            progress=not args.no_progress)
+                            progress=not args.quiet)
     if fov_dir is not None and report.estimated_fov:
-        print(f"warning: no FOV mask in {fov_dir} for {', '.join(report.estimated_fov)}; "
-              f"estimated from the image", file=sys.stderr)
+        warn(f"no FOV mask in {fov_dir} for {', '.join(report.estimated_fov)}; estimated from "
+             "the image")
     if report.ignored:
         print(f"note: ignored {len(report.ignored)} earlier prediction file(s) in {images} "
               "(<stem>.png beside <stem>_prob.png)", file=sys.stderr)

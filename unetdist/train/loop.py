@@ -31,7 +31,7 @@ from unetdist.errors import UserError
 from unetdist.log import rank_say, say
 from unetdist.track.jsonl import METRICS_FILE, read_records
 from unetdist.train import checkpoint as ckpt
-from unetdist.train.faults import fault
+from unetdist.train.faults import install_faults
 from unetdist.train.preempt import PreemptionFlag
 from unetdist.train.setup import (
     Run,
@@ -84,6 +84,7 @@ def fit(cfg: RunConfig) -> TrainResult:
         shard_dir = resolve_data_dir(cfg.data)  # staging before the process group: no timeouts
         acc = make_accelerator(cfg.train.precision, cfg.train.grad_accum)
         run = setup_run(cfg, acc, shard_dir)
+        install_faults(run, flag)  # test-only; a no-op unless UNETDIST_FAULT is set
         announce(run)
         try:
             result = train_loop(run, flag)
@@ -103,7 +104,7 @@ def train_loop(run: Run, flag: PreemptionFlag) -> TrainResult:
     stream = batch_stream(run)
     try:
         while st.step < cfg.train.max_steps:
-            stall_for_tests(run, flag)
+            run.before_step()
             t0 = time.perf_counter()
             micro = [next(stream) for _ in range(cfg.train.grad_accum)]
             waited = time.perf_counter() - t0
@@ -159,8 +160,6 @@ def train_step(run: Run, micro_batches: list[dict], flag: PreemptionFlag) -> Ste
         with acc.accumulate(model):
             x, y, f = to_device(batch, acc.device, cfg.model.channels_last)
             loss = run.loss_fn(model(x), y, f)
-            if fault("nan_loss", step=step_no, rank=acc.process_index):
-                loss = loss * float("nan")
             acc.backward(loss)
         loss_sum += loss.detach()
         images += x.shape[0]
@@ -168,8 +167,6 @@ def train_step(run: Run, micro_batches: list[dict], flag: PreemptionFlag) -> Ste
         run.state.batches += 1
     stats = agree(run, loss_sum, images, flag)
     check_finite_loss(run, stats, keys, step_no)
-    if fault("inf_grad", step=step_no, rank=acc.process_index):
-        next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("inf"))
     stats.grad_norm = clip_gradients(run, step_no)
     stats.lr = run.optimizer.param_groups[0]["lr"]
     optimizer_step(run, step_no)
@@ -232,14 +229,6 @@ def optimizer_step(run: Run, step_no: int) -> None:
         raise NonFiniteError(f"{st.skipped_in_a_row} consecutive fp16 overflow skips up to step "
                              f"{step_no} (train.max_skipped_steps="
                              f"{run.cfg.train.max_skipped_steps}); lower optim.lr or use bf16")
-
-
-def stall_for_tests(run: Run, flag: PreemptionFlag) -> None:
-    """UNETDIST_FAULT=stall:step=N: wait before step N until a signal (tests kill/signal here)."""
-    if fault("stall", step=run.state.step + 1, rank=run.acc.process_index):
-        deadline = time.monotonic() + 600
-        while not flag.requested and time.monotonic() < deadline:
-            time.sleep(0.05)
 
 
 # ----------------------------------------------------------------------------- bookkeeping
@@ -311,7 +300,7 @@ def validate(run: Run) -> dict:
 def log_val_masks(run: Run) -> None:
     """Rank 0 renders a fixed set of validation images (first by key) for W&B's mask viewer."""
     n = run.cfg.track.wandb.log_images
-    if not (run.acc.is_main_process and n > 0 and getattr(run.tracker, "wants_masks", False)):
+    if not (run.acc.is_main_process and n > 0 and run.tracker.wants_masks):
         return
     from itertools import islice
 
@@ -335,9 +324,7 @@ def export_best(run: Run, metrics: dict) -> None:
     if run.acc.is_main_process:
         path = ckpt.export_best(state_dict, to_dict(run.cfg), to_yaml(run.cfg), metrics,
                                 run.state.step, run.run_dir)
-        log_model = getattr(run.tracker, "log_model", None)
-        if log_model is not None:
-            log_model(path)
+        run.tracker.log_model(path)
     run.acc.wait_for_everyone()
 
 

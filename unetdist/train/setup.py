@@ -8,6 +8,7 @@ reach the same decision (or raise the same error) without a collective.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,7 @@ class Run:
     lock: RunLock | None = None  # rank 0's hold on run_dir (None on other ranks)
     last_save_time: float = field(default_factory=time.monotonic)
     last_saved_step: int = -1
+    before_step: Callable[[], None] = lambda: None  # extension point (test fault injection)
 
 
 # ----------------------------------------------------------------------------- setup
