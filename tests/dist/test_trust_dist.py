@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_trust_run_dir import _plant, train_args
+from tests.e2e.trust_helpers import plant, train_args
 from tests.util import launch, subprocess_env
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
@@ -39,7 +39,7 @@ def test_a_planted_rank_1_random_state_is_refused_on_both_ranks(run2, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     marker = tmp_path / "PWNED"
-    _plant(copy / "checkpoints" / "step-000002" / "random_states_1.pkl", marker)
+    plant(copy / "checkpoints" / "step-000002" / "random_states_1.pkl", marker)
     r = launch(train_args(shards, copy, "train.max_steps=4"), env=subprocess_env(), timeout=240)
     assert r.returncode != 0 and not marker.exists()
     errors = _errors(r)

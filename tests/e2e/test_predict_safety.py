@@ -7,9 +7,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
-from tests.e2e.test_trust_run_dir import one_error_line, trained  # noqa: F401 (fixture)
+from tests.e2e.trust_helpers import one_error_line, trained_run
 from tests.util import cli
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    return trained_run(tmp_path_factory.mktemp("predict-safety"))
 
 
 def _images(trained, tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:

@@ -6,54 +6,18 @@ as someone with write access to shared storage could, and resumes with `train.re
 
 from __future__ import annotations
 
-import pickle
 import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.trust_helpers import one_error_line, plant, train_args, trained_run
 from tests.util import cli
-
-
-class _Payload:
-    """Unpickling this runs `open(marker, 'w')`: proof that code from the run folder ran."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def _plant(path: Path, marker: Path) -> None:
-    path.write_bytes(pickle.dumps(_Payload(marker)))
-
-
-def train_args(shards: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["train", "model.width=8", "model.depth=2", "data.crop=32", "data.batch_size=2",
-            "data.num_workers=0", "data.steps_per_epoch=2", "train.eval_every=0",
-            "eval.tile=64", "train.progress=false", "checkpoint.every_steps=2",
-            f"data.shared_dir={shards}", f"train.run_dir={run_dir}", *extra]
-
-
-def one_error_line(r) -> str:
-    """The stderr of a refused run: exactly one `error:` line and no traceback."""
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, r.stderr[-3000:]
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("trust")
-    assert cli("synth", root / "raw", "--n-train", 4, "--n-test", 1, "--size", "64x64",
-               "--quiet").returncode == 0
-    assert cli("shard", root / "raw", root / "shards", "--layout", "drive",
-               "--quiet").returncode == 0
-    r = cli(*train_args(root / "shards", root / "run", "train.max_steps=2"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    return root / "shards", root / "run"
+    return trained_run(tmp_path_factory.mktemp("trust"))
 
 
 def _copy_run(trained, tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -66,7 +30,7 @@ def _copy_run(trained, tmp_path: Path) -> tuple[Path, Path, Path]:
 def test_planted_custom_checkpoint_pickle_is_refused_and_never_runs(trained, tmp_path):
     shards, run, ck = _copy_run(trained, tmp_path)
     marker = tmp_path / "PWNED"
-    _plant(ck / "custom_checkpoint_0.pkl", marker)
+    plant(ck / "custom_checkpoint_0.pkl", marker)
     r = cli(*train_args(shards, run, "train.max_steps=4"))
     assert not marker.exists(), "a pickle from the run folder was executed"
     assert r.returncode == 2, r.stderr[-3000:]
@@ -78,7 +42,7 @@ def test_planted_custom_checkpoint_pickle_is_refused_and_never_runs(trained, tmp
 def test_malicious_accelerate_pickle_is_one_error_line(trained, tmp_path, name):
     shards, run, ck = _copy_run(trained, tmp_path)
     marker = tmp_path / "PWNED"
-    _plant(ck / name, marker)
+    plant(ck / name, marker)
     r = cli(*train_args(shards, run, "train.max_steps=4"))
     assert not marker.exists()
     assert r.returncode == 2, r.stderr[-3000:]

@@ -6,7 +6,7 @@ import struct
 import tarfile
 from pathlib import Path
 
-from tests.e2e.test_trust_run_dir import one_error_line, train_args
+from tests.e2e.trust_helpers import one_error_line, train_args
 from tests.util import cli
 
 

@@ -64,7 +64,7 @@ def test_members_that_are_not_png_are_refused(no_decode):
     import cv2
 
     raw = _raw()
-    ok, jpeg = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))
+    _, jpeg = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))
     raw["fov.png"] = jpeg.tobytes()  # OpenCV would decode it (and any format it knows)
     assert reader.decode_checked(raw, "skip") == (None, "sample 's1': fov.png is not a PNG")
 

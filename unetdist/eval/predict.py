@@ -173,6 +173,15 @@ def check_output_folder(out_dir: Path, images_dir: Path, fov_dir: Path | None,
         raise UserError(f"--out {out_dir} exists and is not a folder; choose another --out")
 
 
+def _clash(out_dir: Path, stem: str, protected: set[Path]) -> str | None:
+    """Why STEM's outputs must not be written (one would replace an input), or None."""
+    for target in (out_dir / f"{stem}.png", out_dir / f"{stem}_prob.png"):
+        if target.resolve() in protected:
+            return f"its output {target} would replace an input file; not written (choose " \
+                   "another --out)"
+    return None
+
+
 def _protected(inputs: list[Path], fov_dir: Path | None) -> set[Path]:
     """Files an output must never replace: the images used and every file of the FOV folder."""
     files = list(inputs) + ([p for p in fov_dir.iterdir() if p.is_file()] if fov_dir else [])
@@ -209,11 +218,9 @@ def predict_folder(model: nn.Module, cfg: RunConfig, images_dir: Path, out_dir: 
             report.failed.append((path.name, f"same name stem as {stems[path.stem]}"))
             continue
         stems[path.stem] = path.name
-        clash = [t for t in (out_dir / f"{path.stem}.png", out_dir / f"{path.stem}_prob.png")
-                 if t.resolve() in protected]
+        clash = _clash(out_dir, path.stem, protected)
         if clash:
-            report.failed.append((path.name, f"its output {clash[0]} would replace an input "
-                                             "file; not written (choose another --out)"))
+            report.failed.append((path.name, clash))
             continue
         try:
             rgb = read_image(path)

@@ -18,9 +18,9 @@ from unetdist.config import RunConfig, to_dict, to_yaml
 from unetdist.distributed import gather_objects
 from unetdist.errors import DataError, FileSystemError, UserError
 from unetdist.log import say, warn
-from unetdist.train.runlock import RunLock
 from unetdist.track.jsonl import Tracker, open_tracker
 from unetdist.train import checkpoint as ckpt
+from unetdist.train.runlock import RunLock
 
 
 @dataclass
