@@ -161,3 +161,17 @@ def test_written_models_follow_the_umask(tmp_path, umask, mode):
         os.umask(old)
     for p in (best / "model.safetensors", best / "config.yaml", best / "metrics.json", single):
         assert p.stat().st_mode & 0o777 == mode, (p, oct(p.stat().st_mode))
+
+
+def test_a_waiting_rank_on_an_unwritable_local_dir_is_one_line(tmp_path, monkeypatch):
+    from unetdist.config import DataConfig
+    from unetdist.data.stage.node import resolve_data_dir
+
+    src = tmp_path / "shared"
+    make_shard_dir(src, n=2, size=1000)
+    (tmp_path / "local").write_text("a file")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    cfg = DataConfig(shared_dir=str(src), local_dir=str(tmp_path / "local"), stage_timeout=5)
+    with pytest.raises(FileSystemError, match=r"cannot wait for the staged copy in .*local "
+                                              r"\(data.local_dir\).*: a file is in the way"):
+        resolve_data_dir(cfg)

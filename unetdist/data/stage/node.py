@@ -342,5 +342,9 @@ def resolve_data_dir(cfg: DataConfig) -> str:
         print(summary(shared, local, result), file=sys.stderr, flush=True)
     else:
         _, manifest, shards = load_source(shared)
-        wait_for_stage(shared, local, manifest, shards, cfg.stage_timeout, local_rank=rank)
+        try:  # waiting takes DST's lock briefly: it too must be able to write there
+            wait_for_stage(shared, local, manifest, shards, cfg.stage_timeout, local_rank=rank)
+        except OSError as e:
+            raise FileSystemError.of(e, local, "wait for the staged copy in",
+                                     "data.local_dir") from None
     return str(local)
