@@ -153,6 +153,12 @@ def test_exported_models_and_predictions_are_readable_by_others(trained, tmp_pat
         assert r.returncode == 0, r.stderr
     finally:
         os.umask(old)
+    (tmp_path / "blocker").write_text("a file")
+    for fmt in ("safetensors", "onnx"):
+        r = cli("export", "--checkpoint", run / "best", "--format", fmt, "--out",
+                tmp_path / "blocker" / f"model.{fmt}")
+        assert r.returncode == 2, r.stderr[-3000:]
+        assert "a file is in the way" in one_error_line(r)
     written = [out, run / "best" / "model.safetensors", *(tmp_path / "pred").iterdir()]
     assert len(written) == 4
     for p in written:
