@@ -77,6 +77,7 @@ class DataConfig:
     shuffle_buffer: int = 64  # webdataset sample shuffle buffer
     cache: bool = True  # keep decoded samples in memory (per worker) after the first pass
     on_corrupt: str = "error"  # error | skip: what a bad sample does
+    fold: int = -1  # k-fold shards: validate on fold i, train on the others (-1 = off)
     aug: AugConfig = field(default_factory=AugConfig)  # training augmentation
 
     def check(self, p: str) -> None:
@@ -92,6 +93,7 @@ class DataConfig:
         _require(self.steps_per_epoch >= 1, f"{p}.steps_per_epoch", self.steps_per_epoch, ">= 1")
         _require(self.shuffle_buffer >= 1, f"{p}.shuffle_buffer", self.shuffle_buffer, ">= 1")
         _require(self.stage_timeout > 0, f"{p}.stage_timeout", self.stage_timeout, "> 0")
+        _require(self.fold >= -1, f"{p}.fold", self.fold, "-1 (off) or a fold index >= 0")
         self.aug.check(f"{p}.aug")
 
     @property

@@ -109,7 +109,7 @@ def test_all_problems_reported_with_a_count(tmp_path):
 def test_empty_source_and_missing_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     r = cli("shard", tmp_path / "empty", tmp_path / "out", "--layout", "drive")
-    assert r.returncode == 2 and "training/images" in r.stderr and "not found" in r.stderr
+    assert r.returncode == 2 and "empty: no training/ folder: is this DRIVE?" in r.stderr
     r = cli("shard", tmp_path / "nope", tmp_path / "out")
     assert r.returncode == 2 and "source folder not found" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]

@@ -77,17 +77,20 @@ def make_accelerator(cfg: RunConfig):
 
 def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
     from unetdist.data.ingest.writer import manifest_hash, read_manifest
+    from unetdist.data.manifest import MANIFEST, check_fold, split_names
     from unetdist.train.losses import build_loss
 
     manifest = read_manifest(shard_dir)
+    check_fold(manifest, cfg.data.fold, Path(shard_dir) / MANIFEST)
     run_dir = Path(cfg.train.run_dir)
-    mhash = manifest_hash(manifest)
+    mhash = manifest_hash(manifest, cfg.data.fold)
     resume_from, saved = plan_resume(cfg, acc, run_dir, mhash)
     acc.wait_for_everyone()  # every rank has read the run dir before rank 0 writes to it
     if acc.is_main_process:
         prepare_run_dir(cfg, acc, run_dir)
     model, optimizer, scheduler = build_training_objects(cfg, acc)
-    run = Run(cfg, acc, run_dir, shard_dir, mhash, cfg.eval.split in manifest["splits"],
+    has_val = cfg.eval.split in split_names(manifest, cfg.data.fold)
+    run = Run(cfg, acc, run_dir, shard_dir, mhash, has_val,
               model, optimizer, scheduler, build_loss(cfg.loss), TrainState())
     if resume_from is not None:
         run.state = restore(run, resume_from, saved)
