@@ -26,7 +26,7 @@ from unetdist.errors import DataError
 # tar headers make it independent of time, user and folder; it pins the generator, the PNG
 # encoder and the tar layout. If a library upgrade changes it, check `test_round_trip` still
 # passes and update it.
-GOLDEN_MANIFEST_HASH = "3bc739a3910e6fa1c3d9e41a31e4afe645257f4b6d52c377bc163151341e3109"
+GOLDEN_MANIFEST_HASH = "baef8447f1eff169f2785bd3cfec3bd749b9e64ec4f045c2a32d0a35d8286b08"
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,8 @@ def test_round_trip_is_pixel_identical(drive, tmp_path):
             assert np.array_equal(s["fov"], read_mask(folder / "mask" / f"{s['key']}_mask.gif"))
             assert s["meta"] == {"id": s["key"], "source": f"{kind}/images/{s['key']}.tif",
                                  "split": split, "height": 64, "width": 72,
-                                 "fov_source": "file"}
+                                 "fov_source": "file", "fov_diameter": round(
+                                     2 * np.sqrt(s["fov"].sum() / np.pi), 1)}
             seen.append(s["key"])
     assert sorted(seen) == sorted(p.stem for p in drive.rglob("*.tif"))
     assert verify_shards(tmp_path / "s") == []

@@ -22,7 +22,7 @@ from torch import nn
 from unetdist.config import RunConfig
 from unetdist.data.ingest.fov import estimate_fov
 from unetdist.errors import DataError
-from unetdist.eval.inference import sliding_window_predict
+from unetdist.eval.inference import image_scale, sliding_window_predict
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".webp")
 
@@ -98,8 +98,9 @@ def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunCo
     from unetdist.data.transforms import preprocess
 
     x = preprocess(rgb, fov.astype(np.uint8), cfg.data)
+    scale = image_scale(cfg.eval, torch.from_numpy(fov))
     prob = sliding_window_predict(model, torch.from_numpy(np.ascontiguousarray(x))[None],
-                                  cfg.eval)
+                                  cfg.eval, scale=scale)
     prob = prob[0, 0].float().cpu().numpy()
     if prob.shape != fov.shape:
         import cv2

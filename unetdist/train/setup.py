@@ -82,6 +82,8 @@ def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
 
     manifest = read_manifest(shard_dir)
     check_fold(manifest, cfg.data.fold, Path(shard_dir) / MANIFEST)
+    if not cfg.eval.ref_fov_diameter:  # stored with the model, for eval.scale=auto later
+        cfg.eval.ref_fov_diameter = float(manifest.get("fov_diameter", {}).get("train", 0.0))
     run_dir = Path(cfg.train.run_dir)
     mhash = manifest_hash(manifest, cfg.data.fold)
     resume_from, saved = plan_resume(cfg, acc, run_dir, mhash)

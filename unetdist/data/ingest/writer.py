@@ -66,6 +66,7 @@ def _fov(s: RawSample, image: np.ndarray, fov: np.ndarray | None) -> tuple[np.nd
 def encode_sample(s: RawSample, opts: ReadOptions = ReadOptions()) -> list[tuple[str, bytes]]:
     """The tar members of one sample, in the fixed order."""
     from unetdist.data.ingest.checks import format_problems, load_sample
+    from unetdist.data.ingest.fov import fov_diameter
     from unetdist.data.codec import encode_mask, encode_png
 
     loaded, problems = load_sample(s, opts)
@@ -79,13 +80,13 @@ def encode_sample(s: RawSample, opts: ReadOptions = ReadOptions()) -> list[tuple
     if loaded.label2 is not None:
         members.append((f"{s.id}.label2.png", encode_mask(loaded.label2)))
     meta = {"id": s.id, "source": s.source, "split": s.split, "height": h, "width": w,
-            "fov_source": fov_source}
+            "fov_source": fov_source, "fov_diameter": round(fov_diameter(fov), 1)}
     members.append((f"{s.id}.meta.json", json.dumps(meta).encode()))
     return members
 
 
-def _fov_source(members: list[tuple[str, bytes]]) -> str:
-    return json.loads(members[-1][1])["fov_source"]
+def _meta(members: list[tuple[str, bytes]]) -> dict:
+    return json.loads(members[-1][1])
 
 
 def plan_shards(n: int, max_samples: int) -> list[int]:
@@ -115,19 +116,19 @@ def _write_split(folder: Path, split: str, groups: list[list[RawSample]], encode
                  limits: tuple[int, int], pool: ThreadPoolExecutor, bar) -> list[dict]:
     """Shards of one split; each group (a fold, or the whole split) gets shards of its own.
 
-    Each shard entry also carries "fov_sources" and "group" (popped by the caller)."""
+    Each shard entry also carries "metas" and "group" (popped by the caller)."""
     from unetdist.data.tario import TarShard
 
     max_samples, max_bytes = limits
     shards: list[dict] = []
     shard: TarShard | None = None
-    sources: list[str] = []
+    metas: list[dict] = []
 
     def finish() -> None:
         size, digest = shard.close()
         shards.append({"name": shard.path.name, "bytes": size, "sha256": digest,
-                       "samples": shard.samples, "fov_sources": list(sources), "group": g})
-        sources.clear()
+                       "samples": shard.samples, "metas": list(metas), "group": g})
+        metas.clear()
 
     try:
         for g, group in enumerate(groups):
@@ -140,7 +141,7 @@ def _write_split(folder: Path, split: str, groups: list[list[RawSample]], encode
                 if shard is None:
                     shard = TarShard(folder / f"{split}-{len(shards):06d}.tar")
                 shard.add(members)
-                sources.append(_fov_source(members))
+                metas.append(_meta(members))
                 bar.update(1)
             if shard is not None:  # a fold never shares a shard with the next one
                 finish()
@@ -210,19 +211,25 @@ def _groups(samples: list[RawSample], split: str, fold_lists: list[list[str]] | 
 
 
 def _summarise(manifest: dict, fold_lists: list[list[str]] | None, fold_seed: int) -> None:
-    """Add total_bytes, fov_source and folds from the shard entries' fov_sources."""
-    sources: list[str] = []
+    """Add total_bytes, fov_source(s), fov_diameter and folds from the shards' sample metas.
+
+    fov_diameter (median per split, px) is what `eval.scale=auto` compares test images with.
+    """
+    metas: dict[str, list[dict]] = {}
     groups: dict[str, list[int]] = {}
     for split, entry in manifest["splits"].items():
         for sh in entry["shards"]:
-            sources += sh.pop("fov_sources")
+            metas.setdefault(split, []).extend(sh.pop("metas"))
             groups.setdefault(split, []).append(sh.pop("group"))
     manifest["total_bytes"] = sum(sh["bytes"] for sp in manifest["splits"].values()
                                   for sh in sp["shards"])
+    sources = [m["fov_source"] for ms in metas.values() for m in ms]
     counts = {k: sources.count(k) for k in ("file", "estimated", "none") if k in sources}
     manifest["fov_source"] = ("estimated" if "estimated" in counts
                               else "file" if "file" in counts else "none")
     manifest["fov_sources"] = counts  # per kind: e.g. an image whose estimate failed is none
+    manifest["fov_diameter"] = {split: round(float(np.median([m["fov_diameter"] for m in ms])), 1)
+                                for split, ms in metas.items()}
     if fold_lists is not None:
         train = list(zip(groups["train"], manifest["splits"]["train"]["shards"]))
         names = [[sh["name"] for g, sh in train if g == i] for i in range(len(fold_lists))]
