@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 HELP = "evaluate a best/ folder or exported .safetensors file on a split of shards"
@@ -28,13 +29,14 @@ def default_out_dir(checkpoint: str | Path, split: str) -> Path:
 
 
 def _shard_dir(args: argparse.Namespace, cfg) -> str:
-    from unetdist.data.ingest.writer import shard_paths
+    from unetdist.data.manifest import shard_paths
 
     if args.local_dir:
         from unetdist.data.stage.node import resolve_data_dir
 
-        cfg.data.shared_dir, cfg.data.local_dir, cfg.data.stage = args.data, args.local_dir, True
-        shard_dir = resolve_data_dir(cfg.data)
+        data = dataclasses.replace(cfg.data, shared_dir=args.data, local_dir=args.local_dir,
+                                   stage=True)
+        shard_dir = resolve_data_dir(data)
     else:
         shard_dir = args.data
     # DataError naming the folder or split, before any work (data.fold: a k-fold model's val)
@@ -42,24 +44,18 @@ def _shard_dir(args: argparse.Namespace, cfg) -> str:
     return str(Path(shard_dir).resolve())
 
 
-def _accelerator(cfg):
-    import torch
-    from accelerate import Accelerator
-
-    cuda = torch.cuda.is_available()
-    return Accelerator(cpu=not cuda, mixed_precision=cfg.train.precision if cuda else "no")
-
-
 def run(args: argparse.Namespace) -> int:
+    from unetdist.config import config_from_dict, to_dict
     from unetdist.data.pipeline import eval_samples
+    from unetdist.distributed import make_accelerator
     from unetdist.eval.evaluate import evaluate_split, summary_line
-    from unetdist.eval.inference import load_checkpoint, with_eval_overrides
+    from unetdist.eval.inference import load_checkpoint
 
     model, cfg, meta = load_checkpoint(args.checkpoint)
-    cfg = with_eval_overrides(cfg, args.overrides)
+    cfg = config_from_dict(to_dict(cfg), args.overrides, only="eval")
     shard_dir = _shard_dir(args, cfg)  # before the process group: staging may take long
     out = Path(args.out) if args.out else default_out_dir(args.checkpoint, args.split)
-    acc = _accelerator(cfg)
+    acc = make_accelerator(cfg.train.precision, inference=True)
     model = model.to(acc.device)
     samples = eval_samples(cfg.data, shard_dir, args.split, rank=acc.process_index,
                            world_size=acc.num_processes)

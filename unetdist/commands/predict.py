@@ -36,8 +36,9 @@ def _device(name: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from unetdist.config import config_from_dict, to_dict
     from unetdist.errors import DataError
-    from unetdist.eval.inference import load_for_inference, with_eval_overrides
+    from unetdist.eval.inference import load_for_inference
     from unetdist.eval.predict import list_images, predict_folder
 
     images = Path(args.images)
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if fov_dir is not None and not fov_dir.is_dir():
         raise DataError(f"FOV mask folder not found: {fov_dir}")
     model, cfg = load_for_inference(args.checkpoint)
-    cfg = with_eval_overrides(cfg, args.overrides)
+    cfg = config_from_dict(to_dict(cfg), args.overrides, only="eval")
     model = model.to(_device(args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

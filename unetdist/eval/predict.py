@@ -95,7 +95,7 @@ def find_mask(fov_dir: Path, stem: str) -> Path | None:
 def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunConfig
                   ) -> np.ndarray:
     """(H, W) float32 vessel probability, zero outside the FOV."""
-    from unetdist.data.transforms import preprocess
+    from unetdist.data.preprocess import preprocess
 
     x = preprocess(rgb, fov.astype(np.uint8), cfg.data)
     scale = image_scale(cfg.eval, torch.from_numpy(fov))

@@ -18,21 +18,25 @@ from pathlib import Path
 
 import torch
 
-from unetdist.train import checkpoint as ckpt
 from unetdist.config import RunConfig, to_dict, to_yaml
-from unetdist.distributed import broadcast_buffers, gather_objects, sum_across
+from unetdist.distributed import (
+    broadcast_buffers,
+    gather_objects,
+    make_accelerator,
+    resolve_precision,
+    sum_across,
+    uses_grad_scaler,
+)
 from unetdist.errors import UserError
+from unetdist.log import rank_say, say
+from unetdist.track.jsonl import METRICS_FILE, read_records
+from unetdist.train import checkpoint as ckpt
 from unetdist.train.faults import fault
 from unetdist.train.preempt import PreemptionFlag
-from unetdist.track.jsonl import METRICS_FILE, read_records
 from unetdist.train.setup import (
     Run,
     announce,
-    check_runtime,
-    make_accelerator,
-    say,
     setup_run,
-    trainer_state,
 )
 
 
@@ -71,14 +75,14 @@ def fit(cfg: RunConfig) -> TrainResult:
     """Train `cfg` to `train.max_steps` (or until preempted); resume per `train.resume`."""
     from unetdist.data.stage.node import resolve_data_dir
 
-    check_runtime(cfg)
+    resolve_precision(cfg.train.precision)  # fail before staging, not after
     if cfg.data.num_workers:
         from unetdist.data.pipeline import single_threaded_opencv
 
         single_threaded_opencv()  # before any OpenCV work here: workers are forked later
     with PreemptionFlag() as flag:  # from the start: a signal while staging is not fatal either
         shard_dir = resolve_data_dir(cfg.data)  # staging before the process group: no timeouts
-        acc = make_accelerator(cfg)
+        acc = make_accelerator(cfg.train.precision, cfg.train.grad_accum)
         run = setup_run(cfg, acc, shard_dir)
         announce(run)
         try:
@@ -123,8 +127,8 @@ def finish(run: Run, result: TrainResult) -> None:
     if not run.has_val:  # no validation split, no "best": export the final weights as best/
         export_best(run, {"note": f"no '{run.cfg.eval.split}' split: final weights"})
     best = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
-    say(run.acc, f"done: step {result.step}, best val FOV Dice {best} (step "
-                  f"{result.best_step}), run_dir {run.run_dir}", flush=True)
+    say(f"done: step {result.step}, best val FOV Dice {best} (step {result.best_step}), "
+        f"run_dir {run.run_dir}")
 
 
 # ----------------------------------------------------------------------------- one step
@@ -207,7 +211,7 @@ def check_finite_loss(run: Run, stats: StepStats, keys: list[str], step_no: int)
 def clip_gradients(run: Run, step_no: int) -> float:
     max_norm = run.cfg.optim.grad_clip or float("inf")  # inf: measure the norm, scale by 1
     norm = float(run.acc.clip_grad_norm_(run.model.parameters(), max_norm))
-    if run.cfg.train.precision != "fp16" and not math.isfinite(norm):
+    if not uses_grad_scaler(run.acc) and not math.isfinite(norm):
         # identical on all ranks (gradients are all-reduced), so every rank stops here
         raise NonFiniteError(f"non-finite gradient norm ({norm}) at step {step_no}; training "
                              f"stopped, no checkpoint written after step {step_no - 1}")
@@ -305,7 +309,7 @@ def validate(run: Run) -> dict:
 def log_val_masks(run: Run) -> None:
     """Rank 0 renders a fixed set of validation images (first by key) for W&B's mask viewer."""
     n = run.cfg.track.wandb.log_images
-    if not (run.acc.is_main_process and n > 0 and getattr(run.tracker, "wants_masks", False)):
+    if not (run.acc.is_main_process and n > 0 and run.tracker.wants_masks):
         return
     from itertools import islice
 
@@ -329,16 +333,17 @@ def export_best(run: Run, metrics: dict) -> None:
     if run.acc.is_main_process:
         path = ckpt.export_best(state_dict, to_dict(run.cfg), to_yaml(run.cfg), metrics,
                                 run.state.step, run.run_dir)
-        log_model = getattr(run.tracker, "log_model", None)
-        if log_model is not None:
-            log_model(path)
+        run.tracker.log_model(path)
     run.acc.wait_for_everyone()
 
 
 def save(run: Run) -> Path | None:
     if run.last_saved_step == run.state.step:
         return None
-    path = ckpt.save_checkpoint(run.acc, run.run_dir, run.state.step, trainer_state(run),
+    state = run.state.state_dict(steps_per_epoch=run.cfg.data.steps_per_epoch,
+                                 manifest_hash=run.manifest_hash,
+                                 world_size=run.acc.num_processes, config=to_dict(run.cfg))
+    path = ckpt.save_checkpoint(run.acc, run.run_dir, run.state.step, state,
                                 run.cfg.checkpoint.keep_last)
     run.last_save_time, run.last_saved_step = time.monotonic(), run.state.step
     return path
@@ -350,8 +355,7 @@ def stop_for_preemption(run: Run, flag: PreemptionFlag) -> TrainResult:
     if run.acc.is_main_process:
         ckpt.write_preempted(run.run_dir, step)
     why = ", ".join(sorted(set(flag.received))) or "signal on another rank"
-    print(f"rank {run.acc.process_index}: preempted ({why}); checkpoint of step {step} saved, "
-          "exiting", flush=True)
+    rank_say(f"preempted ({why}); checkpoint of step {step} saved, exiting")
     return result_of(run, preempted=True)
 
 

@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from unetdist.data.manifest import LAYOUTS
 from unetdist.data.ingest.readers import image_stem, list_images
+from unetdist.data.manifest import LAYOUTS
 from unetdist.errors import DataError
 
 __all__ = [

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,33 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from unetdist.data.manifest import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_SAMPLES,
-    FORMAT,
-    MANIFEST,
-    SPLITS,
-    manifest_hash,
-    read_manifest,
-    shard_paths,
-    verify_shards,
-)
 from unetdist.data.ingest.checks import ReadOptions
 from unetdist.data.ingest.layouts import FolderSpec, RawSample
+from unetdist.data.manifest import (DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, FORMAT, MANIFEST,
+                                    SPLITS)
 from unetdist.errors import DataError, UserError
-
-__all__ = [
-    "FORMAT",
-    "MANIFEST",
-    "SPLITS",
-    "encode_sample",
-    "manifest_hash",
-    "plan_shards",
-    "read_manifest",
-    "shard_dataset",
-    "shard_paths",
-    "verify_shards",
-]
+from unetdist.log import warn
 
 
 def _fov(s: RawSample, image: np.ndarray, fov: np.ndarray | None) -> tuple[np.ndarray, str]:
@@ -65,9 +43,9 @@ def _fov(s: RawSample, image: np.ndarray, fov: np.ndarray | None) -> tuple[np.nd
 
 def encode_sample(s: RawSample, opts: ReadOptions = ReadOptions()) -> list[tuple[str, bytes]]:
     """The tar members of one sample, in the fixed order."""
-    from unetdist.data.ingest.checks import format_problems, load_sample
     from unetdist.data.ingest.fov import fov_diameter
     from unetdist.data.codec import encode_mask, encode_png
+    from unetdist.data.ingest.checks import format_problems, load_sample
 
     loaded, problems = load_sample(s, opts)
     if loaded is None:  # the file changed after validation
@@ -176,7 +154,7 @@ def _validated(src: Path, layout: str, spec: FolderSpec, threads: int, progress:
 
     found = discover(src, layout, spec)
     for note in found.notes:
-        print(f"warning: {note}", file=sys.stderr)
+        warn(note)
     problems = found.problems + check_samples(found.samples, threads=threads, progress=progress,
                                               opts=opts)
     if problems:
@@ -255,7 +233,7 @@ def shard_dataset(src: str | Path, out: str | Path, *, layout: str = "drive",
 
     from tqdm import tqdm
 
-    from unetdist.data.atomic import atomic_dir, check_output_dir, fsync_path
+    from unetdist.atomic import atomic_dir, check_output_dir, fsync_path
     from unetdist.data.ingest.checks import DEFAULT_MAX_PIXELS
 
     _check_options(max_samples, max_bytes, split_val, binarize, max_pixels)
