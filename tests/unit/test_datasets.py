@@ -283,3 +283,27 @@ def test_stare_folds_cover_all_labelled_images(tmp_path):
     m = shard_dataset(raw, tmp_path / "s", layout="stare", progress=False, folds=5)
     assert list(m["splits"]) == ["train"] and m["splits"]["train"]["samples"] == 20
     assert [len(f) for f in m["folds"]["ids"]] == [4] * 5
+
+
+def test_writer_keeps_only_a_few_samples_in_flight():
+    """HRF-sized images: the writer holds at most threads + 1 encoded samples at once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from unetdist.data.ingest.writer import _ordered_map
+
+    lock, state = threading.Lock(), {"made": 0, "used": 0, "peak": 0}
+
+    def encode(i: int) -> int:
+        with lock:
+            state["made"] += 1
+            state["peak"] = max(state["peak"], state["made"] - state["used"])
+        return i
+
+    with ThreadPoolExecutor(4) as pool:
+        got = []
+        for i in _ordered_map(pool, encode, range(200), 5):
+            with lock:
+                state["used"] += 1
+            got.append(i)
+    assert got == list(range(200)) and state["peak"] <= 5
