@@ -132,6 +132,10 @@ def test_kfold_training_validates_on_the_held_out_fold(runs, tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in rows if r.get("split") == "val"]
     assert val and all(r.get("num_images") == len(m["folds"]["ids"][1]) for r in val)
+    _ok("evaluate", "--checkpoint", run / "best", "--data", shards, "--split", "val",
+        "--out", tmp_path / "ev", "--no-progress")  # the stored data.fold picks fold 1
+    with open(tmp_path / "ev" / "per_image.csv") as f:
+        assert sorted(r["key"] for r in csv.DictReader(f)) == m["folds"]["ids"][1]
     rc, _, err = _main("train", *TRAIN, "data.fold=4", f"data.shared_dir={shards}",
                        f"train.run_dir={tmp_path / 'bad'}")
     assert rc == 2 and err.strip().splitlines()[-1] == "error: data.fold must be in [0, 4), got 4"
