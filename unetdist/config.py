@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from unetdist.errors import ConfigError
 
@@ -244,7 +244,7 @@ class EvalConfig:
     resize: int = -1  # infer at N x N, resized back (-1 = data.resize, the training scale; 0 = native)
     # rescale test images by this factor before inference, probabilities back to native size;
     # auto: ref_fov_diameter / the test image's FOV diameter (cross-dataset evaluation)
-    scale: Union[float, int, str] = 1.0
+    scale: float | int | str = 1.0
     # FOV diameter (px) of the training images, for scale=auto (0 = unknown; train fills it in
     # from the training manifest)
     ref_fov_diameter: float = 0.0

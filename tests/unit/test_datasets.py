@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -225,7 +224,7 @@ def test_folds_partition_the_training_samples(fold_shards):
     path, m = fold_shards
     assert read_manifest(path) == m and "val" not in m["splits"]
     ids = m["folds"]["ids"]
-    assert sorted(sum(ids, [])) == [f"{n}_training" for n in range(21, 31)]
+    assert sorted(i for fold in ids for i in fold) == [f"{n}_training" for n in range(21, 31)]
     assert sorted(map(len, ids)) == [2, 2, 3, 3]
     for i in range(4):
         val = {sh["name"] for sh in split_entries(m, "val", i)}
@@ -252,7 +251,7 @@ def test_training_stream_never_sees_the_validation_fold(fold_shards):
     seen = {k for b in train_batches(cfg.data, str(path), seed=0, rank=0, world_size=1,
                                      epoch=0) for k in b["key"]}
     held_out = set(m["folds"]["ids"][2])
-    assert seen == set(sum(m["folds"]["ids"], [])) - held_out  # all the others, none of it
+    assert seen == {i for fold in m["folds"]["ids"] for i in fold} - held_out  # all the others, none of it
     val = [s["key"] for s in eval_samples(cfg.data, str(path), "val", rank=0, world_size=1)]
     assert val == sorted(held_out)
 

@@ -47,8 +47,13 @@ def split_shards(root: str, split: str, fold: int = -1) -> list[ShardInfo]:
 
     `fold` is data.fold: with k-fold shards, "train" is the other folds and "val" fold `fold`.
     """
-    from unetdist.data.manifest import (MANIFEST, check_fold, read_manifest, split_entries,
-                                        split_names)
+    from unetdist.data.manifest import (
+        MANIFEST,
+        check_fold,
+        read_manifest,
+        split_entries,
+        split_names,
+    )
 
     manifest = read_manifest(root)
     check_fold(manifest, fold, os.path.join(root, MANIFEST))

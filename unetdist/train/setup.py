@@ -74,8 +74,13 @@ class Run:
 
 
 def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
-    from unetdist.data.manifest import (MANIFEST, check_fold, manifest_hash, read_manifest,
-                                        split_names)
+    from unetdist.data.manifest import (
+        MANIFEST,
+        check_fold,
+        manifest_hash,
+        read_manifest,
+        split_names,
+    )
     from unetdist.train.losses import build_loss
 
     manifest = read_manifest(shard_dir)

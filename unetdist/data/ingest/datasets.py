@@ -65,11 +65,14 @@ def _chase_folders(root: Path) -> tuple[Path, Path, Path, Path | None]:
 
 def read_chase(root: Path, found: Discovery) -> None:
     images_dir, first_dir, second_dir, mask_dir = _chase_folders(root)
-    images = {s: p for s, p in _index(found, images_dir).items() if CHASE_IMAGE.match(s)}
+    indexes: dict[Path, dict[str, Path]] = {}  # the flat zip: one folder, listed once
+    for folder in {images_dir, first_dir, second_dir, mask_dir} - {None}:
+        indexes[folder] = _index(found, folder)
+    images = {s: p for s, p in indexes[images_dir].items() if CHASE_IMAGE.match(s)}
     if not images:
         raise DataError(f"{images_dir}: no Image_*.jpg files: is this CHASE_DB1?")
-    first, second = _index(found, first_dir), _index(found, second_dir)
-    masks = _index(found, mask_dir) if mask_dir is not None else {}
+    first, second = indexes[first_dir], indexes[second_dir]
+    masks = indexes[mask_dir] if mask_dir is not None else {}
     for stem, img in sorted(images.items()):
         label = _require(found, first, f"{stem}_1stHO", "1st observer label", img, first_dir)
         fov = None

@@ -23,8 +23,7 @@ import numpy as np
 
 from unetdist.data.ingest.checks import ReadOptions
 from unetdist.data.ingest.layouts import FolderSpec, RawSample
-from unetdist.data.manifest import (DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, FORMAT, MANIFEST,
-                                    SPLITS)
+from unetdist.data.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, FORMAT, MANIFEST, SPLITS
 from unetdist.errors import DataError, UserError
 from unetdist.log import warn
 
@@ -41,13 +40,13 @@ def _fov(s: RawSample, image: np.ndarray, fov: np.ndarray | None) -> tuple[np.nd
     return np.ones(image.shape[:2], dtype=np.uint8), "none"
 
 
-def encode_sample(s: RawSample, opts: ReadOptions = ReadOptions()) -> list[tuple[str, bytes]]:
+def encode_sample(s: RawSample, opts: ReadOptions | None = None) -> list[tuple[str, bytes]]:
     """The tar members of one sample, in the fixed order."""
-    from unetdist.data.ingest.fov import fov_diameter
     from unetdist.data.codec import encode_mask, encode_png
     from unetdist.data.ingest.checks import format_problems, load_sample
+    from unetdist.data.ingest.fov import fov_diameter
 
-    loaded, problems = load_sample(s, opts)
+    loaded, problems = load_sample(s, opts or ReadOptions())
     if loaded is None:  # the file changed after validation
         raise DataError(format_problems(problems, s.source))
     h, w = loaded.image.shape[:2]
