@@ -81,7 +81,7 @@ def test_layout_shards_trains_and_evaluates(runs, layout):
     assert (r["run"] / "best" / "model.safetensors").is_file()
     ev = r["run"] / "eval-test"
     _ok("evaluate", "--checkpoint", r["run"] / "best", "--data", r["shards"], "--split", "test",
-        "--out", ev, "--no-progress")
+        "--out", ev, "--quiet")
     metrics = json.loads((ev / "metrics.json").read_text())
     assert metrics["num_images"] == n_test and 0 <= metrics["fov"]["auc_roc"] <= 1
     preds = sorted((ev / "predictions").glob("*_prob.png"))
@@ -98,7 +98,7 @@ def test_drive_model_evaluates_on_chase_at_matched_scale(runs, tmp_path):
     drive, chase = runs["drive"], runs["chase"]
     ev = tmp_path / "drive-on-chase"
     _ok("evaluate", "--checkpoint", drive["run"] / "best", "--data", chase["shards"],
-        "--split", "test", "--out", ev, "--no-progress", "eval.scale=auto")
+        "--split", "test", "--out", ev, "--quiet", "eval.scale=auto")
     ref = json.loads((drive["shards"] / "manifest.json").read_text())["fov_diameter"]["train"]
     metrics = json.loads((ev / "metrics.json").read_text())
     assert metrics["settings"]["scale"] == "auto"
@@ -133,7 +133,7 @@ def test_kfold_training_validates_on_the_held_out_fold(runs, tmp_path):
     val = [r for r in rows if r.get("split") == "val"]
     assert val and all(r.get("num_images") == len(m["folds"]["ids"][1]) for r in val)
     _ok("evaluate", "--checkpoint", run / "best", "--data", shards, "--split", "val",
-        "--out", tmp_path / "ev", "--no-progress")  # the stored data.fold picks fold 1
+        "--out", tmp_path / "ev", "--quiet")  # the stored data.fold picks fold 1
     with open(tmp_path / "ev" / "per_image.csv") as f:
         assert sorted(r["key"] for r in csv.DictReader(f)) == m["folds"]["ids"][1]
     rc, _, err = _main("train", *TRAIN, "data.fold=4", f"data.shared_dir={shards}",

@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from unetdist.commands._common import add_quiet_argument
+
 HELP = "evaluate a best/ folder or exported .safetensors file on a split of shards"
 
 
@@ -18,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder (default: eval-<split>/ beside --checkpoint)")
     p.add_argument("--local-dir", help="stage --data to this node-local folder first "
                                        "(one copy per node, verified) and read it from there")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet_argument(p)
     p.add_argument("overrides", nargs="*", metavar="eval.key=value",
                    help="evaluation overrides, e.g. eval.tta=true eval.threshold=0.4")
 
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from unetdist.distributed import make_accelerator
     from unetdist.eval.evaluate import evaluate_split, summary_line
     from unetdist.eval.inference import load_checkpoint
+    from unetdist.log import say
 
     model, cfg, meta = load_checkpoint(args.checkpoint)
     cfg = config_from_dict(to_dict(cfg), args.overrides, only="eval")
@@ -63,15 +66,12 @@ def run(args: argparse.Namespace) -> int:
             "data": shard_dir, "split": args.split, "world_size": acc.num_processes,
             "device": acc.device.type, "precision": acc.mixed_precision}
     result = evaluate_split(model, samples, cfg.eval, accelerator=acc, out_dir=out, info=info,
-                            progress=not args.no_progress)
-    if acc.is_main_process:
-        print(f"{args.split}: {summary_line(result)}")
-        obs = result.get("second_observer")
-        if obs:
-            o = obs["fov"]
-            print(f"second observer ({obs['num_images']} images): FOV dice {o['dice']:.4f} "
-                  f"recall {o['recall']:.4f} precision {o['precision']:.4f} "
-                  f"accuracy {o['accuracy']:.4f}")
-        print(f"wrote {out}")
+                            progress=not args.quiet)
+    say(f"{args.split}: {summary_line(result)}")
+    if obs := result.get("second_observer"):
+        o = obs["fov"]
+        say(f"second observer ({obs['num_images']} images): FOV dice {o['dice']:.4f} "
+            f"recall {o['recall']:.4f} precision {o['precision']:.4f} accuracy {o['accuracy']:.4f}")
+    say(f"wrote {out}")
     acc.end_training()
     return 0
