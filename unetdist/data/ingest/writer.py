@@ -90,10 +90,12 @@ def _ordered_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable,
 
 
 def _write_split(folder: Path, split: str, groups: list[list[RawSample]], encode: Callable,
-                 limits: tuple[int, int], pool: ThreadPoolExecutor, bar) -> list[dict]:
+                 limits: tuple[int, int], pool: ThreadPoolExecutor, bar, window: int
+                 ) -> list[dict]:
     """Shards of one split; each group (a fold, or the whole split) gets shards of its own.
 
-    Each shard entry also carries "metas" and "group" (popped by the caller)."""
+    At most `window` encoded samples wait in memory. Each shard entry also carries
+    "metas" and "group" (popped by the caller)."""
     from unetdist.data.tario import TarShard
 
     max_samples, max_bytes = limits
@@ -110,7 +112,7 @@ def _write_split(folder: Path, split: str, groups: list[list[RawSample]], encode
     try:
         for g, group in enumerate(groups):
             cuts = set(np.cumsum(plan_shards(len(group), max_samples))[:-1].tolist())
-            window = pool._max_workers + 1  # bounded: a few 8 MP images, not a whole split
+            # bounded: a few 8 MP images in memory, not a whole split
             for i, members in enumerate(_ordered_map(pool, encode, group, window)):
                 if shard is not None and (i in cuts or shard.size_with(members) > max_bytes):
                     finish()
@@ -252,7 +254,7 @@ def shard_dataset(src: str | Path, out: str | Path, *, layout: str = "drive",
             groups = _groups(samples, split, fold_lists)
             if groups:
                 shards = _write_split(tmp, split, groups, partial(encode_sample, opts=opts),
-                                      (max_samples, max_bytes), pool, bar)
+                                      (max_samples, max_bytes), pool, bar, threads + 1)
                 manifest["splits"][split] = {"samples": sum(map(len, groups)), "shards": shards}
         _summarise(manifest, fold_lists, fold_seed)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
