@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -306,3 +307,19 @@ def test_writer_keeps_only_a_few_samples_in_flight():
                 state["used"] += 1
             got.append(i)
     assert got == list(range(200)) and state["peak"] <= 5
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda f: f["shards"][0].append(f["shards"][1][0]), "must partition the train split"),
+    (lambda f: f["shards"][0].clear(), "must partition the train split"),
+    (lambda f: f["ids"][0].append(f["ids"][1][0]), "non-empty and disjoint"),
+    (lambda f: f.update(k=1), "k >= 2"),
+])
+def test_tampered_folds_are_rejected(fold_shards, tmp_path, tamper, message):
+    from unetdist.data.manifest import read_manifest
+
+    m = json.loads(json.dumps(fold_shards[1]))
+    tamper(m["folds"])
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match=message):
+        read_manifest(tmp_path)
