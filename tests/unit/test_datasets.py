@@ -13,6 +13,7 @@ from PIL import Image
 from tests import twins
 from unetdist.data.ingest.layouts import discover
 from unetdist.data.ingest.readers import RawFileError, read_mask
+from unetdist.data.ingest.synth import synthetic_sample
 from unetdist.data.ingest.writer import shard_dataset
 from unetdist.errors import DataError, UserError
 
@@ -323,3 +324,17 @@ def test_tampered_folds_are_rejected(fold_shards, tmp_path, tamper, message):
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(DataError, match=message):
         read_manifest(tmp_path)
+
+
+def test_chase_repackaging_with_fov_masks_uses_them(tmp_path):
+    raw = twins.make_chase(tmp_path / "CHASE", repackaged=True, children=11, size=(40, 42))
+    (raw / "mask").mkdir()
+    for i, stem in enumerate(twins.chase_ids(11)):
+        fov = synthetic_sample(i, split="train", seed=16, size=(40, 42)).fov
+        name = f"{stem}_mask.png" if i % 2 else f"{stem}.png"  # both namings are seen
+        Image.fromarray(fov * 255).save(raw / "mask" / name)
+    m = shard_dataset(raw, tmp_path / "s", layout="chase", progress=False, split_val=0)
+    assert m["fov_source"] == "file" and m["fov_sources"] == {"file": 22}
+    (raw / "mask" / "Image_02L.png").unlink()
+    with pytest.raises(DataError, match=r"Image_02L.jpg: no FOV mask in .*mask"):
+        shard_dataset(raw, tmp_path / "t", layout="chase", progress=False)
