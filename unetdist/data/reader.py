@@ -53,17 +53,27 @@ class ShardInfo:
     nbytes: int
 
 
-def split_shards(root: str, split: str) -> list[ShardInfo]:
-    """The split's shards in manifest order (sorted, like their keys). DataError if absent."""
-    from unetdist.data.manifest import read_manifest
+def split_shards(root: str, split: str, fold: int = -1) -> list[ShardInfo]:
+    """The split's shards in manifest order (sorted, like their keys). DataError if absent.
+
+    `fold` is data.fold: with k-fold shards, "train" is the other folds and "val" fold `fold`.
+    """
+    from unetdist.data.manifest import (
+        MANIFEST,
+        check_fold,
+        read_manifest,
+        split_entries,
+        split_names,
+    )
 
     manifest = read_manifest(root)
-    entry = manifest.get("splits", {}).get(split)
-    if not entry or not entry.get("shards"):
-        have = ", ".join(sorted(manifest.get("splits", {}))) or "none"
+    check_fold(manifest, fold, os.path.join(root, MANIFEST))
+    entries = split_entries(manifest, split, fold)
+    if not entries:
+        have = ", ".join(split_names(manifest, fold)) or "none"
         raise DataError(f"{root}: no shards for split {split!r} (manifest has: {have})")
     return [ShardInfo(os.path.join(os.path.abspath(root), s["name"]), s["name"],
-                      int(s["samples"]), int(s["bytes"])) for s in entry["shards"]]
+                      int(s["samples"]), int(s["bytes"])) for s in entries]
 
 
 def check_size(shard: ShardInfo) -> None:

@@ -25,11 +25,11 @@ import torch
 from torch import nn
 
 from unetdist.config import RunConfig
+from unetdist.data.ingest.fov import estimate_fov
 from unetdist.errors import DataError, FileSystemError, UserError
-from unetdist.eval.inference import sliding_window_predict
+from unetdist.eval.inference import image_scale, sliding_window_predict
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".webp")
-DARK = 20  # max channel value (0-255) of the black surround of a fundus photograph
 
 
 @dataclass
@@ -97,32 +97,6 @@ def find_mask(fov_dir: Path, stem: str) -> Path | None:
     return None
 
 
-def estimate_fov(rgb: np.ndarray) -> np.ndarray | None:
-    """The bright disc of a fundus photograph, or None when there is no dark border.
-
-    Pixels brighter than DARK in any channel, largest connected component, holes filled.
-    None (use the whole image) when the outer ring of pixels is mostly not dark or the
-    component covers under 10% of the image.
-    """
-    import cv2
-
-    bright = (rgb.max(axis=2) > DARK).astype(np.uint8)
-    ring = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
-    if ring.mean() > 0.5:
-        return None
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
-    if n < 2:
-        return None
-    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    comp = (labels == biggest).astype(np.uint8)
-    contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    filled = np.zeros_like(comp)
-    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
-    if filled.mean() < 0.1:
-        return None
-    return filled.astype(bool)
-
-
 @torch.no_grad()
 def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunConfig
                   ) -> np.ndarray:
@@ -130,8 +104,9 @@ def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunCo
     from unetdist.data.preprocess import preprocess
 
     x = preprocess(rgb, fov.astype(np.uint8), cfg.data)
+    scale = image_scale(cfg.eval, torch.from_numpy(fov))
     prob = sliding_window_predict(model, torch.from_numpy(np.ascontiguousarray(x))[None],
-                                  cfg.eval)
+                                  cfg.eval, scale=scale)
     prob = prob[0, 0].float().cpu().numpy()
     if prob.shape != fov.shape:
         import cv2

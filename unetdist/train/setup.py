@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -78,11 +78,15 @@ class Run:
 
 
 def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
-    from unetdist.data.manifest import manifest_hash, read_manifest
+    from unetdist.data.manifest import MANIFEST, check_fold, manifest_hash, read_manifest
 
     manifest = read_manifest(shard_dir)
+    check_fold(manifest, cfg.data.fold, Path(shard_dir) / MANIFEST)
+    if not cfg.eval.ref_fov_diameter:  # stored with the model, for eval.scale=auto later
+        ref = float(manifest.get("fov_diameter", {}).get("train", 0.0))
+        cfg = replace(cfg, eval=replace(cfg.eval, ref_fov_diameter=ref))
     run_dir = Path(cfg.train.run_dir)
-    mhash = manifest_hash(manifest)
+    mhash = manifest_hash(manifest, cfg.data.fold)
     lock = take_run_lock(acc, run_dir)  # before anything reads or writes the run folder
     try:
         run = _setup_locked(cfg, acc, shard_dir, manifest, run_dir, mhash)
@@ -113,6 +117,7 @@ def take_run_lock(acc, run_dir: Path) -> RunLock | None:
 
 def _setup_locked(cfg: RunConfig, acc, shard_dir: str, manifest: dict, run_dir: Path,
                   mhash: str) -> Run:
+    from unetdist.data.manifest import split_names
     from unetdist.train.losses import build_loss
 
     resume_from, saved = plan_resume(cfg, acc, run_dir, mhash)
@@ -120,7 +125,8 @@ def _setup_locked(cfg: RunConfig, acc, shard_dir: str, manifest: dict, run_dir: 
     if acc.is_main_process:
         prepare_run_dir(cfg, acc, run_dir)
     model, optimizer, scheduler = build_training_objects(cfg, acc)
-    run = Run(cfg, acc, run_dir, shard_dir, mhash, cfg.eval.split in manifest["splits"],
+    has_val = cfg.eval.split in split_names(manifest, cfg.data.fold)
+    run = Run(cfg, acc, run_dir, shard_dir, mhash, has_val,
               model, optimizer, scheduler, build_loss(cfg.loss), TrainState())
     if resume_from is not None:
         restore(run, resume_from, saved)
