@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.dist]
 SKIP = {  # pattern (re.search on the command line) -> why it cannot run in a test
     r"^make test": "the whole test suite, of which this test is a part",
     r"^make demo": "creates .venv with pip (network); tests/e2e/test_install.py runs the demo",
-    r"/data/(DRIVE|seed|x)\b": "needs the real dataset (DRIVE, or a folder of the user's)",
+    r"/data/(DRIVE|CHASEDB1|STARE|seed|x)\b": "needs the real dataset (or a folder of the user's)",
+    r"my_images/": "needs the user's own images",
     r"^(?!unetdist (config|doctor) ).*(drive_unet|drive-shards|/root/shared-storage)":
         "needs DRIVE (not on development machines)",
     r"^unetdist bench --out": "the full benchmark takes minutes; the --quick line runs",
