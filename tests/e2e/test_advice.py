@@ -133,3 +133,18 @@ def test_second_ctrl_c_aborts_at_once():
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_step_folder_with_a_broken_state_is_one_error(tmp_path):
+    from unetdist.errors import UserError
+    from unetdist.eval.inference import read_checkpoint
+    from unetdist.models.weights import save_weights
+
+    step = tmp_path / "checkpoints" / "step-000002"
+    step.mkdir(parents=True)
+    import torch
+
+    save_weights({"w": torch.zeros(1)}, step / "model.safetensors", {})
+    (step / "trainer_state.json").write_text("{broken")
+    with pytest.raises(UserError, match="trainer_state.json is unreadable"):
+        read_checkpoint(step)

@@ -221,9 +221,13 @@ def _stored_config(wf: Path, meta: dict) -> dict:
 
         return yaml.safe_load((wf.parent / "config.yaml").read_text())
     if (wf.parent / STATE_FILE).is_file():  # a checkpoints/step-N folder (accelerate's state)
-        state = json.loads((wf.parent / STATE_FILE).read_text())
-        meta.setdefault("step", str(state.get("step")))
-        return state["config"]
+        try:
+            state = json.loads((wf.parent / STATE_FILE).read_text())
+            meta.setdefault("step", str(state["step"]))
+            return dict(state["config"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{wf.parent / STATE_FILE} is unreadable ({e}): not a checkpoint "
+                            "written by unetdist train") from None
     raise UserError(f"{wf} has no model config in its metadata and no config.yaml or "
                     f"{STATE_FILE} beside it")
 
