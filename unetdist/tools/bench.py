@@ -30,6 +30,17 @@ FORMAT = 1
 # ----------------------------------------------------------------------------- plumbing
 
 
+def benchmarks_dir() -> Path:
+    """benchmarks/ of the source checkout this package runs from (where RESULTS.md lives)."""
+    from unetdist.errors import UserError
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks"
+    if not path.is_dir():
+        raise UserError(f"benchmarks/ not found at {path}: recording results needs a source "
+                        "checkout (the benchmarks themselves run from any install)")
+    return path
+
+
 def load_benchmark(name: str) -> ModuleType:
     """The benchmark module unetdist.tools.benchmarks.NAME (shipped in the package)."""
     return importlib.import_module(f"unetdist.tools.benchmarks.{name}")
