@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from unetdist import __version__
@@ -46,6 +47,13 @@ def _is_main() -> bool:
     return is_main()
 
 
+def should_print(e: UserError) -> bool:
+    """Global rank 0 prints a UserError; a node's first process also prints its node's own."""
+    if _is_main():
+        return True
+    return e.node_local and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -53,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         # Under `accelerate launch` every rank raises the same error: one line for the job.
         # The other ranks exit quietly with the same status.
-        if _is_main():
+        if should_print(e):
             print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:

@@ -2,9 +2,15 @@
 
 
 class UserError(Exception):
-    """Bad input from the user (path, data, config): one clear line, exit status 2."""
+    """Bad input from the user (path, data, config): one clear line, exit status 2.
+
+    Under a launcher every rank usually raises the same one, so only global rank 0 prints it.
+    `node_local` marks a problem of one node (its staging): that node's first process prints
+    it too, or a job whose other node failed would end without saying why.
+    """
 
     exit_code = 2
+    node_local = False
 
 
 class ConfigError(UserError):

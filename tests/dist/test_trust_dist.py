@@ -43,7 +43,8 @@ def test_a_planted_rank_1_random_state_is_refused_on_both_ranks(run2, tmp_path):
     r = launch(train_args(shards, copy, "train.max_steps=4"), env=subprocess_env(), timeout=240)
     assert r.returncode != 0 and not marker.exists()
     errors = _errors(r)
-    assert len(errors) == 2, r.stderr[-3000:]  # each rank names the same file, then stops
+    # each rank refuses the same file and stops; the job prints it once (global rank 0)
+    assert len(errors) == 1, r.stderr[-3000:]
     assert all("refused random_states_1.pkl" in e for e in errors)
     assert not (copy / "checkpoints" / "step-000004").exists()
 
@@ -63,7 +64,7 @@ def test_a_locked_run_dir_stops_both_ranks_naming_the_holder(run2):
         lock.release()
     assert r.returncode != 0
     errors = _errors(r)
-    assert len(errors) == 2 and len(set(errors)) == 1, r.stderr[-3000:]
+    assert len(errors) == 1, r.stderr[-3000:]  # both ranks stop; rank 0 says it once
     assert f"pid {os.getpid()}" in errors[0] and "is in use by another training" in errors[0]
     assert took < 120  # no rank was left waiting in a collective
     assert not (run / "checkpoints" / "step-000004").exists()

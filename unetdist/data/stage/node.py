@@ -351,7 +351,14 @@ def resolve_data_dir(cfg: DataConfig) -> str:
     folder = check_data_paths(cfg)
     if not cfg.local_dir or not cfg.stage:
         return folder
-    shared, local = Path(cfg.shared_dir).absolute(), Path(folder)
+    try:
+        return _stage_on_node(cfg, Path(cfg.shared_dir).absolute(), Path(folder))
+    except UserError as e:
+        e.node_local = True  # a node's own staging failure: its first process says it
+        raise
+
+
+def _stage_on_node(cfg: DataConfig, shared: Path, local: Path) -> str:
     rank = _local_rank()
     if rank == 0:
         result = stage(shared, local, progress=True, lock_timeout=cfg.stage_timeout,
