@@ -117,10 +117,13 @@ class ModelConfig:
     # local weights: timm encoder (timm_unet) or a full checkpoint (unet); never downloaded
     pretrained_path: Optional[str] = None
     channels_last: bool = False  # use channels_last memory format (runtime switch)
-    compile: bool = False  # torch.compile the model (runtime switch)
+    compile: bool = False  # torch.compile the model (runtime switch), after DDP wrapping
+    # torch.compile backend: inductor (fast kernels) | aot_eager | eager (debugging, CPU tests)
+    compile_backend: str = "inductor"
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (GPU only)
 
-    RUNTIME_FIELDS = ("pretrained_path", "channels_last", "compile", "sync_bn")
+    RUNTIME_FIELDS = ("pretrained_path", "channels_last", "compile", "compile_backend",
+                      "sync_bn")
 
     def check(self, p: str) -> None:
         _one_of(f"{p}.name", self.name, ("unet", "timm_unet"))
@@ -132,6 +135,7 @@ class ModelConfig:
         _require(0 <= self.dropout < 1, f"{p}.dropout", self.dropout, "in [0, 1)")
         _require(self.encoder_levels >= 0, f"{p}.encoder_levels", self.encoder_levels, ">= 0")
         _require(self.decoder_width >= 1, f"{p}.decoder_width", self.decoder_width, ">= 1")
+        _one_of(f"{p}.compile_backend", self.compile_backend, ("inductor", "aot_eager", "eager"))
 
     def architecture(self) -> dict:
         """The fields that define the weights' shapes; a resume must match them."""
@@ -196,6 +200,8 @@ class TrainConfig:
     resume: str = "auto"  # auto | none | <checkpoint path>
     max_skipped_steps: int = 10  # consecutive fp16 scaler skips tolerated
     progress: bool = True  # show the tqdm bar on rank 0
+    cudnn_benchmark: bool = True  # let cuDNN pick the fastest conv algorithms (fixed shapes)
+    tf32: bool = True  # TF32 tensor cores for fp32 matmul/conv on Ampere+ (precision=no)
 
     def check(self, p: str) -> None:
         _one_of(f"{p}.precision", self.precision, ("no", "bf16", "fp16"))
@@ -276,7 +282,21 @@ class CheckpointConfig:
         _require(self.keep_last >= 2, f"{p}.keep_last", self.keep_last, ">= 2")
 
 
-SECTIONS = ("data", "model", "loss", "optim", "train", "eval", "track", "checkpoint")
+@dataclass
+class DistConfig:
+    """The process group and DDP (ignored in a single process)."""
+
+    timeout_s: float = 1800.0  # collective timeout in seconds (NCCL's default is 600)
+    grad_compression: str = "none"  # none | bf16: compress gradient all-reduce to bf16 (CUDA)
+    bucket_mb: int = 25  # DDP gradient bucket size in MiB
+
+    def check(self, p: str) -> None:
+        _require(self.timeout_s >= 10, f"{p}.timeout_s", self.timeout_s, ">= 10")
+        _one_of(f"{p}.grad_compression", self.grad_compression, ("none", "bf16"))
+        _require(self.bucket_mb >= 1, f"{p}.bucket_mb", self.bucket_mb, ">= 1")
+
+
+SECTIONS = ("data", "model", "loss", "optim", "train", "eval", "track", "checkpoint", "dist")
 
 
 @dataclass
@@ -292,6 +312,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def __post_init__(self) -> None:
         self.validate()
