@@ -27,7 +27,8 @@ def main() -> int:
     build, fit = trainsetup.build_training_objects, trainer.fit
 
     def build_with_hook(cfg, acc):
-        model, opt, sched = build(cfg, acc)
+        objects = build(cfg, acc)  # (model, optimizer, scheduler, forward)
+        model = objects[0]
         conv = next(m for m in acc.unwrap_model(model).modules()
                     if isinstance(m, torch.nn.Conv2d))
 
@@ -36,7 +37,7 @@ def main() -> int:
                 (probe / f"dtype_{rank}.txt").write_text(str(out.dtype))
 
         conv.register_forward_hook(record)
-        return model, opt, sched
+        return objects
 
     def fit_and_dump(cfg):
         result = fit(cfg)

@@ -52,14 +52,18 @@ def _accelerator(cfg):
 def run(args: argparse.Namespace) -> int:
     from unetdist.data.pipeline import eval_samples
     from unetdist.eval.evaluate import evaluate_split, summary_line
-    from unetdist.eval.inference import load_checkpoint, with_eval_overrides
+    from unetdist.eval.inference import (
+        apply_inference_format,
+        load_checkpoint,
+        with_eval_overrides,
+    )
 
     model, cfg, meta = load_checkpoint(args.checkpoint)
     cfg = with_eval_overrides(cfg, args.overrides)
     shard_dir = _shard_dir(args, cfg)  # before the process group: staging may take long
     out = Path(args.out) if args.out else default_out_dir(args.checkpoint, args.split)
     acc = _accelerator(cfg)
-    model = model.to(acc.device)
+    model = apply_inference_format(model.to(acc.device), cfg)  # training memory format
     samples = eval_samples(cfg.data, shard_dir, args.split, rank=acc.process_index,
                            world_size=acc.num_processes)
     info = {"checkpoint": str(Path(args.checkpoint).resolve()), "step": meta.get("step"),

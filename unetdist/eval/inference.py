@@ -53,10 +53,39 @@ def _vessel_prob(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=1)[:, 1:2]
 
 
-def _autocast(accelerator):
+@lru_cache(maxsize=8)
+def _gaussian_on(tile: int, device: torch.device) -> torch.Tensor:
+    return _gaussian(tile).to(device)  # one host-to-device copy per tile size, not per image
+
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _autocast(accelerator, precision: str, device: torch.device):
+    """The accelerator's autocast, else `precision` (the training precision) on DEVICE."""
     if accelerator is not None and getattr(accelerator, "mixed_precision", "no") != "no":
         return accelerator.autocast()
+    if accelerator is None and precision in _AUTOCAST:
+        if precision == "fp16" and device.type != "cuda":
+            return contextlib.nullcontext()  # fp16 kernels are CUDA's; CPU scores in fp32
+        return torch.autocast(device.type, dtype=_AUTOCAST[precision])
     return contextlib.nullcontext()
+
+
+def _memory_format(model: nn.Module) -> torch.memory_format:
+    """channels_last when the model's conv weights are (the training memory format)."""
+    w = next((p for p in model.parameters() if p.dim() == 4), None)
+    if w is not None and w.is_contiguous(memory_format=torch.channels_last) \
+            and not w.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def apply_inference_format(model: nn.Module, cfg: RunConfig) -> nn.Module:
+    """The trained model in its training memory format (model.channels_last)."""
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -64,7 +93,8 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[i:i + size]
 
 
-def _window(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, accelerator) -> torch.Tensor:
+def _window(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, accelerator,
+            precision: str = "no") -> torch.Tensor:
     """One sliding-window pass; image (1,C,H,W) on the model's device -> (1,1,H,W)."""
     _, _, h, w = image.shape
     t = cfg.tile
@@ -72,14 +102,16 @@ def _window(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, accelerator)
     if ph or pw:
         image = F.pad(image, (0, pw, 0, ph), mode="replicate")
     H, W = image.shape[-2:]
-    weight = _gaussian(t).to(image.device)
+    weight = _gaussian_on(t, image.device)
+    fmt = _memory_format(model)
     acc = torch.zeros((1, 1, H, W), dtype=torch.float32, device=image.device)
     norm = torch.zeros_like(acc)
     ys, xs = tile_starts(H, t, cfg.overlap), tile_starts(W, t, cfg.overlap)
     coords = [(y, x) for y in ys for x in xs]
     for chunk in _batches(coords, cfg.batch_size):
         tiles = torch.cat([image[..., y:y + t, x:x + t] for y, x in chunk])
-        with _autocast(accelerator):
+        tiles = tiles.contiguous(memory_format=fmt)
+        with _autocast(accelerator, precision, image.device):
             probs = _vessel_prob(model(tiles))
         for (y, x), p in zip(chunk, probs):
             acc[0, :, y:y + t, x:x + t] += p * weight
@@ -94,12 +126,14 @@ def _param_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, *,
-                           accelerator=None) -> torch.Tensor:
+                           accelerator=None, precision: str = "no") -> torch.Tensor:
     """Vessel probabilities (1,1,H,W) float32 on the model's device for image (1,C,H,W).
 
     With cfg.tta the result is the mean of the four flip variants (identity, horizontal,
     vertical, both), each a full sliding-window pass on the flipped image, flipped back.
-    Autocasts when the accelerator uses mixed precision. The model's train/eval mode is restored.
+    Autocasts when the accelerator uses mixed precision, or without one under `precision`
+    (pass the training precision, train.precision). Tiles take the model's memory format
+    (channels_last when its weights are). The model's train/eval mode is restored.
     """
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"expected an image of shape (1,C,H,W), got {tuple(image.shape)}")
@@ -109,24 +143,24 @@ def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfi
     try:
         image = image.to(_param_device(model), dtype=torch.float32)
         if cfg.resize <= 0:
-            return _flip_averaged(model, image, cfg, accelerator)
+            return _flip_averaged(model, image, cfg, accelerator, precision)
         size = tuple(image.shape[-2:])
         small = F.interpolate(image, size=(cfg.resize, cfg.resize), mode="bilinear",
                               align_corners=False)
-        prob = _flip_averaged(model, small, cfg, accelerator)
+        prob = _flip_averaged(model, small, cfg, accelerator, precision)
         return F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
     finally:
         model.train(was_training)
 
 
 def _flip_averaged(model: nn.Module, image: torch.Tensor, cfg: EvalConfig,
-                   accelerator) -> torch.Tensor:
+                   accelerator, precision: str) -> torch.Tensor:
     if not cfg.tta:
-        return _window(model, image, cfg, accelerator)
+        return _window(model, image, cfg, accelerator, precision)
     total = None
     for dims in FLIPS:
         flipped = image.flip(dims) if dims else image
-        p = _window(model, flipped, cfg, accelerator)
+        p = _window(model, flipped, cfg, accelerator, precision)
         p = p.flip(dims) if dims else p
         total = p if total is None else total + p
     return total / len(FLIPS)
@@ -193,9 +227,10 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, RunConfig, dict]:
 
 
 def load_for_inference(path: str | Path) -> tuple[nn.Module, RunConfig]:
-    """Rebuild the model of a best/ folder or exported file on CPU, in eval mode."""
+    """Rebuild the model of a best/ folder or exported file on CPU, in eval mode, in its
+    training memory format."""
     model, cfg, _ = load_checkpoint(path)
-    return model, cfg
+    return apply_inference_format(model, cfg), cfg
 
 
 def unwrap(model: nn.Module) -> nn.Module:

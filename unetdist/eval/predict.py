@@ -125,7 +125,7 @@ def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunCo
 
     x = preprocess(rgb, fov.astype(np.uint8), cfg.data)
     prob = sliding_window_predict(model, torch.from_numpy(np.ascontiguousarray(x))[None],
-                                  cfg.eval)
+                                  cfg.eval, precision=cfg.train.precision)
     prob = prob[0, 0].float().cpu().numpy()
     if prob.shape != fov.shape:
         import cv2

@@ -4,8 +4,11 @@ Distributed semantics (DESIGN.md §4-§5): data is staged before the process gro
 webdataset stream is never passed through `accelerator.prepare()` (each rank reads its own
 explicitly seeded stream and we move batches to the device); the LR scheduler is stepped here
 once per optimizer step and only registered for checkpointing. Every optimizer step ends with
-one small all-reduce that carries the global loss, the non-finite flag, the preemption flag and
-rank 0's checkpoint clock, so all ranks take the same decisions at the same step.
+one small all-reduce that carries the global loss, the gradient norm, the non-finite flag, the
+preemption flag and rank 0's checkpoint clock, so all ranks take the same decisions at the same
+step. Reading that vector back is the step's only host sync (bf16/fp32; fp16's GradScaler adds
+its own): loss and norm stay on the device until then, host values travel to the device
+through pinned memory without blocking.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 
 from unetdist.train import checkpoint as ckpt
 from unetdist.config import RunConfig, to_dict, to_yaml
-from unetdist.distributed import broadcast_buffers, gather_objects, sum_across
+from unetdist.distributed import broadcast_buffers, gather_objects, is_distributed, sum_across
 from unetdist.errors import UserError
 from unetdist.train.faults import fault
 from unetdist.train.preempt import PreemptionFlag
@@ -60,7 +63,7 @@ class StepStats:
     preempt: bool  # some rank received a preemption signal
     clock_due: bool  # rank 0's every_minutes clock says checkpoint now
     nonfinite: bool  # some rank's loss was NaN/inf
-    local_nonfinite: bool  # this rank's loss was NaN/inf
+    local_loss: torch.Tensor | None = None  # this rank's loss sum, on the device (read on error)
     data_wait: float = 0.0  # seconds this rank waited for its batches (included in seconds)
 
 
@@ -107,9 +110,11 @@ def train_loop(run: Run, flag: PreemptionFlag) -> TrainResult:
             log_step(run, stats, window, bar)
             if stats.preempt and st.step < cfg.train.max_steps:
                 return stop_for_preemption(run, flag)
-            if validation_due(run):
-                validate(run)
+            if validation_due(run) and validate(run, flag) is None:
+                return stop_for_preemption(run, flag)  # a signal came during validation
             if checkpoint_due(run, stats):
+                if preempt_agreed(run, flag) and st.step < cfg.train.max_steps:
+                    return stop_for_preemption(run, flag)  # saves this step, then exits
                 save(run)
     finally:
         stream.close()
@@ -131,28 +136,25 @@ def finish(run: Run, result: TrainResult) -> None:
 
 
 def batch_stream(run: Run) -> Iterator[dict]:
-    """The rank's batches from the current stream position, epoch after epoch."""
-    from unetdist.data.pipeline import train_batches
+    """The rank's batches from the current stream position on: one loader for the whole run."""
+    from unetdist.data.pipeline import run_batches
 
     cfg, acc = run.cfg, run.acc
-    epoch, pos = divmod(run.state.batches, cfg.data.steps_per_epoch)
-    while True:
-        yield from train_batches(cfg.data, run.shard_dir, seed=cfg.seed,
-                                 rank=acc.process_index, world_size=acc.num_processes,
-                                 epoch=epoch, start_step=pos)
-        epoch, pos = epoch + 1, 0
+    return run_batches(cfg.data, run.shard_dir, seed=cfg.seed, rank=acc.process_index,
+                       world_size=acc.num_processes, start_batch=run.state.batches)
 
 
 def train_step(run: Run, micro_batches: list[dict], flag: PreemptionFlag) -> StepStats:
-    """Forward/backward over the accumulation micro-batches, agree, clip, step."""
-    acc, model, cfg = run.acc, run.model, run.cfg
+    """Forward/backward over the accumulation micro-batches, clip, agree, step."""
+    acc, cfg = run.acc, run.cfg
     step_no, t0 = run.state.step + 1, time.perf_counter()
-    model.train()
+    run.model.train()
+    forward = run.forward or run.model  # compiled(DDP(model)) when model.compile
     loss_sum, images, keys = torch.zeros((), device=acc.device), 0, []
     for batch in micro_batches:
-        with acc.accumulate(model):
+        with acc.accumulate(run.model):
             x, y, f = to_device(batch, acc.device, cfg.model.channels_last)
-            loss = run.loss_fn(model(x), y, f)
+            loss = run.loss_fn(forward(x), y, f)
             if fault("nan_loss", step=step_no, rank=acc.process_index):
                 loss = loss * float("nan")
             acc.backward(loss)
@@ -160,11 +162,11 @@ def train_step(run: Run, micro_batches: list[dict], flag: PreemptionFlag) -> Ste
         images += x.shape[0]
         keys += list(batch["key"])
         run.state.batches += 1
-    stats = agree(run, loss_sum, images, flag)
-    check_finite_loss(run, stats, keys, step_no)
     if fault("inf_grad", step=step_no, rank=acc.process_index):
-        next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("inf"))
-    stats.grad_norm = clip_gradients(run, step_no)
+        next(p for p in run.model.parameters() if p.grad is not None).grad.fill_(float("inf"))
+    norm = clip_gradients(run)
+    stats = agree(run, loss_sum, norm, images, flag)  # the step's one host sync
+    check_finite(run, stats, keys, step_no)
     stats.lr = run.optimizer.param_groups[0]["lr"]
     optimizer_step(run, step_no)
     stats.seconds = time.perf_counter() - t0
@@ -172,46 +174,61 @@ def train_step(run: Run, micro_batches: list[dict], flag: PreemptionFlag) -> Ste
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool):
+    """Non-blocking copies (the loader pins memory on CUDA); label/FOV stay uint8."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
-    return x, batch["label"].to(device, non_blocking=True), batch["fov"].to(device,
-                                                                             non_blocking=True)
+    return (x, batch["label"].to(device, non_blocking=True),
+            batch["fov"].to(device, non_blocking=True))
 
 
-def agree(run: Run, loss_sum: torch.Tensor, images: int, flag: PreemptionFlag) -> StepStats:
-    """The step's one collective: global loss, non-finite ranks, preemption, rank 0's clock."""
+def _to_device_async(values: list[float], device: torch.device) -> torch.Tensor:
+    t = torch.tensor(values, dtype=torch.float64)
+    if device.type == "cuda":
+        t = t.pin_memory()  # a pageable source would make the copy synchronous
+    return t.to(device, non_blocking=True)
+
+
+def agree(run: Run, loss_sum: torch.Tensor, norm: torch.Tensor, images: int,
+          flag: PreemptionFlag) -> StepStats:
+    """The step's one collective: global loss and norm, non-finite ranks, preemption, clock."""
     acc, n = run.acc, run.acc.num_processes
-    local = float(loss_sum.item())
-    finite = math.isfinite(local)
     minutes = run.cfg.checkpoint.every_minutes
     clock = (acc.is_main_process and minutes > 0
              and time.monotonic() - run.last_save_time >= minutes * 60)
-    tot = sum_across([local if finite else 0.0, 0.0 if finite else 1.0,
-                      float(flag.requested), float(clock), float(images)], acc.device)
-    bad = tot[1] > 0
-    mean = float("nan") if bad else tot[0] / (n * run.cfg.train.grad_accum)
-    return StepStats(loss=mean, grad_norm=0.0, lr=0.0, images=int(tot[4]), seconds=0.0,
-                     preempt=tot[2] > 0, clock_due=tot[3] > 0, nonfinite=bad,
-                     local_nonfinite=not finite)
+    local = loss_sum.detach().double().reshape(1)
+    finite = torch.isfinite(local)
+    on_device = torch.cat([torch.where(finite, local, torch.zeros_like(local)),
+                           (~finite).double(), norm.detach().double().reshape(1)])
+    host = _to_device_async([float(flag.requested), float(clock), float(images)], acc.device)
+    vec = torch.cat([on_device, host])
+    if is_distributed():
+        torch.distributed.all_reduce(vec)
+    loss, bad, norm_sum, preempt, clock_due, total = vec.tolist()  # the one read-back
+    return StepStats(loss=float("nan") if bad else loss / (n * run.cfg.train.grad_accum),
+                     grad_norm=norm_sum / n, lr=0.0, images=int(total), seconds=0.0,
+                     preempt=preempt > 0, clock_due=clock_due > 0, nonfinite=bad > 0,
+                     local_loss=local)
 
 
-def check_finite_loss(run: Run, stats: StepStats, keys: list[str], step_no: int) -> None:
-    if not stats.nonfinite:
-        return
-    per_rank = gather_objects(keys if stats.local_nonfinite else None)
-    where = "; ".join(f"rank {r}: {', '.join(k)}" for r, k in enumerate(per_rank) if k)
-    raise NonFiniteError(f"non-finite loss at step {step_no} (batch keys {where}); training "
-                         f"stopped, no checkpoint written after step {step_no - 1}")
+def check_finite(run: Run, stats: StepStats, keys: list[str], step_no: int) -> None:
+    """Stop every rank at the same step on a NaN/inf loss (naming the batches) or grad norm."""
+    after = f"training stopped, no checkpoint written after step {step_no - 1}"
+    if stats.nonfinite:
+        mine = not math.isfinite(float(stats.local_loss))  # error path: a sync is fine
+        per_rank = gather_objects(keys if mine else None)
+        where = "; ".join(f"rank {r}: {', '.join(k)}" for r, k in enumerate(per_rank) if k)
+        raise NonFiniteError(f"non-finite loss at step {step_no} (batch keys {where}); {after}")
+    if run.cfg.train.precision != "fp16" and not math.isfinite(stats.grad_norm):
+        # identical on all ranks (gradients are all-reduced), so every rank stops here; under
+        # fp16 an overflow is the scaler's to skip (max_skipped_steps)
+        raise NonFiniteError(f"non-finite gradient norm ({stats.grad_norm}) at step {step_no}; "
+                             f"{after}")
 
 
-def clip_gradients(run: Run, step_no: int) -> float:
+def clip_gradients(run: Run) -> torch.Tensor:
+    """Clip to optim.grad_clip (0: measure only); the norm stays on the device."""
     max_norm = run.cfg.optim.grad_clip or float("inf")  # inf: measure the norm, scale by 1
-    norm = float(run.acc.clip_grad_norm_(run.model.parameters(), max_norm))
-    if run.cfg.train.precision != "fp16" and not math.isfinite(norm):
-        # identical on all ranks (gradients are all-reduced), so every rank stops here
-        raise NonFiniteError(f"non-finite gradient norm ({norm}) at step {step_no}; training "
-                             f"stopped, no checkpoint written after step {step_no - 1}")
-    return norm
+    return run.acc.clip_grad_norm_(run.model.parameters(), max_norm)
 
 
 def optimizer_step(run: Run, step_no: int) -> None:
@@ -278,8 +295,25 @@ def checkpoint_due(run: Run, stats: StepStats) -> bool:
             or (every > 0 and step % every == 0))
 
 
-def validate(run: Run) -> dict:
-    """Full-image validation on every rank's share; best model by FOV Dice."""
+def preempt_agreed(run: Run, flag: PreemptionFlag) -> bool:
+    """Whether some rank has a preemption signal (one small collective, all ranks call it)."""
+    return sum_across([float(flag.requested)], run.acc.device)[0] > 0
+
+
+def _until_signal(samples, flag: PreemptionFlag):
+    for s in samples:
+        if flag.requested:  # stop scoring; the ranks agree once the all-reduce is done
+            return
+        yield s
+
+
+def validate(run: Run, flag: PreemptionFlag | None = None) -> dict | None:
+    """Full-image validation on every rank's share; best model by FOV Dice.
+
+    Polls the preemption flag before every image: a signal during validation (long with TTA)
+    cuts it short on that rank, the ranks agree after the metric all-reduce, and None (no
+    metrics, no best/) tells the loop to checkpoint and stop within the signal's lead time.
+    """
     from unetdist.data.pipeline import eval_samples
     from unetdist.eval.evaluate import evaluate_split
     from unetdist.eval.plots import plot_training_curves
@@ -288,7 +322,12 @@ def validate(run: Run) -> dict:
     broadcast_buffers(acc.unwrap_model(run.model))  # one copy of the BN statistics
     samples = eval_samples(cfg.data, run.shard_dir, cfg.eval.split, rank=acc.process_index,
                            world_size=acc.num_processes)
-    res = evaluate_split(run.model, samples, cfg.eval, accelerator=acc, progress=False)
+    if flag is not None:
+        samples = _until_signal(samples, flag)
+    res = evaluate_split(acc.unwrap_model(run.model), samples, cfg.eval, accelerator=acc,
+                         progress=False)  # the uncompiled module: no recompiles for eval
+    if flag is not None and preempt_agreed(run, flag):
+        return None
     metrics = {"split": "val", "num_images": res["num_images"], **res["fov"]}
     run.tracker.log(metrics, st.step)
     log_val_masks(run)

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from unetdist.train import checkpoint as ckpt
-from unetdist.config import RunConfig, to_dict, to_yaml
+from unetdist.config import RunConfig, TrainConfig, to_dict, to_yaml
 from unetdist.distributed import gather_objects
-from unetdist.errors import ConfigError, DataError
+from unetdist.errors import ConfigError, DataError, UserError
 from unetdist.track.jsonl import Tracker, open_tracker
 
 
@@ -55,6 +55,7 @@ class Run:
     loss_fn: object
     state: TrainState
     tracker: Tracker | None = None
+    forward: torch.nn.Module | None = None  # what the step calls: compiled(DDP(model)) or model
     last_save_time: float = field(default_factory=time.monotonic)
     last_saved_step: int = -1
 
@@ -66,13 +67,61 @@ def check_runtime(cfg: RunConfig) -> None:
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         # accelerate would silently train in fp32 on CPU
         raise ConfigError("train.precision must be no|bf16 without CUDA, got 'fp16'")
+    if cfg.dist.grad_compression != "none" and not torch.cuda.is_available():
+        raise ConfigError(f"dist.grad_compression must be none without CUDA (a NCCL hook), "
+                          f"got {cfg.dist.grad_compression!r}")
+
+
+def apply_backend_switches(cfg: TrainConfig) -> None:
+    """cuDNN autotuning and TF32, both process-wide; no effect without CUDA.
+
+    Training shapes are fixed (crop x batch), so benchmark mode's one-off search pays back at
+    once; evaluation tiles are fixed too. TF32 only changes fp32 matmuls/convs (precision=no):
+    about 10 mantissa bits, the same trade every bf16 run already makes.
+    """
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
+
+
+def accelerator_kwargs(cfg: RunConfig) -> dict:
+    """kwargs_handlers for the Accelerator: process-group timeout and DDP settings.
+
+    - timeout: dist.timeout_s for every collective (NCCL's default is 10 min, gloo's 30);
+      staging happens before the group exists, so only a hung rank should ever reach it.
+    - gradient_as_bucket_view: gradients are views into DDP's all-reduce buckets (no copy per
+      step, one gradient-sized buffer less).
+    - broadcast_buffers=False: with True, DDP broadcasts rank 0's BatchNorm statistics before
+      every forward. Training-mode BatchNorm uses batch statistics, so that only matters for
+      evaluation and export: `validate` broadcasts rank 0's buffers first, and checkpoints
+      and best/ hold rank 0's; rank 0's running statistics are the same either way (it never
+      receives any).
+    - comm_hook: dist.grad_compression=bf16 all-reduces gradients in bf16 (half the bytes
+      between nodes), decompressed before the optimizer.
+    """
+    from datetime import timedelta
+
+    from accelerate.utils import (
+        DDPCommunicationHookType,
+        DistributedDataParallelKwargs,
+        InitProcessGroupKwargs,
+    )
+
+    hook = (DDPCommunicationHookType.BF16 if cfg.dist.grad_compression == "bf16"
+            else DDPCommunicationHookType.NO)
+    ddp = DistributedDataParallelKwargs(gradient_as_bucket_view=True, broadcast_buffers=False,
+                                        bucket_cap_mb=cfg.dist.bucket_mb, comm_hook=hook)
+    pg = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist.timeout_s))
+    return {"kwargs_handlers": [ddp, pg]}
 
 
 def make_accelerator(cfg: RunConfig):
     from accelerate import Accelerator
 
+    apply_backend_switches(cfg.train)
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.train.precision,
-                       gradient_accumulation_steps=cfg.train.grad_accum)
+                       gradient_accumulation_steps=cfg.train.grad_accum,
+                       **accelerator_kwargs(cfg))
 
 
 def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
@@ -86,9 +135,9 @@ def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
     acc.wait_for_everyone()  # every rank has read the run dir before rank 0 writes to it
     if acc.is_main_process:
         prepare_run_dir(cfg, acc, run_dir)
-    model, optimizer, scheduler = build_training_objects(cfg, acc)
+    model, optimizer, scheduler, forward = build_training_objects(cfg, acc)
     run = Run(cfg, acc, run_dir, shard_dir, mhash, cfg.eval.split in manifest["splits"],
-              model, optimizer, scheduler, build_loss(cfg.loss), TrainState())
+              model, optimizer, scheduler, build_loss(cfg.loss), TrainState(), forward=forward)
     if resume_from is not None:
         run.state = restore(run, resume_from, saved)
         run.last_saved_step = run.state.step
@@ -101,10 +150,25 @@ def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
 
 
 def plan_resume(cfg: RunConfig, acc, run_dir: Path, mhash: str) -> tuple[Path | None, dict]:
-    """Pick the checkpoint to resume and check it; reads only, so all ranks agree."""
-    path = ckpt.find_resume(cfg.train.resume, run_dir)
-    if path is None:
+    """Pick the checkpoint to resume (rank 0 decides, every rank follows) and check it.
+
+    Only rank 0 lists the run directory: over NFS each node's attribute cache may show a
+    different newest checkpoint. Its choice (or its error) goes to every rank; every rank
+    then reads that checkpoint's state, so all raise the same error or none.
+    """
+    choice: tuple[str, str | None] = ("ok", None)
+    if acc.is_main_process:
+        try:
+            path = ckpt.find_resume(cfg.train.resume, run_dir)
+            choice = ("ok", None if path is None else str(path))
+        except UserError as e:
+            choice = ("error", str(e))
+    kind, value = gather_objects(choice)[0]
+    if kind == "error":
+        raise UserError(value)
+    if value is None:
         return None, {}
+    path = Path(value)
     saved = ckpt.read_trainer_state(path)
     warnings = ckpt.check_compatible(saved, cfg.model.architecture(), mhash,
                                      acc.num_processes, path)
@@ -125,20 +189,27 @@ def prepare_run_dir(cfg: RunConfig, acc, run_dir: Path) -> None:
 
 
 def build_training_objects(cfg: RunConfig, acc):
+    """Model, optimizer, scheduler, and the module the training step calls.
+
+    The model is compiled after `prepare()` wraps it in DDP (DDP's optimizer splits the graph
+    at bucket boundaries, so gradient all-reduce overlaps backward); accelerate only knows the
+    uncompiled module, so checkpoints never carry `_orig_mod.` and validation, export and
+    `get_state_dict` use the eager model (no recompiles for eval mode or tile shapes).
+    """
     from accelerate.utils import set_seed
 
-    from unetdist.models.registry import apply_runtime_options, build_model
+    from unetdist.models.registry import apply_runtime_options, build_model, compile_model
     from unetdist.train.optim import build_optimizer, build_scheduler
 
     set_seed(cfg.seed)  # identical initial weights on every rank
     model = apply_runtime_options(build_model(cfg.model), cfg.model,
-                                  distributed=acc.num_processes > 1)
+                                  distributed=acc.num_processes > 1, compile=False)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
     model, optimizer = acc.prepare(model, optimizer)
     acc.register_for_checkpointing(scheduler)  # not prepare(): it would step once per process
     set_seed(cfg.seed, device_specific=True)  # per-rank random streams from here on
-    return model, optimizer, scheduler
+    return model, optimizer, scheduler, compile_model(model, cfg.model)
 
 
 def restore(run: Run, path: Path, saved: dict) -> TrainState:
