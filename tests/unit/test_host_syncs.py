@@ -1,93 +1,19 @@
 """Host syncs per optimizer step, counted with a CPU fake.
 
-On a GPU every read of a device value (`.item()`, `.tolist()`, `float(t)`, `bool(t)`, ...) and
-every blocking host-to-device copy (a tensor built from Python values with `device=`, or
-`.to(device)` without non_blocking) stalls the host until the queue drains. On CPU nothing
-stalls, so these calls are counted instead: the trainer's step must make at most one (the
-read-back of its agreement all-reduce), on logging steps as on the others. Reads are counted
-wherever they happen (torch, accelerate, us); copies only where our code makes them, because
-on CPU the fake cannot tell a library's same-device `.to(grad.device)` (a no-op on a GPU, as
-in clip_grad_norm_) from a transfer. Reads inside torch.optim are not counted either: Adam's
-step counters live on the host by design (unless `capturable`), so reading them never waits
-for a GPU.
+What counts as a sync and why is in `unetdist.tools.syncs` (the same counter `unetdist bench
+--gpu` uses on CPU): the trainer's step must make at most one (the read-back of its agreement
+all-reduce), on logging steps as on the others.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from unetdist.config import load_config
-
-READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy", "cpu")
-
-
-def _caller(depth: int = 3) -> str:
-    return sys._getframe(depth).f_globals.get("__name__", "")
-
-
-def _ours() -> bool:
-    """Whether the caller of the patched function is unetdist code (or this test)."""
-    return _caller().startswith(("unetdist", "tests."))
-
-
-class SyncCounter:
-    """Patches torch.Tensor's read-backs and blocking copies; counts calls inside `counting`."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-        self.active = False
-
-    def _count(self, name: str) -> None:
-        if self.active:
-            self.calls.append(name)
-
-    @contextlib.contextmanager
-    def patched(self):
-        mp = pytest.MonkeyPatch()
-        for name in READS:
-            orig = getattr(torch.Tensor, name)
-
-            def wrapper(t, *a, _orig=orig, _name=name, **kw):
-                if not _caller(2).startswith("torch.optim"):
-                    self._count(_name)
-                was, self.active = self.active, False  # nested calls count once
-                try:
-                    return _orig(t, *a, **kw)
-                finally:
-                    self.active = was
-            mp.setattr(torch.Tensor, name, wrapper)
-        orig_to, orig_tensor = torch.Tensor.to, torch.tensor
-
-        def to(t, *a, **kw):
-            if any(isinstance(x, (torch.device, str)) for x in (*a, kw.get("device"))) \
-                    and not kw.get("non_blocking", False) and True not in a and _ours():
-                self._count("to(device)")
-            return orig_to(t, *a, **kw)
-
-        def tensor(*a, **kw):
-            if kw.get("device") is not None and _ours():
-                self._count("tensor(device=)")
-            return orig_tensor(*a, **kw)
-        mp.setattr(torch.Tensor, "to", to)
-        mp.setattr(torch, "tensor", tensor)
-        try:
-            yield self
-        finally:
-            mp.undo()
-
-    @contextlib.contextmanager
-    def counting(self):
-        start, self.active = len(self.calls), True
-        try:
-            yield
-        finally:
-            self.active = False
-            self.last = self.calls[start:]
+from unetdist.tools.syncs import FakeSyncCounter
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +56,7 @@ def test_at_most_one_host_sync_per_optimizer_step(shards, tmp_path, fresh_accele
 
     run = _run(shards, tmp_path, *extra)
     stream, bar, window = batch_stream(run), progress_bar(run), []
-    counter, per_step, losses = SyncCounter(), [], []
+    counter, per_step, losses = FakeSyncCounter(), [], []
     with counter.patched():
         for _ in range(run.cfg.train.max_steps):
             micro = [next(stream) for _ in range(run.cfg.train.grad_accum)]
@@ -150,7 +76,7 @@ def test_at_most_one_host_sync_per_optimizer_step(shards, tmp_path, fresh_accele
 
 
 def test_the_counter_sees_the_syncs_it_must_catch():
-    counter = SyncCounter()
+    counter = FakeSyncCounter(ours=("tests.",))
     x = torch.ones(3)
     with counter.patched(), counter.counting():
         float(x.sum())

@@ -125,9 +125,10 @@ def _strip_compiled_keys(state_dict, prefix, *_args) -> None:
 def accept_compiled_keys(model: nn.Module) -> nn.Module:
     """Let `model.load_state_dict` take keys written from a compiled wrapper (`_orig_mod.`).
 
-    Older checkpoints were saved from DDP(compiled model) (`module._orig_mod.x`): the hook runs
-    at this module's own prefix (`module.` inside DDP) before strict key matching, and rewrites
-    such keys in place. Idempotent; registered once per module.
+    Older checkpoints were saved from DDP(compiled model), which accelerate unwraps to the
+    compiled wrapper (`_orig_mod.x`): the hook runs at this module's own prefix (empty, or
+    `module.` when DDP's own load is called) before strict key matching, and rewrites such keys
+    in place. Idempotent; registered once per module.
     """
     if not getattr(model, "_unetdist_accepts_compiled", False):
         model._register_load_state_dict_pre_hook(_strip_compiled_keys)

@@ -149,7 +149,7 @@ def train_step(run: Run, micro_batches: list[dict], flag: PreemptionFlag) -> Ste
     acc, cfg = run.acc, run.cfg
     step_no, t0 = run.state.step + 1, time.perf_counter()
     run.model.train()
-    forward = run.forward or run.model  # compiled(DDP(model)) when model.compile
+    forward = run.model if run.forward is None else run.forward  # compiled(DDP(model))
     loss_sum, images, keys = torch.zeros((), device=acc.device), 0, []
     for batch in micro_batches:
         with acc.accumulate(run.model):
@@ -388,6 +388,9 @@ def stop_for_preemption(run: Run, flag: PreemptionFlag) -> TrainResult:
     save(run)
     if run.acc.is_main_process:
         ckpt.write_preempted(run.run_dir, step)
+    # no rank exits before the marker exists: under `srun --kill-on-bad-exit=1` the first
+    # launcher to exit (accelerate's exits 1 after a forwarded signal) ends every node's step
+    run.acc.wait_for_everyone()
     why = ", ".join(sorted(set(flag.received))) or "signal on another rank"
     print(f"rank {run.acc.process_index}: preempted ({why}); checkpoint of step {step} saved, "
           "exiting", flush=True)

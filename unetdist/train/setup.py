@@ -7,6 +7,7 @@ reach the same decision (or raise the same error) without a collective.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -237,9 +238,34 @@ def announce(run: Run) -> None:
         e, p = divmod(run.state.batches, cfg.data.steps_per_epoch)
         say(acc, f"resumed at step {run.state.step} (epoch {e}, batch {p}) -> "
                   f"{cfg.train.max_steps}", flush=True)
+    warn_cpu_shortage(cfg, acc)
     if not run.has_val:
         say(acc, f"warning: the shards have no '{cfg.eval.split}' split: no validation; the "
                   "final weights are exported as best/", file=sys.stderr, flush=True)
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what the cgroup/cpuset allows, not the host
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def warn_cpu_shortage(cfg: RunConfig, acc) -> str | None:
+    """One warning per node when its cores cannot serve every rank and its loader workers.
+
+    Under SLURM without --cpus-per-task a task gets one core: 8 ranks and 48 workers would
+    then share it, and the job would look like a slow GPU.
+    """
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    need, have = local * (1 + cfg.data.num_workers), usable_cpus()
+    if have >= need or acc.local_process_index != 0:
+        return None
+    msg = (f"warning: {have} usable CPU(s) on this node for {local} training process(es) x (1 + "
+           f"data.num_workers={cfg.data.num_workers}) = {need}: request more cores (SLURM: "
+           f"--cpus-per-task) or lower data.num_workers")
+    print(msg, file=sys.stderr, flush=True)
+    return msg
 
 
 def trainer_state(run: Run) -> dict:
