@@ -142,11 +142,11 @@ def run_variant(shards: str, out: str, prof: dict, extra: list[str]) -> dict:
     from unetdist.tools.syncs import sync_counter
     from unetdist.train.loop import batch_stream
     from unetdist.train.preempt import PreemptionFlag
-    from unetdist.train.setup import make_accelerator, setup_run
+    from unetdist.train.setup import setup_run, training_accelerator
 
     with tempfile.TemporaryDirectory(prefix="unetdist-bench-gpu-") as tmp:
         cfg = load_config(None, overrides(shards, f"{tmp}/run", prof) + extra)
-        acc = make_accelerator(cfg)
+        acc = training_accelerator(cfg)
         run = setup_run(cfg, acc, shards)
         stream, flag = batch_stream(run), PreemptionFlag()
         try:
@@ -201,7 +201,8 @@ def _launch(nproc: int, shards: str, out: Path, prof: dict, extra: list[str],
             *extra]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                       check=False)
     if r.returncode != 0 or not out.is_file():
         tail = (r.stdout + r.stderr).strip().splitlines()[-8:]
         raise RuntimeError(f"exit {r.returncode}: " + " | ".join(tail))

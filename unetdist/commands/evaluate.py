@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
+
+from unetdist.commands._common import add_quiet_argument
 
 HELP = "evaluate a best/ folder or exported .safetensors file on a split of shards"
 
@@ -17,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder (default: eval-<split>/ beside --checkpoint)")
     p.add_argument("--local-dir", help="stage --data to this node-local folder first "
                                        "(one copy per node, verified) and read it from there")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet_argument(p)
     p.add_argument("overrides", nargs="*", metavar="eval.key=value",
                    help="evaluation overrides, e.g. eval.tta=true eval.threshold=0.4")
 
@@ -28,41 +31,33 @@ def default_out_dir(checkpoint: str | Path, split: str) -> Path:
 
 
 def _shard_dir(args: argparse.Namespace, cfg) -> str:
-    from unetdist.data.ingest.writer import shard_paths
+    from unetdist.data.manifest import shard_paths
 
     if args.local_dir:
         from unetdist.data.stage.node import resolve_data_dir
 
-        cfg.data.shared_dir, cfg.data.local_dir, cfg.data.stage = args.data, args.local_dir, True
-        shard_dir = resolve_data_dir(cfg.data)
+        data = dataclasses.replace(cfg.data, shared_dir=args.data, local_dir=args.local_dir,
+                                   stage=True)
+        shard_dir = resolve_data_dir(data)
     else:
         shard_dir = args.data
     shard_paths(shard_dir, args.split)  # DataError naming the folder or split, before any work
     return str(Path(shard_dir).resolve())
 
 
-def _accelerator(cfg):
-    import torch
-    from accelerate import Accelerator
-
-    cuda = torch.cuda.is_available()
-    return Accelerator(cpu=not cuda, mixed_precision=cfg.train.precision if cuda else "no")
-
-
 def run(args: argparse.Namespace) -> int:
+    from unetdist.config import config_from_dict, to_dict
     from unetdist.data.pipeline import eval_samples
+    from unetdist.distributed import make_accelerator
     from unetdist.eval.evaluate import evaluate_split, summary_line
-    from unetdist.eval.inference import (
-        apply_inference_format,
-        load_checkpoint,
-        with_eval_overrides,
-    )
+    from unetdist.eval.inference import apply_inference_format, load_checkpoint
+    from unetdist.log import say
 
     model, cfg, meta = load_checkpoint(args.checkpoint)
-    cfg = with_eval_overrides(cfg, args.overrides)
+    cfg = config_from_dict(to_dict(cfg), args.overrides, only="eval")
     shard_dir = _shard_dir(args, cfg)  # before the process group: staging may take long
     out = Path(args.out) if args.out else default_out_dir(args.checkpoint, args.split)
-    acc = _accelerator(cfg)
+    acc = make_accelerator(cfg.train.precision, inference=True)
     model = apply_inference_format(model.to(acc.device), cfg)  # training memory format
     samples = eval_samples(cfg.data, shard_dir, args.split, rank=acc.process_index,
                            world_size=acc.num_processes)
@@ -70,15 +65,12 @@ def run(args: argparse.Namespace) -> int:
             "data": shard_dir, "split": args.split, "world_size": acc.num_processes,
             "device": acc.device.type, "precision": acc.mixed_precision}
     result = evaluate_split(model, samples, cfg.eval, accelerator=acc, out_dir=out, info=info,
-                            progress=not args.no_progress)
-    if acc.is_main_process:
-        print(f"{args.split}: {summary_line(result)}")
-        obs = result.get("second_observer")
-        if obs:
-            o = obs["fov"]
-            print(f"second observer ({obs['num_images']} images): FOV dice {o['dice']:.4f} "
-                  f"recall {o['recall']:.4f} precision {o['precision']:.4f} "
-                  f"accuracy {o['accuracy']:.4f}")
-        print(f"wrote {out}")
+                            progress=not args.quiet)
+    say(f"{args.split}: {summary_line(result)}")
+    if obs := result.get("second_observer"):
+        o = obs["fov"]
+        say(f"second observer ({obs['num_images']} images): FOV dice {o['dice']:.4f} "
+            f"recall {o['recall']:.4f} precision {o['precision']:.4f} accuracy {o['accuracy']:.4f}")
+    say(f"wrote {out}")
     acc.end_training()
     return 0

@@ -158,8 +158,8 @@ def prepare_workdir(workdir: Path) -> None:
 
 
 def make_data(opts: DemoOptions) -> None:
-    from unetdist.data.ingest.writer import shard_dataset
     from unetdist.data.ingest.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
 
     raw = write_synthetic(opts.workdir / "raw", n_train=opts.n_train, n_test=opts.n_test,
                           size=opts.size, seed=opts.seed or 0, progress=opts.progress)
@@ -190,7 +190,7 @@ def evaluate(opts: DemoOptions, topo: Topology) -> None:
     cmd = [sys.executable, "-m", "unetdist", "evaluate", "--checkpoint", str(run / "best"),
            "--data", str(opts.workdir.absolute() / "local"), "--split", "test"]
     if not opts.progress:
-        cmd.append("--no-progress")
+        cmd.append("--quiet")
     run_child(cmd, child_env(topo, training=False), "evaluation")
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from unetdist.atomic import write_atomic
 from unetdist.config import WandbConfig
 from unetdist.errors import ConfigError, UserError
+from unetdist.log import say
 
 RUN_ID_FILE = "wandb_run_id"
 STATE_FILE = "wandb_state.json"
@@ -216,6 +217,8 @@ class WandbTracker:
     With mode `disabled` every method is a no-op and nothing is written or imported.
     """
 
+    wants_masks = True  # W&B's mask viewer shows validation predictions
+
     def __init__(self, cfg: WandbConfig, run_dir: Path, config: dict, *,
                  resume_id: str | None = None, new_run: bool = False) -> None:
         """`resume_id`: the id stored in the checkpoint being resumed. Without it the id in
@@ -239,8 +242,8 @@ class WandbTracker:
         self._high_water = _read_high_water(self.run_dir, self._run_id)
         self._run = self._init_run(config)
         if self.mode == "offline":
-            print(f"wandb: offline run {self._run_id} in {self._run.settings.sync_dir}; "
-                  "the upload command is printed at the end", file=sys.stderr)
+            say(f"wandb: offline run {self._run_id} in {self._run.settings.sync_dir}; "
+                "the upload command is printed at the end", file=sys.stderr)
 
     @property
     def run_id(self) -> str | None:
@@ -350,7 +353,7 @@ class WandbTracker:
         state = {"run_id": self._run_id, "last_step": self._high_water}
         write_atomic(self.run_dir / STATE_FILE, json.dumps(state) + "\n")
         if (cmd := self.sync_command()) is not None:
-            print(f"wandb: offline run saved; upload it later with:\n  {cmd}", file=sys.stderr)
+            say(f"wandb: offline run saved; upload it later with:\n  {cmd}", file=sys.stderr)
 
 
 def _new_run_id() -> str:

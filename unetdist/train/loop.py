@@ -21,21 +21,26 @@ from pathlib import Path
 
 import torch
 
-from unetdist.train import checkpoint as ckpt
 from unetdist.config import RunConfig, to_dict, to_yaml
-from unetdist.distributed import broadcast_buffers, gather_objects, is_distributed, sum_across
+from unetdist.distributed import (
+    broadcast_buffers,
+    gather_objects,
+    is_distributed,
+    resolve_precision,
+    sum_across,
+    uses_grad_scaler,
+)
 from unetdist.errors import UserError
-from unetdist.train.faults import fault
-from unetdist.train.preempt import PreemptionFlag
+from unetdist.log import rank_say, say
 from unetdist.track.jsonl import METRICS_FILE, read_records
+from unetdist.train import checkpoint as ckpt
+from unetdist.train.faults import install_faults
+from unetdist.train.preempt import PreemptionFlag
 from unetdist.train.setup import (
     Run,
     announce,
-    check_runtime,
-    make_accelerator,
-    say,
     setup_run,
-    trainer_state,
+    training_accelerator,
 )
 
 
@@ -74,15 +79,16 @@ def fit(cfg: RunConfig) -> TrainResult:
     """Train `cfg` to `train.max_steps` (or until preempted); resume per `train.resume`."""
     from unetdist.data.stage.node import resolve_data_dir
 
-    check_runtime(cfg)
+    resolve_precision(cfg.train.precision)  # fail before staging, not after
     if cfg.data.num_workers:
         from unetdist.data.pipeline import single_threaded_opencv
 
         single_threaded_opencv()  # before any OpenCV work here: workers are forked later
     with PreemptionFlag() as flag:  # from the start: a signal while staging is not fatal either
         shard_dir = resolve_data_dir(cfg.data)  # staging before the process group: no timeouts
-        acc = make_accelerator(cfg)
+        acc = training_accelerator(cfg)
         run = setup_run(cfg, acc, shard_dir)
+        install_faults(run, flag)  # test-only; a no-op unless UNETDIST_FAULT is set
         announce(run)
         try:
             result = train_loop(run, flag)
@@ -100,7 +106,7 @@ def train_loop(run: Run, flag: PreemptionFlag) -> TrainResult:
     stream = batch_stream(run)
     try:
         while st.step < cfg.train.max_steps:
-            stall_for_tests(run, flag)
+            run.before_step()
             t0 = time.perf_counter()
             micro = [next(stream) for _ in range(cfg.train.grad_accum)]
             waited = time.perf_counter() - t0
@@ -128,8 +134,8 @@ def finish(run: Run, result: TrainResult) -> None:
     if not run.has_val:  # no validation split, no "best": export the final weights as best/
         export_best(run, {"note": f"no '{run.cfg.eval.split}' split: final weights"})
     best = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
-    say(run.acc, f"done: step {result.step}, best val FOV Dice {best} (step "
-                  f"{result.best_step}), run_dir {run.run_dir}", flush=True)
+    say(f"done: step {result.step}, best val FOV Dice {best} (step {result.best_step}), "
+        f"run_dir {run.run_dir}")
 
 
 # ----------------------------------------------------------------------------- one step
@@ -155,15 +161,11 @@ def train_step(run: Run, micro_batches: list[dict], flag: PreemptionFlag) -> Ste
         with acc.accumulate(run.model):
             x, y, f = to_device(batch, acc.device, cfg.model.channels_last)
             loss = run.loss_fn(forward(x), y, f)
-            if fault("nan_loss", step=step_no, rank=acc.process_index):
-                loss = loss * float("nan")
             acc.backward(loss)
         loss_sum += loss.detach()
         images += x.shape[0]
         keys += list(batch["key"])
         run.state.batches += 1
-    if fault("inf_grad", step=step_no, rank=acc.process_index):
-        next(p for p in run.model.parameters() if p.grad is not None).grad.fill_(float("inf"))
     norm = clip_gradients(run)
     stats = agree(run, loss_sum, norm, images, flag)  # the step's one host sync
     check_finite(run, stats, keys, step_no)
@@ -218,7 +220,7 @@ def check_finite(run: Run, stats: StepStats, keys: list[str], step_no: int) -> N
         per_rank = gather_objects(keys if mine else None)
         where = "; ".join(f"rank {r}: {', '.join(k)}" for r, k in enumerate(per_rank) if k)
         raise NonFiniteError(f"non-finite loss at step {step_no} (batch keys {where}); {after}")
-    if run.cfg.train.precision != "fp16" and not math.isfinite(stats.grad_norm):
+    if not uses_grad_scaler(run.acc) and not math.isfinite(stats.grad_norm):
         # identical on all ranks (gradients are all-reduced), so every rank stops here; under
         # fp16 an overflow is the scaler's to skip (max_skipped_steps)
         raise NonFiniteError(f"non-finite gradient norm ({stats.grad_norm}) at step {step_no}; "
@@ -243,14 +245,6 @@ def optimizer_step(run: Run, step_no: int) -> None:
         raise NonFiniteError(f"{st.skipped_in_a_row} consecutive fp16 overflow skips up to step "
                              f"{step_no} (train.max_skipped_steps="
                              f"{run.cfg.train.max_skipped_steps}); lower optim.lr or use bf16")
-
-
-def stall_for_tests(run: Run, flag: PreemptionFlag) -> None:
-    """UNETDIST_FAULT=stall:step=N: wait before step N until a signal (tests kill/signal here)."""
-    if fault("stall", step=run.state.step + 1, rank=run.acc.process_index):
-        deadline = time.monotonic() + 600
-        while not flag.requested and time.monotonic() < deadline:
-            time.sleep(0.05)
 
 
 # ----------------------------------------------------------------------------- bookkeeping
@@ -344,7 +338,7 @@ def validate(run: Run, flag: PreemptionFlag | None = None) -> dict | None:
 def log_val_masks(run: Run) -> None:
     """Rank 0 renders a fixed set of validation images (first by key) for W&B's mask viewer."""
     n = run.cfg.track.wandb.log_images
-    if not (run.acc.is_main_process and n > 0 and getattr(run.tracker, "wants_masks", False)):
+    if not (run.acc.is_main_process and n > 0 and run.tracker.wants_masks):
         return
     from itertools import islice
 
@@ -368,16 +362,17 @@ def export_best(run: Run, metrics: dict) -> None:
     if run.acc.is_main_process:
         path = ckpt.export_best(state_dict, to_dict(run.cfg), to_yaml(run.cfg), metrics,
                                 run.state.step, run.run_dir)
-        log_model = getattr(run.tracker, "log_model", None)
-        if log_model is not None:
-            log_model(path)
+        run.tracker.log_model(path)
     run.acc.wait_for_everyone()
 
 
 def save(run: Run) -> Path | None:
     if run.last_saved_step == run.state.step:
         return None
-    path = ckpt.save_checkpoint(run.acc, run.run_dir, run.state.step, trainer_state(run),
+    state = run.state.state_dict(steps_per_epoch=run.cfg.data.steps_per_epoch,
+                                 manifest_hash=run.manifest_hash,
+                                 world_size=run.acc.num_processes, config=to_dict(run.cfg))
+    path = ckpt.save_checkpoint(run.acc, run.run_dir, run.state.step, state,
                                 run.cfg.checkpoint.keep_last)
     run.last_save_time, run.last_saved_step = time.monotonic(), run.state.step
     return path
@@ -392,8 +387,7 @@ def stop_for_preemption(run: Run, flag: PreemptionFlag) -> TrainResult:
     # launcher to exit (accelerate's exits 1 after a forwarded signal) ends every node's step
     run.acc.wait_for_everyone()
     why = ", ".join(sorted(set(flag.received))) or "signal on another rank"
-    print(f"rank {run.acc.process_index}: preempted ({why}); checkpoint of step {step} saved, "
-          "exiting", flush=True)
+    rank_say(f"preempted ({why}); checkpoint of step {step} saved, exiting")
     return result_of(run, preempted=True)
 
 

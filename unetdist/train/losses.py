@@ -85,11 +85,9 @@ def cldice(logits: Tensor, label: Tensor, fov: Tensor, iters: int = 3) -> Tensor
     return (per_image * has_vessels).sum() / has_vessels.sum().clamp_min(1.0)
 
 
-def build_loss(cfg: LossConfig) -> LossFn:
-    """The loss named by `cfg.name`; region terms always accompany clDice.
-
-    The pos_weight tensor is made once per device and reused (no per-step tensor creation).
-    """
+def _bce(cfg: LossConfig) -> LossFn:
+    """The pos_weight tensor is made once per device and reused (no per-step tensor creation:
+    each would be a host-to-device copy)."""
     weights: dict[torch.device, Tensor] = {}
 
     def bce(lg: Tensor, y: Tensor, f: Tensor) -> Tensor:
@@ -98,15 +96,31 @@ def build_loss(cfg: LossConfig) -> LossFn:
             pw = weights[lg.device] = torch.tensor(cfg.pos_weight, dtype=torch.float32,
                                                    device=lg.device)
         return masked_bce(lg, y, f, pw)
+    return bce
 
-    def dice(lg: Tensor, y: Tensor, f: Tensor) -> Tensor:
-        return soft_dice(lg, y, f)
 
-    def bce_dice(lg: Tensor, y: Tensor, f: Tensor) -> Tensor:
-        return bce(lg, y, f) + cfg.dice_weight * dice(lg, y, f)
+def _dice(cfg: LossConfig) -> LossFn:
+    return soft_dice
 
-    def bce_dice_cldice(lg: Tensor, y: Tensor, f: Tensor) -> Tensor:
-        return bce_dice(lg, y, f) + cfg.cldice_weight * cldice(lg, y, f, cfg.cldice_iters)
 
-    table = {"bce": bce, "dice": dice, "bce_dice": bce_dice, "cldice": bce_dice_cldice}
-    return table[cfg.name]
+def _bce_dice(cfg: LossConfig) -> LossFn:
+    bce = _bce(cfg)
+    return lambda lg, y, f: bce(lg, y, f) + cfg.dice_weight * soft_dice(lg, y, f)
+
+
+def _bce_dice_cldice(cfg: LossConfig) -> LossFn:
+    """Region terms always accompany clDice."""
+    region = _bce_dice(cfg)
+    return lambda lg, y, f: region(lg, y, f) + cfg.cldice_weight * cldice(lg, y, f,
+                                                                          cfg.cldice_iters)
+
+
+# the allowed loss.name values (config validation asks this table)
+LOSSES: dict[str, Callable[[LossConfig], LossFn]] = {
+    "bce": _bce, "dice": _dice, "bce_dice": _bce_dice, "cldice": _bce_dice_cldice,
+}
+
+
+def build_loss(cfg: LossConfig) -> LossFn:
+    """The loss named by `cfg.name`."""
+    return LOSSES[cfg.name](cfg)

@@ -10,27 +10,23 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from unetdist.train import checkpoint as ckpt
-from unetdist.config import RunConfig, TrainConfig, to_dict, to_yaml
-from unetdist.distributed import gather_objects
+from unetdist.config import RunConfig, TrainConfig, to_yaml
+from unetdist.distributed import gather_objects, make_accelerator
 from unetdist.errors import ConfigError, DataError, UserError
+from unetdist.log import say, warn
 from unetdist.track.jsonl import Tracker, open_tracker
-
-
-def say(acc, *args, **kw) -> None:
-    """Run-wide messages once per job (accelerate's print is once per node)."""
-    if acc.is_main_process:
-        print(*args, **kw)
+from unetdist.train import checkpoint as ckpt
 
 
 @dataclass
 class TrainState:
-    """What a checkpoint must carry besides accelerate's state."""
+    """What a checkpoint must carry besides accelerate's state; owns trainer_state.json."""
 
     step: int = 0  # optimizer steps completed
     batches: int = 0  # micro-batches this rank consumed: the data-stream position
@@ -38,6 +34,23 @@ class TrainState:
     best_step: int | None = None  # the step it was reached at
     skipped_in_a_row: int = 0  # consecutive fp16 overflow skips
     run_id: str = ""  # tracker run id, so a resumed run continues the same tracked run
+
+    def state_dict(self, *, steps_per_epoch: int, manifest_hash: str, world_size: int,
+                   config: dict) -> dict:
+        """trainer_state.json: what `load_state_dict` reads back, plus what resume checks."""
+        epoch, pos = divmod(self.batches, steps_per_epoch)
+        return {"step": self.step, "epoch": epoch,
+                "stream": {"epoch": epoch, "position": pos, "batches": self.batches},
+                "best": {"metric": "val fov dice", "value": self.best_dice,
+                         "step": self.best_step},
+                "skipped_in_a_row": self.skipped_in_a_row, "tracker_run_id": self.run_id,
+                "manifest_hash": manifest_hash, "world_size": world_size, "config": config}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.step, self.batches = int(d["step"]), int(d["stream"]["batches"])
+        self.best_dice, self.best_step = d["best"]["value"], d["best"]["step"]
+        self.skipped_in_a_row = int(d["skipped_in_a_row"])
+        self.run_id = d["tracker_run_id"]
 
 
 @dataclass
@@ -59,18 +72,10 @@ class Run:
     forward: torch.nn.Module | None = None  # what the step calls: compiled(DDP(model)) or model
     last_save_time: float = field(default_factory=time.monotonic)
     last_saved_step: int = -1
+    before_step: Callable[[], None] = lambda: None  # extension point (test fault injection)
 
 
 # ----------------------------------------------------------------------------- setup
-
-
-def check_runtime(cfg: RunConfig) -> None:
-    if cfg.train.precision == "fp16" and not torch.cuda.is_available():
-        # accelerate would silently train in fp32 on CPU
-        raise ConfigError("train.precision must be no|bf16 without CUDA, got 'fp16'")
-    if cfg.dist.grad_compression != "none" and not torch.cuda.is_available():
-        raise ConfigError(f"dist.grad_compression must be none without CUDA (a NCCL hook), "
-                          f"got {cfg.dist.grad_compression!r}")
 
 
 def apply_backend_switches(cfg: TrainConfig) -> None:
@@ -116,17 +121,18 @@ def accelerator_kwargs(cfg: RunConfig) -> dict:
     return {"kwargs_handlers": [ddp, pg]}
 
 
-def make_accelerator(cfg: RunConfig):
-    from accelerate import Accelerator
-
+def training_accelerator(cfg: RunConfig):
+    """The trainer's Accelerator: the shared factory plus the DDP/process-group settings."""
+    if cfg.dist.grad_compression != "none" and not torch.cuda.is_available():
+        raise ConfigError(f"dist.grad_compression must be none without CUDA (a NCCL hook), "
+                          f"got {cfg.dist.grad_compression!r}")
     apply_backend_switches(cfg.train)
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.train.precision,
-                       gradient_accumulation_steps=cfg.train.grad_accum,
-                       **accelerator_kwargs(cfg))
+    return make_accelerator(cfg.train.precision, cfg.train.grad_accum,
+                            **accelerator_kwargs(cfg))
 
 
 def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
-    from unetdist.data.ingest.writer import manifest_hash, read_manifest
+    from unetdist.data.manifest import manifest_hash, read_manifest
     from unetdist.train.losses import build_loss
 
     manifest = read_manifest(shard_dir)
@@ -140,9 +146,9 @@ def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
     run = Run(cfg, acc, run_dir, shard_dir, mhash, cfg.eval.split in manifest["splits"],
               model, optimizer, scheduler, build_loss(cfg.loss), TrainState(), forward=forward)
     if resume_from is not None:
-        run.state = restore(run, resume_from, saved)
+        restore(run, resume_from, saved)
         run.last_saved_step = run.state.step
-        say(acc, f"resuming from {resume_from}", flush=True)
+        say(f"resuming from {resume_from}")
     run.tracker = open_tracker(cfg, run_dir, is_main=acc.is_main_process,
                                run_id=run.state.run_id or None, resume_step=run.state.step)
     run.state.run_id = run.tracker.run_id or run.state.run_id
@@ -174,9 +180,8 @@ def plan_resume(cfg: RunConfig, acc, run_dir: Path, mhash: str) -> tuple[Path | 
     warnings = ckpt.check_compatible(saved, cfg.model.architecture(), mhash,
                                      acc.num_processes, path)
     ckpt.check_rng_files(path, int(saved["world_size"]), acc.num_processes)
-    if acc.is_main_process:
-        for w in warnings:
-            print(w, file=sys.stderr, flush=True)
+    for w in warnings:
+        warn(w)
     return path, saved
 
 
@@ -213,7 +218,7 @@ def build_training_objects(cfg: RunConfig, acc):
     return model, optimizer, scheduler, compile_model(model, cfg.model)
 
 
-def restore(run: Run, path: Path, saved: dict) -> TrainState:
+def restore(run: Run, path: Path, saved: dict) -> None:
     acc = run.acc
     acc.load_state(str(path))
     rank, saved_ws = acc.process_index, int(saved["world_size"])
@@ -221,27 +226,23 @@ def restore(run: Run, path: Path, saved: dict) -> TrainState:
     failed = [r for r, good in enumerate(gather_objects(ok)) if not good]
     if failed:
         raise DataError(f"checkpoint {path}: the random state of rank(s) {failed} did not load")
-    return TrainState(step=int(saved["step"]), batches=int(saved["stream"]["batches"]),
-                      best_dice=saved["best"]["value"], best_step=saved["best"]["step"],
-                      skipped_in_a_row=int(saved["skipped_in_a_row"]),
-                      run_id=saved["tracker_run_id"])
+    run.state.load_state_dict(saved)
 
 
 def announce(run: Run) -> None:
     cfg, acc = run.cfg, run.acc
     b, n, ga = cfg.data.batch_size, acc.num_processes, cfg.train.grad_accum
     backend = "single process" if n == 1 else "nccl" if acc.device.type == "cuda" else "gloo"
-    say(acc, f"unetdist train: {n} process(es) on {acc.device.type} ({backend}), precision "
-              f"{cfg.train.precision}; global batch = {b} per process x {n} processes x {ga} "
-              f"accumulation = {b * n * ga}; run_dir {run.run_dir}", flush=True)
+    say(f"unetdist train: {n} process(es) on {acc.device.type} ({backend}), precision "
+        f"{cfg.train.precision}; global batch = {b} per process x {n} processes x {ga} "
+        f"accumulation = {b * n * ga}; run_dir {run.run_dir}")
     if run.state.step:
         e, p = divmod(run.state.batches, cfg.data.steps_per_epoch)
-        say(acc, f"resumed at step {run.state.step} (epoch {e}, batch {p}) -> "
-                  f"{cfg.train.max_steps}", flush=True)
+        say(f"resumed at step {run.state.step} (epoch {e}, batch {p}) -> {cfg.train.max_steps}")
     warn_cpu_shortage(cfg, acc)
     if not run.has_val:
-        say(acc, f"warning: the shards have no '{cfg.eval.split}' split: no validation; the "
-                  "final weights are exported as best/", file=sys.stderr, flush=True)
+        warn(f"the shards have no '{cfg.eval.split}' split: no validation; the final weights "
+             "are exported as best/")
 
 
 def usable_cpus() -> int:
@@ -261,20 +262,8 @@ def warn_cpu_shortage(cfg: RunConfig, acc) -> str | None:
     need, have = local * (1 + cfg.data.num_workers), usable_cpus()
     if have >= need or acc.local_process_index != 0:
         return None
-    msg = (f"warning: {have} usable CPU(s) on this node for {local} training process(es) x (1 + "
+    msg = (f"{have} usable CPU(s) on this node for {local} training process(es) x (1 + "
            f"data.num_workers={cfg.data.num_workers}) = {need}: request more cores (SLURM: "
            f"--cpus-per-task) or lower data.num_workers")
-    print(msg, file=sys.stderr, flush=True)
+    print(f"warning: {msg}", file=sys.stderr, flush=True)  # every node's local rank 0
     return msg
-
-
-def trainer_state(run: Run) -> dict:
-    """trainer_state.json of a checkpoint: what `restore` reads back, plus what resume checks."""
-    st, cfg = run.state, run.cfg
-    epoch, pos = divmod(st.batches, cfg.data.steps_per_epoch)
-    return {"step": st.step, "epoch": epoch,
-            "stream": {"epoch": epoch, "position": pos, "batches": st.batches},
-            "best": {"metric": "val fov dice", "value": st.best_dice, "step": st.best_step},
-            "skipped_in_a_row": st.skipped_in_a_row, "tracker_run_id": st.run_id,
-            "manifest_hash": run.manifest_hash, "world_size": run.acc.num_processes,
-            "config": to_dict(cfg)}
