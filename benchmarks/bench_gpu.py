@@ -99,7 +99,7 @@ def _steps(run, stream, flag, n: int, counter=None) -> tuple[float, float]:
 
     import torch
 
-    from unetdist.train.loop import train_step
+    from unetdist.train.step import train_step
 
     waited, t0 = 0.0, time.perf_counter()
     for _ in range(n):

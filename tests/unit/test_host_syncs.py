@@ -52,8 +52,9 @@ def _run(shards: Path, tmp_path: Path, *extra: str):
 @pytest.mark.parametrize("extra", [(), ("train.grad_accum=2", "loss.name=cldice",
                                         "optim.grad_clip=0", "model.channels_last=true")])
 def test_at_most_one_host_sync_per_optimizer_step(shards, tmp_path, fresh_accelerate, extra):
-    from unetdist.train.loop import batch_stream, log_step, progress_bar, train_step
+    from unetdist.train.loop import batch_stream, log_step, progress_bar
     from unetdist.train.preempt import PreemptionFlag
+    from unetdist.train.step import train_step
 
     run = _run(shards, tmp_path, *extra)
     stream, bar, window = batch_stream(run), progress_bar(run), []
@@ -87,3 +88,18 @@ def test_the_counter_sees_the_syncs_it_must_catch():
         x.to("cpu", non_blocking=True)  # not counted
         bool(x.any())
     assert counter.last == ["__float__", "item", "tensor(device=)", "to(device)", "__bool__"]
+
+
+def test_metric_update_copies_to_the_host_once_per_image():
+    from unetdist.eval.metrics import MetricState
+
+    g = torch.Generator().manual_seed(0)
+    prob, label = torch.rand(1, 1, 40, 48, generator=g), torch.rand(1, 1, 40, 48, generator=g)
+    fov, label2 = torch.ones(1, 1, 40, 48), (torch.rand(1, 1, 40, 48, generator=g) > 0.8)
+    state, counter = MetricState(bins=100), FakeSyncCounter()
+    with counter.patched(), counter.counting():
+        row = state.update(prob, label > 0.9, fov, label2.float())
+    # one device-to-host copy; the rest reads the host copy (no GPU sync: `flat` is on the CPU)
+    assert counter.last.count("cpu") == 1, counter.last
+    assert set(counter.last) <= {"cpu", "tolist", "numpy"}
+    assert sum(row["counts"].values()) == 40 * 48 and sum(row["image_counts"].values()) == 40 * 48

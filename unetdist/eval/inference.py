@@ -142,7 +142,7 @@ def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfi
     was_training = model.training
     model.eval()
     try:
-        image = image.to(_param_device(model), dtype=torch.float32)
+        image = image.to(_param_device(model), dtype=torch.float32, non_blocking=True)
         if cfg.resize <= 0:
             return _flip_averaged(model, image, cfg, accelerator, precision)
         size = tuple(image.shape[-2:])

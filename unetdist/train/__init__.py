@@ -1,6 +1,7 @@
 """Training.
 
-- `loop.py` — `fit()` and the training step
+- `loop.py` — `fit()`: the loop, validation, checkpoints, preemption
+- `step.py` — one optimizer step and its single agreement all-reduce (one host sync)
 - `setup.py` — accelerator, model/optimizer/scheduler, resume, run dir (before step 1)
 - `checkpoint.py` — atomic rank-0 checkpoints, `latest`, best/, resume selection
 - `optim.py` — optimizers and LR schedules (registries)
