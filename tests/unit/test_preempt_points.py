@@ -53,7 +53,7 @@ class Flag:
 
 
 def test_a_signal_during_validation_checkpoints_that_step_and_stops(run, monkeypatch):
-    import unetdist.data.pipeline as pipeline
+    from unetdist.data import pipeline
     from unetdist.track.jsonl import read_records
     from unetdist.train.loop import train_loop
 
