@@ -74,11 +74,14 @@ def _autocast(accelerator, precision: str, device: torch.device):
 
 
 def _memory_format(model: nn.Module) -> torch.memory_format:
-    """channels_last when the model's conv weights are (the training memory format)."""
-    w = next((p for p in model.parameters() if p.dim() == 4), None)
-    if w is not None and w.is_contiguous(memory_format=torch.channels_last) \
-            and not w.is_contiguous():
-        return torch.channels_last
+    """channels_last when the model's conv weights are (the training memory format).
+
+    Any weight decides: a 1-input-channel kernel is contiguous in both formats.
+    """
+    cl = torch.channels_last
+    if any(p.dim() == 4 and p.is_contiguous(memory_format=cl) and not p.is_contiguous()
+           for p in model.parameters()):
+        return cl
     return torch.contiguous_format
 
 

@@ -228,7 +228,8 @@ def log_val_masks(run: Run) -> None:
     images = []
     for s in islice(eval_samples(run.cfg.data, run.shard_dir, run.cfg.eval.split, rank=0,
                                  world_size=1), n):
-        prob = sliding_window_predict(model, s["image"].to(run.acc.device), run.cfg.eval)
+        prob = sliding_window_predict(model, s["image"].to(run.acc.device), run.cfg.eval,
+                                      accelerator=run.acc)  # the training precision
         pred = (prob[0, 0].float().cpu().numpy() >= run.cfg.eval.threshold)
         images.append({"key": s["key"], "rgb": s["rgb"], "pred": pred.astype("uint8"),
                        "label": s["label"][0, 0].numpy().astype("uint8"),
