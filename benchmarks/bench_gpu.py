@@ -136,43 +136,50 @@ def _allreduce_busbw(acc, numel: int) -> float | None:
     return 2 * (n - 1) / n * buf.numel() * 4 / sec / 1e9
 
 
-def run_variant(shards: str, out: str, prof: dict, extra: list[str]) -> dict:
-    """Measure one variant in this process (every rank under `accelerate launch`)."""
-    from unetdist.config import load_config
+def _measure(run, prof: dict) -> dict:
+    """Warm-up, timed steps, then host syncs counted over SYNC_STEPS more steps."""
     from unetdist.tools.syncs import sync_counter
     from unetdist.train.loop import batch_stream
     from unetdist.train.preempt import PreemptionFlag
+
+    stream, flag = batch_stream(run), PreemptionFlag()
+    try:
+        t0 = time.perf_counter()
+        _steps(run, stream, flag, prof["warmup"])
+        warmup_s = time.perf_counter() - t0
+        wall, waited = _steps(run, stream, flag, prof["steps"])
+        counter, syncs = sync_counter(run.acc.device), []
+        with counter.patched():
+            for _ in range(SYNC_STEPS):
+                _steps(run, stream, flag, 1, counter)
+                syncs.append(len(counter.last))
+    finally:
+        stream.close()
+    n = run.acc.num_processes
+    images = prof["steps"] * run.cfg.data.batch_size * n
+    return {"processes": n, "device": run.acc.device.type, "img_per_s": images / wall,
+            "img_per_s_per_gpu": images / wall / n, "data_wait": waited / wall,
+            "warmup_s": warmup_s, "host_syncs_per_step": max(syncs), "host_syncs_seen": syncs}
+
+
+def run_variant(shards: str, out: str, prof: dict, extra: list[str]) -> dict:
+    """Measure one variant in this process (every rank under `accelerate launch`)."""
+    from unetdist.config import load_config
     from unetdist.train.setup import setup_run, training_accelerator
 
-    with tempfile.TemporaryDirectory(prefix="unetdist-bench-gpu-") as tmp:
-        cfg = load_config(None, overrides(shards, f"{tmp}/run", prof) + extra)
-        acc = training_accelerator(cfg)
-        run = setup_run(cfg, acc, shards)
-        stream, flag = batch_stream(run), PreemptionFlag()
-        try:
-            t0 = time.perf_counter()
-            _steps(run, stream, flag, prof["warmup"])
-            warmup_s = time.perf_counter() - t0
-            wall, waited = _steps(run, stream, flag, prof["steps"])
-            counter, syncs = sync_counter(acc.device), []
-            with counter.patched():
-                for _ in range(SYNC_STEPS):
-                    _steps(run, stream, flag, 1, counter)
-                    syncs.append(len(counter.last))
-            params = sum(p.numel() for p in run.model.parameters())
-            busbw = _allreduce_busbw(acc, params)
-        finally:
-            stream.close()
-            run.tracker.finish()
-        images = prof["steps"] * cfg.data.batch_size * acc.num_processes
-        result = {"processes": acc.num_processes, "device": acc.device.type,
-                  "img_per_s": images / wall, "img_per_s_per_gpu": images / wall /
-                  acc.num_processes, "data_wait": waited / wall, "warmup_s": warmup_s,
-                  "host_syncs_per_step": max(syncs), "host_syncs_seen": syncs,
-                  "allreduce_busbw_gbs": busbw, "grad_mb": params * 4 / 1e6}
-        if acc.is_main_process:
-            Path(out).write_text(json.dumps(result))
-        acc.end_training()
+    run_dir = Path(out).with_suffix(".run")  # beside the result: one run dir for all ranks
+    cfg = load_config(None, overrides(shards, str(run_dir), prof) + extra)
+    acc = training_accelerator(cfg)
+    run = setup_run(cfg, acc, shards)
+    try:
+        result = _measure(run, prof)
+    finally:
+        run.tracker.finish()
+    params = sum(p.numel() for p in run.model.parameters())
+    result.update(allreduce_busbw_gbs=_allreduce_busbw(acc, params), grad_mb=params * 4 / 1e6)
+    if acc.is_main_process:
+        Path(out).write_text(json.dumps(result))
+    acc.end_training()
     return result
 
 
