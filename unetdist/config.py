@@ -94,7 +94,7 @@ class DataConfig:
     num_workers: int = 2  # DataLoader workers per process
     steps_per_epoch: int = 50  # batches per epoch, the same on every rank
     shuffle_buffer: int = 64  # webdataset sample shuffle buffer
-    cache: bool = True  # keep decoded samples in memory (per worker) after the first pass
+    cache: bool = True  # keep decoded samples in memory (one copy per rank, shared by its workers)
     on_corrupt: str = "error"  # error | skip: what a bad sample does
     aug: AugConfig = field(default_factory=AugConfig)  # training augmentation
 

@@ -64,3 +64,22 @@ def test_ddp_and_process_group_settings_come_from_the_config():
     assert pg.timeout.total_seconds() == 90
     assert ddp.gradient_as_bucket_view and not ddp.broadcast_buffers and ddp.bucket_cap_mb == 50
     assert ddp.comm_hook.value == "bf16"
+
+
+def test_shared_memory_shortage_is_reported(monkeypatch, capsys):
+    import shutil
+
+    from unetdist.train import setup
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    cfg = load_config(None, ["data.num_workers=6", "data.crop=512", "data.batch_size=16",
+                             "data.channels=gray"])
+    usage = shutil.disk_usage("/")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(total=64 * 2**20))
+    msg = setup.warn_shm_shortage(cfg, FakeAcc())
+    # 8 x 6 x 2 batches x 16 x 512^2 px x (4 + 1 + 1) bytes = 2304 MiB
+    assert "holds 64 MiB" in msg and "~2304 MiB" in msg and "--shm-size" in msg
+    assert "warning:" in capsys.readouterr().err
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(total=2**40))
+    assert setup.warn_shm_shortage(cfg, FakeAcc()) is None
+    assert setup.warn_shm_shortage(load_config(None, ["data.num_workers=0"]), FakeAcc()) is None

@@ -240,6 +240,7 @@ def announce(run: Run) -> None:
         e, p = divmod(run.state.batches, cfg.data.steps_per_epoch)
         say(f"resumed at step {run.state.step} (epoch {e}, batch {p}) -> {cfg.train.max_steps}")
     warn_cpu_shortage(cfg, acc)
+    warn_shm_shortage(cfg, acc)
     if not run.has_val:
         warn(f"the shards have no '{cfg.eval.split}' split: no validation; the final weights "
              "are exported as best/")
@@ -266,4 +267,31 @@ def warn_cpu_shortage(cfg: RunConfig, acc) -> str | None:
            f"data.num_workers={cfg.data.num_workers}) = {need}: request more cores (SLURM: "
            f"--cpus-per-task) or lower data.num_workers")
     print(f"warning: {msg}", file=sys.stderr, flush=True)  # every node's local rank 0
+    return msg
+
+
+def warn_shm_shortage(cfg: RunConfig, acc, shm: str = "/dev/shm") -> str | None:
+    """One warning per node when /dev/shm cannot hold the batches in flight.
+
+    Worker batches travel through shared memory: workers x prefetch (2) batches per process,
+    image float32 plus uint8 label and FOV per pixel. Docker's default /dev/shm is 64 MB.
+    """
+    import shutil
+
+    if not cfg.data.num_workers or acc.local_process_index != 0:
+        return None
+    side = cfg.data.crop or cfg.data.resize or 512  # full images: assume 512 px
+    per_batch = cfg.data.batch_size * side * side * (4 * cfg.data.in_channels + 2)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    need = local * cfg.data.num_workers * 2 * per_batch
+    try:
+        have = shutil.disk_usage(shm).total
+    except OSError:
+        return None
+    if have >= need:
+        return None
+    msg = (f"{shm} holds {have / 2**20:.0f} MiB but {local} process(es) x data.num_workers="
+           f"{cfg.data.num_workers} x 2 prefetched batches need ~{need / 2**20:.0f} MiB: loader "
+           f"workers may die with a bus error (Docker: --shm-size; or lower data.num_workers)")
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
     return msg
