@@ -175,6 +175,8 @@ def run_variant(shards: str, out: str, prof: dict, extra: list[str]) -> dict:
         result = _measure(run, prof)
     finally:
         run.tracker.finish()
+        if run.lock is not None:
+            run.lock.release()
     params = sum(p.numel() for p in run.model.parameters())
     result.update(allreduce_busbw_gbs=_allreduce_busbw(acc, params), grad_mb=params * 4 / 1e6)
     if acc.is_main_process:

@@ -70,6 +70,7 @@ def test_at_most_one_host_sync_per_optimizer_step(shards, tmp_path, fresh_accele
             losses.append(stats.loss)
     stream.close()
     run.tracker.finish()
+    run.lock.release()
     # step 1 may make per-device constants once (the loss's pos_weight): not a per-step cost
     assert all(len(c) <= 1 for c in per_step[1:]), per_step
     assert all(c == ["tolist"] for c in per_step[1:])  # the agreement's read-back, no other

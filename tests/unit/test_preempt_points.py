@@ -38,6 +38,7 @@ def run(shards, tmp_path):
     run = setup_run(cfg, training_accelerator(cfg), str(shards))
     yield run
     run.tracker.finish()
+    run.lock.release()
     AcceleratorState._reset_state(True)
 
 
