@@ -7,5 +7,6 @@
 - `optim.py` — optimizers and LR schedules (registries)
 - `losses.py` — FOV-masked losses (registry)
 - `preempt.py` — the preemption flag set by signals
+- `runlock.py` — one training per run folder: rank 0's lock naming its holder
 - `faults.py` — test-only fault injection, wrapped around the run from outside
 """
