@@ -10,7 +10,6 @@ little context, count least.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetdist.config import EvalConfig, RunConfig
+from unetdist.distributed import inference_autocast
 from unetdist.errors import UserError
 
 WEIGHTS_NAME = "model.safetensors"
@@ -59,18 +59,6 @@ def _gaussian_on(tile: int, device: torch.device) -> torch.Tensor:
     return _gaussian(tile).to(device)  # one host-to-device copy per tile size, not per image
 
 
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _autocast(accelerator, precision: str, device: torch.device):
-    """The accelerator's autocast, else `precision` (the training precision) on DEVICE."""
-    if accelerator is not None and getattr(accelerator, "mixed_precision", "no") != "no":
-        return accelerator.autocast()
-    if accelerator is None and precision in _AUTOCAST:
-        if precision == "fp16" and device.type != "cuda":
-            return contextlib.nullcontext()  # fp16 kernels are CUDA's; CPU scores in fp32
-        return torch.autocast(device.type, dtype=_AUTOCAST[precision])
-    return contextlib.nullcontext()
 
 
 def _memory_format(model: nn.Module) -> torch.memory_format:
@@ -115,7 +103,7 @@ def _window(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, accelerator,
     for chunk in _batches(coords, cfg.batch_size):
         tiles = torch.cat([image[..., y:y + t, x:x + t] for y, x in chunk])
         tiles = tiles.contiguous(memory_format=fmt)
-        with _autocast(accelerator, precision, image.device):
+        with inference_autocast(accelerator, precision, image.device):
             probs = _vessel_prob(model(tiles))
         for (y, x), p in zip(chunk, probs):
             acc[0, :, y:y + t, x:x + t] += p * weight
