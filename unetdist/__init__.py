@@ -15,7 +15,7 @@ Shared modules:
 
 Packages: `commands/` (one module per subcommand), `data/` (shards, streaming; `data/ingest/`
 raw dataset -> shards, `data/stage/` shared -> node-local), `models/`, `train/`, `eval/`,
-`track/`, `tools/`.
+`track/`, `tools/`, `resources/` (configs and launch files shipped in the wheel).
 """
 
 __version__ = "0.1.0"

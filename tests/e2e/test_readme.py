@@ -31,6 +31,7 @@ SKIP = {  # pattern (re.search on the command line) -> why it cannot run in a te
     r"^(?!unetdist (config|doctor) ).*(drive_unet|drive-shards|/root/shared-storage)":
         "needs DRIVE (not on development machines)",
     r"^unetdist bench --out": "the full benchmark takes minutes; the --quick line runs",
+    r"^unetdist bench --gpu": "minutes (compiles) even in its CPU form; tests/e2e/test_bench_gpu.py",
 }
 # Scale-down through documented overrides only (train.max_steps etc.), appended to the line.
 SCALE = {

@@ -58,7 +58,11 @@ def run(args: argparse.Namespace) -> int:
     from unetdist.data.pipeline import eval_samples
     from unetdist.distributed import make_accelerator
     from unetdist.eval.evaluate import evaluate_split, summary_line
-    from unetdist.eval.inference import load_checkpoint, resolve_checkpoint
+    from unetdist.eval.inference import (
+        apply_inference_format,
+        load_checkpoint,
+        resolve_checkpoint,
+    )
     from unetdist.log import say
 
     model, cfg, meta = load_checkpoint(args.checkpoint)
@@ -66,12 +70,13 @@ def run(args: argparse.Namespace) -> int:
     shard_dir = _shard_dir(args, cfg)  # before the process group: staging may take long
     out = Path(args.out) if args.out else default_out_dir(args.checkpoint, args.split)
     acc = make_accelerator(cfg.train.precision, inference=True)
-    model = model.to(acc.device)
+    model = apply_inference_format(model.to(acc.device), cfg)  # training memory format
     samples = eval_samples(cfg.data, shard_dir, args.split, rank=acc.process_index,
                            world_size=acc.num_processes)
     info = {"checkpoint": str(resolve_checkpoint(args.checkpoint).resolve()),
-            "step": meta.get("step"), "data": shard_dir, "split": args.split, "world_size": acc.num_processes,
-            "device": acc.device.type, "precision": acc.mixed_precision}
+            "step": meta.get("step"), "data": shard_dir, "split": args.split,
+            "world_size": acc.num_processes, "device": acc.device.type,
+            "precision": acc.mixed_precision}
     result = evaluate_split(model, samples, cfg.eval, accelerator=acc, out_dir=out, info=info,
                             progress=not args.quiet)
     say(f"{args.split}: {summary_line(result)}")
