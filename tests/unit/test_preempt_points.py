@@ -52,6 +52,10 @@ class Flag:
     def requested(self) -> bool:
         return bool(self.received)
 
+    @property
+    def interrupted(self) -> bool:  # Ctrl-C: the user's stop (exit 130, no PREEMPTED)
+        return "SIGINT" in self.received
+
 
 def test_a_signal_during_validation_checkpoints_that_step_and_stops(run, monkeypatch):
     from unetdist.data import pipeline
