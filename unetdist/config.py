@@ -170,10 +170,12 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # final lr as a fraction of lr (cosine/poly)
     poly_power: float = 0.9  # exponent of the poly schedule
     grad_clip: float = 1.0  # max global grad norm (0 = off)
+    schedule_by: str = "steps"  # steps | time: decay over max_steps or over train.max_minutes
 
     def check(self, p: str) -> None:
         _one_of(f"{p}.name", self.name, ("adam", "adamw", "sgd"))
         _one_of(f"{p}.schedule", self.schedule, ("constant", "cosine", "poly"))
+        _one_of(f"{p}.schedule_by", self.schedule_by, ("steps", "time"))
         _require(self.lr > 0, f"{p}.lr", self.lr, "> 0")
         _require(self.weight_decay >= 0, f"{p}.weight_decay", self.weight_decay, ">= 0")
         _require(0 <= self.momentum < 1, f"{p}.momentum", self.momentum, "in [0, 1)")
@@ -189,7 +191,8 @@ class TrainConfig:
 
     run_dir: str = ""  # where everything is written (default runs/<config file stem>)
     max_steps: int = 1000  # optimizer steps in total
-    precision: str = "no"  # no | bf16 | fp16 (fp16 needs CUDA)
+    max_minutes: float = 0.0  # training-time budget (steps only, not start-up/validation; 0 = off)
+    precision: str = "no"  # no | bf16 | fp16 (fp16 needs CUDA) | auto (bf16 if the device has it)
     grad_accum: int = 1  # gradient accumulation steps
     eval_every: int = 200  # validate every N steps (0 = only at the end)
     log_every: int = 10  # log train scalars every N steps
@@ -198,8 +201,9 @@ class TrainConfig:
     progress: bool = True  # show the tqdm bar on rank 0
 
     def check(self, p: str) -> None:
-        _one_of(f"{p}.precision", self.precision, ("no", "bf16", "fp16"))
+        _one_of(f"{p}.precision", self.precision, ("no", "bf16", "fp16", "auto"))
         _require(self.max_steps >= 1, f"{p}.max_steps", self.max_steps, ">= 1")
+        _require(self.max_minutes >= 0, f"{p}.max_minutes", self.max_minutes, ">= 0")
         _require(self.grad_accum >= 1, f"{p}.grad_accum", self.grad_accum, ">= 1")
         _require(self.eval_every >= 0, f"{p}.eval_every", self.eval_every, ">= 0")
         _require(self.log_every >= 1, f"{p}.log_every", self.log_every, ">= 1")
@@ -300,6 +304,9 @@ class RunConfig:
         _require(self.seed >= 0, "seed", self.seed, ">= 0")
         for name in SECTIONS:
             getattr(self, name).check(name)
+        _require(self.optim.schedule_by == "steps" or self.train.max_minutes > 0,
+                 "optim.schedule_by", self.optim.schedule_by, "steps when train.max_minutes=0 "
+                 "(a time schedule needs a time budget)")
         if self.model.in_channels == 0:
             self.model.in_channels = self.data.in_channels
         if self.eval.resize == -1:  # a model trained on resized images is scored at that scale

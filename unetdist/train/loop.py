@@ -96,16 +96,20 @@ def train_loop(run: Run, flag: PreemptionFlag) -> TrainResult:
     window: list[StepStats] = []
     stream = batch_stream(run)
     try:
-        while st.step < cfg.train.max_steps:
+        while not is_last(run):
             stall_for_tests(run, flag)
+            if run.budget:
+                run.budget.start_step()
             t0 = time.perf_counter()
             micro = [next(stream) for _ in range(cfg.train.grad_accum)]
             waited = time.perf_counter() - t0
             stats = train_step(run, micro, flag)
             stats.data_wait, stats.seconds = waited, stats.seconds + waited
             st.step += 1
+            if run.budget:
+                run.budget.end_step()
             log_step(run, stats, window, bar)
-            if stats.preempt and st.step < cfg.train.max_steps:
+            if stats.preempt and not is_last(run):
                 return stop_for_preemption(run, flag)
             if validation_due(run):
                 validate(run)
@@ -117,9 +121,19 @@ def train_loop(run: Run, flag: PreemptionFlag) -> TrainResult:
     return result_of(run, preempted=False)
 
 
+def is_last(run: Run) -> bool:
+    """The run ends after this step: max_steps or the time budget, whichever first."""
+    if run.budget is None:
+        return run.state.step >= run.cfg.train.max_steps
+    return run.budget.done(run.state.step)
+
+
 def finish(run: Run, result: TrainResult) -> None:
     if result.preempted:
         return
+    if result.step < run.cfg.train.max_steps:
+        say(run.acc, f"time budget reached: train.max_minutes={run.cfg.train.max_minutes:g} "
+                     f"after {result.step} of {run.cfg.train.max_steps} steps", flush=True)
     if not run.has_val:  # no validation split, no "best": export the final weights as best/
         export_best(run, {"note": f"no '{run.cfg.eval.split}' split: final weights"})
     best = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
@@ -186,8 +200,11 @@ def agree(run: Run, loss_sum: torch.Tensor, images: int, flag: PreemptionFlag) -
     minutes = run.cfg.checkpoint.every_minutes
     clock = (acc.is_main_process and minutes > 0
              and time.monotonic() - run.last_save_time >= minutes * 60)
+    budget = run.budget.agreed_clock() if run.budget else 0.0  # rank 0's clock, for all ranks
     tot = sum_across([local if finite else 0.0, 0.0 if finite else 1.0,
-                      float(flag.requested), float(clock), float(images)], acc.device)
+                      float(flag.requested), float(clock), float(images), budget], acc.device)
+    if run.budget:
+        run.budget.set_agreed(tot[5])
     bad = tot[1] > 0
     mean = float("nan") if bad else tot[0] / (n * run.cfg.train.grad_accum)
     return StepStats(loss=mean, grad_norm=0.0, lr=0.0, images=int(tot[4]), seconds=0.0,
@@ -255,7 +272,7 @@ def log_step(run: Run, stats: StepStats, window: list[StepStats], bar) -> None:
                     refresh=False)
     bar.update(1)
     st, cfg = run.state, run.cfg
-    if st.step % cfg.train.log_every and st.step != cfg.train.max_steps:
+    if st.step % cfg.train.log_every and not is_last(run):
         return
     record = {"split": "train", "loss": sum(s.loss for s in window) / len(window),
               "lr": stats.lr, "grad_norm": stats.grad_norm, "img_per_s": ips,
@@ -269,12 +286,12 @@ def log_step(run: Run, stats: StepStats, window: list[StepStats], bar) -> None:
 
 def validation_due(run: Run) -> bool:
     every, step = run.cfg.train.eval_every, run.state.step
-    return run.has_val and (step == run.cfg.train.max_steps or (every > 0 and step % every == 0))
+    return run.has_val and (is_last(run) or (every > 0 and step % every == 0))
 
 
 def checkpoint_due(run: Run, stats: StepStats) -> bool:
     every, step = run.cfg.checkpoint.every_steps, run.state.step
-    return (step == run.cfg.train.max_steps or stats.clock_due
+    return (is_last(run) or stats.clock_due
             or (every > 0 and step % every == 0))
 
 

@@ -19,6 +19,7 @@ from unetdist.config import RunConfig, to_dict, to_yaml
 from unetdist.distributed import gather_objects
 from unetdist.errors import ConfigError, DataError
 from unetdist.track.jsonl import Tracker, open_tracker
+from unetdist.train.budget import TimeBudget
 
 
 def say(acc, *args, **kw) -> None:
@@ -54,6 +55,7 @@ class Run:
     scheduler: object
     loss_fn: object
     state: TrainState
+    budget: TimeBudget | None = None  # train.max_minutes; None in hand-built test runs
     tracker: Tracker | None = None
     last_save_time: float = field(default_factory=time.monotonic)
     last_saved_step: int = -1
@@ -63,6 +65,10 @@ class Run:
 
 
 def check_runtime(cfg: RunConfig) -> None:
+    if cfg.train.precision == "auto":  # resolved once, so config.yaml records what ran
+        from unetdist.distributed import auto_precision
+
+        cfg.train.precision = auto_precision()
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         # accelerate would silently train in fp32 on CPU
         raise ConfigError("train.precision must be no|bf16 without CUDA, got 'fp16'")
@@ -86,11 +92,13 @@ def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
     acc.wait_for_everyone()  # every rank has read the run dir before rank 0 writes to it
     if acc.is_main_process:
         prepare_run_dir(cfg, acc, run_dir)
-    model, optimizer, scheduler = build_training_objects(cfg, acc)
+    budget = TimeBudget(cfg.train.max_minutes, cfg.train.max_steps, acc.is_main_process)
+    model, optimizer, scheduler = build_training_objects(cfg, acc, budget)
     run = Run(cfg, acc, run_dir, shard_dir, mhash, cfg.eval.split in manifest["splits"],
-              model, optimizer, scheduler, build_loss(cfg.loss), TrainState())
+              model, optimizer, scheduler, build_loss(cfg.loss), TrainState(), budget=budget)
     if resume_from is not None:
         run.state = restore(run, resume_from, saved)
+        budget.load_state_dict(saved.get("budget", {}))  # the time already spent still counts
         run.last_saved_step = run.state.step
         say(acc, f"resuming from {resume_from}", flush=True)
     run.tracker = open_tracker(cfg, run_dir, is_main=acc.is_main_process,
@@ -124,7 +132,7 @@ def prepare_run_dir(cfg: RunConfig, acc, run_dir: Path) -> None:
     write_run_config(run_dir, to_yaml(cfg), run_info(acc.num_processes, cfg.train.precision))
 
 
-def build_training_objects(cfg: RunConfig, acc):
+def build_training_objects(cfg: RunConfig, acc, budget: TimeBudget):
     from accelerate.utils import set_seed
 
     from unetdist.models.registry import apply_runtime_options, build_model
@@ -134,7 +142,8 @@ def build_training_objects(cfg: RunConfig, acc):
     model = apply_runtime_options(build_model(cfg.model), cfg.model,
                                   distributed=acc.num_processes > 1)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps,
+                                progress=budget.time_fraction)
     model, optimizer = acc.prepare(model, optimizer)
     acc.register_for_checkpointing(scheduler)  # not prepare(): it would step once per process
     set_seed(cfg.seed, device_specific=True)  # per-rank random streams from here on
@@ -160,7 +169,7 @@ def announce(run: Run) -> None:
     b, n, ga = cfg.data.batch_size, acc.num_processes, cfg.train.grad_accum
     backend = "single process" if n == 1 else "nccl" if acc.device.type == "cuda" else "gloo"
     say(acc, f"unetdist train: {n} process(es) on {acc.device.type} ({backend}), precision "
-              f"{cfg.train.precision}; global batch = {b} per process x {n} processes x {ga} "
+              f"{cfg.train.precision}; {run.budget.describe()}; global batch = {b} per process x {n} processes x {ga} "
               f"accumulation = {b * n * ga}; run_dir {run.run_dir}", flush=True)
     if run.state.step:
         e, p = divmod(run.state.batches, cfg.data.steps_per_epoch)
@@ -179,5 +188,6 @@ def trainer_state(run: Run) -> dict:
             "stream": {"epoch": epoch, "position": pos, "batches": st.batches},
             "best": {"metric": "val fov dice", "value": st.best_dice, "step": st.best_step},
             "skipped_in_a_row": st.skipped_in_a_row, "tracker_run_id": st.run_id,
+            "budget": run.budget.state_dict() if run.budget else {},
             "manifest_hash": run.manifest_hash, "world_size": run.acc.num_processes,
             "config": to_dict(cfg)}
