@@ -198,6 +198,7 @@ class TrainConfig:
     log_every: int = 10  # log train scalars every N steps
     resume: str = "auto"  # auto | none | <checkpoint path>
     max_skipped_steps: int = 10  # consecutive fp16 scaler skips tolerated
+    ema_decay: float = 0.0  # keep an EMA of the weights with this decay, e.g. 0.999 (0 = off)
     progress: bool = True  # show the tqdm bar on rank 0
 
     def check(self, p: str) -> None:
@@ -208,6 +209,8 @@ class TrainConfig:
         _require(self.eval_every >= 0, f"{p}.eval_every", self.eval_every, ">= 0")
         _require(self.log_every >= 1, f"{p}.log_every", self.log_every, ">= 1")
         _require(bool(self.resume), f"{p}.resume", self.resume, "auto|none|<path>")
+        _require(0 <= self.ema_decay < 1, f"{p}.ema_decay", self.ema_decay,
+                 "in [0, 1) (0 = off)")
         _require(self.max_skipped_steps >= 0, f"{p}.max_skipped_steps",
                  self.max_skipped_steps, ">= 0")
 

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from unetdist.atomic import fsync_path, write_atomic
@@ -97,8 +98,11 @@ def clean_stale(run_dir: str | Path) -> list[Path]:
 
 
 def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: dict,
-                    keep_last: int) -> Path:
-    """Collective: every rank must call it. Returns the final checkpoint folder."""
+                    keep_last: int, extra: Callable[[Path], object] | None = None) -> Path:
+    """Collective: every rank must call it. Returns the final checkpoint folder.
+
+    `extra(folder)` writes more files (the EMA weights) into it on rank 0 before the rename.
+    """
     ckdir = checkpoints_dir(run_dir)
     final, tmp = ckdir / step_name(step), ckdir / f"{TMP_PREFIX}{step_name(step)}"
     if accelerator.is_main_process:
@@ -110,6 +114,8 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
     if accelerator.is_main_process:
         try:
             atomic_write_text(tmp / STATE_FILE, json.dumps(trainer_state, indent=1))
+            if extra is not None:
+                extra(tmp)
             if fault("save_crash", step=step):
                 raise RuntimeError(f"injected fault: crash while saving step {step}")
             _fsync_tree(tmp)  # on disk before the rename makes the folder count as complete

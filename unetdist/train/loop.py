@@ -181,6 +181,8 @@ def train_step(run: Run, micro_batches: list[dict], flag: PreemptionFlag) -> Ste
     stats.grad_norm = clip_gradients(run, step_no)
     stats.lr = run.optimizer.param_groups[0]["lr"]
     optimizer_step(run, step_no)
+    if run.ema is not None:
+        run.ema.update(acc.unwrap_model(model))
     stats.seconds = time.perf_counter() - t0
     return stats
 
@@ -296,27 +298,46 @@ def checkpoint_due(run: Run, stats: StepStats) -> bool:
 
 
 def validate(run: Run) -> dict:
-    """Full-image validation on every rank's share; best model by FOV Dice."""
-    from unetdist.data.pipeline import eval_samples
-    from unetdist.eval.evaluate import evaluate_split
+    """Full-image validation on every rank's share; best model by FOV Dice.
+
+    With train.ema_decay the EMA weights are validated too (logged as split "val_ema"), and
+    best/ takes whichever of the two scored higher (the raw weights on a tie); its
+    metrics.json says which under "weights".
+    """
     from unetdist.eval.plots import plot_training_curves
 
-    cfg, acc, st = run.cfg, run.acc, run.state
-    broadcast_buffers(acc.unwrap_model(run.model))  # one copy of the BN statistics
-    samples = eval_samples(cfg.data, run.shard_dir, cfg.eval.split, rank=acc.process_index,
-                           world_size=acc.num_processes)
-    res = evaluate_split(run.model, samples, cfg.eval, accelerator=acc, progress=False)
-    metrics = {"split": "val", "num_images": res["num_images"], **res["fov"]}
+    acc, st = run.acc, run.state
+    metrics = score(run, run.model, "val")
     run.tracker.log(metrics, st.step)
     log_val_masks(run)
-    dice = float(res["fov"]["dice"])
+    candidates = [("raw", None, metrics)]
+    if run.ema is not None:
+        ema_metrics = score(run, run.ema.module, "val_ema")
+        run.tracker.log(ema_metrics, st.step)
+        candidates.append(("ema", run.ema.module, ema_metrics))
+    which, module, best = max(candidates, key=lambda c: float(c[2]["dice"]))  # first on ties
+    dice = float(best["dice"])
     if st.best_dice is None or dice > st.best_dice:
         st.best_dice, st.best_step = dice, st.step
-        export_best(run, metrics)
+        export_best(run, {**best, "split": "val", "weights": which}, module)
     if acc.is_main_process:
         plot_training_curves(read_records(run.run_dir / METRICS_FILE),
                              run.run_dir / "plots" / "loss.png")
     return metrics
+
+
+def score(run: Run, model: torch.nn.Module, split: str) -> dict:
+    """Validation metrics of `model` (all ranks, each its share of the images)."""
+    from unetdist.data.pipeline import eval_samples
+    from unetdist.eval.evaluate import evaluate_split
+    from unetdist.eval.inference import unwrap
+
+    cfg, acc = run.cfg, run.acc
+    broadcast_buffers(unwrap(model))  # one copy of the BN statistics
+    samples = eval_samples(cfg.data, run.shard_dir, cfg.eval.split, rank=acc.process_index,
+                           world_size=acc.num_processes)
+    res = evaluate_split(model, samples, cfg.eval, accelerator=acc, progress=False)
+    return {"split": split, "num_images": res["num_images"], **res["fov"]}
 
 
 def log_val_masks(run: Run) -> None:
@@ -341,8 +362,9 @@ def log_val_masks(run: Run) -> None:
     run.tracker.log_masks(images, run.state.step)
 
 
-def export_best(run: Run, metrics: dict) -> None:
-    state_dict = run.acc.get_state_dict(run.model)
+def export_best(run: Run, metrics: dict, module: torch.nn.Module | None = None) -> None:
+    """best/ from the trained model, or from `module` (the EMA copy) when given."""
+    state_dict = run.acc.get_state_dict(run.model) if module is None else module.state_dict()
     if run.acc.is_main_process:
         path = ckpt.export_best(state_dict, to_dict(run.cfg), to_yaml(run.cfg), metrics,
                                 run.state.step, run.run_dir)
@@ -356,7 +378,8 @@ def save(run: Run) -> Path | None:
     if run.last_saved_step == run.state.step:
         return None
     path = ckpt.save_checkpoint(run.acc, run.run_dir, run.state.step, trainer_state(run),
-                                run.cfg.checkpoint.keep_last)
+                                run.cfg.checkpoint.keep_last,
+                                extra=run.ema.save if run.ema is not None else None)
     run.last_save_time, run.last_saved_step = time.monotonic(), run.state.step
     return path
 

@@ -20,6 +20,7 @@ from unetdist.distributed import gather_objects
 from unetdist.errors import ConfigError, DataError
 from unetdist.track.jsonl import Tracker, open_tracker
 from unetdist.train.budget import TimeBudget
+from unetdist.train.ema import ModelEma
 
 
 def say(acc, *args, **kw) -> None:
@@ -56,6 +57,7 @@ class Run:
     loss_fn: object
     state: TrainState
     budget: TimeBudget | None = None  # train.max_minutes; None in hand-built test runs
+    ema: ModelEma | None = None  # train.ema_decay > 0: the averaged weights
     tracker: Tracker | None = None
     last_save_time: float = field(default_factory=time.monotonic)
     last_saved_step: int = -1
@@ -96,9 +98,14 @@ def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
     model, optimizer, scheduler = build_training_objects(cfg, acc, budget)
     run = Run(cfg, acc, run_dir, shard_dir, mhash, cfg.eval.split in manifest["splits"],
               model, optimizer, scheduler, build_loss(cfg.loss), TrainState(), budget=budget)
+    if cfg.train.ema_decay > 0:
+        run.ema = ModelEma(acc.unwrap_model(model), cfg.train.ema_decay)
     if resume_from is not None:
         run.state = restore(run, resume_from, saved)
         budget.load_state_dict(saved.get("budget", {}))  # the time already spent still counts
+        if run.ema is not None and not run.ema.load(resume_from):
+            say(acc, f"warning: {resume_from} holds no EMA weights; the EMA starts from the "
+                     "resumed weights", file=sys.stderr, flush=True)
         run.last_saved_step = run.state.step
         say(acc, f"resuming from {resume_from}", flush=True)
     run.tracker = open_tracker(cfg, run_dir, is_main=acc.is_main_process,
