@@ -223,7 +223,7 @@ class EvalConfig:
     tile: int = 256  # sliding-window tile size in px
     overlap: float = 0.25  # fraction of overlap between tiles
     threshold: float = 0.5  # probability threshold for the binary prediction
-    tta: bool = False  # flip test-time augmentation
+    tta: str = "none"  # none | flip (4 flips; true = flip) | dihedral (8: flips x 90 deg turns)
     batch_size: int = 4  # tiles per forward pass
     auc_bins: int = 10000  # histogram bins for AUC-ROC / AUC-PR
     num_overlays: int = 4  # overlay figures written per evaluation
@@ -231,6 +231,10 @@ class EvalConfig:
 
     def check(self, p: str) -> None:
         _one_of(f"{p}.split", self.split, ("train", "val", "test"))
+        from unetdist.eval.tta import MODES, tta_mode
+
+        self.tta = tta_mode(self.tta)  # old configs: true/false
+        _one_of(f"{p}.tta", self.tta, MODES)
         _require(self.tile >= 16, f"{p}.tile", self.tile, ">= 16")
         _require(0 <= self.overlap < 1, f"{p}.overlap", self.overlap, "in [0, 1)")
         _require(0 < self.threshold < 1, f"{p}.threshold", self.threshold, "in (0, 1)")

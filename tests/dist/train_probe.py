@@ -26,8 +26,8 @@ def main() -> int:
 
     build, fit = trainsetup.build_training_objects, trainer.fit
 
-    def build_with_hook(cfg, acc):
-        model, opt, sched = build(cfg, acc)
+    def build_with_hook(cfg, acc, *more):
+        model, opt, sched = build(cfg, acc, *more)
         conv = next(m for m in acc.unwrap_model(model).modules()
                     if isinstance(m, torch.nn.Conv2d))
 

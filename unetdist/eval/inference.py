@@ -1,4 +1,4 @@
-"""Full-resolution inference: Gaussian-blended sliding window, flip TTA, loading a best model.
+"""Full-resolution inference: Gaussian-blended sliding window, TTA, loading a best model.
 
 The window covers the image with tiles of `eval.tile` px overlapping by `eval.overlap`; the
 last tile of a row/column is shifted back to end at the border so no tile needs padding except
@@ -24,7 +24,6 @@ from unetdist.config import EvalConfig, RunConfig
 from unetdist.errors import UserError
 
 WEIGHTS_NAME = "model.safetensors"
-FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # identity, h, v, hv
 
 
 @lru_cache(maxsize=8)
@@ -97,8 +96,8 @@ def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfi
                            accelerator=None) -> torch.Tensor:
     """Vessel probabilities (1,1,H,W) float32 on the model's device for image (1,C,H,W).
 
-    With cfg.tta the result is the mean of the four flip variants (identity, horizontal,
-    vertical, both), each a full sliding-window pass on the flipped image, flipped back.
+    With cfg.tta (flip | dihedral, see unetdist.eval.tta) the result is the mean over the
+    views, each a full sliding-window pass on the transformed image, mapped back.
     Autocasts when the accelerator uses mixed precision. The model's train/eval mode is restored.
     """
     if image.dim() != 4 or image.shape[0] != 1:
@@ -109,27 +108,21 @@ def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfi
     try:
         image = image.to(_param_device(model), dtype=torch.float32)
         if cfg.resize <= 0:
-            return _flip_averaged(model, image, cfg, accelerator)
+            return _tta_averaged(model, image, cfg, accelerator)
         size = tuple(image.shape[-2:])
         small = F.interpolate(image, size=(cfg.resize, cfg.resize), mode="bilinear",
                               align_corners=False)
-        prob = _flip_averaged(model, small, cfg, accelerator)
+        prob = _tta_averaged(model, small, cfg, accelerator)
         return F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
     finally:
         model.train(was_training)
 
 
-def _flip_averaged(model: nn.Module, image: torch.Tensor, cfg: EvalConfig,
-                   accelerator) -> torch.Tensor:
-    if not cfg.tta:
-        return _window(model, image, cfg, accelerator)
-    total = None
-    for dims in FLIPS:
-        flipped = image.flip(dims) if dims else image
-        p = _window(model, flipped, cfg, accelerator)
-        p = p.flip(dims) if dims else p
-        total = p if total is None else total + p
-    return total / len(FLIPS)
+def _tta_averaged(model: nn.Module, image: torch.Tensor, cfg: EvalConfig,
+                  accelerator) -> torch.Tensor:
+    from unetdist.eval.tta import tta_average
+
+    return tta_average(lambda x: _window(model, x, cfg, accelerator), image, cfg.tta)
 
 
 # ----------------------------------------------------------------------------- loading
