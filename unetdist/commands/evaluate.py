@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "evaluate a best/ folder or exported .safetensors file on a split of shards"
+HELP = "evaluate a best/ folder, exported .safetensors file or ensemble on a split of shards"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True,
-                   help="RUN/best folder or a single exported .safetensors file")
+    p.add_argument("--checkpoint", required=True, nargs="+",
+                   help="RUN/best folder or exported .safetensors file; several = an ensemble "
+                        "averaging their probabilities (e.g. the best of each fold)")
     p.add_argument("--data", required=True,
                    help="shard folder (with manifest.json); the stored config's paths are unused")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--out", help="output folder (default: eval-<split>/ beside --checkpoint)")
+    p.add_argument("--out", help="output folder (default: eval-<split>/ beside --checkpoint; "
+                                 "required for an ensemble)")
     p.add_argument("--local-dir", help="stage --data to this node-local folder first "
                                        "(one copy per node, verified) and read it from there")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -52,17 +54,28 @@ def _accelerator(cfg):
 def run(args: argparse.Namespace) -> int:
     from unetdist.data.pipeline import eval_samples
     from unetdist.eval.evaluate import evaluate_split, summary_line
-    from unetdist.eval.inference import load_checkpoint, with_eval_overrides
+    from unetdist.commands._common import split_checkpoints
+    from unetdist.errors import UserError
+    from unetdist.eval.ensemble import load_models
 
-    model, cfg, meta = load_checkpoint(args.checkpoint)
+    split_checkpoints(args)
+    from unetdist.eval.inference import with_eval_overrides
+
+    ckpts = args.checkpoint
+    if len(ckpts) > 1 and not args.out:
+        raise UserError("--out is required when several --checkpoint values form an ensemble")
+    model, cfg, metas = load_models(ckpts)  # each model once per process
     cfg = with_eval_overrides(cfg, args.overrides)
     shard_dir = _shard_dir(args, cfg)  # before the process group: staging may take long
-    out = Path(args.out) if args.out else default_out_dir(args.checkpoint, args.split)
+    out = Path(args.out) if args.out else default_out_dir(ckpts[0], args.split)
     acc = _accelerator(cfg)
     model = model.to(acc.device)
     samples = eval_samples(cfg.data, shard_dir, args.split, rank=acc.process_index,
                            world_size=acc.num_processes)
-    info = {"checkpoint": str(Path(args.checkpoint).resolve()), "step": meta.get("step"),
+    paths = [str(Path(c).resolve()) for c in ckpts]
+    info = {"checkpoint": paths[0] if len(paths) == 1 else paths,
+            "step": metas[0].get("step") if len(metas) == 1 else [m.get("step") for m in metas],
+            "ensemble": len(paths),
             "data": shard_dir, "split": args.split, "world_size": acc.num_processes,
             "device": acc.device.type, "precision": acc.mixed_precision}
     result = evaluate_split(model, samples, cfg.eval, accelerator=acc, out_dir=out, info=info,

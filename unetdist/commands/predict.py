@@ -10,8 +10,9 @@ HELP = "predict vessel probability + binary PNGs for a folder of images"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True,
-                   help="RUN/best folder or a single exported .safetensors file")
+    p.add_argument("--checkpoint", required=True, nargs="+",
+                   help="RUN/best folder or exported .safetensors file; several = an ensemble "
+                        "averaging their probabilities")
     p.add_argument("--images", required=True, help="folder of PNG/JPEG/TIFF images, any size")
     p.add_argument("--out", required=True, help="output folder for <stem>.png, <stem>_prob.png")
     p.add_argument("--fov", help="folder of FOV masks named <stem> or <stem>_mask "
@@ -37,7 +38,11 @@ def _device(name: str):
 
 def run(args: argparse.Namespace) -> int:
     from unetdist.errors import DataError
-    from unetdist.eval.inference import load_for_inference, with_eval_overrides
+    from unetdist.commands._common import split_checkpoints
+    from unetdist.eval.ensemble import load_models
+
+    split_checkpoints(args)
+    from unetdist.eval.inference import with_eval_overrides
     from unetdist.eval.predict import list_images, predict_folder
 
     images = Path(args.images)
@@ -46,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     fov_dir = Path(args.fov) if args.fov else None
     if fov_dir is not None and not fov_dir.is_dir():
         raise DataError(f"FOV mask folder not found: {fov_dir}")
-    model, cfg = load_for_inference(args.checkpoint)
+    model, cfg, _ = load_models(args.checkpoint)
     cfg = with_eval_overrides(cfg, args.overrides)
     model = model.to(_device(args.device))
     out = Path(args.out)

@@ -79,7 +79,8 @@ def _window(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, accelerator)
     for chunk in _batches(coords, cfg.batch_size):
         tiles = torch.cat([image[..., y:y + t, x:x + t] for y, x in chunk])
         with _autocast(accelerator):
-            probs = _vessel_prob(model(tiles))
+            ensemble = getattr(model, "vessel_prob", None)  # eval.ensemble.Ensemble
+            probs = ensemble(tiles, _vessel_prob) if ensemble else _vessel_prob(model(tiles))
         for (y, x), p in zip(chunk, probs):
             acc[0, :, y:y + t, x:x + t] += p * weight
             norm[0, :, y:y + t, x:x + t] += weight
