@@ -73,9 +73,9 @@ class SeedStyleDataset(torch.utils.data.Dataset):
 def _make_data(root: Path, n: int, size: tuple[int, int]) -> tuple[Path, Path]:
     """Synthetic images -> shards (our pipeline) + the same samples as PNG files (baseline)."""
     from unetdist.data.codec import decode_sample
-    from unetdist.data.reader import iter_raw, split_shards
-    from unetdist.data.ingest.writer import shard_dataset
     from unetdist.data.ingest.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
+    from unetdist.data.reader import iter_raw, split_shards
 
     raw = write_synthetic(root / "raw", n_train=n, n_test=0, size=size, progress=False)
     shards = root / "shards"
@@ -149,8 +149,9 @@ def _loaders(shards: Path, pngs: Path, n: int, batch: int, steps: int, workers: 
 def _per_core(image_size: tuple[int, int], view: int, rounds: int) -> dict:
     """Single-threaded augmented VIEW x VIEW crops per second from one IMAGE_SIZE image."""
     from unetdist.config import AugConfig, DataConfig
+    from unetdist.data.augment import train_view
     from unetdist.data.ingest.synth import synthetic_sample
-    from unetdist.data.transforms import prepare, train_view
+    from unetdist.data.preprocess import prepare
 
     src = synthetic_sample(0, size=image_size)
     decoded = {"key": "k", "image": src.image, "label": src.vessels, "fov": src.fov}

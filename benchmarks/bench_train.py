@@ -33,8 +33,10 @@ def _worker(size: int, steps: int, warmup: int, precision: str, out: str) -> Non
     """One process of one configuration: time `steps` train steps after `warmup`."""
     import torch
 
-    from unetdist.train import loop as trainer, setup as trainsetup
     from unetdist.config import RunConfig
+    from unetdist.distributed import make_accelerator
+    from unetdist.train import loop as trainer
+    from unetdist.train import setup as trainsetup
     from unetdist.train.losses import build_loss
     from unetdist.train.preempt import PreemptionFlag
 
@@ -42,7 +44,7 @@ def _worker(size: int, steps: int, warmup: int, precision: str, out: str) -> Non
     cfg.data.channels, cfg.data.batch_size = "gray", 1
     cfg.model.in_channels, cfg.model.width = 1, 64
     cfg.train.precision = precision
-    acc = trainsetup.make_accelerator(cfg)
+    acc = make_accelerator(cfg.train.precision, cfg.train.grad_accum)
     model, opt, sched = trainsetup.build_training_objects(cfg, acc)
     run = trainsetup.Run(cfg, acc, Path(out).parent, "", "", False, model, opt, sched,
                          build_loss(cfg.loss), trainsetup.TrainState())

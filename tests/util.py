@@ -42,7 +42,7 @@ def subprocess_env(**extra: str) -> dict:
 def cli(*args: str, env: dict | None = None, timeout: float = 300,
         cwd: str | Path | None = None) -> subprocess.CompletedProcess:
     """Run `python -m unetdist ARGS` and capture its output."""
-    return subprocess.run([sys.executable, "-m", "unetdist", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "unetdist", *map(str, args)], check=False,
                           capture_output=True, text=True, env=env or subprocess_env(),
                           timeout=timeout, cwd=cwd)
 
@@ -59,7 +59,8 @@ def launch(module_args: list[str], nproc: int = 2, env: dict | None = None,
     """Run `accelerate launch ... -m unetdist ARGS` (or `... script.py ARGS` for a .py path)."""
     target = ["-m", "unetdist"] if not str(module_args[0]).endswith(".py") else []
     cmd = accelerate_cmd(nproc) + target + [str(a) for a in module_args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env or subprocess_env(),
+    return subprocess.run(cmd, check=False, capture_output=True, text=True,
+                          env=env or subprocess_env(),
                           timeout=timeout, cwd=cwd)
 
 

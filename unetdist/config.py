@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from unetdist.errors import ConfigError
 
@@ -24,6 +24,25 @@ def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
 
 def _one_of(name: str, value: Any, choices: tuple) -> None:
     _require(value in choices, name, value, "one of " + "|".join(map(str, choices)))
+
+
+def registered(kind: str) -> tuple[str, ...]:
+    """Allowed names of a registry ("model", "loss", "optimizer", "precision", "schedule").
+
+    The registries own their names; imported here lazily because they need torch, which
+    `unetdist --help` and plain config commands should not pay for until a config is loaded.
+    """
+    if kind == "model":
+        from unetdist.models.registry import MODELS as table
+    elif kind == "loss":
+        from unetdist.train.losses import LOSSES as table
+    elif kind == "optimizer":
+        from unetdist.train.optim import OPTIMIZERS as table
+    elif kind == "precision":
+        from unetdist.distributed import PRECISIONS as table
+    else:
+        from unetdist.train.optim import SCHEDULES as table
+    return tuple(table)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -60,8 +79,8 @@ class AugConfig:
 class DataConfig:
     """Where the shards are and how samples become batches."""
 
-    shared_dir: Optional[str] = None  # shard folder (with manifest.json) on shared storage
-    local_dir: Optional[str] = None  # node-local copy; staged from shared_dir when set
+    shared_dir: str | None = None  # shard folder (with manifest.json) on shared storage
+    local_dir: str | None = None  # node-local copy; staged from shared_dir when set
     stage: bool = True  # stage shared_dir -> local_dir at start (else read local_dir as is)
     stage_timeout: float = 3600.0  # seconds non-copying local ranks wait for the staged copy
     channels: str = "green"  # input channels: rgb | green | gray
@@ -115,7 +134,7 @@ class ModelConfig:
     encoder_levels: int = 0  # timm_unet: finest encoder feature levels used (0 = all it has)
     decoder_width: int = 16  # timm_unet decoder channels at full size, doubled per halving
     # local weights: timm encoder (timm_unet) or a full checkpoint (unet); never downloaded
-    pretrained_path: Optional[str] = None
+    pretrained_path: str | None = None
     channels_last: bool = False  # use channels_last memory format (runtime switch)
     compile: bool = False  # torch.compile the model (runtime switch)
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (GPU only)
@@ -123,7 +142,7 @@ class ModelConfig:
     RUNTIME_FIELDS = ("pretrained_path", "channels_last", "compile", "sync_bn")
 
     def check(self, p: str) -> None:
-        _one_of(f"{p}.name", self.name, ("unet", "timm_unet"))
+        _one_of(f"{p}.name", self.name, registered("model"))
         _one_of(f"{p}.norm", self.norm, ("batch", "group", "instance"))
         _require(self.in_channels >= 0, f"{p}.in_channels", self.in_channels, ">= 0")
         _require(self.num_classes >= 1, f"{p}.num_classes", self.num_classes, ">= 1")
@@ -150,7 +169,7 @@ class LossConfig:
     cldice_iters: int = 3  # soft-skeleton iterations
 
     def check(self, p: str) -> None:
-        _one_of(f"{p}.name", self.name, ("bce", "dice", "bce_dice", "cldice"))
+        _one_of(f"{p}.name", self.name, registered("loss"))
         _require(self.pos_weight > 0, f"{p}.pos_weight", self.pos_weight, "> 0")
         _require(self.dice_weight >= 0, f"{p}.dice_weight", self.dice_weight, ">= 0")
         _require(self.cldice_weight >= 0, f"{p}.cldice_weight", self.cldice_weight, ">= 0")
@@ -173,8 +192,8 @@ class OptimConfig:
     schedule_by: str = "steps"  # steps | time: decay over max_steps or over train.max_minutes
 
     def check(self, p: str) -> None:
-        _one_of(f"{p}.name", self.name, ("adam", "adamw", "sgd"))
-        _one_of(f"{p}.schedule", self.schedule, ("constant", "cosine", "poly"))
+        _one_of(f"{p}.name", self.name, registered("optimizer"))
+        _one_of(f"{p}.schedule", self.schedule, registered("schedule"))
         _one_of(f"{p}.schedule_by", self.schedule_by, ("steps", "time"))
         _require(self.lr > 0, f"{p}.lr", self.lr, "> 0")
         _require(self.weight_decay >= 0, f"{p}.weight_decay", self.weight_decay, ">= 0")
@@ -202,7 +221,7 @@ class TrainConfig:
     progress: bool = True  # show the tqdm bar on rank 0
 
     def check(self, p: str) -> None:
-        _one_of(f"{p}.precision", self.precision, ("no", "bf16", "fp16", "auto"))
+        _one_of(f"{p}.precision", self.precision, registered("precision"))
         _require(self.max_steps >= 1, f"{p}.max_steps", self.max_steps, ">= 1")
         _require(self.max_minutes >= 0, f"{p}.max_minutes", self.max_minutes, ">= 0")
         _require(self.grad_accum >= 1, f"{p}.grad_accum", self.grad_accum, ">= 1")
@@ -250,10 +269,10 @@ class WandbConfig:
     """Weights & Biases (rank 0 only; WANDB_* environment variables fill unset fields)."""
 
     mode: str = "auto"  # auto (online with an API key, else offline) | online | offline | disabled
-    project: Optional[str] = None  # W&B project (default WANDB_PROJECT or "unetdist")
-    entity: Optional[str] = None  # W&B entity (default WANDB_ENTITY)
-    name: Optional[str] = None  # run name (default: run_dir's name)
-    group: Optional[str] = None  # run group
+    project: str | None = None  # W&B project (default WANDB_PROJECT or "unetdist")
+    entity: str | None = None  # W&B entity (default WANDB_ENTITY)
+    name: str | None = None  # run name (default: run_dir's name)
+    group: str | None = None  # run group
     tags: list[str] = field(default_factory=list)  # run tags
     log_model: bool = False  # upload the best model as an artifact
     log_images: int = 4  # validation images logged with masks
@@ -334,48 +353,64 @@ def _wrap_omegaconf_error(e: Exception) -> ConfigError:
     return ConfigError(f"{key}: {msg}" if key else msg)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> RunConfig:
-    """Defaults < YAML file < dotted overrides, then validate. Raises ConfigError."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
+def _check_overrides(overrides: list[str] | tuple, only: str | None) -> None:
     for o in overrides:
         if "=" not in o:
             raise ConfigError(f"override {o!r} must look like section.field=value")
+        if only is not None and not o.startswith(f"{only}."):
+            raise ConfigError(f"only {only}.key=value overrides are allowed here, got {o!r}")
+
+
+def _yaml_layer(path: Path):
+    from omegaconf import OmegaConf
+
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    loaded = OmegaConf.load(path)
+    if loaded is None or not isinstance(OmegaConf.to_container(loaded), dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return loaded
+
+
+def _merge(base: Path | dict | None, overrides: list[str] | tuple) -> RunConfig:
+    """The one merger: defaults < base (a YAML file or a stored config) < dotted overrides."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
-        schema = OmegaConf.structured(RunConfig)
-        layers = [schema]
-        if path is not None:
-            p = Path(path)
-            if not p.is_file():
-                raise ConfigError(f"config file not found: {p}")
-            loaded = OmegaConf.load(p)
-            if loaded is None or not isinstance(OmegaConf.to_container(loaded), dict):
-                raise ConfigError(f"config file {p} must hold a mapping at the top level")
-            layers.append(loaded)
+        layers = [OmegaConf.structured(RunConfig)]
+        if isinstance(base, Path):
+            layers.append(_yaml_layer(base))
+        elif base is not None:
+            layers.append(OmegaConf.create(base))
         layers.append(OmegaConf.from_dotlist(list(overrides)))
-        merged = OmegaConf.merge(*layers)
-        cfg: RunConfig = OmegaConf.to_object(merged)  # dataclasses; __post_init__ validates
+        return OmegaConf.to_object(OmegaConf.merge(*layers))  # __post_init__ validates
     except OmegaConfBaseException as e:
         raise _wrap_omegaconf_error(e) from None
     except ValueError as e:  # yaml errors and the like
         raise ConfigError(str(e).split("\n")[0]) from None
-    if not cfg.train.run_dir:
-        stem = Path(path).stem if path is not None else "default"
-        cfg.train.run_dir = str(Path("runs") / stem)
-    return cfg
 
 
-def config_from_dict(d: dict) -> RunConfig:
-    """Rebuild a config stored in a checkpoint or best/ folder (same validation)."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> RunConfig:
+    """Defaults < YAML file < dotted overrides, then validate. Raises ConfigError."""
+    _check_overrides(overrides, None)
+    cfg = _merge(None if path is None else Path(path), overrides)
+    if cfg.train.run_dir:
+        return cfg
+    stem = Path(path).stem if path is not None else "default"
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
+                                                              run_dir=str(Path("runs") / stem)))
 
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(d))
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        raise _wrap_omegaconf_error(e) from None
+
+def config_from_dict(d: dict, overrides: list[str] | tuple = (), *,
+                     only: str | None = None) -> RunConfig:
+    """Rebuild a config stored in a checkpoint or best/ folder (same validation).
+
+    `overrides` apply on top; `only="eval"` restricts them to one section (a trained model's
+    preprocessing and architecture must stay those it was trained with).
+    """
+    _check_overrides(overrides, only)
+    return _merge(d, overrides)
 
 
 def to_dict(cfg: RunConfig) -> dict:

@@ -12,6 +12,46 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from unetdist.errors import ConfigError
+
+PRECISIONS = ("no", "bf16", "fp16", "auto")  # auto: bf16 where the device has it, else no
+
+
+def resolve_precision(name: str, *, inference: bool = False, cuda: bool | None = None) -> str:
+    """The precision a job really uses: the one place that decides it.
+
+    fp16 needs CUDA (accelerate would silently run fp32 on a CPU): for training that is an
+    error; inference of an fp16-trained model on a CPU runs in fp32 and says so.
+    """
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if name == "auto":
+        return auto_precision()
+    if name not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {'|'.join(PRECISIONS)}, got {name!r}")
+    if name == "fp16" and not cuda:
+        if not inference:
+            raise ConfigError("train.precision must be no|bf16 without CUDA, got 'fp16'")
+        from unetdist.log import warn
+
+        warn("the model was trained with fp16, which needs CUDA: inferring in fp32 on the CPU")
+        return "no"
+    return name
+
+
+def make_accelerator(precision: str, grad_accum: int = 1, *, inference: bool = False,
+                     **kwargs: Any):
+    """The one Accelerator factory (train, evaluate, predict, bench): CPU when there is no CUDA."""
+    from accelerate import Accelerator  # lazy: importing accelerate costs ~1 s
+
+    return Accelerator(cpu=not torch.cuda.is_available(),
+                       mixed_precision=resolve_precision(precision, inference=inference),
+                       gradient_accumulation_steps=grad_accum, **kwargs)
+
+
+def uses_grad_scaler(acc: Any) -> bool:
+    """fp16 training skips steps on overflow; the trainer asks the accelerator, not the config."""
+    return getattr(acc, "scaler", None) is not None
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

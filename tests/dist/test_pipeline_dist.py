@@ -15,7 +15,8 @@ WORKER = Path(__file__).with_name("pipeline_worker.py")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
-    from unetdist.data.ingest.writer import read_manifest, shard_dataset
+    from unetdist.data.manifest import read_manifest
+    from unetdist.data.ingest.writer import shard_dataset
     from unetdist.data.ingest.synth import write_synthetic
 
     root = tmp_path_factory.mktemp("pipedist")

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
-    from unetdist.data.ingest.writer import shard_dataset
     from unetdist.data.ingest.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
 
     root = tmp_path_factory.mktemp("evalcli")
     raw = write_synthetic(root / "raw", n_train=2, n_test=3, size=SIZE, seed=0, progress=False)

@@ -27,8 +27,8 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from unetdist.data.ingest.writer import shard_dataset
     from unetdist.data.ingest.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
 
     root = tmp_path_factory.mktemp("launch_sh")
     raw = write_synthetic(root / "raw", n_train=3, n_test=1, size=(64, 64), progress=False)

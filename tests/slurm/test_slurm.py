@@ -130,8 +130,8 @@ def test_sbatch_orchestration_with_a_stand_in_trainer(slurm_cluster, tmp_path, n
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> dict:
-    from unetdist.data.ingest.writer import shard_dataset
     from unetdist.data.ingest.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
 
     root = tmp_path_factory.mktemp("slurmdata")
     raw = write_synthetic(root / "raw", n_train=4, n_test=2, size=SIZE, progress=False)

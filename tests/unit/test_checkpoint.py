@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from unetdist.train import checkpoint as ck
 from unetdist.config import RunConfig, config_from_dict, to_dict, to_yaml
 from unetdist.errors import UserError
 from unetdist.track.jsonl import open_tracker, read_records
+from unetdist.train import checkpoint as ck
 
 
 def _fake_ckpt(run_dir: Path, step: int, complete: bool = True) -> Path:

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from tests.util import cli, REPO
+from tests.util import REPO, cli
 from unetdist.config import RunConfig, load_config, to_yaml
 from unetdist.errors import ConfigError
 

@@ -249,8 +249,11 @@ def test_training_curves_plot(tmp_path):
 
 
 def test_eval_overrides_only_touch_the_eval_section():
+    from unetdist.config import config_from_dict, to_dict
     from unetdist.errors import ConfigError
-    from unetdist.eval.inference import with_eval_overrides
+
+    def with_eval_overrides(cfg, overrides):
+        return config_from_dict(to_dict(cfg), overrides, only="eval")
 
     cfg = tiny_config()
     new = with_eval_overrides(cfg, ["eval.tta=true", "eval.threshold=0.3"])

@@ -11,8 +11,8 @@ from torch import nn
 
 from unetdist.config import ModelConfig, RunConfig
 from unetdist.errors import ConfigError, UserError
-from unetdist.models.registry import MODELS, apply_runtime_options, build_model
 from unetdist.models.layers import count_parameters
+from unetdist.models.registry import MODELS, apply_runtime_options, build_model
 from unetdist.models.unet import UNet
 from unetdist.models.weights import (
     clean_state_dict,

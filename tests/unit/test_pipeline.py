@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import tarfile
 from pathlib import Path
 
@@ -16,8 +15,8 @@ import torch
 from unetdist.config import DataConfig
 from unetdist.data import codec
 from unetdist.data.pipeline import count_samples, eval_samples, train_batches
+from unetdist.data.preprocess import preprocess
 from unetdist.data.reader import CACHE
-from unetdist.data.transforms import preprocess
 from unetdist.errors import DataError
 
 # ----------------------------------------------------------------------------- fixtures
@@ -285,16 +284,15 @@ def test_corrupt_member_error_mode_names_key_and_shard(tmp_path, workers):
 
 
 @pytest.mark.parametrize("workers,cache", [(0, False), (2, False), (2, True)])
-def test_corrupt_member_skip_mode_counts_and_logs(tmp_path, workers, cache, caplog):
+def test_corrupt_member_skip_mode_counts_and_logs(tmp_path, workers, cache, capfd):
     root = _corrupt(tmp_path)
     cfg = data_cfg(num_workers=workers, cache=cache, on_corrupt="skip", steps_per_epoch=8)
-    with caplog.at_level(logging.WARNING, logger="unetdist.data.pipeline"):
-        stream = train_batches(cfg, str(root), seed=1, rank=0, world_size=1, epoch=0)
-        got = list(stream)
+    stream = train_batches(cfg, str(root), seed=1, rank=0, world_size=1, epoch=0)
+    got = list(stream)
     assert len(got) == 8 and all(len(b["key"]) == 3 for b in got)
     assert "c002" not in {k for b in got for k in b["key"]}
     assert stream.skipped.keys == {("train-000000.tar", "c002")}
-    assert "skipped 1 corrupt training sample" in caplog.text
+    assert "warning: skipped 1 corrupt training sample" in capfd.readouterr().err
     # a resumed skip-mode stream finds the same samples even though one was corrupt
     assert same_batches(got[5:], list(train_batches(cfg, str(root), seed=1, rank=0,
                                                     world_size=1, epoch=0, start_step=5)))

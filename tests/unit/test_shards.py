@@ -8,18 +8,12 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from unetdist.data.ingest import writer as shards_mod
 from unetdist.data.codec import decode_sample
+from unetdist.data.ingest import writer as shards_mod
 from unetdist.data.ingest.readers import read_image, read_mask
-from unetdist.data.ingest.writer import (
-    manifest_hash,
-    plan_shards,
-    read_manifest,
-    shard_dataset,
-    shard_paths,
-    verify_shards,
-)
 from unetdist.data.ingest.synth import write_synthetic
+from unetdist.data.ingest.writer import plan_shards, shard_dataset
+from unetdist.data.manifest import manifest_hash, read_manifest, shard_paths, verify_shards
 from unetdist.errors import DataError
 
 # manifest_hash (every shard's name and sha256) of the small synthetic dataset below. Fixed

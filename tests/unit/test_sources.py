@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from unetdist.data.ingest.checks import check_samples, format_problems, load_sample
-from unetdist.data.ingest.readers import RawFileError, read_image, read_mask
 from unetdist.data.ingest.layouts import FolderSpec, assign_val, discover
+from unetdist.data.ingest.readers import RawFileError, read_image, read_mask
 from unetdist.data.ingest.synth import write_synthetic
 from unetdist.errors import DataError
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from unetdist.config import AugConfig, DataConfig
-from unetdist.data.augment import view_matrix
-from unetdist.data.transforms import prepare, preprocess, train_view
+from unetdist.data.augment import train_view, view_matrix
+from unetdist.data.preprocess import prepare, preprocess
 
 H, W = 96, 112
 

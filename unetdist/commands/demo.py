@@ -46,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetdist.tools.demo import DemoOptions, run_demo, summary
     from unetdist.errors import UserError
+    from unetdist.tools.demo import DemoOptions, run_demo, summary
 
     if args.seed is not None and args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 HELP = "evaluate a best/ folder, exported .safetensors file or ensemble on a split of shards"
@@ -30,45 +31,38 @@ def default_out_dir(checkpoint: str | Path, split: str) -> Path:
 
 
 def _shard_dir(args: argparse.Namespace, cfg) -> str:
-    from unetdist.data.ingest.writer import shard_paths
+    from unetdist.data.manifest import shard_paths
 
     if args.local_dir:
         from unetdist.data.stage.node import resolve_data_dir
 
-        cfg.data.shared_dir, cfg.data.local_dir, cfg.data.stage = args.data, args.local_dir, True
-        shard_dir = resolve_data_dir(cfg.data)
+        data = dataclasses.replace(cfg.data, shared_dir=args.data, local_dir=args.local_dir,
+                                   stage=True)
+        shard_dir = resolve_data_dir(data)
     else:
         shard_dir = args.data
     shard_paths(shard_dir, args.split)  # DataError naming the folder or split, before any work
     return str(Path(shard_dir).resolve())
 
 
-def _accelerator(cfg):
-    import torch
-    from accelerate import Accelerator
-
-    cuda = torch.cuda.is_available()
-    return Accelerator(cpu=not cuda, mixed_precision=cfg.train.precision if cuda else "no")
-
-
 def run(args: argparse.Namespace) -> int:
+    from unetdist.config import config_from_dict, to_dict
     from unetdist.data.pipeline import eval_samples
+    from unetdist.distributed import make_accelerator
     from unetdist.eval.evaluate import evaluate_split, summary_line
     from unetdist.commands._common import split_checkpoints
     from unetdist.errors import UserError
     from unetdist.eval.ensemble import load_models
 
     split_checkpoints(args)
-    from unetdist.eval.inference import with_eval_overrides
-
     ckpts = args.checkpoint
     if len(ckpts) > 1 and not args.out:
         raise UserError("--out is required when several --checkpoint values form an ensemble")
     model, cfg, metas = load_models(ckpts)  # each model once per process
-    cfg = with_eval_overrides(cfg, args.overrides)
+    cfg = config_from_dict(to_dict(cfg), args.overrides, only="eval")
     shard_dir = _shard_dir(args, cfg)  # before the process group: staging may take long
     out = Path(args.out) if args.out else default_out_dir(ckpts[0], args.split)
-    acc = _accelerator(cfg)
+    acc = make_accelerator(cfg.train.precision, inference=True)
     model = model.to(acc.device)
     samples = eval_samples(cfg.data, shard_dir, args.split, rank=acc.process_index,
                            world_size=acc.num_processes)

@@ -37,14 +37,13 @@ def _device(name: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from unetdist.config import config_from_dict, to_dict
     from unetdist.errors import DataError
     from unetdist.commands._common import split_checkpoints
     from unetdist.eval.ensemble import load_models
-
-    split_checkpoints(args)
-    from unetdist.eval.inference import with_eval_overrides
     from unetdist.eval.predict import list_images, predict_folder
 
+    split_checkpoints(args)
     images = Path(args.images)
     if not list_images(images):
         raise DataError(f"no image files (png/jpg/tif/...) in {images}")
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if fov_dir is not None and not fov_dir.is_dir():
         raise DataError(f"FOV mask folder not found: {fov_dir}")
     model, cfg, _ = load_models(args.checkpoint)
-    cfg = with_eval_overrides(cfg, args.overrides)
+    cfg = config_from_dict(to_dict(cfg), args.overrides, only="eval")
     model = model.to(_device(args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _verify(root: str, progress: bool) -> int:
-    from unetdist.data.ingest.writer import read_manifest, verify_shards
+    from unetdist.data.manifest import read_manifest, verify_shards
 
     problems = verify_shards(root, progress=progress)
     for p in problems:

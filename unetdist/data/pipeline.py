@@ -27,13 +27,13 @@ Corrupt samples: with data.on_corrupt=skip each one is logged once (main process
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from unetdist.data.preprocess import preprocess
 from unetdist.data.reader import (
     CACHE,
     SampleCache,
@@ -44,18 +44,17 @@ from unetdist.data.reader import (
     split_shards,
 )
 from unetdist.data.stream import StreamSpec, assign_shards, stream_batches
-from unetdist.data.transforms import preprocess
 from unetdist.errors import DataError
+from unetdist.log import rank_warn
 
 if TYPE_CHECKING:
     from unetdist.config import DataConfig
 
-log = logging.getLogger(__name__)
 
 
 def count_samples(shard_dir: str, split: str) -> int:
     """Samples in SPLIT according to the manifest (0 when the split has none)."""
-    from unetdist.data.ingest.writer import read_manifest
+    from unetdist.data.manifest import read_manifest
 
     entry = read_manifest(shard_dir).get("splits", {}).get(split) or {}
     return sum(int(s["samples"]) for s in entry.get("shards", []))
@@ -70,12 +69,12 @@ class _SkipLog:
     def add(self, key: str, shard: str, why: str) -> None:
         if (shard, key) not in self.keys:
             self.keys.add((shard, key))
-            log.warning("skipping corrupt sample %r in %s: %s", key, shard, why)
+            rank_warn(f"skipping corrupt sample {key!r} in {shard}: {why}")
 
     def summary(self) -> None:
         if self.keys:
-            log.warning("skipped %d corrupt %s sample(s) (data.on_corrupt=skip)",
-                        len(self.keys), self.what)
+            rank_warn(f"skipped {len(self.keys)} corrupt {self.what} sample(s) "
+                      "(data.on_corrupt=skip)")
 
 
 def _identity(x):

@@ -44,7 +44,7 @@ class ShardInfo:
 
 def split_shards(root: str, split: str) -> list[ShardInfo]:
     """The split's shards in manifest order (sorted, like their keys). DataError if absent."""
-    from unetdist.data.ingest.writer import read_manifest
+    from unetdist.data.manifest import read_manifest
 
     manifest = read_manifest(root)
     entry = manifest.get("splits", {}).get(split)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unetdist.atomic import atomic_file
 from unetdist.errors import UserError
 from unetdist.eval.inference import load_checkpoint, read_checkpoint
 
@@ -26,10 +27,6 @@ ONNX_TOLERANCE = 1e-4  # max |onnxruntime - torch| on the logits (absolute, plus
 SAMPLE_HW = (67, 83)  # odd sides: see the module docstring
 OUTPUT_NOTE = "logits; sigmoid gives the vessel probability; input preprocessed as config.data"
 CHECK_SHAPES = ((3, 96, 128), (1, 77, 101))  # (batch, H, W) checked with onnxruntime
-
-
-def _tmp_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def export_safetensors(checkpoint: str | Path, out: str | Path) -> Path:
@@ -76,12 +73,8 @@ def _finish_onnx(graph: Path, out: Path, meta: dict) -> None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     onnx.checker.check_model(proto)
-    tmp = _tmp_for(out)
-    try:
+    with atomic_file(out) as tmp:
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def check_onnx(path: Path, model: nn.Module, in_channels: int,

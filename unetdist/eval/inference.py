@@ -11,6 +11,7 @@ little context, count least.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator
 from functools import lru_cache
@@ -174,8 +175,8 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, RunConfig, dict]:
 
     state, meta, cfg = read_checkpoint(path)
     # Weights come from the file: never look for the encoder's pretrained file again.
-    cfg.model.pretrained_path = None
-    cfg.model.compile = False
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained_path=None,
+                                                             compile=False))
     model = build_model(cfg.model, pretrained=False)  # trained weights replace them anyway
     try:
         model.load_state_dict(clean_state_dict(state), strict=True)
@@ -195,29 +196,3 @@ def load_for_inference(path: str | Path) -> tuple[nn.Module, RunConfig]:
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside DDP: DDP's forward syncs buffers, which would hang uneven ranks."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def with_eval_overrides(cfg: RunConfig, overrides: list[str] | tuple = ()) -> RunConfig:
-    """The stored config with `eval.key=value` overrides applied and validated.
-
-    Only the eval section may change: preprocessing and architecture must stay those the
-    model was trained with.
-    """
-    from omegaconf import OmegaConf
-
-    from unetdist.config import config_from_dict, to_dict
-    from unetdist.errors import ConfigError
-
-    bad = [o for o in overrides if "=" not in o or not o.startswith("eval.")]
-    if bad:
-        raise ConfigError(f"only eval.key=value overrides are allowed here, got {bad[0]!r}")
-    if not overrides:
-        return cfg
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        merged = OmegaConf.merge(OmegaConf.create(to_dict(cfg)),
-                                 OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
-    return config_from_dict(OmegaConf.to_container(merged))

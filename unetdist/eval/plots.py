@@ -5,7 +5,6 @@ Every figure is written to a temporary name and renamed, so a crash never leaves
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,20 +14,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from unetdist.atomic import atomic_file
+
 # Overlay colours (RGB): true positives, false positives, false negatives.
 TP_COLOR, FP_COLOR, FN_COLOR = (0, 200, 0), (230, 30, 30), (40, 120, 255)
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -121,7 +121,7 @@ def estimate_fov(rgb: np.ndarray) -> np.ndarray | None:
 def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunConfig
                   ) -> np.ndarray:
     """(H, W) float32 vessel probability, zero outside the FOV."""
-    from unetdist.data.transforms import preprocess
+    from unetdist.data.preprocess import preprocess
 
     x = preprocess(rgb, fov.astype(np.uint8), cfg.data)
     prob = sliding_window_predict(model, torch.from_numpy(np.ascontiguousarray(x))[None],

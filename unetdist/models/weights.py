@@ -7,7 +7,6 @@ Nothing here unpickles: safetensors holds tensors and a str->str header only.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from unetdist.atomic import atomic_file
 from unetdist.errors import UserError
 
 COMPILE_PREFIX = "_orig_mod."
@@ -75,13 +75,8 @@ def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
     if bad:
         raise TypeError(f"safetensors metadata must map str to str; bad keys: {bad}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         save_file(_to_saveable(clean_state_dict(sd)), str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -126,8 +126,8 @@ def _train_objects(width: int, depth: int, compile_: bool = False):
     import torch
 
     from unetdist.config import LossConfig, ModelConfig, OptimConfig
-    from unetdist.train.losses import build_loss
     from unetdist.models.registry import apply_runtime_options, build_model
+    from unetdist.train.losses import build_loss
     from unetdist.train.optim import build_optimizer
 
     torch.manual_seed(0)
@@ -218,8 +218,8 @@ def bench_data_wait(quick: bool) -> dict:
     import torch
 
     from unetdist.config import DataConfig
-    from unetdist.data.ingest.writer import shard_dataset
     from unetdist.data.ingest.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
 
     size, n, crop, batch, width = (64, 6, 48, 4, 8) if quick else (256, 20, 96, 8, 16)
     steps, warmup = (4, 1) if quick else (30, 3)

@@ -158,8 +158,8 @@ def prepare_workdir(workdir: Path) -> None:
 
 
 def make_data(opts: DemoOptions) -> None:
-    from unetdist.data.ingest.writer import shard_dataset
     from unetdist.data.ingest.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
 
     raw = write_synthetic(opts.workdir / "raw", n_train=opts.n_train, n_test=opts.n_test,
                           size=opts.size, seed=opts.seed or 0, progress=opts.progress)

@@ -1,6 +1,7 @@
 """Rank-0 experiment trackers behind one tiny interface.
 
-`Tracker` is the protocol: `log(metrics, step)`, `finish()`, `run_id`. The local JSONL tracker
+`Tracker` is the protocol: `log(metrics, step)`, `log_masks(images, step)`, `log_model(best_dir)`,
+`finish()`, `run_id`, `wants_masks`; the trainer calls exactly these. The local JSONL tracker
 (`run_dir/metrics.jsonl`, one JSON object per line with a `step` key) is always on; other
 backends (W&B) plug in through `open_tracker` and are fanned out by `MultiTracker`. Other ranks
 get a `NullTracker`, so calling code never branches on the rank.
@@ -28,13 +29,23 @@ class Tracker(Protocol):
     @property
     def run_id(self) -> str: ...
 
+    @property
+    def wants_masks(self) -> bool:
+        """Whether this tracker shows prediction masks (so validation renders them)."""
+
     def log(self, metrics: dict, step: int) -> None: ...
+
+    def log_masks(self, images: list[dict], step: int) -> None: ...
+
+    def log_model(self, best_dir: Path) -> None: ...
 
     def finish(self) -> None: ...
 
 
-class NullTracker:
-    """What non-zero ranks get: accepts everything, writes nothing."""
+class LocalTracker:
+    """Base of the trackers that keep nothing but scalars: masks and models are not theirs."""
+
+    wants_masks = False
 
     def __init__(self, run_id: str = ""):
         self._run_id = run_id
@@ -42,6 +53,16 @@ class NullTracker:
     @property
     def run_id(self) -> str:
         return self._run_id
+
+    def log_masks(self, images: list[dict], step: int) -> None:
+        pass
+
+    def log_model(self, best_dir: Path) -> None:
+        pass
+
+
+class NullTracker(LocalTracker):
+    """What non-zero ranks get: accepts everything, writes nothing."""
 
     def log(self, metrics: dict, step: int) -> None:
         pass
@@ -85,19 +106,15 @@ def truncate_records(path: str | Path, last_step: int) -> int:
     return len(records) - len(keep)
 
 
-class JsonlTracker:
+class JsonlTracker(LocalTracker):
     """Appends `{"step": N, "time": unix, **metrics}` lines to run_dir/metrics.jsonl."""
 
     def __init__(self, run_dir: str | Path, run_id: str | None = None):
+        super().__init__(run_id or uuid.uuid4().hex[:12])
         self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._run_id = run_id or uuid.uuid4().hex[:12]
         # held open for the run, line-buffered: every record is on disk when log() returns
         self._fh = open(self.path, "a", buffering=1)  # noqa: SIM115
-
-    @property
-    def run_id(self) -> str:
-        return self._run_id
 
     def log(self, metrics: dict, step: int) -> None:
         rec = {"step": int(step), "time": round(time.time(), 3)}
@@ -134,17 +151,15 @@ class MultiTracker:
     def log_model(self, best_dir: Path) -> None:
         """Hand the exported best/ folder to the backends that store models (W&B artifacts)."""
         for t in self.trackers:
-            if hasattr(t, "log_model"):
-                t.log_model(best_dir)
+            t.log_model(best_dir)
 
     @property
     def wants_masks(self) -> bool:
-        """Whether some backend shows prediction masks (so validation should render them)."""
-        return any(hasattr(t, "log_masks") for t in self.trackers)
+        return any(t.wants_masks for t in self.trackers)
 
     def log_masks(self, images: list[dict], step: int) -> None:
         for t in self.trackers:
-            if hasattr(t, "log_masks"):
+            if t.wants_masks:
                 t.log_masks(images, step)
 
 

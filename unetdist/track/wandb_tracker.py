@@ -216,6 +216,8 @@ class WandbTracker:
     With mode `disabled` every method is a no-op and nothing is written or imported.
     """
 
+    wants_masks = True  # W&B's mask viewer shows validation predictions
+
     def __init__(self, cfg: WandbConfig, run_dir: Path, config: dict, *,
                  resume_id: str | None = None, new_run: bool = False) -> None:
         """`resume_id`: the id stored in the checkpoint being resumed. Without it the id in

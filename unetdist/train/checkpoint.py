@@ -19,11 +19,11 @@ import json
 import os
 import re
 import shutil
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from unetdist.atomic import fsync_path, write_atomic
+from unetdist.atomic import fsync_path, replace_dir, write_atomic
 from unetdist.errors import DataError, UserError
 from unetdist.train.faults import fault
 
@@ -44,11 +44,6 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Readers see the old or the new file, never half; fsynced (it points at checkpoints)."""
-    write_atomic(path, text, durable=True)
-
-
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints (renamed folders holding trainer_state.json), oldest first."""
     d = checkpoints_dir(run_dir)
@@ -61,7 +56,8 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def write_latest(run_dir: str | Path, name: str) -> None:
-    atomic_write_text(checkpoints_dir(run_dir) / LATEST, name + "\n")
+    # fsynced: it points at checkpoints that must exist after a power loss
+    write_atomic(checkpoints_dir(run_dir) / LATEST, name + "\n", durable=True)
 
 
 def read_latest(run_dir: str | Path) -> Path | None:
@@ -113,13 +109,13 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         try:
-            atomic_write_text(tmp / STATE_FILE, json.dumps(trainer_state, indent=1))
+            write_atomic(tmp / STATE_FILE, json.dumps(trainer_state, indent=1), durable=True)
             if extra is not None:
                 extra(tmp)
             if fault("save_crash", step=step):
                 raise RuntimeError(f"injected fault: crash while saving step {step}")
             _fsync_tree(tmp)  # on disk before the rename makes the folder count as complete
-            _replace_dir(tmp, final)
+            replace_dir(tmp, final, old=_old_name(final))
             write_latest(run_dir, final.name)
             _fsync_tree(ckdir, files=False)
         except BaseException:
@@ -137,19 +133,14 @@ def _fsync_tree(folder: Path, files: bool = True) -> None:
         fsync_path(p)
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename src to dst; an existing dst is moved aside first and deleted after."""
-    old = dst.with_name(f"{TMP_PREFIX}old-{dst.name}")
-    if dst.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(dst, old)
-    os.rename(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
+def _old_name(dst: Path) -> Path:
+    """Where `replace_dir` parks the previous copy: a fixed name, so a crash is recoverable."""
+    return dst.with_name(f"{TMP_PREFIX}old-{dst.name}")
 
 
 def _restore_best(run_dir: Path) -> None:
-    """A crash between the two renames of _replace_dir(best) leaves only the old copy."""
-    old = run_dir / f"{TMP_PREFIX}old-{BEST}"
+    """A crash between the two renames of replace_dir(best) leaves only the old copy."""
+    old = _old_name(run_dir / BEST)
     if old.is_dir() and not (run_dir / BEST).exists():
         os.rename(old, run_dir / BEST)
 
@@ -195,14 +186,14 @@ def check_compatible(state: dict, architecture: dict, manifest_hash: str, world_
     warnings = []
     if int(state.get("world_size", world_size)) != world_size:
         warnings.append(
-            f"WARNING: resuming {path} written by {state['world_size']} processes with "
+            f"resuming {path} written by {state['world_size']} processes with "
             f"{world_size}: the data order is no longer the uninterrupted run's (results differ)")
     return warnings
 
 
 def write_preempted(run_dir: str | Path, step: int) -> Path:
     p = Path(run_dir) / PREEMPTED
-    atomic_write_text(p, f"{step}\n")
+    write_atomic(p, f"{step}\n", durable=True)
     return p
 
 
@@ -223,7 +214,7 @@ def export_best(state_dict: dict, config_dict: dict, config_yaml: str, metrics: 
     save_weights(state_dict, tmp / "model.safetensors", meta)
     (tmp / "config.yaml").write_text(config_yaml)
     (tmp / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=1) + "\n")
-    _replace_dir(tmp, best)
+    replace_dir(tmp, best, old=_old_name(best))
     return best
 
 

@@ -10,6 +10,7 @@ rank 0's checkpoint clock, so all ranks take the same decisions at the same step
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -18,21 +19,25 @@ from pathlib import Path
 
 import torch
 
-from unetdist.train import checkpoint as ckpt
 from unetdist.config import RunConfig, to_dict, to_yaml
-from unetdist.distributed import broadcast_buffers, gather_objects, sum_across
+from unetdist.distributed import (
+    broadcast_buffers,
+    gather_objects,
+    make_accelerator,
+    resolve_precision,
+    sum_across,
+    uses_grad_scaler,
+)
 from unetdist.errors import UserError
+from unetdist.log import rank_say, say
+from unetdist.track.jsonl import METRICS_FILE, read_records
+from unetdist.train import checkpoint as ckpt
 from unetdist.train.faults import fault
 from unetdist.train.preempt import PreemptionFlag
-from unetdist.track.jsonl import METRICS_FILE, read_records
 from unetdist.train.setup import (
     Run,
     announce,
-    check_runtime,
-    make_accelerator,
-    say,
     setup_run,
-    trainer_state,
 )
 
 
@@ -71,14 +76,16 @@ def fit(cfg: RunConfig) -> TrainResult:
     """Train `cfg` to `train.max_steps` (or until preempted); resume per `train.resume`."""
     from unetdist.data.stage.node import resolve_data_dir
 
-    check_runtime(cfg)
+    precision = resolve_precision(cfg.train.precision)  # fail before staging, not after
+    if precision != cfg.train.precision:  # auto: config.yaml and checkpoints record what ran
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
     if cfg.data.num_workers:
         from unetdist.data.pipeline import single_threaded_opencv
 
         single_threaded_opencv()  # before any OpenCV work here: workers are forked later
     with PreemptionFlag() as flag:  # from the start: a signal while staging is not fatal either
         shard_dir = resolve_data_dir(cfg.data)  # staging before the process group: no timeouts
-        acc = make_accelerator(cfg)
+        acc = make_accelerator(cfg.train.precision, cfg.train.grad_accum)
         run = setup_run(cfg, acc, shard_dir)
         announce(run)
         try:
@@ -132,13 +139,13 @@ def finish(run: Run, result: TrainResult) -> None:
     if result.preempted:
         return
     if result.step < run.cfg.train.max_steps:
-        say(run.acc, f"time budget reached: train.max_minutes={run.cfg.train.max_minutes:g} "
-                     f"after {result.step} of {run.cfg.train.max_steps} steps", flush=True)
+        say(f"time budget reached: train.max_minutes={run.cfg.train.max_minutes:g} after "
+            f"{result.step} of {run.cfg.train.max_steps} steps")
     if not run.has_val:  # no validation split, no "best": export the final weights as best/
         export_best(run, {"note": f"no '{run.cfg.eval.split}' split: final weights"})
     best = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
-    say(run.acc, f"done: step {result.step}, best val FOV Dice {best} (step "
-                  f"{result.best_step}), run_dir {run.run_dir}", flush=True)
+    say(f"done: step {result.step}, best val FOV Dice {best} (step {result.best_step}), "
+        f"run_dir {run.run_dir}")
 
 
 # ----------------------------------------------------------------------------- one step
@@ -226,7 +233,7 @@ def check_finite_loss(run: Run, stats: StepStats, keys: list[str], step_no: int)
 def clip_gradients(run: Run, step_no: int) -> float:
     max_norm = run.cfg.optim.grad_clip or float("inf")  # inf: measure the norm, scale by 1
     norm = float(run.acc.clip_grad_norm_(run.model.parameters(), max_norm))
-    if run.cfg.train.precision != "fp16" and not math.isfinite(norm):
+    if not uses_grad_scaler(run.acc) and not math.isfinite(norm):
         # identical on all ranks (gradients are all-reduced), so every rank stops here
         raise NonFiniteError(f"non-finite gradient norm ({norm}) at step {step_no}; training "
                              f"stopped, no checkpoint written after step {step_no - 1}")
@@ -343,7 +350,7 @@ def score(run: Run, model: torch.nn.Module, split: str) -> dict:
 def log_val_masks(run: Run) -> None:
     """Rank 0 renders a fixed set of validation images (first by key) for W&B's mask viewer."""
     n = run.cfg.track.wandb.log_images
-    if not (run.acc.is_main_process and n > 0 and getattr(run.tracker, "wants_masks", False)):
+    if not (run.acc.is_main_process and n > 0 and run.tracker.wants_masks):
         return
     from itertools import islice
 
@@ -368,16 +375,19 @@ def export_best(run: Run, metrics: dict, module: torch.nn.Module | None = None) 
     if run.acc.is_main_process:
         path = ckpt.export_best(state_dict, to_dict(run.cfg), to_yaml(run.cfg), metrics,
                                 run.state.step, run.run_dir)
-        log_model = getattr(run.tracker, "log_model", None)
-        if log_model is not None:
-            log_model(path)
+        run.tracker.log_model(path)
     run.acc.wait_for_everyone()
 
 
 def save(run: Run) -> Path | None:
     if run.last_saved_step == run.state.step:
         return None
-    path = ckpt.save_checkpoint(run.acc, run.run_dir, run.state.step, trainer_state(run),
+    state = run.state.state_dict(steps_per_epoch=run.cfg.data.steps_per_epoch,
+                                 manifest_hash=run.manifest_hash,
+                                 world_size=run.acc.num_processes, config=to_dict(run.cfg))
+    if run.budget is not None:
+        state["budget"] = run.budget.state_dict()  # resume keeps the training time spent
+    path = ckpt.save_checkpoint(run.acc, run.run_dir, run.state.step, state,
                                 run.cfg.checkpoint.keep_last,
                                 extra=run.ema.save if run.ema is not None else None)
     run.last_save_time, run.last_saved_step = time.monotonic(), run.state.step
@@ -390,8 +400,7 @@ def stop_for_preemption(run: Run, flag: PreemptionFlag) -> TrainResult:
     if run.acc.is_main_process:
         ckpt.write_preempted(run.run_dir, step)
     why = ", ".join(sorted(set(flag.received))) or "signal on another rank"
-    print(f"rank {run.acc.process_index}: preempted ({why}); checkpoint of step {step} saved, "
-          "exiting", flush=True)
+    rank_say(f"preempted ({why}); checkpoint of step {step} saved, exiting")
     return result_of(run, preempted=True)
 
 

@@ -79,20 +79,32 @@ def cldice(logits: Tensor, label: Tensor, fov: Tensor, iters: int = 3) -> Tensor
     return (per_image * has_vessels).sum() / has_vessels.sum().clamp_min(1.0)
 
 
+def _bce(cfg: LossConfig) -> LossFn:
+    return lambda lg, y, f: masked_bce(lg, y, f, cfg.pos_weight)
+
+
+def _dice(cfg: LossConfig) -> LossFn:
+    return soft_dice
+
+
+def _bce_dice(cfg: LossConfig) -> LossFn:
+    bce = _bce(cfg)
+    return lambda lg, y, f: bce(lg, y, f) + cfg.dice_weight * soft_dice(lg, y, f)
+
+
+def _bce_dice_cldice(cfg: LossConfig) -> LossFn:
+    """Region terms always accompany clDice."""
+    region = _bce_dice(cfg)
+    return lambda lg, y, f: region(lg, y, f) + cfg.cldice_weight * cldice(lg, y, f,
+                                                                          cfg.cldice_iters)
+
+
+# the allowed loss.name values (config validation asks this table)
+LOSSES: dict[str, Callable[[LossConfig], LossFn]] = {
+    "bce": _bce, "dice": _dice, "bce_dice": _bce_dice, "cldice": _bce_dice_cldice,
+}
+
+
 def build_loss(cfg: LossConfig) -> LossFn:
-    """The loss named by `cfg.name`; region terms always accompany clDice."""
-
-    def bce(lg: Tensor, y: Tensor, f: Tensor) -> Tensor:
-        return masked_bce(lg, y, f, cfg.pos_weight)
-
-    def dice(lg: Tensor, y: Tensor, f: Tensor) -> Tensor:
-        return soft_dice(lg, y, f)
-
-    def bce_dice(lg: Tensor, y: Tensor, f: Tensor) -> Tensor:
-        return bce(lg, y, f) + cfg.dice_weight * dice(lg, y, f)
-
-    def bce_dice_cldice(lg: Tensor, y: Tensor, f: Tensor) -> Tensor:
-        return bce_dice(lg, y, f) + cfg.cldice_weight * cldice(lg, y, f, cfg.cldice_iters)
-
-    table = {"bce": bce, "dice": dice, "bce_dice": bce_dice, "cldice": bce_dice_cldice}
-    return table[cfg.name]
+    """The loss named by `cfg.name`."""
+    return LOSSES[cfg.name](cfg)

@@ -17,16 +17,25 @@ from torch.optim.lr_scheduler import LambdaLR
 from unetdist.config import OptimConfig
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter],
-                    cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Adam (L2 weight decay, as the seed tutorial), AdamW (decoupled) or SGD with momentum."""
-    params = [p for p in params if p.requires_grad]
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+def _sgd(params: list, cfg: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+
+
+# the allowed optim.name values (config validation asks this table): Adam has L2 weight decay
+# as the seed tutorial, AdamW decoupled decay
+OPTIMIZERS: dict[str, Callable[[list, OptimConfig], torch.optim.Optimizer]] = {
+    "adam": lambda ps, cfg: torch.optim.Adam(ps, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    "adamw": lambda ps, cfg: torch.optim.AdamW(ps, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    "sgd": _sgd,
+}
+SCHEDULES = ("constant", "cosine", "poly")  # lr_factor's shapes
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter],
+                    cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer named by `cfg.name` over the trainable parameters."""
+    return OPTIMIZERS[cfg.name]([p for p in params if p.requires_grad], cfg)
 
 
 def lr_factor(step: int, cfg: OptimConfig, max_steps: int,

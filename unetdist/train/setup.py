@@ -7,31 +7,25 @@ reach the same decision (or raise the same error) without a collective.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from unetdist.train import checkpoint as ckpt
-from unetdist.config import RunConfig, to_dict, to_yaml
+from unetdist.config import RunConfig, to_yaml
 from unetdist.distributed import gather_objects
-from unetdist.errors import ConfigError, DataError
+from unetdist.errors import DataError
+from unetdist.log import say, warn
 from unetdist.track.jsonl import Tracker, open_tracker
+from unetdist.train import checkpoint as ckpt
 from unetdist.train.budget import TimeBudget
 from unetdist.train.ema import ModelEma
 
 
-def say(acc, *args, **kw) -> None:
-    """Run-wide messages once per job (accelerate's print is once per node)."""
-    if acc.is_main_process:
-        print(*args, **kw)
-
-
 @dataclass
 class TrainState:
-    """What a checkpoint must carry besides accelerate's state."""
+    """What a checkpoint must carry besides accelerate's state; owns trainer_state.json."""
 
     step: int = 0  # optimizer steps completed
     batches: int = 0  # micro-batches this rank consumed: the data-stream position
@@ -39,6 +33,23 @@ class TrainState:
     best_step: int | None = None  # the step it was reached at
     skipped_in_a_row: int = 0  # consecutive fp16 overflow skips
     run_id: str = ""  # tracker run id, so a resumed run continues the same tracked run
+
+    def state_dict(self, *, steps_per_epoch: int, manifest_hash: str, world_size: int,
+                   config: dict) -> dict:
+        """trainer_state.json: what `load_state_dict` reads back, plus what resume checks."""
+        epoch, pos = divmod(self.batches, steps_per_epoch)
+        return {"step": self.step, "epoch": epoch,
+                "stream": {"epoch": epoch, "position": pos, "batches": self.batches},
+                "best": {"metric": "val fov dice", "value": self.best_dice,
+                         "step": self.best_step},
+                "skipped_in_a_row": self.skipped_in_a_row, "tracker_run_id": self.run_id,
+                "manifest_hash": manifest_hash, "world_size": world_size, "config": config}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.step, self.batches = int(d["step"]), int(d["stream"]["batches"])
+        self.best_dice, self.best_step = d["best"]["value"], d["best"]["step"]
+        self.skipped_in_a_row = int(d["skipped_in_a_row"])
+        self.run_id = d["tracker_run_id"]
 
 
 @dataclass
@@ -66,25 +77,8 @@ class Run:
 # ----------------------------------------------------------------------------- setup
 
 
-def check_runtime(cfg: RunConfig) -> None:
-    if cfg.train.precision == "auto":  # resolved once, so config.yaml records what ran
-        from unetdist.distributed import auto_precision
-
-        cfg.train.precision = auto_precision()
-    if cfg.train.precision == "fp16" and not torch.cuda.is_available():
-        # accelerate would silently train in fp32 on CPU
-        raise ConfigError("train.precision must be no|bf16 without CUDA, got 'fp16'")
-
-
-def make_accelerator(cfg: RunConfig):
-    from accelerate import Accelerator
-
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.train.precision,
-                       gradient_accumulation_steps=cfg.train.grad_accum)
-
-
 def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
-    from unetdist.data.ingest.writer import manifest_hash, read_manifest
+    from unetdist.data.manifest import manifest_hash, read_manifest
     from unetdist.train.losses import build_loss
 
     manifest = read_manifest(shard_dir)
@@ -101,13 +95,12 @@ def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
     if cfg.train.ema_decay > 0:
         run.ema = ModelEma(acc.unwrap_model(model), cfg.train.ema_decay)
     if resume_from is not None:
-        run.state = restore(run, resume_from, saved)
+        restore(run, resume_from, saved)
         budget.load_state_dict(saved.get("budget", {}))  # the time already spent still counts
         if run.ema is not None and not run.ema.load(resume_from):
-            say(acc, f"warning: {resume_from} holds no EMA weights; the EMA starts from the "
-                     "resumed weights", file=sys.stderr, flush=True)
+            warn(f"{resume_from} holds no EMA weights; the EMA starts from the resumed weights")
         run.last_saved_step = run.state.step
-        say(acc, f"resuming from {resume_from}", flush=True)
+        say(f"resuming from {resume_from}")
     run.tracker = open_tracker(cfg, run_dir, is_main=acc.is_main_process,
                                run_id=run.state.run_id or None, resume_step=run.state.step)
     run.state.run_id = run.tracker.run_id or run.state.run_id
@@ -124,9 +117,8 @@ def plan_resume(cfg: RunConfig, acc, run_dir: Path, mhash: str) -> tuple[Path | 
     warnings = ckpt.check_compatible(saved, cfg.model.architecture(), mhash,
                                      acc.num_processes, path)
     ckpt.check_rng_files(path, int(saved["world_size"]), acc.num_processes)
-    if acc.is_main_process:
-        for w in warnings:
-            print(w, file=sys.stderr, flush=True)
+    for w in warnings:
+        warn(w)
     return path, saved
 
 
@@ -157,7 +149,7 @@ def build_training_objects(cfg: RunConfig, acc, budget: TimeBudget):
     return model, optimizer, scheduler
 
 
-def restore(run: Run, path: Path, saved: dict) -> TrainState:
+def restore(run: Run, path: Path, saved: dict) -> None:
     acc = run.acc
     acc.load_state(str(path))
     rank, saved_ws = acc.process_index, int(saved["world_size"])
@@ -165,36 +157,19 @@ def restore(run: Run, path: Path, saved: dict) -> TrainState:
     failed = [r for r, good in enumerate(gather_objects(ok)) if not good]
     if failed:
         raise DataError(f"checkpoint {path}: the random state of rank(s) {failed} did not load")
-    return TrainState(step=int(saved["step"]), batches=int(saved["stream"]["batches"]),
-                      best_dice=saved["best"]["value"], best_step=saved["best"]["step"],
-                      skipped_in_a_row=int(saved["skipped_in_a_row"]),
-                      run_id=saved["tracker_run_id"])
+    run.state.load_state_dict(saved)
 
 
 def announce(run: Run) -> None:
     cfg, acc = run.cfg, run.acc
     b, n, ga = cfg.data.batch_size, acc.num_processes, cfg.train.grad_accum
     backend = "single process" if n == 1 else "nccl" if acc.device.type == "cuda" else "gloo"
-    say(acc, f"unetdist train: {n} process(es) on {acc.device.type} ({backend}), precision "
-              f"{cfg.train.precision}; {run.budget.describe()}; global batch = {b} per process x {n} processes x {ga} "
-              f"accumulation = {b * n * ga}; run_dir {run.run_dir}", flush=True)
+    say(f"unetdist train: {n} process(es) on {acc.device.type} ({backend}), precision "
+        f"{cfg.train.precision}; {run.budget.describe()}; global batch = {b} per process x "
+        f"{n} processes x {ga} accumulation = {b * n * ga}; run_dir {run.run_dir}")
     if run.state.step:
         e, p = divmod(run.state.batches, cfg.data.steps_per_epoch)
-        say(acc, f"resumed at step {run.state.step} (epoch {e}, batch {p}) -> "
-                  f"{cfg.train.max_steps}", flush=True)
+        say(f"resumed at step {run.state.step} (epoch {e}, batch {p}) -> {cfg.train.max_steps}")
     if not run.has_val:
-        say(acc, f"warning: the shards have no '{cfg.eval.split}' split: no validation; the "
-                  "final weights are exported as best/", file=sys.stderr, flush=True)
-
-
-def trainer_state(run: Run) -> dict:
-    """trainer_state.json of a checkpoint: what `restore` reads back, plus what resume checks."""
-    st, cfg = run.state, run.cfg
-    epoch, pos = divmod(st.batches, cfg.data.steps_per_epoch)
-    return {"step": st.step, "epoch": epoch,
-            "stream": {"epoch": epoch, "position": pos, "batches": st.batches},
-            "best": {"metric": "val fov dice", "value": st.best_dice, "step": st.best_step},
-            "skipped_in_a_row": st.skipped_in_a_row, "tracker_run_id": st.run_id,
-            "budget": run.budget.state_dict() if run.budget else {},
-            "manifest_hash": run.manifest_hash, "world_size": run.acc.num_processes,
-            "config": to_dict(cfg)}
+        warn(f"the shards have no '{cfg.eval.split}' split: no validation; the final weights "
+             "are exported as best/")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from unetdist.data.ingest.readers import RawFileError, read_image, read_mask
 from unetdist.data.ingest.layouts import Problem, RawSample
+from unetdist.data.ingest.readers import RawFileError, read_image, read_mask
 
 MAX_SHOWN = 20  # problems listed in an error message; the rest are counted
 

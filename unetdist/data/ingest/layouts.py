@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from unetdist.data.manifest import LAYOUTS
 from unetdist.data.ingest.readers import list_images
+from unetdist.data.manifest import LAYOUTS
 from unetdist.errors import DataError
 
 __all__ = [

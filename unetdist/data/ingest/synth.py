@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from unetdist.data.atomic import atomic_dir
+from unetdist.atomic import atomic_dir
 from unetdist.data.ingest.vessels import VesselCanvas, grow_vessel_tree
 from unetdist.errors import UserError
 

@@ -18,38 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from unetdist.data.manifest import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_SAMPLES,
-    FORMAT,
-    MANIFEST,
-    SPLITS,
-    manifest_hash,
-    read_manifest,
-    shard_paths,
-    verify_shards,
-)
 from unetdist.data.ingest.layouts import FolderSpec, RawSample
+from unetdist.data.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, FORMAT, MANIFEST, SPLITS
 from unetdist.errors import DataError, UserError
-
-__all__ = [
-    "FORMAT",
-    "MANIFEST",
-    "SPLITS",
-    "encode_sample",
-    "manifest_hash",
-    "plan_shards",
-    "read_manifest",
-    "shard_dataset",
-    "shard_paths",
-    "verify_shards",
-]
 
 
 def encode_sample(s: RawSample) -> list[tuple[str, bytes]]:
     """The tar members of one sample, in the fixed order."""
-    from unetdist.data.ingest.checks import format_problems, load_sample
     from unetdist.data.codec import encode_mask, encode_png
+    from unetdist.data.ingest.checks import format_problems, load_sample
 
     loaded, problems = load_sample(s)
     if loaded is None:  # the file changed after validation
@@ -170,7 +147,7 @@ def shard_dataset(src: str | Path, out: str | Path, *, layout: str = "drive",
     """
     from tqdm import tqdm
 
-    from unetdist.data.atomic import atomic_dir, check_output_dir, fsync_path
+    from unetdist.atomic import atomic_dir, check_output_dir, fsync_path
 
     if max_samples < 1 or max_bytes < 1:
         raise UserError(f"--max-samples and --max-bytes must be >= 1, got {max_samples}, "

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from unetdist.atomic import write_atomic
+from unetdist.atomic import atomic_file, write_atomic
 from unetdist.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -170,8 +170,7 @@ def copy_verified(src_dir: Path, dst: Path, shard: Shard, on_bytes: Callable[[in
     manifest (never stage corrupted data). No temporary file survives an error.
     """
     src = src_dir / shard.name
-    tmp = tmp_dir(dst) / f"{shard.name}.part"
-    try:
+    with atomic_file(dst / shard.name, tmp=tmp_dir(dst) / f"{shard.name}.part") as tmp:
         try:
             with open(tmp, "wb", buffering=0) as out:
                 size, digest = _stream(src, out, shard.bytes, on_bytes, stop)
@@ -188,8 +187,4 @@ def copy_verified(src_dir: Path, dst: Path, shard: Shard, on_bytes: Callable[[in
             raise DataError(f"source shard {src} is corrupt: {size} bytes, sha256 {digest[:12]}... "
                             f"but the manifest says {shard.bytes} bytes, sha256 "
                             f"{shard.sha256[:12]}...; re-create the shards with `unetdist shard`")
-        os.replace(tmp, dst / shard.name)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     write_marker(dst, shard)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from unetdist.atomic import fsync_path as fsync_dir  # a folder fsync makes renames durable
 from unetdist.atomic import write_atomic
-from unetdist.data.ingest.writer import read_manifest
+from unetdist.data.manifest import read_manifest
 from unetdist.data.stage.copy import (
     MANIFEST,
     Shard,
