@@ -122,7 +122,7 @@ class DataConfig:
 class ModelConfig:
     """The network. Architecture fields must match when resuming; runtime switches may change."""
 
-    name: str = "unet"  # unet | timm_unet
+    name: str = "unet"  # unet | timm_unet | smp (segmentation_models_pytorch, optional extra)
     in_channels: int = 0  # input channels (0 = derived from data.channels)
     num_classes: int = 1  # output channels (1 = binary vessel logit)
     width: int = 64  # base channel count of the classic UNet (the seed used 64)
@@ -130,10 +130,11 @@ class ModelConfig:
     bilinear: bool = True  # bilinear upsampling (True) or transposed convolutions
     norm: str = "batch"  # batch | group | instance
     dropout: float = 0.0  # dropout probability in the bottleneck
-    encoder: str = "resnet34"  # timm encoder name for timm_unet
+    encoder: str = "resnet34"  # encoder: timm name (timm_unet); smp name or tu-<timm name> (smp)
+    arch: str = "Unet"  # smp architecture: Unet | UnetPlusPlus | FPN | DeepLabV3Plus | Segformer..
     encoder_levels: int = 0  # timm_unet: finest encoder feature levels used (0 = all it has)
     decoder_width: int = 16  # timm_unet decoder channels at full size, doubled per halving
-    # local weights: timm encoder (timm_unet) or a full checkpoint (unet); never downloaded
+    # local weights: encoder (timm_unet, smp) or a full checkpoint (unet); never downloaded
     pretrained_path: str | None = None
     channels_last: bool = False  # use channels_last memory format (runtime switch)
     compile: bool = False  # torch.compile the model (runtime switch)
@@ -150,11 +151,17 @@ class ModelConfig:
         _require(1 <= self.depth <= 6, f"{p}.depth", self.depth, "in [1, 6]")
         _require(0 <= self.dropout < 1, f"{p}.dropout", self.dropout, "in [0, 1)")
         _require(self.encoder_levels >= 0, f"{p}.encoder_levels", self.encoder_levels, ">= 0")
+        if self.name == "smp":  # smp is optional: only then are its names asked for
+            from unetdist.models.smp_unet import check_arch
+
+            check_arch(self.arch)
         _require(self.decoder_width >= 1, f"{p}.decoder_width", self.decoder_width, ">= 1")
 
     def architecture(self) -> dict:
         """The fields that define the weights' shapes; a resume must match them."""
         d = dataclasses.asdict(self)
+        if self.name != "smp":  # only smp reads it; checkpoints from before it existed resume
+            d.pop("arch")
         return {k: v for k, v in d.items() if k not in self.RUNTIME_FIELDS}
 
 
