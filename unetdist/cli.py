@@ -13,7 +13,7 @@ import sys
 from unetdist.errors import UserError
 
 COMMANDS = ("config", "doctor", "synth", "shard", "stage", "train", "evaluate", "predict",
-            "export", "report", "bench", "demo")
+            "export", "report", "bench", "demo", "sweep")
 
 
 def _available_commands() -> dict:

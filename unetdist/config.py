@@ -406,7 +406,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         return cfg
     stem = Path(path).stem if path is not None else "default"
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
-                                                              run_dir=str(Path("runs") / stem)))
+                                                              run_dir=str(default_run_dir(stem))))
+
+
+def default_run_dir(stem: str) -> Path:
+    """runs/<config stem>; inside a W&B sweep (the agent sets WANDB_SWEEP_ID and WANDB_RUN_ID
+    for each run it starts) runs/<stem>/sweep-<id>/<run id>, so runs never share a folder."""
+    import os
+
+    sweep, run = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+    if sweep and run:
+        return Path("runs") / stem / f"sweep-{sweep}" / run
+    return Path("runs") / stem
 
 
 def config_from_dict(d: dict, overrides: list[str] | tuple = (), *,

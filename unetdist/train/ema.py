@@ -14,6 +14,7 @@ accelerate's files in each checkpoint (never in a pickle), so a resume restores 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -54,8 +55,10 @@ class ModelEma:
     def save(self, folder: str | Path) -> Path:
         from unetdist.models.weights import save_weights
 
-        return save_weights(self.state_dict(), Path(folder) / EMA_FILE,
-                            {"updates": str(self.updates), "decay": repr(self.decay)})
+        # one metadata key: safetensors writes several in a per-process random order, and a
+        # resumed run's checkpoint should be byte-identical to the uninterrupted run's
+        meta = json.dumps({"decay": self.decay, "updates": self.updates}, sort_keys=True)
+        return save_weights(self.state_dict(), Path(folder) / EMA_FILE, {"ema": meta})
 
     def load(self, folder: str | Path) -> bool:
         """Restore the state a checkpoint folder holds; False when it has none."""
@@ -66,5 +69,5 @@ class ModelEma:
             return False
         state, meta = load_weights(path)
         self.module.load_state_dict(state, strict=True)
-        self.updates = int(meta.get("updates", 0))
+        self.updates = int(json.loads(meta["ema"])["updates"])
         return True
