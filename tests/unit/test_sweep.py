@@ -97,3 +97,24 @@ def test_runs_started_by_a_wandb_agent_get_their_own_run_folder(monkeypatch):
     monkeypatch.setenv("WANDB_RUN_ID", "run9")
     assert load_config(None, []).train.run_dir == "runs/default/sweep-sw1/run9"
     assert load_config(None, ["train.run_dir=x"]).train.run_dir == "x"
+
+
+def test_summary_shows_per_trial_test_scores_and_an_ensemble_evaluation(tmp_path):
+    doc = sweep.expand(_spec(tmp_path, parameters={"seed": [0, 1]}, group_by="seed"))
+    for t, d in zip(doc["trials"], (0.6, 0.7)):
+        run = tmp_path / "sw" / t["name"]
+        (run / "best").mkdir(parents=True)
+        (run / "best" / "metrics.json").write_text(json.dumps({"step": 4, "dice": d}))
+        (run / "eval-test").mkdir()
+        (run / "eval-test" / "metrics.json").write_text(json.dumps({"fov": {"dice": d - 0.1}}))
+    ens = tmp_path / "sw" / "ensemble-test"
+    ens.mkdir()
+    (ens / "metrics.json").write_text(json.dumps({
+        "info": {"ensemble": 2, "split": "test"}, "num_images": 3,
+        "fov": {"dice": 0.6543, "auc_roc": 0.91}}))
+    text, _ = sweep.summarize(tmp_path / "sw", doc)
+    header = [c.strip() for c in text.splitlines()[0].strip("|").split("|")]
+    first = [c.strip() for c in text.splitlines()[2].strip("|").split("|")]
+    assert header[:5] == ["trial", "seed", "dice", "test dice", "step"]
+    assert first[:5] == ["trial-001", "1", "0.7", "0.6", "4"]
+    assert "ensemble-test: 2 model(s) on test (3 images): FOV dice 0.6543, AUC-ROC 0.9100" in text

@@ -218,6 +218,9 @@ def _trial_row(t: dict, metric: str) -> dict:
         value = m.get(metric)
         row.update({metric: float(value) if isinstance(value, (int, float)) else None,
                     "step": m.get("step"), "weights": m.get("weights", "raw"), "status": "done"})
+    test = run / "eval-test" / "metrics.json"  # train.sbatch scores best/ on the test split
+    if test.is_file():
+        row[f"test {metric}"] = json.loads(test.read_text()).get("fov", {}).get(metric)
     if (run / "PREEMPTED").is_file():
         row["status"] = "preempted"
     elif row["status"] == "not run" and (run / "checkpoints").is_dir():
@@ -255,18 +258,35 @@ def _table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _ensemble_line(path: Path) -> str:
+    """An ensemble evaluation saved inside the sweep folder (evaluate --out SWEEP/NAME)."""
+    try:
+        m = json.loads(path.read_text())
+        info, fov = m.get("info", {}), m["fov"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    members = info.get("ensemble", 1)
+    auc = fov.get("auc_roc")
+    return (f"\n{path.parent.name}: {members} model(s) on {info.get('split')} "
+            f"({m.get('num_images')} images): FOV dice {fov['dice']:.4f}, AUC-ROC "
+            f"{'-' if auc is None else f'{auc:.4f}'}")
+
+
 def summarize(folder: Path, doc: dict) -> tuple[str, list[dict]]:
     """Write summary.csv, summary.md and best.txt; return (the table as text, best rows)."""
     metric, group_by = doc["metric"], doc["group_by"]
     rows = _ranked([_trial_row(t, metric) for t in doc["trials"]], metric)
     params = list(doc["trials"][0]["params"]) if doc["trials"] else []
     columns = ["trial", *params, metric, "step", "weights", "status"]
+    if any(f"test {metric}" in r for r in rows):
+        columns.insert(columns.index("step"), f"test {metric}")
     best = best_per_group(rows, metric, group_by)
     text = _table(rows, columns)
     label = f"best per {group_by}" if group_by else "best trial"
     text += f"\n\n{label} (by val {metric}):\n" + "\n".join(
         f"  {(str(r[group_by]) + ': ') if group_by else ''}{r['trial']} {metric} "
         f"{_fmt(r[metric])} -> {r['best']}" for r in best)
+    text += "".join(_ensemble_line(p) for p in sorted(folder.glob("*/metrics.json")))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=[*columns, "best"], lineterminator="\n")
     w.writeheader()
