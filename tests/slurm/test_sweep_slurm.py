@@ -78,7 +78,7 @@ def test_two_fold_two_lr_sweep_on_slurm_then_the_best_per_fold_ensemble(slurm_cl
         scored = [row for row in rows if row[FOLD_KEY] == fold]
         winner = max(scored, key=lambda row: float(row["dice"]))
         assert path == winner["best"], (fold, by_fold)
-    out = root / "ensemble-test"
+    out = root / "sweep" / "ensemble-test"
     r = launch(["evaluate", "--checkpoint", *best, "--data", shards, "--split", "test",
                 "--out", out, "--no-progress"], nproc=2)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -87,3 +87,7 @@ def test_two_fold_two_lr_sweep_on_slurm_then_the_best_per_fold_ensemble(slurm_cl
     assert m["num_images"] == 3
     keys = [row["key"] for row in csv.DictReader((out / "per_image.csv").open())]
     assert len(keys) == len(set(keys)) == 3
+    r = cli("sweep", root / "sweep", "--summary", env=env, cwd=root)  # now with the ensemble
+    assert r.returncode == 0, r.stderr
+    assert f"ensemble-test: 2 model(s) on test (3 images): FOV dice {m['fov']['dice']:.4f}" \
+        in r.stdout
