@@ -48,6 +48,26 @@ def make_accelerator(precision: str, grad_accum: int = 1, *, inference: bool = F
                        gradient_accumulation_steps=grad_accum, **kwargs)
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """The one device decision outside an Accelerator: CUDA when present ("auto"), else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"device {name!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: CUDA is not available")
+    return dev
+
+
+def collective_device() -> torch.device:
+    """Where a tensor must live to be reduced: NCCL reduces CUDA tensors only, gloo CPU ones."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def uses_grad_scaler(acc: Any) -> bool:
     """fp16 training skips steps on overflow; the trainer asks the accelerator, not the config."""
     return getattr(acc, "scaler", None) is not None

@@ -50,7 +50,7 @@ def test_two_processes_give_exactly_the_one_process_results(setup, n_images):
     root, best = setup["root"], setup["best"]
     shards = root / f"shards{n_images}"
     one, two = root / f"one{n_images}", root / f"two{n_images}"
-    common = ["--checkpoint", best, "--data", shards, "--split", "test", "--no-progress"]
+    common = ["--checkpoint", best, "--data", shards, "--split", "test", "--quiet"]
     _one_process(best, shards, one)
     r = launch(["evaluate", *common, "--out", two], nproc=2)
     assert r.returncode == 0, r.stdout + r.stderr

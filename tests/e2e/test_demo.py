@@ -21,7 +21,7 @@ TINY = ["model.width=8", "data.crop=48", "data.batch_size=4", "data.num_workers=
 def demo(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("demo") / "work"
     r = cli("demo", "--workdir", work, "--size", str(SIZE), "--n-train", str(N_TRAIN),
-            "--n-test", str(N_TEST), "--steps", "8", "--nproc", "2", "--no-progress", *TINY,
+            "--n-test", str(N_TEST), "--steps", "8", "--nproc", "2", "--quiet", *TINY,
             timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return {"work": work, "run": work / "run", "stdout": r.stdout, "stderr": r.stderr}

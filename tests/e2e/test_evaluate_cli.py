@@ -53,7 +53,7 @@ def _gif_mask(path: Path) -> np.ndarray:
 
 def _evaluate(data: dict, checkpoint, out: Path | None = None, *extra) -> dict:
     args = ["evaluate", "--checkpoint", checkpoint, "--data", data["shards"], "--split", "test",
-            "--no-progress", *extra]
+            "--quiet", *extra]
     if out is not None:
         args += ["--out", out]
     _run_ok(*args)
@@ -145,7 +145,7 @@ def test_predict_names_a_corrupt_file_and_processes_the_rest(data, tmp_path):
     (images / "notes.txt").write_text("ignored")
     out = tmp_path / "pred"
     r = cli("predict", "--checkpoint", data["best"], "--images", images, "--out", out,
-            "--fov", data["raw"] / "test" / "mask", "--no-progress")
+            "--fov", data["raw"] / "test" / "mask", "--quiet")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "broken.png" in r.stderr and "3 image(s)" in r.stdout
     assert not (out / "broken.png").exists()
@@ -168,7 +168,7 @@ def test_predict_without_fov_folder_exits_zero(data, tmp_path):
     tif = min((data["raw"] / "test" / "images").iterdir())
     shutil.copy(tif, images / tif.name)
     assert main(["predict", "--checkpoint", str(data["best"]), "--images", str(images),
-                 "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
     assert _png(tmp_path / "o" / f"{tif.stem}.png").shape == SIZE
 
 

@@ -18,16 +18,16 @@ def test_help_lists_stage():
 def test_stage_then_noop_then_rehash(tmp_path):
     src, dst = tmp_path / "shared", tmp_path / "local"
     m = make_shard_dir(src)
-    r = cli("stage", src, dst, "--no-progress", "--json")
+    r = cli("stage", src, dst, "--quiet", "--json")
     assert r.returncode == 0, r.stderr
     first = json.loads(r.stdout)
     assert first["copied"] == names(m) and first["copied_bytes"] == m["total_bytes"]
     assert_complete_copy(src, dst, m)
 
-    r = cli("stage", src, dst, "--no-progress", "--json")
+    r = cli("stage", src, dst, "--quiet", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["copied_bytes"] == 0
 
-    r = cli("stage", src, dst, "--rehash", "--no-progress")
+    r = cli("stage", src, dst, "--rehash", "--quiet")
     assert r.returncode == 0, r.stderr
     assert "copied 0 shard(s)" in r.stdout and "re-hashed" in r.stdout
 
@@ -61,7 +61,7 @@ def test_corrupted_source_exits_2_naming_the_shard(tmp_path):
     data = bytearray((src / victim).read_bytes())
     data[0] ^= 1
     (src / victim).write_bytes(bytes(data))
-    r = cli("stage", src, tmp_path / "local", "--no-progress")
+    r = cli("stage", src, tmp_path / "local", "--quiet")
     assert r.returncode == 2 and victim in r.stderr and "corrupt" in r.stderr
     assert not (tmp_path / "local" / "manifest.json").exists()
 
@@ -76,7 +76,7 @@ def test_bad_threads_exits_2(tmp_path):
 def test_two_cli_processes_stage_once(tmp_path):
     src, dst = tmp_path / "shared", tmp_path / "local"
     m = make_shard_dir(src, n=8, size=2_000_000)
-    cmd = [sys.executable, "-m", "unetdist", "stage", str(src), str(dst), "--no-progress",
+    cmd = [sys.executable, "-m", "unetdist", "stage", str(src), str(dst), "--quiet",
            "--json"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=subprocess_env(), cwd=REPO) for _ in range(2)]

@@ -106,7 +106,7 @@ def evaluate(args: list[str]) -> int:
 
 
 def main() -> int:
-    cmd, rest = sys.argv[1], [a for a in sys.argv[2:] if a != "--no-progress"]
+    cmd, rest = sys.argv[1], [a for a in sys.argv[2:] if a not in ("--quiet", "--no-progress")]
     if cmd == "stage":
         return stage(*rest)
     if cmd == "train":

@@ -11,6 +11,12 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
                    help="dotted overrides, e.g. optim.lr=3e-4 train.precision=bf16")
 
 
+def add_quiet_argument(p: argparse.ArgumentParser) -> None:
+    """The one spelling of "no progress bars" across commands (--no-progress still accepted)."""
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
+
+
 def load_from_args(args: argparse.Namespace):
     from unetdist.config import load_config
 

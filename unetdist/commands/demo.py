@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from unetdist.commands._common import add_quiet_argument
+
 HELP = "end-to-end demo on synthetic fundus images (shard, stage, train with DDP, evaluate)"
 
 
@@ -40,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the synthetic data (default 0) and of training (default: the "
                         "config's)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_quiet_argument(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="training overrides, e.g. model.width=32 optim.lr=3e-3")
 
@@ -52,11 +54,11 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None and args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
     overrides = list(args.overrides)
-    if args.no_progress:
+    if args.quiet:
         overrides.append("train.progress=false")
     opts = DemoOptions(workdir=args.workdir, config=args.config, size=args.size,
                        n_train=args.n_train, n_test=args.n_test, steps=args.steps,
                        nproc=args.nproc, overrides=overrides, seed=args.seed,
-                       progress=not args.no_progress)
+                       progress=not args.quiet)
     print(summary(run_demo(opts)), flush=True)
     return 0

@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from unetdist.commands._common import add_quiet_argument
+
 HELP = "evaluate a best/ folder, exported .safetensors file or ensemble on a split of shards"
 
 
@@ -20,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                  "required for an ensemble)")
     p.add_argument("--local-dir", help="stage --data to this node-local folder first "
                                        "(one copy per node, verified) and read it from there")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet_argument(p)
     p.add_argument("overrides", nargs="*", metavar="eval.key=value",
                    help="evaluation overrides, e.g. eval.tta=true eval.threshold=0.4")
 
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from unetdist.commands._common import split_checkpoints
     from unetdist.errors import UserError
     from unetdist.eval.ensemble import load_models
+    from unetdist.log import say
 
     split_checkpoints(args)
     ckpts = args.checkpoint
@@ -73,15 +76,12 @@ def run(args: argparse.Namespace) -> int:
             "data": shard_dir, "split": args.split, "world_size": acc.num_processes,
             "device": acc.device.type, "precision": acc.mixed_precision}
     result = evaluate_split(model, samples, cfg.eval, accelerator=acc, out_dir=out, info=info,
-                            progress=not args.no_progress)
-    if acc.is_main_process:
-        print(f"{args.split}: {summary_line(result)}")
-        obs = result.get("second_observer")
-        if obs:
-            o = obs["fov"]
-            print(f"second observer ({obs['num_images']} images): FOV dice {o['dice']:.4f} "
-                  f"recall {o['recall']:.4f} precision {o['precision']:.4f} "
-                  f"accuracy {o['accuracy']:.4f}")
-        print(f"wrote {out}")
+                            progress=not args.quiet)
+    say(f"{args.split}: {summary_line(result)}")
+    if obs := result.get("second_observer"):
+        o = obs["fov"]
+        say(f"second observer ({obs['num_images']} images): FOV dice {o['dice']:.4f} "
+            f"recall {o['recall']:.4f} precision {o['precision']:.4f} accuracy {o['accuracy']:.4f}")
+    say(f"wrote {out}")
     acc.end_training()
     return 0

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from unetdist.commands._common import add_quiet_argument
+
 HELP = "predict vessel probability + binary PNGs for a folder of images"
 
 
@@ -18,30 +20,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fov", help="folder of FOV masks named <stem> or <stem>_mask "
                                  "(default: estimated from the dark border, else whole image)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet_argument(p)
     p.add_argument("overrides", nargs="*", metavar="eval.key=value",
                    help="inference overrides, e.g. eval.tta=true eval.threshold=0.4")
 
 
-def _device(name: str):
-    import torch
-
-    from unetdist.errors import UserError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available")
-    return dev
-
-
 def run(args: argparse.Namespace) -> int:
     from unetdist.config import config_from_dict, to_dict
+    from unetdist.distributed import pick_device
     from unetdist.errors import DataError
     from unetdist.commands._common import split_checkpoints
     from unetdist.eval.ensemble import load_models
     from unetdist.eval.predict import list_images, predict_folder
+    from unetdist.log import warn
 
     split_checkpoints(args)
     images = Path(args.images)
@@ -52,14 +43,14 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"FOV mask folder not found: {fov_dir}")
     model, cfg, _ = load_models(args.checkpoint)
     cfg = config_from_dict(to_dict(cfg), args.overrides, only="eval")
-    model = model.to(_device(args.device))
+    model = model.to(pick_device(args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = predict_folder(model, cfg, images, out, fov_dir=fov_dir,
-                            progress=not args.no_progress)
+                            progress=not args.quiet)
     if fov_dir is not None and report.estimated_fov:
-        print(f"warning: no FOV mask in {fov_dir} for {', '.join(report.estimated_fov)}; "
-              f"estimated from the image", file=sys.stderr)
+        warn(f"no FOV mask in {fov_dir} for {', '.join(report.estimated_fov)}; estimated from "
+             "the image")
     for name, reason in report.failed:
         print(f"failed: {reason if name in reason else f'{name}: {reason}'}", file=sys.stderr)
     print(f"predicted {len(report.done)} image(s) into {out}"

@@ -8,6 +8,8 @@ import re
 import sys
 import time
 
+from unetdist.commands._common import add_quiet_argument
+
 HELP = "validate a raw dataset and write webdataset shards + manifest.json (or --verify them)"
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -51,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-bytes", type=parse_bytes, default=DEFAULT_MAX_BYTES, metavar="B",
                    help="bytes per shard at most, e.g. 64M (default 256M)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_argument(p)
 
 
 def _verify(root: str, progress: bool) -> int:

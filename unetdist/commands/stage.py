@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import json
 
+from unetdist.commands._common import add_quiet_argument
+
 HELP = "copy shards from shared storage to node-local disk (sha256-verified, one copy per node)"
 
 
@@ -17,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=4, help="parallel copies (default 4)")
     p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="how long to wait for another process staging into DST (default 3600)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet_argument(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise UserError(f"--timeout must be > 0, got {args.timeout:g}")
     result = stage(args.src, args.dst, rehash=args.rehash, threads=args.threads,
-                   progress=not args.no_progress, lock_timeout=args.timeout)
+                   progress=not args.quiet, lock_timeout=args.timeout)
     if args.json:
         print(json.dumps(dataclasses.asdict(result)))
     else:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from unetdist.commands._common import add_quiet_argument
+
 HELP = "write a synthetic fundus dataset (DRIVE layout) for the demo and tests"
 
 
@@ -30,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="image size, height x width (default 584x565, like DRIVE)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,1 +1,13 @@
-"""Raw datasets, shards, staging and the streaming pipeline."""
+"""Shards and the streaming pipeline (shards -> batches).
+
+- `manifest.py` — the shard set's manifest.json: splits, sizes, hashes, verification
+- `codec.py` — PNG/JSON members of a sample: our own decoders, never pickles
+- `tario.py` — reproducible tar shard writing and hashing
+- `reader.py` — one shard's samples, decoded and checked
+- `stream.py` — explicitly seeded, resumable per-rank/worker sample streams
+- `pipeline.py` — train batches and exactly-once evaluation samples (DataLoader glue)
+- `preprocess.py` — channels, CLAHE, gamma, normalisation (train = eval = predict)
+- `augment.py` — paired image/label/FOV augmentation views
+
+Sub-packages: `ingest/` (raw dataset -> shards), `stage/` (shared storage -> node-local).
+"""

@@ -24,6 +24,8 @@ import math
 import numpy as np
 import torch
 
+from unetdist.distributed import collective_device
+
 COUNT_KEYS = ("tp", "fp", "fn", "tn")
 # Layout of the scalar part of the reduced tensor (histograms follow).
 _SCALARS = ("num_images", "fov_tp", "fov_fp", "fov_fn", "fov_tn", "image_tp", "image_fp",
@@ -200,12 +202,7 @@ class MetricState:
         if self.reduced:
             return self
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            if accelerator is not None:
-                device = accelerator.device
-            elif dist.get_backend() == "nccl":
-                device = torch.device("cuda", torch.cuda.current_device())
-            else:
-                device = torch.device("cpu")
+            device = accelerator.device if accelerator is not None else collective_device()
             flat = self.as_tensor().to(device)
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             self.load_tensor(flat)

@@ -1,1 +1,8 @@
-"""Networks: the registry (`registry.build_model`), the classic UNet, the timm-encoder UNet, weights io."""
+"""Networks.
+
+- `registry.py` — `build_model(cfg.model)` by name, runtime switches
+- `unet.py` — the classic DoubleConv/Down/Up/OutConv UNet (the seed)
+- `timm_unet.py` — a UNet decoder on a timm encoder
+- `layers.py` — shared building blocks (DoubleConv, padding)
+- `weights.py` — safetensors weights io, state-dict cleaning
+"""

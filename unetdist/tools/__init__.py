@@ -1,1 +1,6 @@
-"""Self-contained tools behind commands: benchmark, demo, doctor."""
+"""Self-contained tools behind commands.
+
+- `bench.py` — `unetdist bench`: the benchmark runner and its table
+- `demo.py` — `unetdist demo`: synth -> shard -> stage -> DDP train -> evaluate -> report
+- `doctor.py` — `unetdist doctor`: what this machine can run
+"""

@@ -126,6 +126,7 @@ def _train_objects(width: int, depth: int, compile_: bool = False):
     import torch
 
     from unetdist.config import LossConfig, ModelConfig, OptimConfig
+    from unetdist.distributed import pick_device
     from unetdist.models.registry import apply_runtime_options, build_model
     from unetdist.train.losses import build_loss
     from unetdist.train.optim import build_optimizer
@@ -133,7 +134,7 @@ def _train_objects(width: int, depth: int, compile_: bool = False):
     torch.manual_seed(0)
     mcfg = ModelConfig(in_channels=1, width=width, depth=depth, compile=compile_)
     model = apply_runtime_options(build_model(mcfg), mcfg, distributed=False)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     model = model.to(device).train()
     return model, build_loss(LossConfig()), build_optimizer(model.parameters(), OptimConfig()), device
 

@@ -190,7 +190,7 @@ def evaluate(opts: DemoOptions, topo: Topology) -> None:
     cmd = [sys.executable, "-m", "unetdist", "evaluate", "--checkpoint", str(run / "best"),
            "--data", str(opts.workdir.absolute() / "local"), "--split", "test"]
     if not opts.progress:
-        cmd.append("--no-progress")
+        cmd.append("--quiet")
     run_child(cmd, child_env(topo, training=False), "evaluation")
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from unetdist.atomic import write_atomic
 from unetdist.config import WandbConfig
 from unetdist.errors import ConfigError, UserError
+from unetdist.log import say
 
 RUN_ID_FILE = "wandb_run_id"
 STATE_FILE = "wandb_state.json"
@@ -242,8 +243,8 @@ class WandbTracker:
         self._run = self._init_run(config)
         self._adopt_assigned_id()
         if self.mode == "offline":
-            print(f"wandb: offline run {self._run_id} in {self._run.settings.sync_dir}; "
-                  "the upload command is printed at the end", file=sys.stderr)
+            say(f"wandb: offline run {self._run_id} in {self._run.settings.sync_dir}; "
+                "the upload command is printed at the end", file=sys.stderr)
 
     def _adopt_assigned_id(self) -> None:
         """Inside a sweep (or W&B launch) wandb ignores the id we pass and uses the one its
@@ -364,7 +365,7 @@ class WandbTracker:
         state = {"run_id": self._run_id, "last_step": self._high_water}
         write_atomic(self.run_dir / STATE_FILE, json.dumps(state) + "\n")
         if (cmd := self.sync_command()) is not None:
-            print(f"wandb: offline run saved; upload it later with:\n  {cmd}", file=sys.stderr)
+            say(f"wandb: offline run saved; upload it later with:\n  {cmd}", file=sys.stderr)
 
 
 def _new_run_id() -> str:

@@ -1,1 +1,10 @@
-"""Training: the loop, its setup, checkpoints, optimizer, losses, preemption."""
+"""Training.
+
+- `loop.py` — `fit()` and the training step
+- `setup.py` — accelerator, model/optimizer/scheduler, resume, run dir (before step 1)
+- `checkpoint.py` — atomic rank-0 checkpoints, `latest`, best/, resume selection
+- `optim.py` — optimizers and LR schedules (registries)
+- `losses.py` — FOV-masked losses (registry)
+- `preempt.py` — the preemption flag set by signals
+- `faults.py` — test-only fault injection, wrapped around the run from outside
+"""

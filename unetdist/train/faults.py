@@ -1,5 +1,8 @@
 """Test-only fault injection, driven by the UNETDIST_FAULT environment variable.
 
+`install_faults(run, flag)` wraps the run's loss, gradient clipping and step start from the
+outside when a fault is configured, so the training step itself carries no test hooks.
+
 Examples: `nan_loss:rank=1:step=3` (that rank's loss becomes NaN at optimizer step 3),
 `save_crash:step=4` (the checkpoint of step 4 raises after every rank wrote its files),
 `inf_grad:step=2` (every rank's gradients overflow after a finite loss),
@@ -11,6 +14,12 @@ normal use: then every query is a cheap dictionary miss.
 from __future__ import annotations
 
 import os
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from unetdist.train.preempt import PreemptionFlag
+    from unetdist.train.setup import Run
 
 ENV = "UNETDIST_FAULT"
 
@@ -32,3 +41,34 @@ def fault(kind: str, *, step: int, rank: int = 0) -> bool:
         if name == kind and where.get("step", step) == step and where.get("rank", rank) == rank:
             return True
     return False
+
+
+def install_faults(run: Run, flag: PreemptionFlag) -> None:
+    """Wrap the run's loss, clipping and step start with the faults UNETDIST_FAULT asks for."""
+    if not os.environ.get(ENV):
+        return
+    rank = run.acc.process_index
+
+    def step_no() -> int:  # the optimizer step being computed
+        return run.state.step + 1
+
+    loss_fn, clip = run.loss_fn, run.acc.clip_grad_norm_
+
+    def faulty_loss(*args):
+        loss = loss_fn(*args)
+        return loss * float("nan") if fault("nan_loss", step=step_no(), rank=rank) else loss
+
+    def faulty_clip(params, *args, **kw):
+        params = list(params)
+        if fault("inf_grad", step=step_no(), rank=rank):
+            next(p for p in params if p.grad is not None).grad.fill_(float("inf"))
+        return clip(params, *args, **kw)
+
+    def stall() -> None:  # wait before step N until a signal (tests kill/signal here)
+        if fault("stall", step=step_no(), rank=rank):
+            deadline = time.monotonic() + 600
+            while not flag.requested and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    run.loss_fn, run.before_step = faulty_loss, stall
+    run.acc.clip_grad_norm_ = faulty_clip

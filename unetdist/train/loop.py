@@ -32,7 +32,7 @@ from unetdist.errors import UserError
 from unetdist.log import rank_say, say
 from unetdist.track.jsonl import METRICS_FILE, read_records
 from unetdist.train import checkpoint as ckpt
-from unetdist.train.faults import fault
+from unetdist.train.faults import install_faults
 from unetdist.train.preempt import PreemptionFlag
 from unetdist.train.setup import (
     Run,
@@ -87,6 +87,7 @@ def fit(cfg: RunConfig) -> TrainResult:
         shard_dir = resolve_data_dir(cfg.data)  # staging before the process group: no timeouts
         acc = make_accelerator(cfg.train.precision, cfg.train.grad_accum)
         run = setup_run(cfg, acc, shard_dir)
+        install_faults(run, flag)  # test-only; a no-op unless UNETDIST_FAULT is set
         announce(run)
         try:
             result = train_loop(run, flag)
@@ -104,7 +105,7 @@ def train_loop(run: Run, flag: PreemptionFlag) -> TrainResult:
     stream = batch_stream(run)
     try:
         while not is_last(run):
-            stall_for_tests(run, flag)
+            run.before_step()
             if run.budget:
                 run.budget.start_step()
             t0 = time.perf_counter()
@@ -174,8 +175,6 @@ def train_step(run: Run, micro_batches: list[dict], flag: PreemptionFlag) -> Ste
         with acc.accumulate(model):
             x, y, f = to_device(batch, acc.device, cfg.model.channels_last)
             loss = run.loss_fn(model(x), y, f)
-            if fault("nan_loss", step=step_no, rank=acc.process_index):
-                loss = loss * float("nan")
             acc.backward(loss)
         loss_sum += loss.detach()
         images += x.shape[0]
@@ -183,8 +182,6 @@ def train_step(run: Run, micro_batches: list[dict], flag: PreemptionFlag) -> Ste
         run.state.batches += 1
     stats = agree(run, loss_sum, images, flag)
     check_finite_loss(run, stats, keys, step_no)
-    if fault("inf_grad", step=step_no, rank=acc.process_index):
-        next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("inf"))
     stats.grad_norm = clip_gradients(run, step_no)
     stats.lr = run.optimizer.param_groups[0]["lr"]
     optimizer_step(run, step_no)
@@ -252,14 +249,6 @@ def optimizer_step(run: Run, step_no: int) -> None:
         raise NonFiniteError(f"{st.skipped_in_a_row} consecutive fp16 overflow skips up to step "
                              f"{step_no} (train.max_skipped_steps="
                              f"{run.cfg.train.max_skipped_steps}); lower optim.lr or use bf16")
-
-
-def stall_for_tests(run: Run, flag: PreemptionFlag) -> None:
-    """UNETDIST_FAULT=stall:step=N: wait before step N until a signal (tests kill/signal here)."""
-    if fault("stall", step=run.state.step + 1, rank=run.acc.process_index):
-        deadline = time.monotonic() + 600
-        while not flag.requested and time.monotonic() < deadline:
-            time.sleep(0.05)
 
 
 # ----------------------------------------------------------------------------- bookkeeping

@@ -8,6 +8,7 @@ reach the same decision (or raise the same error) without a collective.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +73,7 @@ class Run:
     tracker: Tracker | None = None
     last_save_time: float = field(default_factory=time.monotonic)
     last_saved_step: int = -1
+    before_step: Callable[[], None] = lambda: None  # extension point (test fault injection)
 
 
 # ----------------------------------------------------------------------------- setup

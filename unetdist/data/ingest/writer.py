@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ import numpy as np
 from unetdist.data.ingest.layouts import FolderSpec, RawSample
 from unetdist.data.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, FORMAT, MANIFEST, SPLITS
 from unetdist.errors import DataError, UserError
+from unetdist.log import warn
 
 
 def encode_sample(s: RawSample) -> list[tuple[str, bytes]]:
@@ -120,7 +120,7 @@ def _validated(src: Path, layout: str, spec: FolderSpec, split_val: float, threa
 
     found = discover(src, layout, spec)
     for note in found.notes:
-        print(f"warning: {note}", file=sys.stderr)
+        warn(note)
     problems = found.problems + check_samples(found.samples, threads=threads, progress=progress)
     if problems:
         raise DataError(format_problems(problems, str(src)))
