@@ -3,4 +3,5 @@
 - `bench.py` — `unetdist bench`: the benchmark runner and its table
 - `demo.py` — `unetdist demo`: synth -> shard -> stage -> DDP train -> evaluate -> report
 - `doctor.py` — `unetdist doctor`: what this machine can run
+- `sweep.py` — `unetdist sweep`: grid/random trials into run folders, summary table
 """
