@@ -51,7 +51,7 @@ def test_spent_time_survives_a_checkpoint():
 
 def test_time_schedule_follows_the_further_of_steps_and_time():
     cfg = OptimConfig(schedule="cosine", warmup_steps=2, min_lr_ratio=0.1, schedule_by="time")
-    cos = lambda t: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))  # noqa: E731
+    cos = lambda t: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
     assert lr_factor(1, cfg, 1000, lambda: 0.9) == pytest.approx(1.0)  # warm-up by steps
     assert lr_factor(10, cfg, 1000, lambda: 0.5) == pytest.approx(cos(0.5))
     assert lr_factor(10, cfg, 1000, lambda: 1.0) == pytest.approx(0.1)  # floor when time is up

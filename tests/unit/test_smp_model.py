@@ -9,7 +9,6 @@ import torch
 from tests.util import require
 
 
-
 def _have_smp() -> bool:
     try:
         import segmentation_models_pytorch  # noqa: F401

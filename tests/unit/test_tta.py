@@ -42,7 +42,7 @@ def test_average_maps_each_view_back_before_averaging():
     assert torch.allclose(tta_average(torch.sigmoid, x, "dihedral"), torch.sigmoid(x),
                           atol=1e-7)
     # a column-index predictor: h-flipped views answer W-1-j, mapped back; the mean is (W-1)/2
-    ramp = lambda t: torch.arange(t.shape[-1], dtype=t.dtype).expand_as(t)  # noqa: E731
+    ramp = lambda t: torch.arange(t.shape[-1], dtype=t.dtype).expand_as(t)
     assert torch.equal(tta_average(ramp, x, "flip"), torch.full_like(x, 4.5))
 
 

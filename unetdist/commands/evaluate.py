@@ -48,13 +48,13 @@ def _shard_dir(args: argparse.Namespace, cfg) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from unetdist.commands._common import split_checkpoints
     from unetdist.config import config_from_dict, to_dict
     from unetdist.data.pipeline import eval_samples
     from unetdist.distributed import make_accelerator
-    from unetdist.eval.evaluate import evaluate_split, summary_line
-    from unetdist.commands._common import split_checkpoints
     from unetdist.errors import UserError
     from unetdist.eval.ensemble import load_models
+    from unetdist.eval.evaluate import evaluate_split, summary_line
     from unetdist.log import say
 
     split_checkpoints(args)

@@ -26,10 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from unetdist.commands._common import split_checkpoints
     from unetdist.config import config_from_dict, to_dict
     from unetdist.distributed import pick_device
     from unetdist.errors import DataError
-    from unetdist.commands._common import split_checkpoints
     from unetdist.eval.ensemble import load_models
     from unetdist.eval.predict import list_images, predict_folder
     from unetdist.log import warn

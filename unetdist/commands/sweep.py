@@ -42,7 +42,7 @@ def _submit(folder: Path, n: int, args: argparse.Namespace) -> int:
     cmd = ["sbatch", "--parsable", f"--array=0-{n - 1}", *args.sbatch_arg, str(script),
            str(folder.resolve())]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     except FileNotFoundError:
         raise UserError("sbatch not found: --launch slurm needs a Slurm login node") from None
     if r.returncode != 0:

@@ -200,7 +200,7 @@ def run_local(doc: dict, nproc: int = 1) -> list[str]:
             cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                    "--num_processes", str(nproc), "--mixed_precision", "no",
                    "--dynamo_backend", "no", "-m", "unetdist"]
-        if subprocess.run([*cmd, "train", *trial_args(doc, i)]).returncode != 0:
+        if subprocess.run([*cmd, "train", *trial_args(doc, i)], check=False).returncode:
             failed.append(t["name"])
     return failed
 
