@@ -96,6 +96,7 @@ class DataConfig:
     shuffle_buffer: int = 64  # webdataset sample shuffle buffer
     cache: bool = True  # keep decoded samples in memory (per worker) after the first pass
     on_corrupt: str = "error"  # error | skip: what a bad sample does
+    fold: int = -1  # k-fold shards: validate on fold i, train on the others (-1 = off)
     aug: AugConfig = field(default_factory=AugConfig)  # training augmentation
 
     def check(self, p: str) -> None:
@@ -111,6 +112,7 @@ class DataConfig:
         _require(self.steps_per_epoch >= 1, f"{p}.steps_per_epoch", self.steps_per_epoch, ">= 1")
         _require(self.shuffle_buffer >= 1, f"{p}.shuffle_buffer", self.shuffle_buffer, ">= 1")
         _require(self.stage_timeout > 0, f"{p}.stage_timeout", self.stage_timeout, "> 0")
+        _require(self.fold >= -1, f"{p}.fold", self.fold, "-1 (off) or a fold index >= 0")
         self.aug.check(f"{p}.aug")
 
     @property
@@ -254,8 +256,15 @@ class EvalConfig:
     auc_bins: int = 10000  # histogram bins for AUC-ROC / AUC-PR
     num_overlays: int = 4  # overlay figures written per evaluation
     resize: int = -1  # infer at N x N, resized back (-1 = data.resize, the training scale; 0 = native)
+    # rescale test images by this factor before inference, probabilities back to native size;
+    # auto: ref_fov_diameter / the test image's FOV diameter (cross-dataset evaluation)
+    scale: float | int | str = 1.0
+    # FOV diameter (px) of the training images, for scale=auto (0 = unknown; train fills it in
+    # from the training manifest)
+    ref_fov_diameter: float = 0.0
 
     def check(self, p: str) -> None:
+        self._check_scale(p)
         _one_of(f"{p}.split", self.split, ("train", "val", "test"))
         from unetdist.eval.tta import MODES, tta_mode
 
@@ -269,6 +278,20 @@ class EvalConfig:
         _require(self.num_overlays >= 0, f"{p}.num_overlays", self.num_overlays, ">= 0")
         _require(self.resize == -1 or self.resize == 0 or self.resize >= 16, f"{p}.resize",
                  self.resize, "-1 (as data.resize), 0 (native) or >= 16")
+        _require(self.ref_fov_diameter >= 0, f"{p}.ref_fov_diameter", self.ref_fov_diameter,
+                 ">= 0")
+
+    def _check_scale(self, p: str) -> None:
+        """Normalise eval.scale to a float or "auto" (YAML may hand over "0.5" or 2)."""
+        value = self.scale
+        if isinstance(value, str) and value != "auto":
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = value == "auto" or (isinstance(value, (int, float)) and 0.05 <= value <= 20)
+        _require(ok, f"{p}.scale", self.scale, "a factor in [0.05, 20] or 'auto'")
+        self.scale = value if value == "auto" else float(value)
 
 
 @dataclass
@@ -344,6 +367,8 @@ class RunConfig:
             self.model.in_channels = self.data.in_channels
         if self.eval.resize == -1:  # a model trained on resized images is scored at that scale
             self.eval.resize = self.data.resize
+        _require(self.eval.resize == 0 or self.eval.scale == 1.0, "eval.scale", self.eval.scale,
+                 f"1.0 with eval.resize={self.eval.resize} (choose one way to rescale)")
         _require(self.model.in_channels == self.data.in_channels, "model.in_channels",
                  self.model.in_channels, f"{self.data.in_channels} for data.channels="
                  f"{self.data.channels}")

@@ -109,7 +109,7 @@ def test_all_problems_reported_with_a_count(tmp_path):
 def test_empty_source_and_missing_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     r = cli("shard", tmp_path / "empty", tmp_path / "out", "--layout", "drive")
-    assert r.returncode == 2 and "training/images" in r.stderr and "not found" in r.stderr
+    assert r.returncode == 2 and "empty: no training/ folder: is this DRIVE?" in r.stderr
     r = cli("shard", tmp_path / "nope", tmp_path / "out")
     assert r.returncode == 2 and "source folder not found" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
@@ -122,3 +122,16 @@ def test_verify_without_manifest_and_usage_errors(tmp_path):
     assert r.returncode == 2 and "usage" in r.stderr
     r = cli("synth", tmp_path / "x", "--size", "16x16")
     assert r.returncode == 2 and ">= 32" in r.stderr
+
+
+def test_real_dataset_layouts_refuse_bad_input_in_one_line(raw, tmp_path):
+    """The console script: wrong dataset for the layout, --max-pixels, --binarize bounds."""
+    r = cli("shard", raw, tmp_path / "out", "--layout", "chase", "--quiet")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == f"error: {raw}: no Image_*.jpg files: is this CHASE_DB1?\n"
+    r = cli("shard", raw, tmp_path / "out", "--max-pixels", "1000", "--quiet")
+    assert r.returncode == 2
+    assert "21_training.tif: image is 72x64 = 0.0 MP, over --max-pixels 1000" in r.stderr
+    r = cli("shard", raw, tmp_path / "out", "--binarize", "300", "--quiet")
+    assert r.returncode == 2 and r.stderr == "error: --binarize must be in [0, 255), got 300.0\n"
+    assert not (tmp_path / "out").exists()

@@ -143,15 +143,18 @@ def test_save_load_prune_and_crash_mid_save(tmp_path, accelerator, monkeypatch):
     for step in (2, 4, 6):
         with torch.no_grad():
             model.weight.add_(1.0)
-        path = ck.save_checkpoint(accelerator, tmp_path, step, {"step": step}, keep_last=2)
+        path = ck.save_checkpoint(accelerator, tmp_path, step, {"step": step}, keep_last=2,
+                                  scheduler_state={"last_epoch": step})
     assert path.name == "step-000006" and ck.read_latest(tmp_path) == path
     assert [p.name for _, p in ck.list_checkpoints(tmp_path)] == ["step-000004", "step-000006"]
     assert (path / "random_states_0.pkl").is_file() and (path / "model.safetensors").is_file()
     assert ck.read_trainer_state(path) == {"step": 6}
+    assert ck.read_scheduler_state(path) == {"last_epoch": 6}
 
     monkeypatch.setenv("UNETDIST_FAULT", "save_crash:step=8")
     with pytest.raises(RuntimeError, match="injected fault"):
-        ck.save_checkpoint(accelerator, tmp_path, 8, {"step": 8}, keep_last=2)
+        ck.save_checkpoint(accelerator, tmp_path, 8, {"step": 8}, keep_last=2,
+                           scheduler_state={})
     assert ck.read_latest(tmp_path).name == "step-000006"
     assert not list(tmp_path.rglob(".tmp-*"))
 

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import pytest
 import torch
 
 from unetdist.config import OptimConfig
-from unetdist.train.optim import build_optimizer, build_scheduler, lr_factor
+from unetdist.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    load_scheduler_state,
+    lr_factor,
+    scheduler_state,
+)
 
 
 def test_warmup_is_linear_and_reaches_the_peak():
@@ -66,15 +73,25 @@ def test_scheduler_steps_follow_lr_factor_and_resume_exactly():
     sched = build_scheduler(opt, cfg, 10)
     first = _run(sched, opt, 4)
     assert first == pytest.approx([0.1 * lr_factor(s, cfg, 10) for s in range(4)])
-    # checkpoint the way accelerate does (torch.save, then a weights_only load)
-    buf_s, buf_o = io.BytesIO(), io.BytesIO()
-    torch.save(sched.state_dict(), buf_s)
+    # checkpoint the way the trainer does: scheduler as JSON, optimizer by accelerate's
+    # torch.save + weights_only load
+    saved_sched = json.dumps(scheduler_state(sched))
+    buf_o = io.BytesIO()
     torch.save(opt.state_dict(), buf_o)
     rest = _run(sched, opt, 6)
     opt2 = build_optimizer(_params(), cfg)
     sched2 = build_scheduler(opt2, cfg, 10)
-    buf_s.seek(0)
     buf_o.seek(0)
     opt2.load_state_dict(torch.load(buf_o, weights_only=True))
-    sched2.load_state_dict(torch.load(buf_s, weights_only=True))
+    load_scheduler_state(sched2, json.loads(saved_sched), "scheduler.json")
     assert _run(sched2, opt2, 6) == rest
+
+
+def test_scheduler_state_that_is_not_ours_is_refused():
+    cfg = OptimConfig()
+    sched = build_scheduler(build_optimizer(_params(), cfg), cfg, 10)
+    good = scheduler_state(sched)
+    for bad in ([], {**good, "lr_lambdas": ["x"]}, {**good, "base_lrs": "0.1"},
+                {**good, "base_lrs": [0.1, 0.2]}):
+        with pytest.raises(ValueError, match="scheduler.json"):
+            load_scheduler_state(sched, bad, "scheduler.json")

@@ -20,7 +20,7 @@ from unetdist.errors import DataError
 # tar headers make it independent of time, user and folder; it pins the generator, the PNG
 # encoder and the tar layout. If a library upgrade changes it, check `test_round_trip` still
 # passes and update it.
-GOLDEN_MANIFEST_HASH = "87336b8be23c6a2df787b18d62d8696d599d855dd33aa381545a386bc3a6cf81"
+GOLDEN_MANIFEST_HASH = "baef8447f1eff169f2785bd3cfec3bd749b9e64ec4f045c2a32d0a35d8286b08"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,9 @@ def test_round_trip_is_pixel_identical(drive, tmp_path):
                                                         f"{num}_manual1.gif"))
             assert np.array_equal(s["fov"], read_mask(folder / "mask" / f"{s['key']}_mask.gif"))
             assert s["meta"] == {"id": s["key"], "source": f"{kind}/images/{s['key']}.tif",
-                                 "split": split, "height": 64, "width": 72}
+                                 "split": split, "height": 64, "width": 72,
+                                 "fov_source": "file", "fov_diameter": round(
+                                     2 * np.sqrt(s["fov"].sum() / np.pi), 1)}
             seen.append(s["key"])
     assert sorted(seen) == sorted(p.stem for p in drive.rglob("*.tif"))
     assert verify_shards(tmp_path / "s") == []
@@ -156,11 +158,11 @@ def test_bad_input_writes_nothing(drive, tmp_path):
 def test_crash_while_writing_leaves_nothing(drive, tmp_path, monkeypatch):
     calls = []
 
-    def failing(s):
+    def failing(s, **kw):
         calls.append(s.id)
         if len(calls) == 3:
             raise RuntimeError("disk on fire")
-        return real(s)
+        return real(s, **kw)
 
     real = shards_mod.encode_sample
     monkeypatch.setattr(shards_mod, "encode_sample", failing)

@@ -144,7 +144,7 @@ def test_bad_ids_and_duplicates(tmp_path):
             _png(tmp_path / f"{split}_Labels" / f"{name}.png", _mask())
     text = "\n".join(map(str, discover(tmp_path, "seed").problems))
     assert "'has space' is not a valid sample id" in text
-    assert "sample id 'same' also used by" in text
+    assert "sample id 'same' is in both the train and the test split" in text
 
 
 def test_empty_and_missing_folders(tmp_path):

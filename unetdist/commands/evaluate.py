@@ -43,7 +43,8 @@ def _shard_dir(args: argparse.Namespace, cfg) -> str:
         shard_dir = resolve_data_dir(data)
     else:
         shard_dir = args.data
-    shard_paths(shard_dir, args.split)  # DataError naming the folder or split, before any work
+    # DataError naming the folder or split, before any work (data.fold: a k-fold model's val)
+    shard_paths(shard_dir, args.split, cfg.data.fold)
     return str(Path(shard_dir).resolve())
 
 

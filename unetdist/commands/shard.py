@@ -24,6 +24,7 @@ def parse_bytes(text: str) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from unetdist.data.ingest.checks import DEFAULT_MAX_PIXELS
     from unetdist.data.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, LAYOUTS
 
     p.add_argument("src", nargs="?", metavar="SRC", help="raw dataset folder")
@@ -31,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify", metavar="OUT", help="re-hash the shards of OUT against its "
                    "manifest.json (exit 1 on a mismatch) instead of writing")
     p.add_argument("--layout", choices=LAYOUTS, default="drive",
-                   help="drive: DRIVE tree; seed: Train_Images/Train_Labels/Test_*; "
+                   help="drive, chase (CHASE_DB1), stare, hrf: each dataset's official tree "
+                   "(see README, Datasets); seed: Train_Images/Train_Labels/Test_*; "
                    "folders: --images/--labels [--fov] (default drive)")
     g = p.add_argument_group("folders layout (folders relative to SRC; pairing by file stem)")
     for name, what in (("images", "images (default: images)"),
@@ -45,9 +47,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name in ("label", "fov", "label2"):
         g.add_argument(f"--{name}-suffix", default="", metavar="S",
                        help=f"the {name} of key K is K<S>.* (e.g. _mask; default none)")
-    p.add_argument("--split-val", type=float, default=0.1, metavar="F",
+    p.add_argument("--split-val", type=float, default=None, metavar="F",
                    help="fraction of training samples moved to val, >= 1 sample when > 0 "
-                   "(default 0.1; 0 keeps all for training)")
+                   "(default 0.1, or 0 with --folds; 0 keeps all for training)")
+    p.add_argument("--folds", type=int, default=0, metavar="K",
+                   help="split the training samples (stare: all labelled samples) into K "
+                   "folds with shards of their own; train with data.fold=i to validate on "
+                   "fold i and train on the rest")
+    p.add_argument("--fold-seed", type=int, default=0, metavar="S",
+                   help="seed of the fold assignment (default 0)")
+    p.add_argument("--binarize", type=float, default=None, metavar="T",
+                   help="threshold masks with 3+ gray levels at T (pixels > T are 1), e.g. "
+                   "JPEG-damaged labels; recorded in the manifest (default: refuse them)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="refuse images over N pixels, read from the file header before "
+                   f"decoding (default {DEFAULT_MAX_PIXELS // 10**6} MP)")
     p.add_argument("--max-samples", type=int, default=DEFAULT_MAX_SAMPLES, metavar="N",
                    help=f"samples per shard at most (default {DEFAULT_MAX_SAMPLES})")
     p.add_argument("--max-bytes", type=parse_bytes, default=DEFAULT_MAX_BYTES, metavar="B",
@@ -87,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
         "test_labels2", "image_suffix", "label_suffix", "fov_suffix", "label2_suffix")}
     m = shard_dataset(args.src, args.out, layout=args.layout, split_val=args.split_val,
                       max_samples=args.max_samples, max_bytes=args.max_bytes,
-                      progress=not args.quiet, overwrite=args.force, **folder_opts)
+                      progress=not args.quiet, overwrite=args.force, binarize=args.binarize,
+                      folds=args.folds, fold_seed=args.fold_seed, max_pixels=args.max_pixels,
+                      **folder_opts)
     splits = m["splits"]
     counts = ", ".join(f"{s} {e['samples']}" for s, e in splits.items())
     n = sum(e["samples"] for e in splits.values())
@@ -95,4 +111,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {n} samples ({counts}) in {shards} shards, {m['total_bytes']} bytes "
           f"({m['total_bytes'] / 2**20:.1f} MiB), {time.perf_counter() - start:.1f} s "
           f"-> {os.path.abspath(args.out)}")
+    if m.get("folds"):
+        sizes = "/".join(str(len(ids)) for ids in m["folds"]["ids"])
+        print(f"{m['folds']['k']} folds of the training samples ({sizes}): train with "
+              f"data.fold=0..{m['folds']['k'] - 1}")
+    if m["fov_source"] == "estimated":
+        print(f"FOV masks estimated from the images ({m['fov_sources']})")
     return 0

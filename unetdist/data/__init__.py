@@ -1,6 +1,6 @@
 """Shards and the streaming pipeline (shards -> batches).
 
-- `manifest.py` — the shard set's manifest.json: splits, sizes, hashes, verification
+- `manifest.py` — the shard set's manifest.json: splits, k-fold lists, sizes, hashes, verification
 - `codec.py` — PNG/JSON members of a sample: our own decoders, never pickles
 - `tario.py` — reproducible tar shard writing and hashing
 - `reader.py` — one shard's samples, decoded and checked

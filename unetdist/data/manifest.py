@@ -2,6 +2,10 @@
 
 Shard folders live on shared storage that others can write, so a manifest is checked before
 use: known format, known splits, plain file names (no paths), consistent counts.
+
+K-fold manifests (`shard --folds K`) also hold `folds`: {"k", "seed", "ids": [[id, ...] per
+fold], "shards": [[shard name, ...] per fold]}. Each training shard holds one fold only, so
+`data.fold=i` selects whole shards: training reads the other folds' shards, "val" is fold i's.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from unetdist.errors import DataError
 FORMAT = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
-LAYOUTS = ("drive", "seed", "folders")  # raw layouts `unetdist shard` reads
+LAYOUTS = ("drive", "chase", "stare", "hrf", "seed", "folders")  # raw layouts `shard` reads
+FOV_SOURCES = ("file", "estimated", "none")  # where a sample's fov.png came from
 DEFAULT_MAX_SAMPLES = 16  # small, balanced shards spread over ranks x workers
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+\.tar$")
@@ -65,6 +70,24 @@ def _check_manifest(m: object, where: str) -> None:
     names = [sh["name"] for e in splits.values() for sh in e["shards"]]
     if len(set(names)) != len(names):
         raise DataError(f"{where}: a shard name appears twice")
+    if m.get("folds") is not None:
+        _check_folds(m["folds"], splits, where)
+
+
+def _check_folds(folds: object, splits: dict, where: str) -> None:
+    """Fold shards partition the training shards; fold id lists are disjoint."""
+    if not isinstance(folds, dict) or not _is_count(folds.get("k"), 2):
+        raise DataError(f"{where}: folds must be an object with k >= 2")
+    k, ids, names = folds["k"], folds.get("ids"), folds.get("shards")
+    if not (isinstance(ids, list) and isinstance(names, list) and len(ids) == len(names) == k):
+        raise DataError(f"{where}: folds need {k} id lists and {k} shard lists")
+    train = sorted(sh["name"] for sh in splits.get("train", {}).get("shards", []))
+    if sorted(n for fold in names for n in fold) != train or "val" in splits:
+        raise DataError(f"{where}: fold shards must partition the train split's shards "
+                        "(and a k-fold manifest has no val split)")
+    flat = [i for fold in ids for i in fold]
+    if len(set(flat)) != len(flat) or any(not fold for fold in ids):
+        raise DataError(f"{where}: fold id lists must be non-empty and disjoint")
 
 
 def read_manifest(root: str | Path) -> dict:
@@ -80,20 +103,61 @@ def read_manifest(root: str | Path) -> dict:
     return manifest
 
 
-def shard_paths(root: str | Path, split: str) -> list[str]:
+def check_fold(manifest: dict, fold: int, where: str | Path) -> None:
+    """ConfigError unless `fold` (data.fold) is -1 (off) or a fold of this manifest."""
+    from unetdist.errors import ConfigError
+
+    if fold < 0:
+        return
+    folds = manifest.get("folds")
+    if not folds:
+        raise ConfigError(f"data.fold={fold} but {where} has no folds (make the shards with "
+                          "`unetdist shard ... --folds K`, or set data.fold=-1)")
+    if fold >= folds["k"]:
+        raise ConfigError(f"data.fold must be in [0, {folds['k']}), got {fold}")
+
+
+def split_entries(manifest: dict, split: str, fold: int = -1) -> list[dict]:
+    """The manifest's shard entries of `split`, in manifest order ([] when it has none).
+
+    With `fold` >= 0 (data.fold), "train" is every fold but `fold` and "val" is fold `fold`.
+    """
+    if fold < 0 or split == "test":
+        return list(manifest["splits"].get(split, {}).get("shards", []))
+    check_fold(manifest, fold, MANIFEST)
+    held_out = set(manifest["folds"]["shards"][fold])
+    train = manifest["splits"].get("train", {}).get("shards", [])
+    if split == "val":
+        return [sh for sh in train if sh["name"] in held_out]
+    return [sh for sh in train if sh["name"] not in held_out]
+
+
+def split_names(manifest: dict, fold: int = -1) -> list[str]:
+    """The splits that have samples, as `split_entries` sees them."""
+    return [s for s in SPLITS if split_entries(manifest, s, fold)]
+
+
+def shard_paths(root: str | Path, split: str, fold: int = -1) -> list[str]:
     """Absolute paths of the shards of `split`, sorted (DataError naming the split if absent)."""
     manifest = read_manifest(root)
-    if split not in manifest["splits"]:
-        have = ", ".join(manifest["splits"])
+    entries = split_entries(manifest, split, fold)
+    if not entries:
+        have = ", ".join(split_names(manifest, fold))
         raise DataError(f"split {split!r} not in {Path(root) / MANIFEST} (it has: {have})")
     base = Path(root).absolute()
-    return sorted(str(base / sh["name"]) for sh in manifest["splits"][split]["shards"])
+    return sorted(str(base / sh["name"]) for sh in entries)
 
 
-def manifest_hash(manifest: dict) -> str:
-    """The dataset identity: sha256 of canonical JSON of {split: [[name, sha256], ...]}."""
-    ident = {split: [[sh["name"], sh["sha256"]] for sh in entry["shards"]]
-             for split, entry in manifest["splits"].items()}
+def manifest_hash(manifest: dict, fold: int = -1) -> str:
+    """The dataset identity: sha256 of canonical JSON of {split: [[name, sha256], ...]}.
+
+    A k-fold run's identity includes its fold (data.fold): resuming on another fold would mix
+    validation images into training, so it counts as a different dataset.
+    """
+    ident: dict = {split: [[sh["name"], sh["sha256"]] for sh in entry["shards"]]
+                   for split, entry in manifest["splits"].items()}
+    if fold >= 0:
+        ident["fold"] = fold
     canonical = json.dumps(ident, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

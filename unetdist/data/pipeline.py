@@ -52,12 +52,11 @@ if TYPE_CHECKING:
 
 
 
-def count_samples(shard_dir: str, split: str) -> int:
+def count_samples(shard_dir: str, split: str, fold: int = -1) -> int:
     """Samples in SPLIT according to the manifest (0 when the split has none)."""
-    from unetdist.data.manifest import read_manifest
+    from unetdist.data.manifest import read_manifest, split_entries
 
-    entry = read_manifest(shard_dir).get("splits", {}).get(split) or {}
-    return sum(int(s["samples"]) for s in entry.get("shards", []))
+    return sum(int(s["samples"]) for s in split_entries(read_manifest(shard_dir), split, fold))
 
 
 class _SkipLog:
@@ -138,7 +137,7 @@ class TrainStream:
             raise ValueError(f"rank {rank} out of range for world size {world_size}")
         if cfg.num_workers:
             single_threaded_opencv()  # before the cache fill runs OpenCV in this process
-        shards = tuple(split_shards(shard_dir, "train"))
+        shards = tuple(split_shards(shard_dir, "train", cfg.fold))
         self.cfg = cfg
         self.spec = StreamSpec(cfg, shards, seed, epoch, rank, world_size, start_step,
                                max(1, cfg.num_workers))
@@ -201,7 +200,7 @@ class EvalStream:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} out of range for world size {world_size}")
         self.cfg, self.split = cfg, split
-        self.shards = split_shards(shard_dir, split)
+        self.shards = split_shards(shard_dir, split, cfg.fold)
         total = sum(s.samples for s in self.shards)
         self.lo, self.hi = rank * total // world_size, (rank + 1) * total // world_size
         self.skipped = _SkipLog(f"{split!r}")
@@ -212,11 +211,12 @@ class EvalStream:
 
     def _raw(self) -> Iterator[dict]:
         """Raw samples with global index in [lo, hi), in key order; other shards are not read."""
-        offset, last = 0, None
+        offset = 0
         for shard in self.shards:
             start, offset = offset, offset + shard.samples
             if offset <= self.lo or start >= self.hi:
                 continue
+            last = None  # sorted within a shard; k-fold training shards are sorted per fold
             for i, raw in enumerate(iter_raw(shard), start=start):
                 if last is not None and raw["__key__"] <= last:
                     raise DataError(f"shard {shard.name}: keys out of order ({last!r} then "

@@ -6,6 +6,11 @@ URL opener would treat a `pipe:` name as a shell command). A tar read error or a
 size or sample count disagrees with the manifest is a broken copy and always an error; a member
 that does not decode is one bad sample, which `data.on_corrupt` decides about.
 
+Before any member is decoded its PNG header is checked (`check_png_headers`): a member that is
+not a PNG, declares a size other than the one `shard` recorded in the sample's meta.json, or
+more than MAX_PIXELS pixels is a bad sample, refused without allocating its pixels (a 1 MB PNG
+can declare 30000 x 30000 pixels: a decompression bomb).
+
 The cache keeps `Prepared` samples (decoded, channel-selected, CLAHE'd, with their normalisation
 statistics) per shard. It lives in the process that builds the training stream, is filled there
 before the DataLoader workers start (threads: OpenCV's PNG decoder releases the GIL) and reaches
@@ -14,7 +19,9 @@ the workers by fork, so every epoch's fresh workers start with it and never open
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +37,10 @@ if TYPE_CHECKING:
 
 DECODE_THREADS = 4
 DECODE_CHUNK = 32  # raw samples held in memory at once while filling the cache
+MAX_PIXELS = 64_000_000  # per image: `shard --max-pixels` default; HRF's 8 MP fits
+PNG_MEMBERS = ("image.png", "label.png", "fov.png", "label2.png")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+STAGE_STATE = ".stage"  # the folder `unetdist stage` keeps in a staged copy (stage/copy.py)
 
 
 @dataclass(frozen=True)
@@ -42,17 +53,27 @@ class ShardInfo:
     nbytes: int
 
 
-def split_shards(root: str, split: str) -> list[ShardInfo]:
-    """The split's shards in manifest order (sorted, like their keys). DataError if absent."""
-    from unetdist.data.manifest import read_manifest
+def split_shards(root: str, split: str, fold: int = -1) -> list[ShardInfo]:
+    """The split's shards in manifest order (sorted, like their keys). DataError if absent.
+
+    `fold` is data.fold: with k-fold shards, "train" is the other folds and "val" fold `fold`.
+    """
+    from unetdist.data.manifest import (
+        MANIFEST,
+        check_fold,
+        read_manifest,
+        split_entries,
+        split_names,
+    )
 
     manifest = read_manifest(root)
-    entry = manifest.get("splits", {}).get(split)
-    if not entry or not entry.get("shards"):
-        have = ", ".join(sorted(manifest.get("splits", {}))) or "none"
+    check_fold(manifest, fold, os.path.join(root, MANIFEST))
+    entries = split_entries(manifest, split, fold)
+    if not entries:
+        have = ", ".join(split_names(manifest, fold)) or "none"
         raise DataError(f"{root}: no shards for split {split!r} (manifest has: {have})")
     return [ShardInfo(os.path.join(os.path.abspath(root), s["name"]), s["name"],
-                      int(s["samples"]), int(s["bytes"])) for s in entry["shards"]]
+                      int(s["samples"]), int(s["bytes"])) for s in entries]
 
 
 def check_size(shard: ShardInfo) -> None:
@@ -86,14 +107,67 @@ def iter_raw(shard: ShardInfo) -> Iterator[dict]:
                         f"{shard.samples}; re-stage it")
 
 
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, or None when DATA is not a PNG."""
+    if len(data) < 24 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def _recorded_size(raw: dict) -> tuple[int, int] | None:
+    """(width, height) that `shard` wrote into meta.json, when it is there and well-formed."""
+    try:
+        meta = json.loads(raw["meta.json"])
+        w, h = meta["width"], meta["height"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (w, h))
+    return (w, h) if ok else None
+
+
+def check_png_headers(raw: dict, max_pixels: int = MAX_PIXELS) -> None:
+    """DataError for a member that is not a PNG, or declares an unexpected or huge size.
+
+    Reads 24 header bytes per member; nothing is decoded.
+    """
+    where = f"sample {raw.get('__key__', '?')!r}" + (f" in {raw['__url__']}"
+                                                     if "__url__" in raw else "")
+    expected = _recorded_size(raw)
+    for member in PNG_MEMBERS:
+        if member not in raw:
+            continue
+        size = png_size(raw[member])
+        if size is None:
+            raise DataError(f"{where}: {member} is not a PNG")
+        w, h = size
+        if expected is not None and size != expected:
+            raise DataError(f"{where}: {member} declares {w}x{h} pixels, its meta.json records "
+                            f"{expected[0]}x{expected[1]}; not decoded")
+        if w * h > max_pixels:
+            raise DataError(f"{where}: {member} declares {w}x{h} pixels, more than the "
+                            f"{max_pixels} allowed; not decoded")
+
+
+def _rehash_hint(raw: dict) -> str:
+    """A staged copy can be corrupted with size and mtime unchanged: say how to re-verify it."""
+    url = raw.get("__url__")
+    if not url or not os.path.isdir(os.path.join(os.path.dirname(url), STAGE_STATE)):
+        return ""
+    folder = os.path.dirname(url)
+    return (f" (a staged copy: re-verify it with `unetdist stage --rehash SHARED_DIR {folder}` "
+            "or delete it to re-stage)")
+
+
 def decode_checked(raw: dict, on_corrupt: str) -> tuple[dict | None, str]:
     """(decoded sample, '') or, with on_corrupt=skip, (None, reason). error mode raises."""
     try:
+        check_png_headers(raw)
         return decode_sample(raw), ""
     except DataError as e:
+        error = DataError(f"{e}{_rehash_hint(raw)}")
         if on_corrupt == "error":
-            raise
-        return None, str(e)
+            raise error from None
+        return None, str(error)
 
 
 def prep_key(cfg: DataConfig) -> tuple:

@@ -21,7 +21,7 @@ from torch import nn
 from unetdist.atomic import write_atomic
 from unetdist.config import EvalConfig
 from unetdist.distributed import gather_objects, rank_of_process
-from unetdist.eval.inference import sliding_window_predict, unwrap
+from unetdist.eval.inference import image_scale, sliding_window_predict, unwrap
 from unetdist.eval.metrics import COUNT_KEYS, MetricState, pr_from_histograms, roc_from_histograms
 
 REGION_NOTES = {
@@ -64,7 +64,8 @@ def write_prediction_pngs(out_dir: Path, key: str, prob: np.ndarray, threshold: 
 
 
 def _csv_row(row: dict) -> dict:
-    flat = {"key": row["key"], "height": row["height"], "width": row["width"]}
+    flat = {"key": row["key"], "height": row["height"], "width": row["width"],
+            "scale": row.get("scale", 1.0)}
     for k in COUNT_KEYS:
         flat[f"fov_{k}"] = row["counts"][k]
     for k in ("dice", "iou_vessel", "iou_background", "miou", "precision", "recall",
@@ -91,7 +92,7 @@ def write_per_image_csv(rows: list[dict], path: Path) -> None:
 def write_metrics_json(result: dict, cfg: EvalConfig, path: Path, info: dict | None) -> None:
     doc = {"info": info or {},
            "settings": {k: getattr(cfg, k) for k in ("threshold", "tile", "overlap", "tta",
-                                                    "auc_bins")},
+                                                    "auc_bins", "scale", "ref_fov_diameter")},
            "regions": {k: v for k, v in REGION_NOTES.items() if k in result},
            **{k: v for k, v in result.items() if k != "per_image"}}
     write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())
@@ -177,13 +178,15 @@ def evaluate_split(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *
     rows, overlays = [], _OverlayCache(cfg.num_overlays if out_dir else 0)
     for s in tqdm(samples, desc="evaluate", unit="img", disable=not progress or rank != 0,
                   leave=False):
-        prob = sliding_window_predict(model, s["image"], cfg, accelerator=accelerator)
+        scale = image_scale(cfg, s["fov"])  # eval.scale: 1.0 unless asked
+        prob = sliding_window_predict(model, s["image"], cfg, accelerator=accelerator,
+                                      scale=scale)
         # The dataset defines everything outside the FOV as background and the loss never
         # sees it, so predictions there are zeroed (as `predict` does) rather than scored.
         prob = prob * s["fov"].to(prob.device, prob.dtype)
         row = state.update(prob, s["label"], s["fov"], s.get("label2"))
         rows.append({"key": s["key"], "height": int(prob.shape[-2]),
-                     "width": int(prob.shape[-1]), **row})
+                     "width": int(prob.shape[-1]), "scale": round(scale, 4), **row})
         if out_dir is not None:
             p = prob[0, 0].float().cpu().numpy()
             write_prediction_pngs(out_dir / "predictions", s["key"], p, cfg.threshold,

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from unetdist.atomic import atomic_file
-from unetdist.errors import UserError
+from unetdist.errors import FileSystemError, UserError
 from unetdist.eval.inference import load_checkpoint, read_checkpoint
 
 ONNX_TOLERANCE = 1e-4  # max |onnxruntime - torch| on the logits (absolute, plus the same rel.)
@@ -35,7 +35,10 @@ def export_safetensors(checkpoint: str | Path, out: str | Path) -> Path:
 
     state, meta, _ = read_checkpoint(checkpoint)
     meta.setdefault("format", "unetdist-1")
-    return save_weights(clean_state_dict(state), Path(out), meta)  # temp + rename inside
+    try:
+        return save_weights(clean_state_dict(state), Path(out), meta)  # temp + rename inside
+    except OSError as e:
+        raise FileSystemError.of(e, out, "write", "--out") from None
 
 
 def _export_graph(model: nn.Module, sample: torch.Tensor, path: Path, exporter: str) -> str:
@@ -105,13 +108,18 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, exporter: str = "aut
     model, cfg, meta = load_checkpoint(checkpoint)
     model = model.float().eval()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileSystemError.of(e, out, "write", "--out") from None
     sample = torch.randn(2, cfg.model.in_channels, *SAMPLE_HW,
                          generator=torch.Generator().manual_seed(0))
     graph = out.with_name(f".{out.name}.graph-{os.getpid()}.onnx")
     try:
         used = _export_graph(model, sample, graph, exporter)
         _finish_onnx(graph, out, meta)
+    except OSError as e:
+        raise FileSystemError.of(e, out, "write", "--out") from None
     finally:
         for p in graph.parent.glob(f"{graph.name}*"):  # the graph and any external data
             p.unlink(missing_ok=True)

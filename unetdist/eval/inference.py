@@ -93,14 +93,45 @@ def _param_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def image_scale(cfg: EvalConfig, fov: torch.Tensor) -> float:
+    """The factor eval.scale asks for on an image with this FOV (H, W or 1,1,H,W).
+
+    auto matches vessel calibre across datasets: the model saw FOV discs `ref_fov_diameter`
+    px wide, so a test disc of diameter d is resized by ref / d.
+    """
+    from unetdist.data.ingest.fov import fov_diameter
+    from unetdist.errors import ConfigError
+
+    if cfg.scale != "auto":
+        return float(cfg.scale)
+    if cfg.ref_fov_diameter <= 0:
+        raise ConfigError("eval.scale=auto needs eval.ref_fov_diameter (the training images' "
+                          "FOV diameter in px; models trained before it was recorded need it "
+                          "set by hand, e.g. eval.ref_fov_diameter=540 for DRIVE)")
+    d = fov_diameter(fov.reshape(fov.shape[-2:]).cpu().numpy() > 0.5)
+    return cfg.ref_fov_diameter / d if d > 0 else 1.0
+
+
+def _rescaled(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, accelerator,
+              size: tuple[int, int], antialias: bool = False) -> torch.Tensor:
+    """Predict at `size` (H, W), probabilities resized back to the image's size."""
+    native = tuple(image.shape[-2:])
+    small = F.interpolate(image, size=size, mode="bilinear", align_corners=False,
+                          antialias=antialias)
+    prob = _tta_averaged(model, small, cfg, accelerator)
+    return F.interpolate(prob, size=native, mode="bilinear", align_corners=False)
+
+
 @torch.no_grad()
 def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, *,
-                           accelerator=None) -> torch.Tensor:
+                           accelerator=None, scale: float = 1.0) -> torch.Tensor:
     """Vessel probabilities (1,1,H,W) float32 on the model's device for image (1,C,H,W).
 
     With cfg.tta (flip | dihedral, see unetdist.eval.tta) the result is the mean over the
     views, each a full sliding-window pass on the transformed image, mapped back.
     Autocasts when the accelerator uses mixed precision. The model's train/eval mode is restored.
+    `scale` (see `image_scale`) resizes the image by that factor first; the result is always
+    at the input's size.
     """
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"expected an image of shape (1,C,H,W), got {tuple(image.shape)}")
@@ -109,13 +140,14 @@ def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfi
     model.eval()
     try:
         image = image.to(_param_device(model), dtype=torch.float32)
-        if cfg.resize <= 0:
-            return _tta_averaged(model, image, cfg, accelerator)
-        size = tuple(image.shape[-2:])
-        small = F.interpolate(image, size=(cfg.resize, cfg.resize), mode="bilinear",
-                              align_corners=False)
-        prob = _tta_averaged(model, small, cfg, accelerator)
-        return F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
+        h, w = image.shape[-2:]
+        if cfg.resize > 0:
+            return _rescaled(model, image, cfg, accelerator, (cfg.resize, cfg.resize))
+        if scale != 1.0:
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            # antialias when shrinking: an 8 MP HRF image scaled to DRIVE's vessel calibre
+            return _rescaled(model, image, cfg, accelerator, size, antialias=scale < 1)
+        return _tta_averaged(model, image, cfg, accelerator)
     finally:
         model.train(was_training)
 

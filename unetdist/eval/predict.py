@@ -6,6 +6,11 @@ it is estimated from the dark border around a fundus photograph, else it is the 
 Outputs `<stem>.png` (0/255) and `<stem>_prob.png` (8-bit probability), both at the input's
 size and zero outside the FOV. Files that cannot be used are reported by name; the rest are
 still processed.
+
+Inputs are never overwritten: an output folder equal to or inside the image (or FOV) folder is
+refused unless asked for (`check_output_folder`), and even then an output that would replace an
+input file is skipped and reported. An earlier run's outputs in the image folder (a `<stem>.png`
+with its `<stem>_prob.png`) are not taken for inputs.
 """
 
 from __future__ import annotations
@@ -20,16 +25,17 @@ import torch
 from torch import nn
 
 from unetdist.config import RunConfig
-from unetdist.errors import DataError
-from unetdist.eval.inference import sliding_window_predict
+from unetdist.data.ingest.fov import estimate_fov
+from unetdist.errors import DataError, FileSystemError, UserError
+from unetdist.eval.inference import image_scale, sliding_window_predict
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".webp")
-DARK = 20  # max channel value (0-255) of the black surround of a fundus photograph
 
 
 @dataclass
 class PredictReport:
     done: list[str] = field(default_factory=list)  # input file names written
+    ignored: list[str] = field(default_factory=list)  # earlier outputs found among the images
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
     estimated_fov: list[str] = field(default_factory=list)  # names whose FOV was estimated
 
@@ -91,32 +97,6 @@ def find_mask(fov_dir: Path, stem: str) -> Path | None:
     return None
 
 
-def estimate_fov(rgb: np.ndarray) -> np.ndarray | None:
-    """The bright disc of a fundus photograph, or None when there is no dark border.
-
-    Pixels brighter than DARK in any channel, largest connected component, holes filled.
-    None (use the whole image) when the outer ring of pixels is mostly not dark or the
-    component covers under 10% of the image.
-    """
-    import cv2
-
-    bright = (rgb.max(axis=2) > DARK).astype(np.uint8)
-    ring = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
-    if ring.mean() > 0.5:
-        return None
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
-    if n < 2:
-        return None
-    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    comp = (labels == biggest).astype(np.uint8)
-    contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    filled = np.zeros_like(comp)
-    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
-    if filled.mean() < 0.1:
-        return None
-    return filled.astype(bool)
-
-
 @torch.no_grad()
 def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunConfig
                   ) -> np.ndarray:
@@ -124,8 +104,9 @@ def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunCo
     from unetdist.data.preprocess import preprocess
 
     x = preprocess(rgb, fov.astype(np.uint8), cfg.data)
+    scale = image_scale(cfg.eval, torch.from_numpy(fov))
     prob = sliding_window_predict(model, torch.from_numpy(np.ascontiguousarray(x))[None],
-                                  cfg.eval)
+                                  cfg.eval, scale=scale)
     prob = prob[0, 0].float().cpu().numpy()
     if prob.shape != fov.shape:
         import cv2
@@ -139,6 +120,47 @@ def list_images(images_dir: Path) -> list[Path]:
         raise DataError(f"image folder not found: {images_dir}")
     return sorted(p for p in images_dir.iterdir()
                   if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def split_outputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(inputs, earlier outputs): a `<stem>.png` beside its `<stem>_prob.png` is a prediction."""
+    names = {p.name for p in paths}
+    ours = {n for n in names if n.endswith("_prob.png") and n[:-len("_prob.png")] + ".png" in names}
+    ours |= {n[:-len("_prob.png")] + ".png" for n in ours}
+    return [p for p in paths if p.name not in ours], [p for p in paths if p.name in ours]
+
+
+def check_output_folder(out_dir: Path, images_dir: Path, fov_dir: Path | None,
+                        overwrite: bool) -> None:
+    """Refuse --out equal to or inside --images/--fov unless OVERWRITE (inputs stay safe)."""
+    out = out_dir.resolve()
+    for flag, folder in (("--images", images_dir), ("--fov", fov_dir)):
+        if folder is None or overwrite:
+            continue
+        src = folder.resolve()
+        if out == src or src in out.parents:
+            where = "is" if out == src else "is inside"
+            raise UserError(f"--out {out_dir} {where} the input folder {flag} {folder}: "
+                            "predictions would mix with (or replace) the inputs; choose another "
+                            "--out, or pass --overwrite to write there anyway (inputs are "
+                            "never replaced)")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out_dir} exists and is not a folder; choose another --out")
+
+
+def _clash(out_dir: Path, stem: str, protected: set[Path]) -> str | None:
+    """Why STEM's outputs must not be written (one would replace an input), or None."""
+    for target in (out_dir / f"{stem}.png", out_dir / f"{stem}_prob.png"):
+        if target.resolve() in protected:
+            return f"its output {target} would replace an input file; not written (choose " \
+                   "another --out)"
+    return None
+
+
+def _protected(inputs: list[Path], fov_dir: Path | None) -> set[Path]:
+    """Files an output must never replace: the images used and every file of the FOV folder."""
+    files = list(inputs) + ([p for p in fov_dir.iterdir() if p.is_file()] if fov_dir else [])
+    return {p.resolve() for p in files}
 
 
 def _fov_for(path: Path, rgb: np.ndarray, fov_dir: Path | None, report: PredictReport
@@ -163,11 +185,18 @@ def predict_folder(model: nn.Module, cfg: RunConfig, images_dir: Path, out_dir: 
     from unetdist.eval.evaluate import write_prediction_pngs
 
     report, stems = PredictReport(), {}
-    for path in tqdm(list_images(images_dir), desc="predict", unit="img", disable=not progress):
+    inputs, earlier = split_outputs(list_images(images_dir))
+    report.ignored = [p.name for p in earlier]
+    protected = _protected(inputs, fov_dir)
+    for path in tqdm(inputs, desc="predict", unit="img", disable=not progress):
         if path.stem in stems:
             report.failed.append((path.name, f"same name stem as {stems[path.stem]}"))
             continue
         stems[path.stem] = path.name
+        clash = _clash(out_dir, path.stem, protected)
+        if clash:
+            report.failed.append((path.name, clash))
+            continue
         try:
             rgb = read_image(path)
             fov = _fov_for(path, rgb, fov_dir, report)
@@ -175,6 +204,9 @@ def predict_folder(model: nn.Module, cfg: RunConfig, images_dir: Path, out_dir: 
         except (DataError, ValueError) as e:
             report.failed.append((path.name, str(e)))
             continue
-        write_prediction_pngs(out_dir, path.stem, prob, cfg.eval.threshold)
+        try:
+            write_prediction_pngs(out_dir, path.stem, prob, cfg.eval.threshold)
+        except OSError as e:  # the same for every file: stop, naming the folder
+            raise FileSystemError.of(e, out_dir, "write predictions into", "--out") from None
         report.done.append(path.name)
     return report

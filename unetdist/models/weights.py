@@ -65,8 +65,13 @@ def _to_saveable(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
                  path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
-    """Write clean weights + string metadata to PATH (temp file + rename). Returns PATH."""
-    from safetensors.torch import save_file
+    """Write clean weights + string metadata to PATH (temp file + rename). Returns PATH.
+
+    The bytes are serialised in memory and written with a plain open(): the file then follows
+    the umask (safetensors' save_file creates 0600 files, unreadable by colleagues on shared
+    storage) and a full disk is an OSError with its errno (not a SafetensorError).
+    """
+    from safetensors.torch import save
 
     sd = (model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module)
           else model_or_state_dict)
@@ -75,8 +80,9 @@ def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
     if bad:
         raise TypeError(f"safetensors metadata must map str to str; bad keys: {bad}")
     path = Path(path)
-    with atomic_file(path) as tmp:
-        save_file(_to_saveable(clean_state_dict(sd)), str(tmp), metadata=meta)
+    data = save(_to_saveable(clean_state_dict(sd)), metadata=meta)
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
     return path
 
 

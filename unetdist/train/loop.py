@@ -95,6 +95,8 @@ def fit(cfg: RunConfig) -> TrainResult:
         finally:
             run.tracker.finish()
             acc.end_training()
+            if run.lock is not None:  # last: every write of the job is done
+                run.lock.release()
     return result
 
 
@@ -371,13 +373,15 @@ def export_best(run: Run, metrics: dict, module: torch.nn.Module | None = None) 
 def save(run: Run) -> Path | None:
     if run.last_saved_step == run.state.step:
         return None
+    from unetdist.train.optim import scheduler_state
+
     state = run.state.state_dict(steps_per_epoch=run.cfg.data.steps_per_epoch,
                                  manifest_hash=run.manifest_hash,
                                  world_size=run.acc.num_processes, config=to_dict(run.cfg))
     if run.budget is not None:
         state["budget"] = run.budget.state_dict()  # resume keeps the training time spent
     path = ckpt.save_checkpoint(run.acc, run.run_dir, run.state.step, state,
-                                run.cfg.checkpoint.keep_last,
+                                run.cfg.checkpoint.keep_last, scheduler_state(run.scheduler),
                                 extra=run.ema.save if run.ema is not None else None)
     run.last_save_time, run.last_saved_step = time.monotonic(), run.state.step
     return path

@@ -2,8 +2,11 @@
 
 The schedule is a pure function of the optimizer step (`lr_factor`), wrapped in a LambdaLR.
 The trainer steps it once per optimizer step itself: handing it to `accelerator.prepare()`
-would step it once per process per step. Its state (last step, base lrs) is checkpointed
-through `accelerator.register_for_checkpointing`.
+would step it once per process per step. Nor is it registered with accelerate's
+`register_for_checkpointing`: accelerate pickles such objects and loads them back with
+`weights_only=False`, which would make a run folder code. Its state (last step, base lrs,
+last lrs: numbers only) goes to `scheduler.json` in the checkpoint instead (`scheduler_state`,
+`load_scheduler_state`).
 """
 
 from __future__ import annotations
@@ -74,9 +77,30 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_step
     elif progress is None:
         raise ValueError("optim.schedule_by=time needs the run's progress")
 
-    # a plain function, not a callable object: LambdaLR's state_dict then stores no config,
-    # so the checkpoint loads with weights_only=True
+    # a plain function, not a callable object: LambdaLR's state_dict then stores no config
+    # (lr_lambdas is [None]), so it is plain JSON
     def factor(step: int) -> float:
         return lr_factor(step, cfg, max_steps, progress)
 
     return LambdaLR(optimizer, factor)
+
+
+def scheduler_state(scheduler: LambdaLR) -> dict:
+    """The scheduler's state as JSON-safe data (numbers and lists; the lambdas are code)."""
+    return {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+
+
+def load_scheduler_state(scheduler: LambdaLR, state: object, where: str) -> None:
+    """Restore `scheduler_state` output; ValueError naming WHERE when it is not one."""
+    ours = scheduler_state(scheduler)
+    if not isinstance(state, dict) or set(state) != set(ours):
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{where}: expected the keys {sorted(ours)}, got {got}")
+    for k, v in state.items():
+        if type(v) is not type(ours[k]) and not (isinstance(v, (int, float))
+                                                 and isinstance(ours[k], (int, float))):
+            raise ValueError(f"{where}: {k} must be a {type(ours[k]).__name__}, got {v!r}")
+    if len(state["base_lrs"]) != len(ours["base_lrs"]):
+        raise ValueError(f"{where}: {len(state['base_lrs'])} parameter groups, the optimizer "
+                         f"has {len(ours['base_lrs'])}")
+    scheduler.load_state_dict({**state, "lr_lambdas": [None] * len(state["base_lrs"])})

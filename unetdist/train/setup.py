@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from unetdist.config import RunConfig, to_yaml
+from unetdist.config import RunConfig, to_dict, to_yaml
 from unetdist.distributed import gather_objects
-from unetdist.errors import DataError
+from unetdist.errors import DataError, FileSystemError, UserError
 from unetdist.log import say, warn
 from unetdist.track.jsonl import Tracker, open_tracker
 from unetdist.train import checkpoint as ckpt
 from unetdist.train.budget import TimeBudget
 from unetdist.train.ema import ModelEma
+from unetdist.train.runlock import RunLock
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Run:
     budget: TimeBudget | None = None  # train.max_minutes; None in hand-built test runs
     ema: ModelEma | None = None  # train.ema_decay > 0: the averaged weights
     tracker: Tracker | None = None
+    lock: RunLock | None = None  # rank 0's hold on run_dir (None on other ranks)
     last_save_time: float = field(default_factory=time.monotonic)
     last_saved_step: int = -1
     before_step: Callable[[], None] = lambda: None  # extension point (test fault injection)
@@ -80,19 +82,56 @@ class Run:
 
 
 def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
-    from unetdist.data.manifest import manifest_hash, read_manifest
-    from unetdist.train.losses import build_loss
+    from unetdist.data.manifest import MANIFEST, check_fold, manifest_hash, read_manifest
 
     manifest = read_manifest(shard_dir)
+    check_fold(manifest, cfg.data.fold, Path(shard_dir) / MANIFEST)
+    if not cfg.eval.ref_fov_diameter:  # stored with the model, for eval.scale=auto later
+        ref = float(manifest.get("fov_diameter", {}).get("train", 0.0))
+        cfg = replace(cfg, eval=replace(cfg.eval, ref_fov_diameter=ref))
     run_dir = Path(cfg.train.run_dir)
-    mhash = manifest_hash(manifest)
+    mhash = manifest_hash(manifest, cfg.data.fold)
+    lock = take_run_lock(acc, run_dir)  # before anything reads or writes the run folder
+    try:
+        run = _setup_locked(cfg, acc, shard_dir, manifest, run_dir, mhash)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    run.lock = lock
+    return run
+
+
+def take_run_lock(acc, run_dir: Path) -> RunLock | None:
+    """Rank 0 takes the run folder's lock; every rank raises the same error when it cannot."""
+    lock, error, note = None, None, None
+    if acc.is_main_process:
+        lock = RunLock(run_dir)
+        try:
+            note = lock.acquire()
+        except UserError as e:
+            error = str(e)
+    error = gather_objects(error)[0]
+    if error:
+        raise UserError(error)
+    if note:
+        warn(note)
+    return lock
+
+
+def _setup_locked(cfg: RunConfig, acc, shard_dir: str, manifest: dict, run_dir: Path,
+                  mhash: str) -> Run:
+    from unetdist.data.manifest import split_names
+    from unetdist.train.losses import build_loss
+
     resume_from, saved = plan_resume(cfg, acc, run_dir, mhash)
     acc.wait_for_everyone()  # every rank has read the run dir before rank 0 writes to it
     if acc.is_main_process:
         prepare_run_dir(cfg, acc, run_dir)
     budget = TimeBudget(cfg.train.max_minutes, cfg.train.max_steps, acc.is_main_process)
     model, optimizer, scheduler = build_training_objects(cfg, acc, budget)
-    run = Run(cfg, acc, run_dir, shard_dir, mhash, cfg.eval.split in manifest["splits"],
+    has_val = cfg.eval.split in split_names(manifest, cfg.data.fold)
+    run = Run(cfg, acc, run_dir, shard_dir, mhash, has_val,
               model, optimizer, scheduler, build_loss(cfg.loss), TrainState(), budget=budget)
     if cfg.train.ema_decay > 0:
         run.ema = ModelEma(acc.unwrap_model(model), cfg.train.ema_decay)
@@ -118,7 +157,12 @@ def plan_resume(cfg: RunConfig, acc, run_dir: Path, mhash: str) -> tuple[Path | 
     saved = ckpt.read_trainer_state(path)
     warnings = ckpt.check_compatible(saved, cfg.model.architecture(), mhash,
                                      acc.num_processes, path)
+    ckpt.refuse_code(path)
     ckpt.check_rng_files(path, int(saved["world_size"]), acc.num_processes)
+    ckpt.read_scheduler_state(path)
+    changed = ckpt.changed_hyperparameters(saved["config"], to_dict(cfg))
+    if changed:
+        warnings.append(f"resuming {path} with changed hyperparameters: " + ", ".join(changed))
     for w in warnings:
         warn(w)
     return path, saved
@@ -127,10 +171,17 @@ def plan_resume(cfg: RunConfig, acc, run_dir: Path, mhash: str) -> tuple[Path | 
 def prepare_run_dir(cfg: RunConfig, acc, run_dir: Path) -> None:
     from unetdist.track.runinfo import run_info, write_run_config
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.clean_stale(run_dir)
-    ckpt.clear_preempted(run_dir)  # this start is the requeued job the marker asked for
-    write_run_config(run_dir, to_yaml(cfg), run_info(acc.num_processes, cfg.train.precision))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        removed = ckpt.clean_stale(run_dir)
+        ckpt.clear_preempted(run_dir)  # this start is the requeued job the marker asked for
+        write_run_config(run_dir, to_yaml(cfg), run_info(acc.num_processes, cfg.train.precision))
+    except OSError as e:
+        raise FileSystemError.of(e, run_dir, "write to the run folder", "train.run_dir") from None
+    if removed:
+        names = ", ".join(str(p.relative_to(run_dir)) for p in removed)
+        warn(f"removed {len(removed)} temporary file(s)/folder(s) an interrupted run left in "
+             f"{run_dir}: {names}")
 
 
 def build_training_objects(cfg: RunConfig, acc, budget: TimeBudget):
@@ -145,15 +196,23 @@ def build_training_objects(cfg: RunConfig, acc, budget: TimeBudget):
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps,
                                 progress=budget.time_fraction)
+    # the scheduler is neither prepared (it would step once per process) nor registered for
+    # checkpointing (accelerate would pickle it): it is saved as scheduler.json
     model, optimizer = acc.prepare(model, optimizer)
-    acc.register_for_checkpointing(scheduler)  # not prepare(): it would step once per process
     set_seed(cfg.seed, device_specific=True)  # per-rank random streams from here on
     return model, optimizer, scheduler
 
 
 def restore(run: Run, path: Path, saved: dict) -> None:
+    from unetdist.train.optim import load_scheduler_state
+
     acc = run.acc
-    acc.load_state(str(path))
+    ckpt.load_accelerate_state(acc, path)
+    try:
+        load_scheduler_state(run.scheduler, ckpt.read_scheduler_state(path),
+                             f"{path}/{ckpt.SCHEDULER_FILE}")
+    except ValueError as e:
+        raise DataError(str(e)) from None
     rank, saved_ws = acc.process_index, int(saved["world_size"])
     ok = rank >= saved_ws or ckpt.verify_rng_restored(path, rank)
     failed = [r for r, good in enumerate(gather_objects(ok)) if not good]

@@ -1,7 +1,11 @@
 """Raw dataset -> verified webdataset shards.
 
-- `layouts.py` — find image/label/FOV triples per dataset layout and split
-- `readers.py` — read raw images and masks (TIFF, GIF palettes, PNG, JPEG, ...)
+- `layouts.py` — find image/label/FOV triples per dataset layout and split (drive, seed, folders)
+- `datasets.py` — the CHASE_DB1, STARE and HRF layouts, as their owners ship them
+- `readers.py` — read raw images and masks (TIFF, GIF palettes, PNG, JPEG, PPM(.gz), ...)
+  and the two-level mask rule
+- `fov.py` — estimate a fundus image's field of view (shard and predict), its diameter
+- `folds.py` — `--folds K`: deal the training samples into seeded folds
 - `checks.py` — validate every sample up front (sizes, binary masks) and list the problems
 - `writer.py` — `shard_dataset`: encode samples into tar shards + manifest, atomically
 - `synth.py` — synthetic DRIVE-layout datasets for tests and the demo

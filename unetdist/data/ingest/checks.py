@@ -13,9 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from unetdist.data.ingest.layouts import Problem, RawSample
-from unetdist.data.ingest.readers import RawFileError, read_image, read_mask
+from unetdist.data.ingest.readers import RawFileError, image_size, read_image, read_mask
 
 MAX_SHOWN = 20  # problems listed in an error message; the rest are counted
+DEFAULT_MAX_PIXELS = 64_000_000  # --max-pixels: HRF's 8 MP fit; a 100k x 100k bomb does not
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How raw files are read: `shard --binarize T` and `--max-pixels N`."""
+
+    binarize: float | None = None  # threshold 3+-level masks at T (pixels > T are 1)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # refuse larger files from their header, undecoded
 
 
 @dataclass(frozen=True)
@@ -26,7 +35,15 @@ class LoadedSample:
     label2: np.ndarray | None
 
 
-def load_sample(s: RawSample) -> tuple[LoadedSample | None, list[Problem]]:
+def _check_pixels(path: Path, max_pixels: int) -> None:
+    w, h = image_size(path)
+    if w * h > max_pixels:
+        raise RawFileError(f"image is {w}x{h} = {w * h / 1e6:.1f} MP, over --max-pixels "
+                           f"{max_pixels} (raise it if this file is really that large)")
+
+
+def load_sample(s: RawSample, opts: ReadOptions = ReadOptions()
+                ) -> tuple[LoadedSample | None, list[Problem]]:
     """Decode a sample's files; (None, problems) when any file is unusable."""
     problems: list[Problem] = []
 
@@ -34,13 +51,19 @@ def load_sample(s: RawSample) -> tuple[LoadedSample | None, list[Problem]]:
         if path is None:
             return None
         try:
+            _check_pixels(path, opts.max_pixels)  # before the decode allocates anything
             return reader(path)
         except RawFileError as e:
             problems.append(Problem(str(path), str(e)))
             return None
 
+    def mask(path: Path) -> object:
+        return read_mask(path, opts.binarize)
+
     image = read(s.image, read_image)
-    masks = {name: (path, read(path, read_mask))
+    if image is None:  # no point decoding (maybe huge) masks of an unusable image
+        return None, problems
+    masks = {name: (path, read(path, mask))
              for name, path in (("label", s.label), ("FOV mask", s.fov), ("label2", s.label2))}
     for name, (path, mask) in masks.items():
         if mask is None or image is None:
@@ -56,13 +79,13 @@ def load_sample(s: RawSample) -> tuple[LoadedSample | None, list[Problem]]:
     return LoadedSample(image, masks["label"][1], masks["FOV mask"][1], masks["label2"][1]), []
 
 
-def check_samples(samples: list[RawSample], *, threads: int = 4,
-                  progress: bool = True) -> list[Problem]:
-    """Every problem of every sample, in sample order."""
+def check_samples(samples: list[RawSample], *, threads: int = 4, progress: bool = True,
+                  opts: ReadOptions = ReadOptions()) -> list[Problem]:
+    """Every problem of every sample, in sample order (at most `threads` decoded at once)."""
     from tqdm import tqdm
 
     def problems_of(s: RawSample) -> list[Problem]:
-        return load_sample(s)[1]
+        return load_sample(s, opts)[1]
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
         results = tqdm(pool.map(problems_of, samples), total=len(samples), desc="checking",

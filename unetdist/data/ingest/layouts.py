@@ -3,6 +3,7 @@
 Layouts:
 - `drive`: the official DRIVE tree: {training,test}/images/*.tif, 1st_manual/NN_manual1.gif,
   mask/<stem>_mask.gif, and test/2nd_manual/NN_manual2.gif kept as a second label when present.
+- `chase`, `stare`, `hrf`: see `unetdist.data.ingest.datasets`.
 - `seed`: the tutorial's Train_Images/, Train_Labels/, Test_Images/, Test_Labels/ (paired by
   stem, no FOV).
 - `folders`: --images/--labels [--fov] [--labels2] (and optional --test-* folders), paired by
@@ -17,7 +18,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from unetdist.data.ingest.readers import list_images
+from unetdist.data.ingest.readers import image_stem, list_images
 from unetdist.data.manifest import LAYOUTS
 from unetdist.errors import DataError
 
@@ -44,6 +45,7 @@ class RawSample:
     fov: Path | None = None  # None: the whole image is the field of view
     label2: Path | None = None  # a second annotator's label
     source: str = ""
+    estimate_fov: bool = False  # no FOV file: estimate it from the image (else whole image)
 
 
 @dataclass(frozen=True)
@@ -81,13 +83,18 @@ class Discovery:
     samples: list[RawSample] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # non-fatal: printed as warnings
+    broken_links: list[Path] = field(default_factory=list)  # skipped: dangling or looping
+
+    def images(self, folder: Path) -> list[Path]:
+        """`list_images(folder)`, remembering the symlinks it had to skip."""
+        return list_images(folder, self.broken_links)
 
 
-def _stems(folder: Path) -> dict[str, list[Path]]:
+def _stems(folder: Path, found: Discovery) -> dict[str, list[Path]]:
     """Image files of `folder` by stem (several files may share a stem)."""
     out: dict[str, list[Path]] = {}
-    for p in list_images(folder):
-        out.setdefault(p.stem, []).append(p)
+    for p in found.images(folder):
+        out.setdefault(image_stem(p), []).append(p)
     return out
 
 
@@ -120,13 +127,13 @@ def _folder(root: Path, name: str | None, what: str, found: Discovery,
 
 
 def _nonempty(folder: Path, found: Discovery) -> list[Path]:
-    files = list_images(folder)
+    files = found.images(folder)
     if not files:
         found.problems.append(Problem(str(folder), "no image files in this folder"))
     return files
 
 
-def _relative(path: Path, root: Path) -> str:
+def relative(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
     except ValueError:
@@ -147,8 +154,8 @@ def _drive_split(root: Path, split: str, found: Discovery) -> None:
         return
     mask = _folder(base, "mask", "FOV mask", found, True)
     second = _folder(base, "2nd_manual", "", found, False)
-    labels, masks = _stems(manual), _stems(mask) if mask else None
-    labels2 = _stems(second) if second else None
+    labels, masks = _stems(manual, found), _stems(mask, found) if mask else None
+    labels2 = _stems(second, found) if second else None
     for img in _nonempty(images, found):
         number = img.stem.split("_")[0]
         label = _pick(labels, manual, f"{number}_manual1", "label", img, found)
@@ -156,7 +163,7 @@ def _drive_split(root: Path, split: str, found: Discovery) -> None:
         label2 = _pick(labels2, second, f"{number}_manual2", "second label", img, found, False)
         if label is not None and (fov is not None or mask is None):
             found.samples.append(RawSample(img.stem, split, img, label, fov, label2,
-                                           _relative(img, root)))
+                                           relative(img, root)))
 
 
 def _key(stem: str, suffix: str) -> str | None:
@@ -180,8 +187,8 @@ def _folder_split(root: Path, split: str, dirs: tuple, spec: FolderSpec, found: 
         return
     fov = _folder(root, fov_dir, f"{split} FOV", found, True)
     second = _folder(root, labels2_dir, f"{split} second-label", found, True)
-    idx = {"label": _stems(labels), "fov": _stems(fov) if fov else None,
-           "label2": _stems(second) if second else None}
+    idx = {"label": _stems(labels, found), "fov": _stems(fov, found) if fov else None,
+           "label2": _stems(second, found) if second else None}
     for img in _nonempty(images, found):
         key = _key(img.stem, spec.image_suffix)
         if key is None:
@@ -191,7 +198,7 @@ def _folder_split(root: Path, split: str, dirs: tuple, spec: FolderSpec, found: 
         l2 = _pick(idx["label2"], second, key + spec.label2_suffix, "second label", img, found)
         if label is not None and (f is not None or fov is None) and (l2 or second is None):
             found.samples.append(RawSample(img.stem, split, img, label, f, l2,
-                                           _relative(img, root)))
+                                           relative(img, root)))
 
 
 def _check_ids(found: Discovery) -> None:
@@ -201,9 +208,21 @@ def _check_ids(found: Discovery) -> None:
             found.problems.append(Problem(str(s.image), f"file stem {s.id!r} is not a valid "
                                           "sample id (use only A-Z a-z 0-9 _ -)"))
         elif s.id in seen:
-            found.problems.append(Problem(str(s.image), f"sample id {s.id!r} also used by "
-                                          f"{seen[s.id].image}"))
+            other = seen[s.id]
+            where = (f"in both the {other.split} and the {s.split} split"
+                     if other.split != s.split else "twice")
+            found.problems.append(Problem(str(s.image), f"sample id {s.id!r} is {where} "
+                                          f"(also {other.image})"))
         seen.setdefault(s.id, s)
+
+
+def _note_broken_links(found: Discovery) -> None:
+    """One warning for every skipped symlink, however many folders they were in."""
+    links = sorted(set(found.broken_links))
+    if links:
+        shown = ", ".join(str(p) for p in links[:5]) + (", ..." if len(links) > 5 else "")
+        found.notes.append(f"skipped {len(links)} symlink(s) that do not resolve to a file "
+                           f"(dangling or a loop): {shown}")
 
 
 def discover(root: str | Path, layout: str, spec: FolderSpec | None = None) -> Discovery:
@@ -214,7 +233,13 @@ def discover(root: str | Path, layout: str, spec: FolderSpec | None = None) -> D
     if not root.is_dir():
         raise DataError(f"source folder not found: {root}")
     found = Discovery()
-    if layout == "drive":
+    if layout in ("chase", "stare", "hrf"):
+        from unetdist.data.ingest.datasets import DATASETS
+
+        DATASETS[layout](root, found)
+    elif layout == "drive":
+        if not (root / "training").is_dir():
+            raise DataError(f"{root}: no training/ folder: is this DRIVE?")
         _drive_split(root, "train", found)
         if (root / "test").is_dir():
             _drive_split(root, "test", found)
@@ -232,6 +257,7 @@ def discover(root: str | Path, layout: str, spec: FolderSpec | None = None) -> D
             _folder_split(root, "test", (spec.test_images, spec.test_labels, spec.test_fov,
                                          spec.test_labels2), spec, found, layout == "seed")
     _check_ids(found)
+    _note_broken_links(found)
     return found
 
 

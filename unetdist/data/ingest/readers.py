@@ -1,12 +1,20 @@
-"""Read raw dataset files (TIF, GIF, PNG, JPG, ...) into arrays with Pillow.
+"""Read raw dataset files (TIF, GIF, PNG, JPG, PPM, gzipped PPM, ...) into arrays with Pillow.
 
 Pillow rather than cv2: cv2 cannot read GIF (DRIVE's labels and masks), and some DRIVE GIFs
 are palette images whose raw indices are 0/1, so masks are decoded *through the palette*
-(`convert("L")`), never from the raw indices.
+(`convert("L")`), never from the raw indices. STARE ships `.ppm.gz` files (its labels are P5
+gray images despite the `.ppm` name); Pillow goes by the file's magic bytes, not its name.
+
+The mask rule: a mask with exactly two gray levels, one <= 127 and one >= 128, is binary (the
+bright level is the foreground). That covers 0/1, 0/255, mode "1" PNGs, RGB masks with equal
+channels and DRIVE's second-observer GIFs, whose palette maps indices 0/1 to (4, 2, 4) and
+(252, 254, 252), i.e. gray 3 and 253. More levels need an explicit `--binarize T`.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import warnings
 from pathlib import Path
 
@@ -16,25 +24,52 @@ IMAGE_EXTS = frozenset({".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".bmp"
                         ".pgm", ".pbm", ".webp"})
 
 
+def image_stem(path: Path) -> str:
+    """The file name without its image extension (and without `.gz`): im0001.ppm.gz -> im0001."""
+    name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
+    return Path(name).stem
+
+
+def is_image_name(path: Path) -> bool:
+    name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
+    return not path.name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTS
+
+
 class RawFileError(Exception):
     """A raw file we cannot use; the message is the reason (the caller names the file)."""
 
 
-def _open(path: Path):
-    """The first frame of an image file, fully decoded (so truncation shows up here)."""
+def _source(path: Path):
+    """What Image.open reads: the path, or the decompressed bytes of a `.gz` file."""
+    if path.name.lower().endswith(".gz"):
+        with gzip.open(path, "rb") as f:
+            return io.BytesIO(f.read())
+    return path
+
+
+def _open(path: Path, load: bool = True):
+    """The first frame of an image file, fully decoded (so truncation shows up here); with
+    load=False only the header is read (size checks before an expensive decode)."""
     from PIL import Image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. DecompressionBombWarning on big fundus images
-            with Image.open(path) as im:  # closes the file only; the decoded data stays
-                im.load()
+            with Image.open(_source(path)) as im:  # closes the file only; decoded data stays
+                if load:
+                    im.load()
                 return im
     except FileNotFoundError:
         raise RawFileError("file not found") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
+            gzip.BadGzipFile) as e:
         reason = str(e).replace(f" {str(path)!r}", "").replace(str(path), "the file")
         raise RawFileError(f"cannot read image ({type(e).__name__}: {reason})") from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels."""
+    return _open(Path(path), load=False).size
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -68,25 +103,50 @@ def distinct_values(arr: np.ndarray) -> list[int]:
     return np.unique(arr).tolist()
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """A binary mask (0/1, 0/255, or a palette mapping to those) as (H, W) uint8 in {0, 1}.
+def to_binary(arr: np.ndarray, binarize: float | None = None) -> np.ndarray:
+    """(H, W) gray levels -> uint8 {0, 1} by the mask rule (module docstring), or `> binarize`.
 
     Anything else raises RawFileError listing the values found.
     """
-    arr = _mask_array(Path(path))
-    if arr.ndim != 2:
-        raise RawFileError(f"mask has shape {arr.shape}, expected a single-channel image")
+    if binarize is not None:
+        return (arr > binarize).astype(np.uint8)
     values = distinct_values(arr)
     if set(values) <= {0, 1}:
         return arr.astype(np.uint8)
     if set(values) <= {0, 255}:
         return (arr == 255).astype(np.uint8)
+    if len(values) == 2 and values[0] <= 127 < values[1]:
+        return (arr == values[1]).astype(np.uint8)
     shown = ", ".join(str(v) for v in values[:10]) + (", ..." if len(values) > 10 else "")
-    raise RawFileError(f"mask is not binary: {len(values)} distinct values ({shown}); "
-                       "expected 0/1 or 0/255")
+    raise RawFileError(f"mask is not binary: {len(values)} distinct values ({shown}); expected "
+                       "two levels, one <= 127 and one >= 128 (use --binarize T to threshold "
+                       "at T)")
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in `folder` (hidden files and other extensions ignored), sorted."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS)
+def read_mask(path: str | Path, binarize: float | None = None) -> np.ndarray:
+    """A binary mask (see the mask rule above) as (H, W) uint8 in {0, 1}."""
+    arr = _mask_array(Path(path))
+    if arr.ndim != 2:
+        raise RawFileError(f"mask has shape {arr.shape}, expected a single-channel image")
+    return to_binary(arr, binarize)
+
+
+def list_images(folder: Path, broken: list[Path] | None = None) -> list[Path]:
+    """Image files directly in `folder` (hidden files and other extensions ignored), sorted.
+
+    Symlinks that do not resolve to a file (dangling, or a loop) are skipped and, when `broken`
+    is given, appended to it so that the caller can warn once about all of them.
+    """
+    out = []
+    for p in folder.iterdir():
+        if not is_image_name(p):
+            continue
+        try:
+            if p.is_file():
+                out.append(p)
+            elif p.is_symlink() and broken is not None:
+                broken.append(p)
+        except OSError:  # a symlink loop on Pythons whose is_file() does not swallow ELOOP
+            if broken is not None:
+                broken.append(p)
+    return sorted(out)

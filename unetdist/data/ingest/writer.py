@@ -2,8 +2,12 @@
 
 Per sample, in this order: `<id>.image.png` (RGB, original size), `<id>.label.png` and
 `<id>.fov.png` (gray 0/255; FOV all 255 when the layout has none), `<id>.label2.png` when a
-second annotator exists, `<id>.meta.json`. Ids are sorted within a split; shards follow that
-order. Output is byte-identical for identical input (see `unetdist.data.tario`).
+second annotator exists, `<id>.meta.json` (id, source, split, size, `fov_source`: file,
+estimated or none). Ids are sorted within a split (within a fold, for k-fold shards); shards
+follow that order. Output is byte-identical for identical input (see `unetdist.data.tario`).
+
+Memory: at most `threads` samples are decoded at once and `threads + 1` encoded samples wait
+for the tar writer, so 8-megapixel datasets (HRF) shard in a few hundred MB.
 """
 
 from __future__ import annotations
@@ -17,30 +21,49 @@ from pathlib import Path
 
 import numpy as np
 
+from unetdist.data.ingest.checks import ReadOptions
 from unetdist.data.ingest.layouts import FolderSpec, RawSample
 from unetdist.data.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, FORMAT, MANIFEST, SPLITS
 from unetdist.errors import DataError, UserError
 from unetdist.log import warn
 
 
-def encode_sample(s: RawSample) -> list[tuple[str, bytes]]:
+def _fov(s: RawSample, image: np.ndarray, fov: np.ndarray | None) -> tuple[np.ndarray, str]:
+    """The sample's FOV (uint8 {0,1}) and where it came from."""
+    from unetdist.data.ingest.fov import estimate_fov
+
+    if fov is not None:
+        return fov, "file"
+    est = estimate_fov(image) if s.estimate_fov else None
+    if est is not None:
+        return est.astype(np.uint8), "estimated"
+    return np.ones(image.shape[:2], dtype=np.uint8), "none"
+
+
+def encode_sample(s: RawSample, opts: ReadOptions | None = None) -> list[tuple[str, bytes]]:
     """The tar members of one sample, in the fixed order."""
     from unetdist.data.codec import encode_mask, encode_png
     from unetdist.data.ingest.checks import format_problems, load_sample
+    from unetdist.data.ingest.fov import fov_diameter
 
-    loaded, problems = load_sample(s)
+    loaded, problems = load_sample(s, opts or ReadOptions())
     if loaded is None:  # the file changed after validation
         raise DataError(format_problems(problems, s.source))
     h, w = loaded.image.shape[:2]
-    fov = loaded.fov if loaded.fov is not None else np.ones((h, w), dtype=np.uint8)
+    fov, fov_source = _fov(s, loaded.image, loaded.fov)
     members = [(f"{s.id}.image.png", encode_png(loaded.image)),
                (f"{s.id}.label.png", encode_mask(loaded.label)),
                (f"{s.id}.fov.png", encode_mask(fov))]
     if loaded.label2 is not None:
         members.append((f"{s.id}.label2.png", encode_mask(loaded.label2)))
-    meta = {"id": s.id, "source": s.source, "split": s.split, "height": h, "width": w}
+    meta = {"id": s.id, "source": s.source, "split": s.split, "height": h, "width": w,
+            "fov_source": fov_source, "fov_diameter": round(fov_diameter(fov), 1)}
     members.append((f"{s.id}.meta.json", json.dumps(meta).encode()))
     return members
+
+
+def _meta(members: list[tuple[str, bytes]]) -> dict:
+    return json.loads(members[-1][1])
 
 
 def plan_shards(n: int, max_samples: int) -> list[int]:
@@ -66,30 +89,42 @@ def _ordered_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable,
             f.cancel()
 
 
-def _write_split(folder: Path, split: str, samples: list[RawSample], max_samples: int,
-                 max_bytes: int, pool: ThreadPoolExecutor, bar) -> list[dict]:
+def _write_split(folder: Path, split: str, groups: list[list[RawSample]], encode: Callable,
+                 limits: tuple[int, int], pool: ThreadPoolExecutor, bar, window: int
+                 ) -> list[dict]:
+    """Shards of one split; each group (a fold, or the whole split) gets shards of its own.
+
+    At most `window` encoded samples wait in memory. Each shard entry also carries
+    "metas" and "group" (popped by the caller)."""
     from unetdist.data.tario import TarShard
 
-    cuts = set(np.cumsum(plan_shards(len(samples), max_samples))[:-1].tolist())
+    max_samples, max_bytes = limits
     shards: list[dict] = []
     shard: TarShard | None = None
+    metas: list[dict] = []
 
     def finish() -> None:
         size, digest = shard.close()
         shards.append({"name": shard.path.name, "bytes": size, "sha256": digest,
-                       "samples": shard.samples})
+                       "samples": shard.samples, "metas": list(metas), "group": g})
+        metas.clear()
 
     try:
-        for i, members in enumerate(_ordered_map(pool, encode_sample, samples, 16)):
-            if shard is not None and (i in cuts or shard.size_with(members) > max_bytes):
+        for g, group in enumerate(groups):
+            cuts = set(np.cumsum(plan_shards(len(group), max_samples))[:-1].tolist())
+            # bounded: a few 8 MP images in memory, not a whole split
+            for i, members in enumerate(_ordered_map(pool, encode, group, window)):
+                if shard is not None and (i in cuts or shard.size_with(members) > max_bytes):
+                    finish()
+                    shard = None
+                if shard is None:
+                    shard = TarShard(folder / f"{split}-{len(shards):06d}.tar")
+                shard.add(members)
+                metas.append(_meta(members))
+                bar.update(1)
+            if shard is not None:  # a fold never shares a shard with the next one
                 finish()
                 shard = None
-            if shard is None:
-                shard = TarShard(folder / f"{split}-{len(shards):06d}.tar")
-            shard.add(members)
-            bar.update(1)
-        if shard is not None:
-            finish()
     except BaseException:
         if shard is not None:
             shard.abort()
@@ -106,78 +141,151 @@ def _check_paths(src: Path, out: Path) -> None:
 def _check_layout_options(layout: str, folders: dict, suffixes: dict) -> None:
     """Folder options belong to `folders`, suffixes to `folders`/`seed`: never ignore them."""
     unused = [k for k, v in folders.items() if v and layout != "folders"]
-    unused += [k for k, v in suffixes.items() if v and layout == "drive"]
+    unused += [k for k, v in suffixes.items() if v and layout not in ("folders", "seed")]
     if unused:
         opts = ", ".join("--" + k.replace("_", "-") for k in unused)
         raise UserError(f"{opts} do(es) not apply to --layout {layout}")
 
 
-def _validated(src: Path, layout: str, spec: FolderSpec, split_val: float, threads: int,
-               progress: bool) -> list[RawSample]:
+def _validated(src: Path, layout: str, spec: FolderSpec, threads: int, progress: bool,
+               opts: ReadOptions) -> list[RawSample]:
     """Discover, decode and check every sample; DataError listing all problems."""
     from unetdist.data.ingest.checks import check_samples, format_problems
-    from unetdist.data.ingest.layouts import assign_val, discover
+    from unetdist.data.ingest.layouts import discover
 
     found = discover(src, layout, spec)
     for note in found.notes:
         warn(note)
-    problems = found.problems + check_samples(found.samples, threads=threads, progress=progress)
+    problems = found.problems + check_samples(found.samples, threads=threads, progress=progress,
+                                              opts=opts)
     if problems:
         raise DataError(format_problems(problems, str(src)))
     if not found.samples:
         raise DataError(f"no samples found in {src} (layout {layout})")
-    return assign_val(found.samples, split_val)
+    return found.samples
+
+
+def _splits(samples: list[RawSample], layout: str, split_val: float | None, folds: int,
+            fold_seed: int) -> tuple[list[RawSample], list[list[str]] | None]:
+    """Samples with their final split, and the ids of each fold (None without --folds)."""
+    from unetdist.data.ingest.datasets import NO_OFFICIAL_SPLIT
+    from unetdist.data.ingest.folds import assign_folds
+    from unetdist.data.ingest.layouts import assign_val
+
+    if not folds:
+        return assign_val(samples, 0.1 if split_val is None else split_val), None
+    if split_val:
+        raise UserError("--split-val does not combine with --folds (fold i is the validation "
+                        "set of data.fold=i)")
+    return assign_folds(samples, folds, fold_seed, layout in NO_OFFICIAL_SPLIT)
+
+
+def _groups(samples: list[RawSample], split: str, fold_lists: list[list[str]] | None
+            ) -> list[list[RawSample]]:
+    group = sorted((s for s in samples if s.split == split), key=lambda s: s.id)
+    if split != "train" or fold_lists is None:
+        return [group] if group else []
+    by_id = {s.id: s for s in group}
+    return [[by_id[i] for i in ids] for ids in fold_lists]
+
+
+def _summarise(manifest: dict, fold_lists: list[list[str]] | None, fold_seed: int) -> None:
+    """Add total_bytes, fov_source(s), fov_diameter and folds from the shards' sample metas.
+
+    fov_diameter (median per split, px) is what `eval.scale=auto` compares test images with.
+    """
+    metas: dict[str, list[dict]] = {}
+    groups: dict[str, list[int]] = {}
+    for split, entry in manifest["splits"].items():
+        for sh in entry["shards"]:
+            metas.setdefault(split, []).extend(sh.pop("metas"))
+            groups.setdefault(split, []).append(sh.pop("group"))
+    manifest["total_bytes"] = sum(sh["bytes"] for sp in manifest["splits"].values()
+                                  for sh in sp["shards"])
+    sources = [m["fov_source"] for ms in metas.values() for m in ms]
+    counts = {k: sources.count(k) for k in ("file", "estimated", "none") if k in sources}
+    manifest["fov_source"] = ("estimated" if "estimated" in counts
+                              else "file" if "file" in counts else "none")
+    manifest["fov_sources"] = counts  # per kind: e.g. an image whose estimate failed is none
+    manifest["fov_diameter"] = {split: round(float(np.median([m["fov_diameter"] for m in ms])), 1)
+                                for split, ms in metas.items()}
+    if fold_lists is not None:
+        train = list(zip(groups["train"], manifest["splits"]["train"]["shards"]))
+        names = [[sh["name"] for g, sh in train if g == i] for i in range(len(fold_lists))]
+        manifest["folds"] = {"k": len(fold_lists), "seed": fold_seed, "ids": fold_lists,
+                             "shards": names}
 
 
 def shard_dataset(src: str | Path, out: str | Path, *, layout: str = "drive",
-                  split_val: float = 0.1, max_samples: int = DEFAULT_MAX_SAMPLES,
+                  split_val: float | None = None, max_samples: int = DEFAULT_MAX_SAMPLES,
                   max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = True,
                   overwrite: bool = False, threads: int | None = None,
-                  images: str | None = None, labels: str | None = None,
-                  fov: str | None = None, labels2: str | None = None,
-                  test_images: str | None = None, test_labels: str | None = None,
-                  test_fov: str | None = None, test_labels2: str | None = None,
-                  image_suffix: str = "", label_suffix: str = "", fov_suffix: str = "",
-                  label2_suffix: str = "") -> dict:
+                  binarize: float | None = None, folds: int = 0, fold_seed: int = 0,
+                  max_pixels: int | None = None, **folder_opts: str | None) -> dict:
     """Validate every sample of the raw dataset at `src`, then write shards + manifest.json
     to `out` (via a temporary folder renamed at the end). Returns the manifest.
 
     Any invalid sample raises DataError listing every problem, before anything is written.
-    `images`/`labels`/... are the `folders` layout's folders (relative to `src`).
+    `folder_opts` are the `folders` layout's folders (images, labels, fov, labels2, test_*,
+    relative to `src`) and the suffixes (image_suffix, label_suffix, ...).
+    `split_val` defaults to 0.1 (0 with `folds`); `folds` >= 2 writes k-fold training shards.
     """
+    from functools import partial
+
     from tqdm import tqdm
 
     from unetdist.atomic import atomic_dir, check_output_dir, fsync_path
+    from unetdist.data.ingest.checks import DEFAULT_MAX_PIXELS
 
-    if max_samples < 1 or max_bytes < 1:
-        raise UserError(f"--max-samples and --max-bytes must be >= 1, got {max_samples}, "
-                        f"{max_bytes}")
-    if not 0.0 <= split_val < 1.0:
-        raise UserError(f"--split-val must be in [0, 1), got {split_val}")
+    _check_options(max_samples, max_bytes, split_val, binarize, max_pixels)
     src, out = Path(src).absolute(), Path(out).absolute()
     _check_paths(src, out)
     check_output_dir(out, overwrite)  # fail before a long validation pass, not after
-    _check_layout_options(layout, {"images": images, "labels": labels, "fov": fov,
-                                   "labels2": labels2, "test_images": test_images,
-                                   "test_labels": test_labels, "test_fov": test_fov,
-                                   "test_labels2": test_labels2},
-                          {"image_suffix": image_suffix, "label_suffix": label_suffix,
-                           "fov_suffix": fov_suffix, "label2_suffix": label2_suffix})
-    spec = FolderSpec(images or "images", labels or "labels", fov, labels2, test_images,
-                      test_labels, test_fov, test_labels2, image_suffix, label_suffix,
-                      fov_suffix, label2_suffix)
+    spec = _folder_spec(layout, folder_opts)
+    opts = ReadOptions(binarize, max_pixels or DEFAULT_MAX_PIXELS)
     threads = threads or min(4, os.cpu_count() or 1)
-    samples = _validated(src, layout, spec, split_val, threads, progress)
-    manifest: dict = {"format": FORMAT, "layout": layout, "source": str(src), "splits": {}}
+    samples = _validated(src, layout, spec, threads, progress, opts)
+    samples, fold_lists = _splits(samples, layout, split_val, folds, fold_seed)
+    manifest: dict = {"format": FORMAT, "layout": layout, "source": str(src),
+                      "binarize": binarize, "splits": {}}
     with atomic_dir(out, overwrite) as tmp, ThreadPoolExecutor(threads) as pool, \
             tqdm(total=len(samples), desc="sharding", unit="img", disable=not progress) as bar:
         for split in SPLITS:
-            group = sorted((s for s in samples if s.split == split), key=lambda s: s.id)
-            if group:
-                shards = _write_split(tmp, split, group, max_samples, max_bytes, pool, bar)
-                manifest["splits"][split] = {"samples": len(group), "shards": shards}
-        manifest["total_bytes"] = sum(sh["bytes"] for sp in manifest["splits"].values()
-                                      for sh in sp["shards"])
+            groups = _groups(samples, split, fold_lists)
+            if groups:
+                shards = _write_split(tmp, split, groups, partial(encode_sample, opts=opts),
+                                      (max_samples, max_bytes), pool, bar, threads + 1)
+                manifest["splits"][split] = {"samples": sum(map(len, groups)), "shards": shards}
+        _summarise(manifest, fold_lists, fold_seed)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         fsync_path(tmp / MANIFEST)
     return manifest
+
+
+def _check_options(max_samples: int, max_bytes: int, split_val: float | None,
+                   binarize: float | None, max_pixels: int | None) -> None:
+    if max_samples < 1 or max_bytes < 1:
+        raise UserError(f"--max-samples and --max-bytes must be >= 1, got {max_samples}, "
+                        f"{max_bytes}")
+    if split_val is not None and not 0.0 <= split_val < 1.0:
+        raise UserError(f"--split-val must be in [0, 1), got {split_val}")
+    if binarize is not None and not 0 <= binarize < 255:
+        raise UserError(f"--binarize must be in [0, 255), got {binarize}")
+    if max_pixels is not None and max_pixels < 1:
+        raise UserError(f"--max-pixels must be >= 1, got {max_pixels}")
+
+
+FOLDER_OPTS = ("images", "labels", "fov", "labels2", "test_images", "test_labels", "test_fov",
+               "test_labels2")
+SUFFIX_OPTS = ("image_suffix", "label_suffix", "fov_suffix", "label2_suffix")
+
+
+def _folder_spec(layout: str, opts: dict) -> FolderSpec:
+    unknown = set(opts) - set(FOLDER_OPTS) - set(SUFFIX_OPTS)
+    if unknown:
+        raise TypeError(f"unexpected options: {', '.join(sorted(unknown))}")
+    folders = {k: opts.get(k) for k in FOLDER_OPTS}
+    suffixes = {k: opts.get(k) or "" for k in SUFFIX_OPTS}
+    _check_layout_options(layout, folders, suffixes)
+    return FolderSpec(folders["images"] or "images", folders["labels"] or "labels",
+                      *(folders[k] for k in FOLDER_OPTS[2:]), *suffixes.values())

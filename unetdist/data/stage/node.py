@@ -38,7 +38,7 @@ from unetdist.data.stage.copy import (
     write_marker,
 )
 from unetdist.data.stage.wait import clear_failure, record_failure, stage_lock, wait_for_stage
-from unetdist.errors import ConfigError, DataError, UserError
+from unetdist.errors import ConfigError, DataError, FileSystemError, UserError
 
 if TYPE_CHECKING:
     from unetdist.config import DataConfig
@@ -244,13 +244,15 @@ def _stage_locked(src: Path, dst: Path, raw: bytes, manifest: dict, shards: list
 
 def stage(src: str | os.PathLike, dst: str | os.PathLike, *, rehash: bool = False,
           threads: int = 4, progress: bool = True,
-          lock_timeout: float | None = None) -> StageResult:
+          lock_timeout: float | None = None, setting: str = "") -> StageResult:
     """Make DST a complete, sha256-verified copy of the shard folder SRC.
 
     Holds the node-wide lock on DST (waiting up to LOCK_TIMEOUT seconds, None = forever).
     Shards whose marker still matches are skipped; REHASH re-verifies every local copy.
     Raises DataError on a missing SRC/manifest, a corrupt source shard (named), or not enough
     space; a failed stage leaves DST without a manifest (incomplete), never half-written files.
+    A DST that cannot be written is a FileSystemError naming it (and SETTING, the config field
+    it came from).
     """
     t0 = time.perf_counter()
     src, dst = Path(src).absolute(), Path(dst).absolute()
@@ -260,9 +262,20 @@ def stage(src: str | os.PathLike, dst: str | os.PathLike, *, rehash: bool = Fals
     if dst.exists() and os.path.samefile(src, dst):
         raise UserError(f"stage source and destination are the same folder: {src}")
     try:
-        dst.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot create stage destination {dst}: {e.strerror}") from None
+        result = _stage_into(src, dst, raw, manifest, shards, rehash, threads, progress,
+                             lock_timeout)
+    except OSError as e:  # read-only, permissions, full disk, a file in the way
+        if e.filename and Path(e.filename).is_relative_to(src):
+            raise DataError(f"cannot read {e.filename}: {e.strerror}") from None
+        raise FileSystemError.of(e, dst, "stage into", setting) from None
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _stage_into(src: Path, dst: Path, raw: bytes, manifest: dict, shards: list[Shard],
+                rehash: bool, threads: int, progress: bool,
+                lock_timeout: float | None) -> StageResult:
+    dst.mkdir(parents=True, exist_ok=True)
     wait_note = f"stage: another process is staging into {dst}; waiting for its lock"
     with stage_lock(dst, lock_timeout, announce=wait_note if progress else None):
         clear_failure(dst)
@@ -271,7 +284,6 @@ def stage(src: str | os.PathLike, dst: str | os.PathLike, *, rehash: bool = Fals
         except BaseException as e:
             record_failure(dst, e)
             raise
-    result.seconds = time.perf_counter() - t0
     return result
 
 
@@ -325,9 +337,14 @@ def resolve_data_dir(cfg: DataConfig) -> str:
         return str(local)
     rank = _local_rank()
     if rank == 0:
-        result = stage(shared, local, progress=True, lock_timeout=cfg.stage_timeout)
+        result = stage(shared, local, progress=True, lock_timeout=cfg.stage_timeout,
+                       setting="data.local_dir")
         print(summary(shared, local, result), file=sys.stderr, flush=True)
     else:
         _, manifest, shards = load_source(shared)
-        wait_for_stage(shared, local, manifest, shards, cfg.stage_timeout, local_rank=rank)
+        try:  # waiting takes DST's lock briefly: it too must be able to write there
+            wait_for_stage(shared, local, manifest, shards, cfg.stage_timeout, local_rank=rank)
+        except OSError as e:
+            raise FileSystemError.of(e, local, "wait for the staged copy in",
+                                     "data.local_dir") from None
     return str(local)

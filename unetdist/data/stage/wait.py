@@ -4,13 +4,26 @@ The copier (LOCAL_RANK 0, or `unetdist stage`) holds a `filelock.FileLock` on DS
 stage, so independent jobs on the node serialise. The node's other ranks poll: each poll takes
 the same lock briefly, so they never judge a copy that is being changed, and accept DST only
 when its manifest equals the source manifest and every shard still matches its marker.
+
+A failure of the copier is recorded in DST with a job token (host, parent process and its start
+time, launcher restart count): local ranks of one launch are siblings under one launcher
+(torchrun's agent, slurmstepd), so a waiter recognises its own job's failure however early it
+was recorded, and ignores a stale one from another job. A note recorded after the waiter
+started counts too (a copier that is no sibling).
+
+SIGTERM and SIGINT end a waiting rank at once (exit 143 / 130): it holds nothing worth saving,
+and the trainer's preemption handler, which only sets a flag, is replaced while it waits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,9 +79,21 @@ def is_complete(dst: Path, manifest: dict, shards: list[Shard]) -> bool:
     return all(marker_matches(dst, s) for s in shards)
 
 
+def job_token() -> str:
+    """What the local ranks of one launch share: host, launcher pid + start time, restart."""
+    ppid = os.getppid()
+    try:  # field 22 of /proc/PID/stat, after the parenthesised command name
+        start = Path(f"/proc/{ppid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "?"
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return f"{socket.gethostname()}:{ppid}:{start}:{restart}"
+
+
 def record_failure(dst: Path, error: BaseException) -> None:
     """Tell waiting ranks that this stage failed, so they stop waiting and say why."""
-    note = {"time": time.time(), "error": str(error) or type(error).__name__}
+    note = {"time": time.time(), "job": job_token(),
+            "error": str(error) or type(error).__name__}
     with contextlib.suppress(OSError):
         write_atomic(failure_path(dst), json.dumps(note).encode(), durable=True)
 
@@ -83,17 +108,60 @@ def _timeout_error(src: Path, dst: Path, timeout: float) -> DataError:
                      f"copy is just slow")
 
 
-def _failed_since(dst: Path, since: float) -> str | None:
+def _failure_of_this_job(dst: Path, token: str, since: float) -> str | None:
+    """The recorded failure, when it is this job's (same token) or newer than SINCE."""
     note = read_json_or_none(failure_path(dst))
-    if note and isinstance(note.get("time"), (int, float)) and note["time"] >= since:
+    if not isinstance(note, dict):
+        return None
+    recent = isinstance(note.get("time"), (int, float)) and note["time"] >= since
+    if note.get("job") == token or recent:
         return str(note.get("error", "unknown error"))
     return None
 
 
+class _Stopped(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM/SIGINT raise _Stopped in the waiting loop (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise _Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def wait_for_stage(src: Path, dst: Path, manifest: dict, shards: list[Shard], timeout: float,
                    *, local_rank: int) -> None:
-    """Block until local rank 0 has staged SRC into DST; DataError on timeout or its failure."""
-    since = time.time()
+    """Block until local rank 0 has staged SRC into DST; DataError on timeout or its failure.
+
+    SIGTERM/SIGINT exit at once with status 143/130.
+    """
+    try:
+        with _stop_on_signals():
+            _wait(src, dst, manifest, shards, timeout, local_rank)
+    except _Stopped as e:
+        name = signal.Signals(e.signum).name
+        print(f"local rank {local_rank}: {name} while waiting for local rank 0 to stage {dst}; "
+              "exiting", file=sys.stderr, flush=True)
+        raise SystemExit(128 + e.signum) from None
+
+
+def _wait(src: Path, dst: Path, manifest: dict, shards: list[Shard], timeout: float,
+          local_rank: int) -> None:
+    token, since = job_token(), time.time()
     deadline = time.monotonic() + timeout
     announced = False
     while True:
@@ -104,7 +172,7 @@ def wait_for_stage(src: Path, dst: Path, manifest: dict, shards: list[Shard], ti
             with stage_lock(dst, remaining, announce=None):
                 if is_complete(dst, manifest, shards):
                     return
-                failure = _failed_since(dst, since)
+                failure = _failure_of_this_job(dst, token, since)
         except LockTimeout:
             raise _timeout_error(src, dst, timeout) from None
         if failure:

@@ -1,0 +1,133 @@
+"""Format twins: each public dataset's exact file tree and file formats, synthetic content.
+
+The real DRIVE, CHASE_DB1, STARE and HRF may not be committed (licences), so the tests write
+look-alikes from `unetdist.data.ingest.synth` images: the same names, folders, containers and
+pixel encodings as the official downloads (palette GIFs with DRIVE's second-observer palette,
+mode "1" PNGs, gzipped P5 labels named `.ppm`, upper-case `.JPG`, RGB TIFF masks, CHASE's flat
+folder), but small images so that a test stays fast. Nothing here is committed as an image.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from unetdist.data.ingest.synth import synthetic_sample
+
+# DRIVE's 2nd_manual GIFs: indices {0, 1} with these palette entries (gray 3 and 253).
+DRIVE_OBSERVER2_PALETTE = [4, 2, 4, 252, 254, 252]
+# STARE's 20 labelled images (of 400), by number.
+STARE_LABELLED = (1, 2, 3, 4, 5, 44, 77, 81, 82, 139, 162, 163, 235, 236, 239, 240, 255, 291,
+                  319, 324)
+HRF_CATEGORIES = ("dr", "g", "h")
+
+
+def _sample(index: int, size: tuple[int, int], split: str = "train"):
+    return synthetic_sample(index, split=split, seed=16, size=size)
+
+
+def _save(img: Image.Image, path: Path, fmt: str, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt, **kw)
+    return path
+
+
+def _gzip(path: Path) -> Path:
+    gz = path.with_name(path.name + ".gz")
+    gz.write_bytes(gzip.compress(path.read_bytes(), mtime=0))
+    path.unlink()
+    return gz
+
+
+def palette_gif(mask: np.ndarray, palette: list[int], path: Path) -> Path:
+    """A palette GIF whose raw indices are the 0/1 mask."""
+    im = Image.fromarray(mask.astype(np.uint8), "P")
+    im.putpalette(palette)
+    return _save(im, path, "GIF", optimize=False)
+
+
+def mode1_png(mask: np.ndarray, path: Path) -> Path:
+    return _save(Image.fromarray(mask.astype(bool)).convert("1"), path, "PNG")
+
+
+def make_drive(root: Path, n_train: int = 20, n_test: int = 20,
+               size: tuple[int, int] = (96, 88)) -> Path:
+    """training/{images,1st_manual,mask}, test/{images,1st_manual,2nd_manual,mask}."""
+    for split, kind, first, n in (("train", "training", 21, n_train),
+                                  ("test", "test", 1, n_test)):
+        for i in range(n):
+            s, num = _sample(i, size, split), first + i
+            base = root / kind
+            _save(Image.fromarray(s.image, "RGB"), base / "images" / f"{num:02d}_{kind}.tif",
+                  "TIFF")
+            _save(Image.fromarray(s.vessels * 255, "L"),
+                  base / "1st_manual" / f"{num:02d}_manual1.gif", "GIF")
+            _save(Image.fromarray(s.fov * 255, "L"), base / "mask" / f"{num:02d}_{kind}_mask.gif",
+                  "GIF")
+            if split == "test":  # a second observer: slightly thinner vessels
+                import cv2
+
+                second = cv2.erode(s.vessels, np.ones((2, 2), np.uint8))
+                palette_gif(second, DRIVE_OBSERVER2_PALETTE,
+                            base / "2nd_manual" / f"{num:02d}_manual2.gif")
+    return root
+
+
+def chase_ids(children: int = 14) -> list[str]:
+    return [f"Image_{c:02d}{eye}" for c in range(1, children + 1) for eye in "LR"]
+
+
+def make_chase(root: Path, repackaged: bool = False, children: int = 14,
+               size: tuple[int, int] = (96, 100)) -> Path:
+    """The official flat folder (or images/, 1st_label/, 2nd_label/): JPEG + mode "1" PNGs."""
+    dirs = ({"img": root / "images", "1st": root / "1st_label", "2nd": root / "2nd_label"}
+            if repackaged else {"img": root, "1st": root, "2nd": root})
+    for i, stem in enumerate(chase_ids(children)):
+        s = _sample(i, size)
+        _save(Image.fromarray(s.image, "RGB"), dirs["img"] / f"{stem}.jpg", "JPEG", quality=95)
+        mode1_png(s.vessels, dirs["1st"] / f"{stem}_1stHO.png")
+        mode1_png(s.vessels, dirs["2nd"] / f"{stem}_2ndHO.png")
+    return root
+
+
+def _ppm(img: Image.Image, path: Path, gz: bool) -> Path:
+    buf = io.BytesIO()
+    img.save(buf, format="PPM")  # P6 for RGB, P5 for L: STARE's labels are P5 named .ppm
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+    return _gzip(path) if gz else path
+
+
+def make_stare(root: Path, unlabelled: int = 2, size: tuple[int, int] = (90, 104)) -> Path:
+    """stare-images/imNNNN.ppm.gz, labels-ah/imNNNN.ah.ppm.gz, labels-vk/imNNNN.vk.ppm."""
+    numbers = list(STARE_LABELLED) + [400 - k for k in range(unlabelled)]
+    for i, num in enumerate(numbers):
+        s = _sample(i, size)
+        stem = f"im{num:04d}"
+        _ppm(Image.fromarray(s.image, "RGB"), root / "stare-images" / f"{stem}.ppm", gz=True)
+        if num in STARE_LABELLED:
+            label = Image.fromarray(s.vessels * 255, "L")
+            _ppm(label, root / "labels-ah" / f"{stem}.ah.ppm", gz=True)
+            _ppm(label, root / "labels-vk" / f"{stem}.vk.ppm", gz=i % 2 == 0)
+    return root
+
+
+def hrf_ids(per_category: int = 15) -> list[str]:
+    return [f"{n:02d}_{c}" for c in HRF_CATEGORIES for n in range(1, per_category + 1)]
+
+
+def make_hrf(root: Path, per_category: int = 15, size: tuple[int, int] = (96, 144)) -> Path:
+    """images/NN_x.jpg (some .JPG), manual1/NN_x.tif, mask/NN_x_mask.tif (RGB, equal channels)."""
+    for i, stem in enumerate(hrf_ids(per_category)):
+        s = _sample(i, size)
+        ext = ".JPG" if stem.endswith("_h") else ".jpg"  # the official mix of cases
+        _save(Image.fromarray(s.image, "RGB"), root / "images" / f"{stem}{ext}", "JPEG",
+              quality=95)
+        _save(Image.fromarray(s.vessels * 255, "L"), root / "manual1" / f"{stem}.tif", "TIFF")
+        rgb = np.repeat((s.fov * 255)[..., None], 3, axis=2)
+        _save(Image.fromarray(rgb, "RGB"), root / "mask" / f"{stem}_mask.tif", "TIFF")
+    return root

@@ -1,0 +1,85 @@
+"""The shard reader refuses decompression bombs and non-PNG members before decoding them."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from unetdist.data import reader
+from unetdist.data.codec import encode_mask, encode_png
+from unetdist.errors import DataError
+
+
+def _with_size(png: bytes, width: int, height: int) -> bytes:
+    """The same PNG with an IHDR that declares WIDTH x HEIGHT (a 1 kB 'bomb')."""
+    return png[:16] + struct.pack(">II", width, height) + png[24:]
+
+
+def _raw(size: int = 64, meta: dict | None = None) -> dict:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    mask = (rng.random((size, size)) > 0.5).astype(np.uint8)
+    meta = meta if meta is not None else {"id": "s1", "height": size, "width": size}
+    return {"__key__": "s1", "image.png": encode_png(image), "label.png": encode_mask(mask),
+            "fov.png": encode_mask(np.ones_like(mask)), "meta.json": json.dumps(meta).encode()}
+
+
+@pytest.fixture
+def no_decode(monkeypatch):
+    def refuse(raw):
+        raise AssertionError("a refused member reached the decoder")
+
+    monkeypatch.setattr(reader, "decode_sample", refuse)
+
+
+def test_png_size_reads_the_header():
+    raw = _raw(48)
+    assert reader.png_size(raw["image.png"]) == (48, 48)
+    assert reader.png_size(_with_size(raw["image.png"], 30000, 20000)) == (30000, 20000)
+    assert reader.png_size(b"\xff\xd8\xff\xe0" + bytes(40)) is None  # a JPEG
+
+
+def test_a_png_declaring_a_huge_size_is_skipped_without_decoding(no_decode):
+    raw = _raw()
+    raw["image.png"] = _with_size(raw["image.png"], 30000, 30000)
+    sample, why = reader.decode_checked(raw, "skip")
+    assert sample is None
+    assert "image.png declares 30000x30000 pixels" in why and "64x64" in why
+    with pytest.raises(DataError, match="declares 30000x30000"):
+        reader.decode_checked(raw, "error")
+
+
+def test_a_meta_json_that_lies_too_is_held_to_max_pixels(no_decode):
+    raw = _raw(meta={"id": "s1", "height": 30000, "width": 30000})
+    for m in reader.PNG_MEMBERS[:3]:
+        raw[m] = _with_size(raw[m], 30000, 30000)
+    sample, why = reader.decode_checked(raw, "skip")
+    assert sample is None and f"more than the {reader.MAX_PIXELS} allowed" in why
+
+
+def test_members_that_are_not_png_are_refused(no_decode):
+    import cv2
+
+    raw = _raw()
+    _, jpeg = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))
+    raw["fov.png"] = jpeg.tobytes()  # OpenCV would decode it (and any format it knows)
+    assert reader.decode_checked(raw, "skip") == (None, "sample 's1': fov.png is not a PNG")
+
+
+def test_a_sound_sample_still_decodes():
+    sample, why = reader.decode_checked(_raw(), "error")
+    assert why == "" and sample["image"].shape == (64, 64, 3)
+
+
+def test_decode_errors_in_a_staged_copy_suggest_rehash(tmp_path):
+    raw = _raw()
+    raw["label.png"] = raw["label.png"][:30]  # corrupted, header intact
+    raw["__url__"] = str(tmp_path / "train-000000.tar")
+    _, why = reader.decode_checked(raw, "skip")
+    assert "rehash" not in why  # shards read in place: nothing to re-stage
+    (tmp_path / ".stage").mkdir()
+    _, why = reader.decode_checked(raw, "skip")
+    assert f"unetdist stage --rehash SHARED_DIR {tmp_path}" in why
