@@ -34,7 +34,6 @@ def _worker(size: int, steps: int, warmup: int, precision: str, out: str) -> Non
     import torch
 
     from unetdist.config import RunConfig
-    from unetdist.distributed import make_accelerator
     from unetdist.train import loop as trainer
     from unetdist.train import setup as trainsetup
     from unetdist.train.losses import build_loss
@@ -44,10 +43,10 @@ def _worker(size: int, steps: int, warmup: int, precision: str, out: str) -> Non
     cfg.data.channels, cfg.data.batch_size = "gray", 1
     cfg.model.in_channels, cfg.model.width = 1, 64
     cfg.train.precision = precision
-    acc = make_accelerator(cfg.train.precision, cfg.train.grad_accum)
-    model, opt, sched = trainsetup.build_training_objects(cfg, acc)
+    acc = trainsetup.training_accelerator(cfg)  # the trainer's DDP and process-group settings
+    model, opt, sched, forward = trainsetup.build_training_objects(cfg, acc)
     run = trainsetup.Run(cfg, acc, Path(out).parent, "", "", False, model, opt, sched,
-                         build_loss(cfg.loss), trainsetup.TrainState())
+                         build_loss(cfg.loss), trainsetup.TrainState(), forward=forward)
     g = torch.Generator().manual_seed(acc.process_index)
     batch = {"image": torch.randn(1, 1, size, size, generator=g),
              "label": (torch.rand(1, 1, size, size, generator=g) > 0.9).float(),

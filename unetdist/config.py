@@ -94,7 +94,7 @@ class DataConfig:
     num_workers: int = 2  # DataLoader workers per process
     steps_per_epoch: int = 50  # batches per epoch, the same on every rank
     shuffle_buffer: int = 64  # webdataset sample shuffle buffer
-    cache: bool = True  # keep decoded samples in memory (per worker) after the first pass
+    cache: bool = True  # keep decoded samples in memory (one copy per rank, shared by its workers)
     on_corrupt: str = "error"  # error | skip: what a bad sample does
     fold: int = -1  # k-fold shards: validate on fold i, train on the others (-1 = off)
     aug: AugConfig = field(default_factory=AugConfig)  # training augmentation
@@ -139,10 +139,13 @@ class ModelConfig:
     # local weights: encoder (timm_unet, smp) or a full checkpoint (unet); never downloaded
     pretrained_path: str | None = None
     channels_last: bool = False  # use channels_last memory format (runtime switch)
-    compile: bool = False  # torch.compile the model (runtime switch)
+    compile: bool = False  # torch.compile the model (runtime switch), after DDP wrapping
+    # torch.compile backend: inductor (fast kernels) | aot_eager | eager (debugging, CPU tests)
+    compile_backend: str = "inductor"
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (GPU only)
 
-    RUNTIME_FIELDS = ("pretrained_path", "channels_last", "compile", "sync_bn")
+    RUNTIME_FIELDS = ("pretrained_path", "channels_last", "compile", "compile_backend",
+                      "sync_bn")
 
     def check(self, p: str) -> None:
         _one_of(f"{p}.name", self.name, registered("model"))
@@ -158,6 +161,7 @@ class ModelConfig:
 
             check_arch(self.arch)
         _require(self.decoder_width >= 1, f"{p}.decoder_width", self.decoder_width, ">= 1")
+        _one_of(f"{p}.compile_backend", self.compile_backend, ("inductor", "aot_eager", "eager"))
 
     def architecture(self) -> dict:
         """The fields that define the weights' shapes; a resume must match them."""
@@ -228,6 +232,8 @@ class TrainConfig:
     max_skipped_steps: int = 10  # consecutive fp16 scaler skips tolerated
     ema_decay: float = 0.0  # keep an EMA of the weights with this decay, e.g. 0.999 (0 = off)
     progress: bool = True  # show the tqdm bar on rank 0
+    cudnn_benchmark: bool = True  # let cuDNN pick the fastest conv algorithms (fixed shapes)
+    tf32: bool = True  # TF32 tensor cores for fp32 matmul/conv on Ampere+ (precision=no)
 
     def check(self, p: str) -> None:
         _one_of(f"{p}.precision", self.precision, registered("precision"))
@@ -336,7 +342,21 @@ class CheckpointConfig:
         _require(self.keep_last >= 2, f"{p}.keep_last", self.keep_last, ">= 2")
 
 
-SECTIONS = ("data", "model", "loss", "optim", "train", "eval", "track", "checkpoint")
+@dataclass
+class DistConfig:
+    """The process group and DDP (ignored in a single process)."""
+
+    timeout_s: float = 1800.0  # collective timeout in seconds (NCCL's default is 600)
+    grad_compression: str = "none"  # none | bf16: compress gradient all-reduce to bf16 (CUDA)
+    bucket_mb: int = 25  # DDP gradient bucket size in MiB
+
+    def check(self, p: str) -> None:
+        _require(self.timeout_s >= 10, f"{p}.timeout_s", self.timeout_s, ">= 10")
+        _one_of(f"{p}.grad_compression", self.grad_compression, ("none", "bf16"))
+        _require(self.bucket_mb >= 1, f"{p}.bucket_mb", self.bucket_mb, ">= 1")
+
+
+SECTIONS = ("data", "model", "loss", "optim", "train", "eval", "track", "checkpoint", "dist")
 
 
 @dataclass
@@ -352,6 +372,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -7,6 +7,7 @@ NCCL only reduces CUDA tensors (gloo takes CPU ones).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -66,6 +67,22 @@ def collective_device() -> torch.device:
     if is_distributed() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def inference_autocast(accelerator: Any, precision: str, device: torch.device):
+    """The accelerator's autocast, else `precision` (the training precision) on DEVICE.
+
+    Without an accelerator (predict, W&B masks) fp16 runs only on CUDA: a CPU scores in fp32.
+    """
+    if accelerator is not None and getattr(accelerator, "mixed_precision", "no") != "no":
+        return accelerator.autocast()
+    dtype = _AUTOCAST_DTYPES.get(precision) if accelerator is None else None
+    if dtype is None or (dtype is torch.float16 and device.type != "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def uses_grad_scaler(acc: Any) -> bool:

@@ -8,6 +8,7 @@ signal arrives, `save_crash`, `nan_loss`); the tests poll files, never sleep a f
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -33,7 +34,7 @@ def _overrides(shards: Path, run_dir: Path, *extra: str) -> list[str]:
             f"train.max_steps={MAX_STEPS}", "train.eval_every=4", "train.log_every=1",
             "checkpoint.every_steps=2", "checkpoint.keep_last=2", "optim.lr=0.02",
             "optim.warmup_steps=1", "eval.tile=64", "eval.batch_size=1", "train.progress=false",
-            "track.wandb.mode=disabled", *extra]
+            "track.wandb.mode=disabled", "dist.timeout_s=1234", *extra]
 
 
 def _env(**extra: str) -> dict:
@@ -158,6 +159,12 @@ def test_tiny_run_completes_loss_falls_and_ranks_hold_identical_parameters(refer
     b0, b1 = (torch.load(probe / f"buffers_{r}.pt") for r in (0, 1))
     assert any("running_mean" in k for k in b0)
     assert all(torch.equal(b0[k], b1[k]) for k in b0)
+    # DDP as configured (no buffer broadcast per forward: validation's own broadcast above
+    # suffices) and the collective timeout from the config (dist.timeout_s, not gloo's 1800)
+    for r in (0, 1):
+        ddp = json.loads((probe / f"ddp_{r}.json").read_text())
+        assert ddp == {"gradient_as_bucket_view": True, "broadcast_buffers": False,
+                       "bucket_bytes_cap": 25 * 2**20, "timeout_s": 1234.0}
     # rank-0 outputs: pruned checkpoints, latest, best/, curves, a loadable config.yaml
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
     assert ckpts == ["step-000006", "step-000008"] and _latest(run_dir) == "step-000008"

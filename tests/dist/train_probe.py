@@ -7,10 +7,12 @@ Each rank writes into PROBE_DIR:
                      (what autocast really ran), written at the first step
   params_<rank>.pt   its parameters after training
   buffers_<rank>.pt  its buffers (BatchNorm statistics) after training
+  ddp_<rank>.json    the DDP settings and the process group's collective timeout it ran with
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -27,7 +29,8 @@ def main() -> int:
     build, fit = trainsetup.build_training_objects, trainer.fit
 
     def build_with_hook(cfg, acc, *more):
-        model, opt, sched = build(cfg, acc, *more)
+        objects = build(cfg, acc, *more)  # (model, optimizer, scheduler, forward)
+        model = objects[0]
         conv = next(m for m in acc.unwrap_model(model).modules()
                     if isinstance(m, torch.nn.Conv2d))
 
@@ -36,7 +39,13 @@ def main() -> int:
                 (probe / f"dtype_{rank}.txt").write_text(str(out.dtype))
 
         conv.register_forward_hook(record)
-        return model, opt, sched
+        pg = torch.distributed.group.WORLD._get_backend(torch.device("cpu"))
+        (probe / f"ddp_{rank}.json").write_text(json.dumps({
+            "gradient_as_bucket_view": model.gradient_as_bucket_view,
+            "broadcast_buffers": model.broadcast_buffers,
+            "bucket_bytes_cap": model.bucket_bytes_cap,
+            "timeout_s": pg.options._timeout.total_seconds()}))
+        return objects
 
     def fit_and_dump(cfg):
         result = fit(cfg)

@@ -61,6 +61,10 @@ def test_in_channels_follow_data_channels():
     ("checkpoint.keep_last=1", "checkpoint.keep_last"),
     ("track.wandb.mode=sometimes", "track.wandb.mode"),
     ("seed=-1", "seed"),
+    ("model.compile_backend=tvm", "model.compile_backend"),
+    ("dist.timeout_s=1", "dist.timeout_s"),
+    ("dist.grad_compression=fp8", "dist.grad_compression"),
+    ("dist.bucket_mb=0", "dist.bucket_mb"),
     ("data.bogus=1", "data.bogus"),
     ("nosuchsection.x=1", "nosuchsection"),
 ])

@@ -262,3 +262,32 @@ def test_eval_overrides_only_touch_the_eval_section():
                      "eval.threshold"), (["eval.nope=1"], "eval.nope")):
         with pytest.raises(ConfigError, match=msg):
             with_eval_overrides(cfg, bad)
+
+
+def test_inference_follows_the_training_memory_format_and_precision():
+    """Tiles take the model's channels_last format; without an accelerator `precision` is the
+    training precision (bf16 autocast on CPU here); the result matches fp32 closely."""
+    from unetdist.config import ModelConfig, RunConfig
+    from unetdist.eval import inference
+    from unetdist.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(in_channels=1, width=4, depth=2)).eval()
+    cfg = RunConfig()
+    cfg.model.channels_last = True
+    cl = inference.apply_inference_format(build_model(ModelConfig(in_channels=1, width=4,
+                                                                  depth=2)), cfg)
+    cl.load_state_dict(model.state_dict())
+    cl.eval()
+    assert inference._memory_format(cl) == torch.channels_last
+    assert inference._memory_format(model) == torch.contiguous_format
+    seen = []
+    cl.inc.register_forward_hook(lambda m, i, o: seen.append((i[0].is_contiguous(
+        memory_format=torch.channels_last), o.dtype)))
+    image = torch.rand(1, 1, 40, 44)
+    ecfg = cfg.eval
+    ecfg.tile = 32
+    ref = inference.sliding_window_predict(model, image, ecfg)
+    got = inference.sliding_window_predict(cl, image, ecfg, precision="bf16")
+    assert seen and all(fmt and dtype == torch.bfloat16 for fmt, dtype in seen)
+    assert got.dtype == torch.float32 and (got - ref).abs().max() < 0.05

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from unetdist.errors import UserError
     from unetdist.eval.ensemble import load_models
     from unetdist.eval.evaluate import evaluate_split, summary_line
+    from unetdist.eval.inference import apply_inference_format
     from unetdist.log import say
 
     split_checkpoints(args)
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     shard_dir = _shard_dir(args, cfg)  # before the process group: staging may take long
     out = Path(args.out) if args.out else default_out_dir(ckpts[0], args.split)
     acc = make_accelerator(cfg.train.precision, inference=True)
-    model = model.to(acc.device)
+    model = apply_inference_format(model.to(acc.device), cfg)  # training memory format
     samples = eval_samples(cfg.data, shard_dir, args.split, rank=acc.process_index,
                            world_size=acc.num_processes)
     paths = [str(Path(c).resolve()) for c in ckpts]

@@ -11,15 +11,20 @@ Evaluation (`eval_samples`): rank r reads the contiguous r-th share of the split
 key order, full resolution, no augmentation, each sample exactly once across ranks; shares can
 be empty. No collectives happen here, so ranks with fewer samples never block.
 
-Cache (data.cache): DataLoader workers are new processes every epoch, so a cache filled inside
-them would die with them and every epoch would decode again. Instead the cache is filled in
-the process that calls `train_batches` (the trainer), with a thread pool, right before the
-workers start; forked workers inherit it copy-on-write (one copy per rank, not per worker) and
-never open a tar; under spawn/forkserver it is pickled to each worker instead. The alternative,
-persistent workers, would need the epoch and start step passed through shared memory to a
-hidden long-lived loader and would keep one cache copy per worker. Forking workers is also why
-OpenCV's thread pool is switched off in this process once a loader has workers (see
-`single_threaded_opencv`).
+The trainer reads `run_batches`: ONE DataLoader for the whole run whose workers live across
+epochs (no re-fork, pin-thread restart or prefetch drain every `steps_per_epoch`). Worker w of
+a loader started at global batch g0 makes global batches g0+w, g0+w+W, ... (W workers), each
+one exactly the batch `train_batches` makes for that (epoch, step); the DataLoader's
+round-robin then yields them in step order, so resuming at any batch is exact.
+
+Cache (data.cache): the cache is filled in the process that starts the loader (the trainer),
+with a thread pool, before the workers start; forked workers inherit it copy-on-write (one
+copy per rank, not per worker) and never open a tar; under spawn/forkserver it is pickled to
+each worker instead. `train_batches` (one epoch) fills the shards that epoch needs;
+`run_batches` fills every training shard the rank may draw from in any epoch (shares are
+reshuffled per epoch), which is what the per-epoch fills add up to after a few epochs anyway.
+Forking workers is also why OpenCV's thread pool is switched off in this process once a
+loader has workers (see `single_threaded_opencv`).
 
 Corrupt samples: with data.on_corrupt=skip each one is logged once (main process) and counted
 (`.skipped`); the count is logged when the stream ends.
@@ -27,6 +32,7 @@ Corrupt samples: with data.on_corrupt=skip each one is logged once (main process
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -126,6 +132,76 @@ class _TrainDataset(torch.utils.data.IterableDataset):
             yield {"_error": str(e)}
 
 
+class _RunDataset(torch.utils.data.IterableDataset):
+    """Every epoch of one rank from global batch `start`; worker w makes start+w, start+w+W..."""
+
+    def __init__(self, spec: StreamSpec, start: int, use_cache: bool,
+                 cache: SampleCache | None) -> None:
+        self.spec, self.start, self.use_cache, self.cache = spec, start, use_cache, cache
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        n, per_epoch = self.spec.num_streams, self.spec.cfg.steps_per_epoch
+        g = self.start + (info.id if info is not None else 0)
+        try:
+            cache = (self.cache or CACHE) if self.use_cache else None
+            while True:
+                epoch, step = divmod(g, per_epoch)
+                count = len(range(step, per_epoch, n))  # this worker's steps of the epoch
+                spec = dataclasses.replace(self.spec, epoch=epoch, start_step=step)
+                yield from stream_batches(spec, step % n, step // n, count, cache)
+                g += count * n
+        except DataError as e:
+            yield {"_error": str(e)}
+
+
+def _make_loader(dataset, workers: int, seed: int) -> torch.utils.data.DataLoader:
+    if workers:
+        single_threaded_opencv()
+    gen = torch.Generator().manual_seed(seed)  # never advances the trainer's global RNG
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
+        prefetch_factor=2 if workers else None, pin_memory=torch.cuda.is_available(),
+        generator=gen)
+
+
+def _checked(batch: dict, skipped: _SkipLog) -> dict:
+    if "_error" in batch:
+        raise DataError(batch["_error"])
+    for key, shard, why in batch.pop("_bad"):
+        skipped.add(key, shard, why)
+    return batch
+
+
+def run_batches(cfg: DataConfig, shard_dir: str, *, seed: int, rank: int, world_size: int,
+                start_batch: int = 0) -> Iterator[dict]:
+    """This rank's batches from global batch START_BATCH on, epoch after epoch, endlessly.
+
+    Batch g is exactly batch `g % steps_per_epoch` of `train_batches(..., epoch=g //
+    steps_per_epoch)`, but one DataLoader (and its workers) serves every epoch. Close the
+    generator to stop the workers.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} out of range for world size {world_size}")
+    if cfg.num_workers:
+        single_threaded_opencv()  # before the cache fill runs OpenCV in this process
+    shards = tuple(split_shards(shard_dir, "train", cfg.fold))
+    spec = StreamSpec(cfg, shards, seed, 0, rank, world_size, 0, max(1, cfg.num_workers))
+    skipped = _SkipLog("training")
+    if cfg.cache:
+        for key, shard, why in fill_cache(sorted(shards, key=lambda s: s.name), cfg):
+            skipped.add(key, shard, why)
+    ship = CACHE if cfg.num_workers and cfg.cache and not _forks() else None
+    loader = _make_loader(_RunDataset(spec, start_batch, cfg.cache, ship), cfg.num_workers,
+                          spec.seed_for(0xDA7A))
+    g = start_batch
+    for batch in loader:
+        yield _checked(batch, skipped)
+        g += 1
+        if g % cfg.steps_per_epoch == 0:
+            skipped.summary()
+
+
 class TrainStream:
     """The batches of one rank for one epoch (from start_step); see `train_batches`."""
 
@@ -152,15 +228,9 @@ class TrainStream:
             self.skipped.add(key, shard, why)
 
     def _loader(self) -> torch.utils.data.DataLoader:
-        workers = self.cfg.num_workers
-        if workers:
-            single_threaded_opencv()
-        ship = CACHE if workers and self.cfg.cache and not _forks() else None
-        gen = torch.Generator().manual_seed(self.spec.seed_for(0xDA7A))
-        return torch.utils.data.DataLoader(
-            _TrainDataset(self.spec, self.cfg.cache, ship), batch_size=None, num_workers=workers,
-            collate_fn=_identity, prefetch_factor=2 if workers else None,
-            pin_memory=torch.cuda.is_available(), generator=gen)
+        ship = CACHE if self.cfg.num_workers and self.cfg.cache and not _forks() else None
+        return _make_loader(_TrainDataset(self.spec, self.cfg.cache, ship), self.cfg.num_workers,
+                            self.spec.seed_for(0xDA7A))
 
     def __iter__(self) -> Iterator[dict]:
         if len(self) == 0:
@@ -169,12 +239,8 @@ class TrainStream:
             self._warm_cache()
         n = 0
         for batch in self._loader():
-            if "_error" in batch:
-                raise DataError(batch["_error"])
-            for key, shard, why in batch.pop("_bad"):
-                self.skipped.add(key, shard, why)
             n += 1
-            yield batch
+            yield _checked(batch, self.skipped)
         if n != len(self):  # the DataLoader round-robin contract; never expected to fire
             raise RuntimeError(f"training stream yielded {n} batches, expected {len(self)}")
         self.skipped.summary()
@@ -184,7 +250,7 @@ def train_batches(cfg: DataConfig, shard_dir: str, *, seed: int, rank: int, worl
                   epoch: int, start_step: int = 0) -> TrainStream:
     """Exactly `cfg.steps_per_epoch - start_step` batches of this rank for EPOCH.
 
-    Batches are dicts of CPU tensors: image float32 (B,C,h,w), label/fov float32 (B,1,h,w) in
+    Batches are dicts of CPU tensors: image float32 (B,C,h,w), label/fov uint8 (B,1,h,w) in
     {0,1}, key list[str]. Deterministic in (seed, epoch, rank, data.num_workers); rebuilt with
     start_step=k it yields what the uninterrupted stream yields after k batches.
     """
@@ -261,4 +327,4 @@ def eval_samples(cfg: DataConfig, shard_dir: str, split: str, *, rank: int,
 
 
 __all__ = ["EvalStream", "ShardInfo", "TrainStream", "count_samples", "eval_samples",
-           "train_batches"]
+           "run_batches", "train_batches"]

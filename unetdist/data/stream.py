@@ -150,12 +150,15 @@ class _Materializer:
         return prep
 
 
-_LABEL_LUT = (np.arange(256) & 1).astype(np.float32)  # packed masks -> float {0,1}
-_FOV_LUT = ((np.arange(256) >> 1) & 1).astype(np.float32)
+# packed masks -> {0,1} uint8: label and FOV travel to the trainer (and over PCIe) as one byte
+# per pixel, a quarter of float32; the loss converts them on the device
+_LABEL_LUT = (np.arange(256) & 1).astype(np.uint8)
+_FOV_LUT = ((np.arange(256) >> 1) & 1).astype(np.uint8)
 
 
-def _batch_array(shape: tuple[int, ...], shared: bool) -> torch.Tensor:
-    t = torch.empty(shape, dtype=torch.float32)
+def _batch_array(shape: tuple[int, ...], shared: bool,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    t = torch.empty(shape, dtype=dtype)
     return t.share_memory_() if shared else t  # in a worker: no copy when sent to the trainer
 
 
@@ -169,8 +172,8 @@ class _Batch:
         b, c = self.cfg.batch_size, self.cfg.in_channels
         shared = torch.utils.data.get_worker_info() is not None
         self.tensors = {"image": _batch_array((b, c, h, w), shared),
-                        "label": _batch_array((b, 1, h, w), shared),
-                        "fov": _batch_array((b, 1, h, w), shared)}
+                        "label": _batch_array((b, 1, h, w), shared, torch.uint8),
+                        "fov": _batch_array((b, 1, h, w), shared, torch.uint8)}
         self.image, self.label, self.fov = (self.tensors[k].numpy()
                                             for k in ("image", "label", "fov"))
 

@@ -183,7 +183,7 @@ def evaluate_split(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *
                                       scale=scale)
         # The dataset defines everything outside the FOV as background and the loss never
         # sees it, so predictions there are zeroed (as `predict` does) rather than scored.
-        prob = prob * s["fov"].to(prob.device, prob.dtype)
+        prob = prob * s["fov"].to(prob.device, prob.dtype, non_blocking=True)
         row = state.update(prob, s["label"], s["fov"], s.get("label2"))
         rows.append({"key": s["key"], "height": int(prob.shape[-2]),
                      "width": int(prob.shape[-1]), "scale": round(scale, 4), **row})

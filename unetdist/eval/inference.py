@@ -10,7 +10,6 @@ little context, count least.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetdist.config import EvalConfig, RunConfig
+from unetdist.distributed import inference_autocast
 from unetdist.errors import UserError
 
 WEIGHTS_NAME = "model.safetensors"
@@ -53,10 +53,30 @@ def _vessel_prob(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=1)[:, 1:2]
 
 
-def _autocast(accelerator):
-    if accelerator is not None and getattr(accelerator, "mixed_precision", "no") != "no":
-        return accelerator.autocast()
-    return contextlib.nullcontext()
+@lru_cache(maxsize=8)
+def _gaussian_on(tile: int, device: torch.device) -> torch.Tensor:
+    return _gaussian(tile).to(device)  # one host-to-device copy per tile size, not per image
+
+
+
+
+def _memory_format(model: nn.Module) -> torch.memory_format:
+    """channels_last when the model's conv weights are (the training memory format).
+
+    Any weight decides: a 1-input-channel kernel is contiguous in both formats.
+    """
+    cl = torch.channels_last
+    if any(p.dim() == 4 and p.is_contiguous(memory_format=cl) and not p.is_contiguous()
+           for p in model.parameters()):
+        return cl
+    return torch.contiguous_format
+
+
+def apply_inference_format(model: nn.Module, cfg: RunConfig) -> nn.Module:
+    """The trained model in its training memory format (model.channels_last)."""
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -64,7 +84,8 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[i:i + size]
 
 
-def _window(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, accelerator) -> torch.Tensor:
+def _window(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, accelerator,
+            precision: str = "no") -> torch.Tensor:
     """One sliding-window pass; image (1,C,H,W) on the model's device -> (1,1,H,W)."""
     _, _, h, w = image.shape
     t = cfg.tile
@@ -72,14 +93,16 @@ def _window(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, accelerator)
     if ph or pw:
         image = F.pad(image, (0, pw, 0, ph), mode="replicate")
     H, W = image.shape[-2:]
-    weight = _gaussian(t).to(image.device)
+    weight = _gaussian_on(t, image.device)
+    fmt = _memory_format(model)
     acc = torch.zeros((1, 1, H, W), dtype=torch.float32, device=image.device)
     norm = torch.zeros_like(acc)
     ys, xs = tile_starts(H, t, cfg.overlap), tile_starts(W, t, cfg.overlap)
     coords = [(y, x) for y in ys for x in xs]
     for chunk in _batches(coords, cfg.batch_size):
         tiles = torch.cat([image[..., y:y + t, x:x + t] for y, x in chunk])
-        with _autocast(accelerator):
+        tiles = tiles.contiguous(memory_format=fmt)
+        with inference_autocast(accelerator, precision, image.device):
             ensemble = getattr(model, "vessel_prob", None)  # eval.ensemble.Ensemble
             probs = ensemble(tiles, _vessel_prob) if ensemble else _vessel_prob(model(tiles))
         for (y, x), p in zip(chunk, probs):
@@ -113,23 +136,27 @@ def image_scale(cfg: EvalConfig, fov: torch.Tensor) -> float:
 
 
 def _rescaled(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, accelerator,
-              size: tuple[int, int], antialias: bool = False) -> torch.Tensor:
+              size: tuple[int, int], antialias: bool = False,
+              precision: str = "no") -> torch.Tensor:
     """Predict at `size` (H, W), probabilities resized back to the image's size."""
     native = tuple(image.shape[-2:])
     small = F.interpolate(image, size=size, mode="bilinear", align_corners=False,
                           antialias=antialias)
-    prob = _tta_averaged(model, small, cfg, accelerator)
+    prob = _tta_averaged(model, small, cfg, accelerator, precision)
     return F.interpolate(prob, size=native, mode="bilinear", align_corners=False)
 
 
 @torch.no_grad()
 def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, *,
-                           accelerator=None, scale: float = 1.0) -> torch.Tensor:
+                           accelerator=None, scale: float = 1.0,
+                           precision: str = "no") -> torch.Tensor:
     """Vessel probabilities (1,1,H,W) float32 on the model's device for image (1,C,H,W).
 
     With cfg.tta (flip | dihedral, see unetdist.eval.tta) the result is the mean over the
     views, each a full sliding-window pass on the transformed image, mapped back.
-    Autocasts when the accelerator uses mixed precision. The model's train/eval mode is restored.
+    Autocasts when the accelerator uses mixed precision, or without one under `precision`
+    (pass the training precision, train.precision). Tiles take the model's memory format
+    (channels_last when its weights are). The model's train/eval mode is restored.
     `scale` (see `image_scale`) resizes the image by that factor first; the result is always
     at the input's size.
     """
@@ -139,24 +166,27 @@ def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfi
     was_training = model.training
     model.eval()
     try:
-        image = image.to(_param_device(model), dtype=torch.float32)
+        image = image.to(_param_device(model), dtype=torch.float32, non_blocking=True)
         h, w = image.shape[-2:]
         if cfg.resize > 0:
-            return _rescaled(model, image, cfg, accelerator, (cfg.resize, cfg.resize))
+            return _rescaled(model, image, cfg, accelerator, (cfg.resize, cfg.resize),
+                             precision=precision)
         if scale != 1.0:
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
             # antialias when shrinking: an 8 MP HRF image scaled to DRIVE's vessel calibre
-            return _rescaled(model, image, cfg, accelerator, size, antialias=scale < 1)
-        return _tta_averaged(model, image, cfg, accelerator)
+            return _rescaled(model, image, cfg, accelerator, size, antialias=scale < 1,
+                             precision=precision)
+        return _tta_averaged(model, image, cfg, accelerator, precision)
     finally:
         model.train(was_training)
 
 
 def _tta_averaged(model: nn.Module, image: torch.Tensor, cfg: EvalConfig,
-                  accelerator) -> torch.Tensor:
+                  accelerator, precision: str) -> torch.Tensor:
     from unetdist.eval.tta import tta_average
 
-    return tta_average(lambda x: _window(model, x, cfg, accelerator), image, cfg.tta)
+    return tta_average(lambda x: _window(model, x, cfg, accelerator, precision), image,
+                       cfg.tta)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -220,9 +250,10 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, RunConfig, dict]:
 
 
 def load_for_inference(path: str | Path) -> tuple[nn.Module, RunConfig]:
-    """Rebuild the model of a best/ folder or exported file on CPU, in eval mode."""
+    """Rebuild the model of a best/ folder or exported file on CPU, in eval mode, in its
+    training memory format."""
     model, cfg, _ = load_checkpoint(path)
-    return model, cfg
+    return apply_inference_format(model, cfg), cfg
 
 
 def unwrap(model: nn.Module) -> nn.Module:

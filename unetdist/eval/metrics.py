@@ -124,18 +124,26 @@ def region_metrics(counts, pos_hist, neg_hist) -> dict:
 # ----------------------------------------------------------------------------- per image
 
 
-def _counts(pred: torch.Tensor, label: torch.Tensor, region: torch.Tensor | None) -> list[int]:
-    if region is not None:
-        pred, label = pred[region], label[region]
-    tp = int((pred & label).sum())
-    fp = int((pred & ~label).sum())
-    fn = int((~pred & label).sum())
-    return [tp, fp, fn, int(pred.numel()) - tp - fp - fn]
+def _counts(pred: torch.Tensor, label: torch.Tensor, region: torch.Tensor | None) -> torch.Tensor:
+    """[tp, fp, fn, tn] (int64, on the tensors' device) inside `region` (None: everywhere).
+
+    Masked sums instead of boolean indexing: indexing by a mask needs its count on the host
+    (a GPU sync per call); these stay on the device until `update` reads everything at once.
+    """
+    inside = torch.ones_like(pred) if region is None else region
+    tp = (pred & label & inside).sum()
+    fp = (pred & ~label & inside).sum()
+    fn = (~pred & label & inside).sum()
+    return torch.stack([tp, fp, fn, inside.sum() - tp - fp - fn])
 
 
 def _hist(prob: torch.Tensor, mask: torch.Tensor, bins: int) -> torch.Tensor:
-    idx = (prob[mask] * bins).long().clamp_(0, bins - 1)
-    return torch.bincount(idx, minlength=bins).cpu()
+    """Histogram of `prob` over the pixels in `mask`, on the device, without a sync (pixels
+    outside the mask go to an extra bin that is dropped; bincount's size is fixed)."""
+    idx = (prob * bins).long().clamp_(0, bins - 1)
+    idx = torch.where(mask, idx, torch.full_like(idx, bins))
+    out = torch.zeros(bins + 1, dtype=torch.int64, device=prob.device)
+    return out.index_add_(0, idx.flatten(), torch.ones_like(idx.flatten()))[:bins]
 
 
 class MetricState:
@@ -162,13 +170,21 @@ class MetricState:
         if self.reduced:
             raise RuntimeError("MetricState already reduced")
         prob = prob.detach().float().reshape(prob.shape[-2:])
-        lab = label.reshape(prob.shape).to(prob.device) > 0.5
-        region = fov.reshape(prob.shape).to(prob.device) > 0.5
+        # host masks go to the device without waiting for it (a pageable source is staged)
+        lab = label.reshape(prob.shape).to(prob.device, non_blocking=True) > 0.5
+        region = fov.reshape(prob.shape).to(prob.device, non_blocking=True) > 0.5
         pred = prob >= self.threshold
-        fov_c, img_c = _counts(pred, lab, region), _counts(pred, lab, None)
-        hists = torch.stack([_hist(prob, region & lab, self.bins),
-                             _hist(prob, region & ~lab, self.bins),
-                             _hist(prob, lab, self.bins), _hist(prob, ~lab, self.bins)])
+        parts = [_counts(pred, lab, region), _counts(pred, lab, None)]
+        if label2 is not None:
+            obs2 = label2.reshape(prob.shape).to(prob.device, non_blocking=True) > 0.5
+            parts.append(_counts(obs2, lab, region))
+        hists = [_hist(prob, region & lab, self.bins), _hist(prob, region & ~lab, self.bins),
+                 _hist(prob, lab, self.bins), _hist(prob, ~lab, self.bins)]
+        # the image's one device-to-host copy: every count and histogram together
+        flat = torch.cat([*parts, *hists]).cpu()
+        counts = flat[:4 * len(parts)].tolist()
+        fov_c, img_c = counts[:4], counts[4:8]
+        hists = flat[4 * len(parts):].reshape(len(_HISTS), self.bins)
         self.hists += hists
         self._add("num_images", [1])
         self._add("fov_tp", fov_c)
@@ -178,8 +194,7 @@ class MetricState:
         row["image_counts"] = dict(zip(COUNT_KEYS, img_c))
         row["image_dice"] = metrics_from_counts(*img_c)["dice"]
         if label2 is not None:
-            obs2 = label2.reshape(prob.shape).to(prob.device) > 0.5
-            obs2_c = _counts(obs2, lab, region)
+            obs2_c = counts[8:12]
             self._add("obs2_images", [1])
             self._add("obs2_tp", obs2_c)
             row["second_observer_dice"] = metrics_from_counts(*obs2_c)["dice"]

@@ -106,7 +106,7 @@ def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunCo
     x = preprocess(rgb, fov.astype(np.uint8), cfg.data)
     scale = image_scale(cfg.eval, torch.from_numpy(fov))
     prob = sliding_window_predict(model, torch.from_numpy(np.ascontiguousarray(x))[None],
-                                  cfg.eval, scale=scale)
+                                  cfg.eval, scale=scale, precision=cfg.train.precision)
     prob = prob[0, 0].float().cpu().numpy()
     if prob.shape != fov.shape:
         import cv2

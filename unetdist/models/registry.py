@@ -90,11 +90,16 @@ def build_model(cfg: ModelConfig, *, pretrained: bool = True) -> nn.Module:
     return builder(cfg, pretrained)
 
 
-def apply_runtime_options(model: nn.Module, cfg: ModelConfig, *, distributed: bool) -> nn.Module:
+def apply_runtime_options(model: nn.Module, cfg: ModelConfig, *, distributed: bool,
+                          compile: bool = True) -> nn.Module:
     """channels_last, SyncBatchNorm (under DDP, CUDA only) and torch.compile, in that order.
 
-    Returns the module to train: a compiled model is a wrapper whose state-dict keys carry
-    `_orig_mod.`; save it with `unetdist.models.weights.save_weights`, which strips that.
+    The trainer passes `compile=False` and compiles the DDP-wrapped module itself
+    (`compile_model`), so DDP's graph-break bucketing applies and the state dict it saves
+    never carries `_orig_mod.`. Standalone callers get a compiled wrapper whose keys do carry
+    it; `unetdist.models.weights.save_weights` strips that. Either way the returned model's
+    inner network accepts state dicts with or without `_orig_mod.` (`accept_compiled_keys`),
+    so a checkpoint loads whatever model.compile was when it was written.
     """
     if cfg.sync_bn:
         if not torch.cuda.is_available():
@@ -108,9 +113,38 @@ def apply_runtime_options(model: nn.Module, cfg: ModelConfig, *, distributed: bo
             model = convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        model = torch.compile(model)
+    accept_compiled_keys(model)
+    return compile_model(model, cfg) if compile else model
+
+
+def compile_model(module: nn.Module, cfg: ModelConfig) -> nn.Module:
+    """torch.compile(module) with model.compile_backend when model.compile, else module."""
+    if not cfg.compile:
+        return module
+    return torch.compile(module, backend=cfg.compile_backend)
+
+
+COMPILED = "_orig_mod."
+
+
+def _strip_compiled_keys(state_dict, prefix, *_args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix) and COMPILED in k[len(prefix):]]:
+        state_dict[prefix + key[len(prefix):].replace(COMPILED, "")] = state_dict.pop(key)
+
+
+def accept_compiled_keys(model: nn.Module) -> nn.Module:
+    """Let `model.load_state_dict` take keys written from a compiled wrapper (`_orig_mod.`).
+
+    Older checkpoints were saved from DDP(compiled model), which accelerate unwraps to the
+    compiled wrapper (`_orig_mod.x`): the hook runs at this module's own prefix (empty, or
+    `module.` when DDP's own load is called) before strict key matching, and rewrites such keys
+    in place. Idempotent; registered once per module.
+    """
+    if not getattr(model, "_unetdist_accepts_compiled", False):
+        model._register_load_state_dict_pre_hook(_strip_compiled_keys)
+        model._unetdist_accepts_compiled = True
     return model
 
 
-__all__ = ["MODELS", "apply_runtime_options", "build_model"]
+__all__ = ["MODELS", "accept_compiled_keys", "apply_runtime_options", "build_model",
+           "compile_model"]

@@ -1,6 +1,7 @@
 """Training.
 
-- `loop.py` — `fit()` and the training step
+- `loop.py` — `fit()`: the loop, validation, checkpoints, preemption
+- `step.py` — one optimizer step and its single agreement all-reduce (one host sync)
 - `setup.py` — accelerator, model/optimizer/scheduler, resume, run dir (before step 1)
 - `checkpoint.py` — atomic rank-0 checkpoints, `latest`, best/, resume selection
 - `optim.py` — optimizers and LR schedules (registries)
@@ -8,5 +9,6 @@
 - `ema.py` — the EMA of the weights (`train.ema_decay`), checkpointed as safetensors
 - `losses.py` — FOV-masked losses (registry)
 - `preempt.py` — the preemption flag set by signals
+- `runlock.py` — one training per run folder: rank 0's lock naming its holder
 - `faults.py` — test-only fault injection, wrapped around the run from outside
 """

@@ -3,15 +3,15 @@
 Distributed semantics (DESIGN.md §4-§5): data is staged before the process group exists; the
 webdataset stream is never passed through `accelerator.prepare()` (each rank reads its own
 explicitly seeded stream and we move batches to the device); the LR scheduler is stepped here
-once per optimizer step and only registered for checkpointing. Every optimizer step ends with
-one small all-reduce that carries the global loss, the non-finite flag, the preemption flag and
-rank 0's checkpoint clock, so all ranks take the same decisions at the same step.
+once per optimizer step and only registered for checkpointing. The step itself (and its one
+agreement all-reduce, the step's only host sync) is `unetdist.train.step`. One loader serves
+the whole run (`batch_stream`); the preemption flag is polled at every step end, inside
+validation and before every checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,13 +22,9 @@ import torch
 from unetdist.config import RunConfig, to_dict, to_yaml
 from unetdist.distributed import (
     broadcast_buffers,
-    gather_objects,
-    make_accelerator,
     resolve_precision,
     sum_across,
-    uses_grad_scaler,
 )
-from unetdist.errors import UserError
 from unetdist.log import rank_say, say
 from unetdist.track.jsonl import METRICS_FILE, read_records
 from unetdist.train import checkpoint as ckpt
@@ -38,11 +34,9 @@ from unetdist.train.setup import (
     Run,
     announce,
     setup_run,
+    training_accelerator,
 )
-
-
-class NonFiniteError(UserError):
-    """Training diverged: a NaN/inf loss or gradient norm (or too many fp16 overflow skips)."""
+from unetdist.train.step import StepStats, train_step
 
 
 @dataclass
@@ -53,20 +47,6 @@ class TrainResult:
     best_dice: float | None
     best_step: int | None
     model: torch.nn.Module  # the trained network (unwrapped from DDP)
-
-
-@dataclass
-class StepStats:
-    loss: float  # global mean loss of the step
-    grad_norm: float
-    lr: float
-    images: int  # images this step processed across all ranks
-    seconds: float
-    preempt: bool  # some rank received a preemption signal
-    clock_due: bool  # rank 0's every_minutes clock says checkpoint now
-    nonfinite: bool  # some rank's loss was NaN/inf
-    local_nonfinite: bool  # this rank's loss was NaN/inf
-    data_wait: float = 0.0  # seconds this rank waited for its batches (included in seconds)
 
 
 # ----------------------------------------------------------------------------- the skeleton
@@ -85,7 +65,7 @@ def fit(cfg: RunConfig) -> TrainResult:
         single_threaded_opencv()  # before any OpenCV work here: workers are forked later
     with PreemptionFlag() as flag:  # from the start: a signal while staging is not fatal either
         shard_dir = resolve_data_dir(cfg.data)  # staging before the process group: no timeouts
-        acc = make_accelerator(cfg.train.precision, cfg.train.grad_accum)
+        acc = training_accelerator(cfg)
         run = setup_run(cfg, acc, shard_dir)
         install_faults(run, flag)  # test-only; a no-op unless UNETDIST_FAULT is set
         announce(run)
@@ -121,9 +101,11 @@ def train_loop(run: Run, flag: PreemptionFlag) -> TrainResult:
             log_step(run, stats, window, bar)
             if stats.preempt and not is_last(run):
                 return stop_for_preemption(run, flag)
-            if validation_due(run):
-                validate(run)
+            if validation_due(run) and validate(run, flag) is None:
+                return stop_for_preemption(run, flag)  # a signal came during validation
             if checkpoint_due(run, stats):
+                if preempt_agreed(run, flag) and not is_last(run):
+                    return stop_for_preemption(run, flag)  # saves this step, then exits
                 save(run)
     finally:
         stream.close()
@@ -155,102 +137,12 @@ def finish(run: Run, result: TrainResult) -> None:
 
 
 def batch_stream(run: Run) -> Iterator[dict]:
-    """The rank's batches from the current stream position, epoch after epoch."""
-    from unetdist.data.pipeline import train_batches
+    """The rank's batches from the current stream position on: one loader for the whole run."""
+    from unetdist.data.pipeline import run_batches
 
     cfg, acc = run.cfg, run.acc
-    epoch, pos = divmod(run.state.batches, cfg.data.steps_per_epoch)
-    while True:
-        yield from train_batches(cfg.data, run.shard_dir, seed=cfg.seed,
-                                 rank=acc.process_index, world_size=acc.num_processes,
-                                 epoch=epoch, start_step=pos)
-        epoch, pos = epoch + 1, 0
-
-
-def train_step(run: Run, micro_batches: list[dict], flag: PreemptionFlag) -> StepStats:
-    """Forward/backward over the accumulation micro-batches, agree, clip, step."""
-    acc, model, cfg = run.acc, run.model, run.cfg
-    step_no, t0 = run.state.step + 1, time.perf_counter()
-    model.train()
-    loss_sum, images, keys = torch.zeros((), device=acc.device), 0, []
-    for batch in micro_batches:
-        with acc.accumulate(model):
-            x, y, f = to_device(batch, acc.device, cfg.model.channels_last)
-            loss = run.loss_fn(model(x), y, f)
-            acc.backward(loss)
-        loss_sum += loss.detach()
-        images += x.shape[0]
-        keys += list(batch["key"])
-        run.state.batches += 1
-    stats = agree(run, loss_sum, images, flag)
-    check_finite_loss(run, stats, keys, step_no)
-    stats.grad_norm = clip_gradients(run, step_no)
-    stats.lr = run.optimizer.param_groups[0]["lr"]
-    optimizer_step(run, step_no)
-    if run.ema is not None:
-        run.ema.update(acc.unwrap_model(model))
-    stats.seconds = time.perf_counter() - t0
-    return stats
-
-
-def to_device(batch: dict, device: torch.device, channels_last: bool):
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
-    return x, batch["label"].to(device, non_blocking=True), batch["fov"].to(device,
-                                                                             non_blocking=True)
-
-
-def agree(run: Run, loss_sum: torch.Tensor, images: int, flag: PreemptionFlag) -> StepStats:
-    """The step's one collective: global loss, non-finite ranks, preemption, rank 0's clock."""
-    acc, n = run.acc, run.acc.num_processes
-    local = float(loss_sum.item())
-    finite = math.isfinite(local)
-    minutes = run.cfg.checkpoint.every_minutes
-    clock = (acc.is_main_process and minutes > 0
-             and time.monotonic() - run.last_save_time >= minutes * 60)
-    budget = run.budget.agreed_clock() if run.budget else 0.0  # rank 0's clock, for all ranks
-    tot = sum_across([local if finite else 0.0, 0.0 if finite else 1.0,
-                      float(flag.requested), float(clock), float(images), budget], acc.device)
-    if run.budget:
-        run.budget.set_agreed(tot[5])
-    bad = tot[1] > 0
-    mean = float("nan") if bad else tot[0] / (n * run.cfg.train.grad_accum)
-    return StepStats(loss=mean, grad_norm=0.0, lr=0.0, images=int(tot[4]), seconds=0.0,
-                     preempt=tot[2] > 0, clock_due=tot[3] > 0, nonfinite=bad,
-                     local_nonfinite=not finite)
-
-
-def check_finite_loss(run: Run, stats: StepStats, keys: list[str], step_no: int) -> None:
-    if not stats.nonfinite:
-        return
-    per_rank = gather_objects(keys if stats.local_nonfinite else None)
-    where = "; ".join(f"rank {r}: {', '.join(k)}" for r, k in enumerate(per_rank) if k)
-    raise NonFiniteError(f"non-finite loss at step {step_no} (batch keys {where}); training "
-                         f"stopped, no checkpoint written after step {step_no - 1}")
-
-
-def clip_gradients(run: Run, step_no: int) -> float:
-    max_norm = run.cfg.optim.grad_clip or float("inf")  # inf: measure the norm, scale by 1
-    norm = float(run.acc.clip_grad_norm_(run.model.parameters(), max_norm))
-    if not uses_grad_scaler(run.acc) and not math.isfinite(norm):
-        # identical on all ranks (gradients are all-reduced), so every rank stops here
-        raise NonFiniteError(f"non-finite gradient norm ({norm}) at step {step_no}; training "
-                             f"stopped, no checkpoint written after step {step_no - 1}")
-    return norm
-
-
-def optimizer_step(run: Run, step_no: int) -> None:
-    run.optimizer.step()
-    skipped = run.acc.optimizer_step_was_skipped  # fp16 overflow: the scaler skipped it
-    if not skipped:
-        run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    st = run.state
-    st.skipped_in_a_row = st.skipped_in_a_row + 1 if skipped else 0
-    if st.skipped_in_a_row > run.cfg.train.max_skipped_steps:
-        raise NonFiniteError(f"{st.skipped_in_a_row} consecutive fp16 overflow skips up to step "
-                             f"{step_no} (train.max_skipped_steps="
-                             f"{run.cfg.train.max_skipped_steps}); lower optim.lr or use bf16")
+    return run_batches(cfg.data, run.shard_dir, seed=cfg.seed, rank=acc.process_index,
+                       world_size=acc.num_processes, start_batch=run.state.batches)
 
 
 # ----------------------------------------------------------------------------- bookkeeping
@@ -295,22 +187,40 @@ def checkpoint_due(run: Run, stats: StepStats) -> bool:
             or (every > 0 and step % every == 0))
 
 
-def validate(run: Run) -> dict:
+def preempt_agreed(run: Run, flag: PreemptionFlag) -> bool:
+    """Whether some rank has a preemption signal (one small collective, all ranks call it)."""
+    return sum_across([float(flag.requested)], run.acc.device)[0] > 0
+
+
+def _until_signal(samples, flag: PreemptionFlag):
+    for s in samples:
+        if flag.requested:  # stop scoring; the ranks agree once the all-reduce is done
+            return
+        yield s
+
+
+def validate(run: Run, flag: PreemptionFlag | None = None) -> dict | None:
     """Full-image validation on every rank's share; best model by FOV Dice.
 
-    With train.ema_decay the EMA weights are validated too (logged as split "val_ema"), and
-    best/ takes whichever of the two scored higher (the raw weights on a tie); its
-    metrics.json says which under "weights".
+    Polls the preemption flag before every image: a signal during validation (long with TTA)
+    cuts it short on that rank, the ranks agree after the metric all-reduce, and None (no
+    metrics, no best/) tells the loop to checkpoint and stop within the signal's lead time.
+    With train.ema_decay the EMA weights are validated too (split "val_ema"); best/ takes
+    whichever scored higher (the raw weights on a tie) and its metrics.json says which.
     """
     from unetdist.eval.plots import plot_training_curves
 
     acc, st = run.acc, run.state
-    metrics = score(run, run.model, "val")
+    metrics = score(run, acc.unwrap_model(run.model), "val", flag)
+    if metrics is None:
+        return None
     run.tracker.log(metrics, st.step)
     log_val_masks(run)
     candidates = [("raw", None, metrics)]
     if run.ema is not None:
-        ema_metrics = score(run, run.ema.module, "val_ema")
+        ema_metrics = score(run, run.ema.module, "val_ema", flag)
+        if ema_metrics is None:
+            return None
         run.tracker.log(ema_metrics, st.step)
         candidates.append(("ema", run.ema.module, ema_metrics))
     which, module, best = max(candidates, key=lambda c: float(c[2]["dice"]))  # first on ties
@@ -324,17 +234,22 @@ def validate(run: Run) -> dict:
     return metrics
 
 
-def score(run: Run, model: torch.nn.Module, split: str) -> dict:
-    """Validation metrics of `model` (all ranks, each its share of the images)."""
+def score(run: Run, model: torch.nn.Module, split: str,
+          flag: PreemptionFlag | None) -> dict | None:
+    """Validation metrics of `model` (all ranks, each its share); None when preempted."""
     from unetdist.data.pipeline import eval_samples
     from unetdist.eval.evaluate import evaluate_split
-    from unetdist.eval.inference import unwrap
 
     cfg, acc = run.cfg, run.acc
-    broadcast_buffers(unwrap(model))  # one copy of the BN statistics
+    broadcast_buffers(model)  # one copy of the BN statistics
     samples = eval_samples(cfg.data, run.shard_dir, cfg.eval.split, rank=acc.process_index,
                            world_size=acc.num_processes)
-    res = evaluate_split(model, samples, cfg.eval, accelerator=acc, progress=False)
+    if flag is not None:
+        samples = _until_signal(samples, flag)
+    res = evaluate_split(model, samples, cfg.eval, accelerator=acc,
+                         progress=False)  # the uncompiled module: no recompiles for eval
+    if flag is not None and preempt_agreed(run, flag):
+        return None
     return {"split": split, "num_images": res["num_images"], **res["fov"]}
 
 
@@ -352,7 +267,8 @@ def log_val_masks(run: Run) -> None:
     images = []
     for s in islice(eval_samples(run.cfg.data, run.shard_dir, run.cfg.eval.split, rank=0,
                                  world_size=1), n):
-        prob = sliding_window_predict(model, s["image"].to(run.acc.device), run.cfg.eval)
+        prob = sliding_window_predict(model, s["image"].to(run.acc.device), run.cfg.eval,
+                                      accelerator=run.acc)  # the training precision
         pred = (prob[0, 0].float().cpu().numpy() >= run.cfg.eval.threshold)
         images.append({"key": s["key"], "rgb": s["rgb"], "pred": pred.astype("uint8"),
                        "label": s["label"][0, 0].numpy().astype("uint8"),
@@ -392,6 +308,9 @@ def stop_for_preemption(run: Run, flag: PreemptionFlag) -> TrainResult:
     save(run)
     if run.acc.is_main_process:
         ckpt.write_preempted(run.run_dir, step)
+    # no rank exits before the marker exists: under `srun --kill-on-bad-exit=1` the first
+    # launcher to exit (accelerate's exits 1 after a forwarded signal) ends every node's step
+    run.acc.wait_for_everyone()
     why = ", ".join(sorted(set(flag.received))) or "signal on another rank"
     rank_say(f"preempted ({why}); checkpoint of step {step} saved, exiting")
     return result_of(run, preempted=True)

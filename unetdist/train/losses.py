@@ -21,9 +21,15 @@ LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 DICE_SMOOTH = 1.0  # additive smoothing of soft Dice: an empty crop predicted empty scores 0 loss
 
 
-def masked_bce(logits: Tensor, label: Tensor, fov: Tensor, pos_weight: float = 1.0) -> Tensor:
-    """Mean binary cross-entropy over FOV pixels, vessel pixels weighted by `pos_weight`."""
-    pw = torch.tensor(pos_weight, dtype=torch.float32, device=logits.device)
+def masked_bce(logits: Tensor, label: Tensor, fov: Tensor,
+               pos_weight: float | Tensor = 1.0) -> Tensor:
+    """Mean binary cross-entropy over FOV pixels, vessel pixels weighted by `pos_weight`.
+
+    Pass `pos_weight` as a tensor already on the logits' device in a hot loop: building one
+    from a float is a host-to-device copy (a sync on CUDA) on every call.
+    """
+    pw = pos_weight if isinstance(pos_weight, Tensor) else torch.tensor(
+        pos_weight, dtype=torch.float32, device=logits.device)
     per_px = F.binary_cross_entropy_with_logits(logits.float(), label.float(), reduction="none",
                                                 pos_weight=pw)
     fov = fov.float()
@@ -80,7 +86,17 @@ def cldice(logits: Tensor, label: Tensor, fov: Tensor, iters: int = 3) -> Tensor
 
 
 def _bce(cfg: LossConfig) -> LossFn:
-    return lambda lg, y, f: masked_bce(lg, y, f, cfg.pos_weight)
+    """The pos_weight tensor is made once per device and reused (no per-step tensor creation:
+    each would be a host-to-device copy)."""
+    weights: dict[torch.device, Tensor] = {}
+
+    def bce(lg: Tensor, y: Tensor, f: Tensor) -> Tensor:
+        pw = weights.get(lg.device)
+        if pw is None:
+            pw = weights[lg.device] = torch.tensor(cfg.pos_weight, dtype=torch.float32,
+                                                   device=lg.device)
+        return masked_bce(lg, y, f, pw)
+    return bce
 
 
 def _dice(cfg: LossConfig) -> LossFn:

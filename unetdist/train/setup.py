@@ -7,6 +7,8 @@ reach the same decision (or raise the same error) without a collective.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -14,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from unetdist.config import RunConfig, to_dict, to_yaml
-from unetdist.distributed import gather_objects
-from unetdist.errors import DataError, FileSystemError, UserError
+from unetdist.config import RunConfig, TrainConfig, to_dict, to_yaml
+from unetdist.distributed import gather_objects, make_accelerator
+from unetdist.errors import ConfigError, DataError, FileSystemError, UserError
 from unetdist.log import say, warn
 from unetdist.track.jsonl import Tracker, open_tracker
 from unetdist.train import checkpoint as ckpt
@@ -72,6 +74,7 @@ class Run:
     budget: TimeBudget | None = None  # train.max_minutes; None in hand-built test runs
     ema: ModelEma | None = None  # train.ema_decay > 0: the averaged weights
     tracker: Tracker | None = None
+    forward: torch.nn.Module | None = None  # what the step calls: compiled(DDP(model)) or model
     lock: RunLock | None = None  # rank 0's hold on run_dir (None on other ranks)
     last_save_time: float = field(default_factory=time.monotonic)
     last_saved_step: int = -1
@@ -79,6 +82,59 @@ class Run:
 
 
 # ----------------------------------------------------------------------------- setup
+
+
+def apply_backend_switches(cfg: TrainConfig) -> None:
+    """cuDNN autotuning and TF32, both process-wide; no effect without CUDA.
+
+    Training shapes are fixed (crop x batch), so benchmark mode's one-off search pays back at
+    once; evaluation tiles are fixed too. TF32 only changes fp32 matmuls/convs (precision=no):
+    about 10 mantissa bits, the same trade every bf16 run already makes.
+    """
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
+
+
+def accelerator_kwargs(cfg: RunConfig) -> dict:
+    """kwargs_handlers for the Accelerator: process-group timeout and DDP settings.
+
+    - timeout: dist.timeout_s for every collective (NCCL's default is 10 min, gloo's 30);
+      staging happens before the group exists, so only a hung rank should ever reach it.
+    - gradient_as_bucket_view: gradients are views into DDP's all-reduce buckets (no copy per
+      step, one gradient-sized buffer less).
+    - broadcast_buffers=False: with True, DDP broadcasts rank 0's BatchNorm statistics before
+      every forward. Training-mode BatchNorm uses batch statistics, so that only matters for
+      evaluation and export: `validate` broadcasts rank 0's buffers first, and checkpoints
+      and best/ hold rank 0's; rank 0's running statistics are the same either way (it never
+      receives any).
+    - comm_hook: dist.grad_compression=bf16 all-reduces gradients in bf16 (half the bytes
+      between nodes), decompressed before the optimizer.
+    """
+    from datetime import timedelta
+
+    from accelerate.utils import (
+        DDPCommunicationHookType,
+        DistributedDataParallelKwargs,
+        InitProcessGroupKwargs,
+    )
+
+    hook = (DDPCommunicationHookType.BF16 if cfg.dist.grad_compression == "bf16"
+            else DDPCommunicationHookType.NO)
+    ddp = DistributedDataParallelKwargs(gradient_as_bucket_view=True, broadcast_buffers=False,
+                                        bucket_cap_mb=cfg.dist.bucket_mb, comm_hook=hook)
+    pg = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist.timeout_s))
+    return {"kwargs_handlers": [ddp, pg]}
+
+
+def training_accelerator(cfg: RunConfig):
+    """The trainer's Accelerator: the shared factory plus the DDP/process-group settings."""
+    if cfg.dist.grad_compression != "none" and not torch.cuda.is_available():
+        raise ConfigError(f"dist.grad_compression must be none without CUDA (a NCCL hook), "
+                          f"got {cfg.dist.grad_compression!r}")
+    apply_backend_switches(cfg.train)
+    return make_accelerator(cfg.train.precision, cfg.train.grad_accum,
+                            **accelerator_kwargs(cfg))
 
 
 def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
@@ -129,10 +185,11 @@ def _setup_locked(cfg: RunConfig, acc, shard_dir: str, manifest: dict, run_dir: 
     if acc.is_main_process:
         prepare_run_dir(cfg, acc, run_dir)
     budget = TimeBudget(cfg.train.max_minutes, cfg.train.max_steps, acc.is_main_process)
-    model, optimizer, scheduler = build_training_objects(cfg, acc, budget)
+    model, optimizer, scheduler, forward = build_training_objects(cfg, acc, budget)
     has_val = cfg.eval.split in split_names(manifest, cfg.data.fold)
     run = Run(cfg, acc, run_dir, shard_dir, mhash, has_val,
-              model, optimizer, scheduler, build_loss(cfg.loss), TrainState(), budget=budget)
+              model, optimizer, scheduler, build_loss(cfg.loss), TrainState(), forward=forward,
+              budget=budget)
     if cfg.train.ema_decay > 0:
         run.ema = ModelEma(acc.unwrap_model(model), cfg.train.ema_decay)
     if resume_from is not None:
@@ -150,10 +207,25 @@ def _setup_locked(cfg: RunConfig, acc, shard_dir: str, manifest: dict, run_dir: 
 
 
 def plan_resume(cfg: RunConfig, acc, run_dir: Path, mhash: str) -> tuple[Path | None, dict]:
-    """Pick the checkpoint to resume and check it; reads only, so all ranks agree."""
-    path = ckpt.find_resume(cfg.train.resume, run_dir)
-    if path is None:
+    """Pick the checkpoint to resume (rank 0 decides, every rank follows) and check it.
+
+    Only rank 0 lists the run directory: over NFS each node's attribute cache may show a
+    different newest checkpoint. Its choice (or its error) goes to every rank; every rank
+    then reads that checkpoint's state, so all raise the same error or none.
+    """
+    choice: tuple[str, str | None] = ("ok", None)
+    if acc.is_main_process:
+        try:
+            path = ckpt.find_resume(cfg.train.resume, run_dir)
+            choice = ("ok", None if path is None else str(path))
+        except UserError as e:
+            choice = ("error", str(e))
+    kind, value = gather_objects(choice)[0]
+    if kind == "error":
+        raise UserError(value)
+    if value is None:
         return None, {}
+    path = Path(value)
     saved = ckpt.read_trainer_state(path)
     warnings = ckpt.check_compatible(saved, cfg.model.architecture(), mhash,
                                      acc.num_processes, path)
@@ -185,14 +257,21 @@ def prepare_run_dir(cfg: RunConfig, acc, run_dir: Path) -> None:
 
 
 def build_training_objects(cfg: RunConfig, acc, budget: TimeBudget):
+    """Model, optimizer, scheduler, and the module the training step calls.
+
+    The model is compiled after `prepare()` wraps it in DDP (DDP's optimizer splits the graph
+    at bucket boundaries, so gradient all-reduce overlaps backward); accelerate only knows the
+    uncompiled module, so checkpoints never carry `_orig_mod.` and validation, export and
+    `get_state_dict` use the eager model (no recompiles for eval mode or tile shapes).
+    """
     from accelerate.utils import set_seed
 
-    from unetdist.models.registry import apply_runtime_options, build_model
+    from unetdist.models.registry import apply_runtime_options, build_model, compile_model
     from unetdist.train.optim import build_optimizer, build_scheduler
 
     set_seed(cfg.seed)  # identical initial weights on every rank
     model = apply_runtime_options(build_model(cfg.model), cfg.model,
-                                  distributed=acc.num_processes > 1)
+                                  distributed=acc.num_processes > 1, compile=False)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps,
                                 progress=budget.time_fraction)
@@ -200,7 +279,7 @@ def build_training_objects(cfg: RunConfig, acc, budget: TimeBudget):
     # checkpointing (accelerate would pickle it): it is saved as scheduler.json
     model, optimizer = acc.prepare(model, optimizer)
     set_seed(cfg.seed, device_specific=True)  # per-rank random streams from here on
-    return model, optimizer, scheduler
+    return model, optimizer, scheduler, compile_model(model, cfg.model)
 
 
 def restore(run: Run, path: Path, saved: dict) -> None:
@@ -231,6 +310,59 @@ def announce(run: Run) -> None:
     if run.state.step:
         e, p = divmod(run.state.batches, cfg.data.steps_per_epoch)
         say(f"resumed at step {run.state.step} (epoch {e}, batch {p}) -> {cfg.train.max_steps}")
+    warn_cpu_shortage(cfg, acc)
+    warn_shm_shortage(cfg, acc)
     if not run.has_val:
         warn(f"the shards have no '{cfg.eval.split}' split: no validation; the final weights "
              "are exported as best/")
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what the cgroup/cpuset allows, not the host
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def warn_cpu_shortage(cfg: RunConfig, acc) -> str | None:
+    """One warning per node when its cores cannot serve every rank and its loader workers.
+
+    Under SLURM without --cpus-per-task a task gets one core: 8 ranks and 48 workers would
+    then share it, and the job would look like a slow GPU.
+    """
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    need, have = local * (1 + cfg.data.num_workers), usable_cpus()
+    if have >= need or acc.local_process_index != 0:
+        return None
+    msg = (f"{have} usable CPU(s) on this node for {local} training process(es) x (1 + "
+           f"data.num_workers={cfg.data.num_workers}) = {need}: request more cores (SLURM: "
+           f"--cpus-per-task) or lower data.num_workers")
+    print(f"warning: {msg}", file=sys.stderr, flush=True)  # every node's local rank 0
+    return msg
+
+
+def warn_shm_shortage(cfg: RunConfig, acc, shm: str = "/dev/shm") -> str | None:
+    """One warning per node when /dev/shm cannot hold the batches in flight.
+
+    Worker batches travel through shared memory: workers x prefetch (2) batches per process,
+    image float32 plus uint8 label and FOV per pixel. Docker's default /dev/shm is 64 MB.
+    """
+    import shutil
+
+    if not cfg.data.num_workers or acc.local_process_index != 0:
+        return None
+    side = cfg.data.crop or cfg.data.resize or 512  # full images: assume 512 px
+    per_batch = cfg.data.batch_size * side * side * (4 * cfg.data.in_channels + 2)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    need = local * cfg.data.num_workers * 2 * per_batch
+    try:
+        have = shutil.disk_usage(shm).total
+    except OSError:
+        return None
+    if have >= need:
+        return None
+    msg = (f"{shm} holds {have / 2**20:.0f} MiB but {local} process(es) x data.num_workers="
+           f"{cfg.data.num_workers} x 2 prefetched batches need ~{need / 2**20:.0f} MiB: loader "
+           f"workers may die with a bus error (Docker: --shm-size; or lower data.num_workers)")
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+    return msg
