@@ -15,7 +15,7 @@ from unetdist import __version__
 from unetdist.errors import UserError
 
 COMMANDS = ("config", "doctor", "synth", "shard", "stage", "train", "evaluate", "predict",
-            "export", "report", "bench", "demo")
+            "export", "report", "bench", "demo", "sweep")
 
 
 def _available_commands() -> dict:

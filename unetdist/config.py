@@ -138,7 +138,7 @@ class DataConfig:
 class ModelConfig:
     """The network. Architecture fields must match when resuming; runtime switches may change."""
 
-    name: str = "unet"  # unet | timm_unet
+    name: str = "unet"  # unet | timm_unet | smp (segmentation_models_pytorch, optional extra)
     in_channels: int = 0  # input channels (0 = derived from data.channels)
     num_classes: int = 1  # output channels (1 = binary vessel logit)
     width: int = 64  # base channel count of the classic UNet (the seed used 64)
@@ -146,10 +146,11 @@ class ModelConfig:
     bilinear: bool = True  # bilinear upsampling (True) or transposed convolutions
     norm: str = "batch"  # batch | group | instance
     dropout: float = 0.0  # dropout probability in the bottleneck
-    encoder: str = "resnet34"  # timm encoder name for timm_unet
+    encoder: str = "resnet34"  # encoder: timm name (timm_unet); smp name or tu-<timm name> (smp)
+    arch: str = "Unet"  # smp architecture: Unet | UnetPlusPlus | FPN | DeepLabV3Plus | Segformer..
     encoder_levels: int = 0  # timm_unet: finest encoder feature levels used (0 = all it has)
     decoder_width: int = 16  # timm_unet decoder channels at full size, doubled per halving
-    # local weights: timm encoder (timm_unet) or a full checkpoint (unet); never downloaded
+    # local weights: encoder (timm_unet, smp) or a full checkpoint (unet); never downloaded
     pretrained_path: str | None = None
     channels_last: bool = False  # use channels_last memory format (runtime switch)
     compile: bool = False  # torch.compile the model (runtime switch), after DDP wrapping
@@ -169,12 +170,18 @@ class ModelConfig:
         _require(1 <= self.depth <= 6, f"{p}.depth", self.depth, "in [1, 6]")
         _require(0 <= self.dropout < 1, f"{p}.dropout", self.dropout, "in [0, 1)")
         _require(self.encoder_levels >= 0, f"{p}.encoder_levels", self.encoder_levels, ">= 0")
+        if self.name == "smp":  # smp is optional: only then are its names asked for
+            from unetdist.models.smp_unet import check_arch
+
+            check_arch(self.arch)
         _require(self.decoder_width >= 1, f"{p}.decoder_width", self.decoder_width, ">= 1")
         _one_of(f"{p}.compile_backend", self.compile_backend, ("inductor", "aot_eager", "eager"))
 
     def architecture(self) -> dict:
         """The fields that define the weights' shapes; a resume must match them."""
         d = dataclasses.asdict(self)
+        if self.name != "smp":  # only smp reads it; checkpoints from before it existed resume
+            d.pop("arch")
         return {k: v for k, v in d.items() if k not in self.RUNTIME_FIELDS}
 
 
@@ -209,10 +216,12 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # final lr as a fraction of lr (cosine/poly)
     poly_power: float = 0.9  # exponent of the poly schedule
     grad_clip: float = 1.0  # max global grad norm (0 = off)
+    schedule_by: str = "steps"  # steps | time: decay over max_steps or over train.max_minutes
 
     def check(self, p: str) -> None:
         _one_of(f"{p}.name", self.name, registered("optimizer"))
         _one_of(f"{p}.schedule", self.schedule, registered("schedule"))
+        _one_of(f"{p}.schedule_by", self.schedule_by, ("steps", "time"))
         _require(self.lr > 0, f"{p}.lr", self.lr, "> 0")
         _require(self.weight_decay >= 0, f"{p}.weight_decay", self.weight_decay, ">= 0")
         _require(0 <= self.momentum < 1, f"{p}.momentum", self.momentum, "in [0, 1)")
@@ -228,12 +237,14 @@ class TrainConfig:
 
     run_dir: str = ""  # where everything is written (default runs/<config file stem>)
     max_steps: int = 1000  # optimizer steps in total
-    precision: str = "no"  # no | bf16 | fp16 (fp16 needs CUDA)
+    max_minutes: float = 0.0  # training-time budget (steps only, not start-up/validation; 0 = off)
+    precision: str = "no"  # no | bf16 | fp16 (fp16 needs CUDA) | auto (bf16 if the device has it)
     grad_accum: int = 1  # gradient accumulation steps
     eval_every: int = 200  # validate every N steps (0 = only at the end)
     log_every: int = 10  # log train scalars every N steps
     resume: str = "auto"  # auto | none | <checkpoint path> (no/off/false mean none)
     max_skipped_steps: int = 10  # consecutive fp16 scaler skips tolerated
+    ema_decay: float = 0.0  # keep an EMA of the weights with this decay, e.g. 0.999 (0 = off)
     progress: bool = True  # show the tqdm bar on rank 0
     log_seconds: float = 30.0  # without a terminal (SLURM .out, CI): a progress line every N s
     cudnn_benchmark: bool = True  # let cuDNN pick the fastest conv algorithms (fixed shapes)
@@ -243,6 +254,7 @@ class TrainConfig:
         self.precision = _enum(f"{p}.precision", self.precision, registered("precision"),
                                false_means="no")
         _require(self.max_steps >= 1, f"{p}.max_steps", self.max_steps, ">= 1")
+        _require(self.max_minutes >= 0, f"{p}.max_minutes", self.max_minutes, ">= 0")
         _require(self.grad_accum >= 1, f"{p}.grad_accum", self.grad_accum, ">= 1")
         _require(self.eval_every >= 0, f"{p}.eval_every", self.eval_every, ">= 0")
         _require(self.log_every >= 1, f"{p}.log_every", self.log_every, ">= 1")
@@ -250,6 +262,8 @@ class TrainConfig:
         _require(bool(self.resume), f"{p}.resume", self.resume, "auto|none|<path>")
         if self.resume in _FALSE_SPELLINGS:  # YAML's `resume: no` / `off`
             self.resume = "none"
+        _require(0 <= self.ema_decay < 1, f"{p}.ema_decay", self.ema_decay,
+                 "in [0, 1) (0 = off)")
         _require(self.max_skipped_steps >= 0, f"{p}.max_skipped_steps",
                  self.max_skipped_steps, ">= 0")
 
@@ -262,7 +276,7 @@ class EvalConfig:
     tile: int = 256  # sliding-window tile size in px
     overlap: float = 0.25  # fraction of overlap between tiles
     threshold: float = 0.5  # probability threshold for the binary prediction
-    tta: bool = False  # flip test-time augmentation
+    tta: str = "none"  # none | flip (4 flips; true = flip) | dihedral (8: flips x 90 deg turns)
     batch_size: int = 4  # tiles per forward pass
     auc_bins: int = 10000  # histogram bins for AUC-ROC / AUC-PR
     num_overlays: int = 4  # overlay figures written per evaluation
@@ -277,6 +291,10 @@ class EvalConfig:
     def check(self, p: str) -> None:
         self._check_scale(p)
         _one_of(f"{p}.split", self.split, ("train", "val", "test"))
+        from unetdist.eval.tta import MODES, tta_mode
+
+        self.tta = tta_mode(self.tta)  # old configs: true/false
+        _one_of(f"{p}.tta", self.tta, MODES)
         _require(self.tile >= 16, f"{p}.tile", self.tile, ">= 16")
         _require(0 <= self.overlap < 1, f"{p}.overlap", self.overlap, "in [0, 1)")
         _require(0 < self.threshold < 1, f"{p}.threshold", self.threshold, "in (0, 1)")
@@ -383,6 +401,9 @@ class RunConfig:
         _require(self.seed >= 0, "seed", self.seed, ">= 0")
         for name in SECTIONS:
             getattr(self, name).check(name)
+        _require(self.optim.schedule_by == "steps" or self.train.max_minutes > 0,
+                 "optim.schedule_by", self.optim.schedule_by, "steps when train.max_minutes=0 "
+                 "(a time schedule needs a time budget)")
         if self.model.in_channels == 0:
             self.model.in_channels = self.data.in_channels
         if self.eval.resize == -1:  # a model trained on resized images is scored at that scale
@@ -451,7 +472,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         return cfg
     stem = Path(path).stem if path is not None else "default"
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
-                                                              run_dir=str(Path("runs") / stem)))
+                                                              run_dir=str(default_run_dir(stem))))
+
+
+def default_run_dir(stem: str) -> Path:
+    """runs/<config stem>; inside a W&B sweep (the agent sets WANDB_SWEEP_ID and WANDB_RUN_ID
+    for each run it starts) runs/<stem>/sweep-<id>/<run id>, so runs never share a folder."""
+    import os
+
+    sweep, run = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+    if sweep and run:
+        return Path("runs") / stem / f"sweep-{sweep}" / run
+    return Path("runs") / stem
 
 
 def config_from_dict(d: dict, overrides: list[str] | tuple = (), *,

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from unetdist.errors import ConfigError
 
-PRECISIONS = ("no", "bf16", "fp16")
+PRECISIONS = ("no", "bf16", "fp16", "auto")  # auto: bf16 where the device has it, else no
 
 
 def resolve_precision(name: str, *, inference: bool = False, cuda: bool | None = None) -> str:
@@ -25,6 +25,8 @@ def resolve_precision(name: str, *, inference: bool = False, cuda: bool | None =
     error; inference of an fp16-trained model on a CPU runs in fp32 and says so.
     """
     cuda = torch.cuda.is_available() if cuda is None else cuda
+    if name == "auto":
+        return auto_precision()
     if name not in PRECISIONS:
         raise ConfigError(f"train.precision must be one of {'|'.join(PRECISIONS)}, got {name!r}")
     if name == "fp16" and not cuda:
@@ -125,3 +127,23 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16; Linux flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def auto_precision() -> str:
+    """What `train.precision=auto` means on this machine: bf16 where the device has it, else
+    fp32 ("no"). On CUDA that is an Ampere-or-newer GPU; on CPU native bf16 instructions
+    (emulated bf16 on an older CPU is slower than fp32)."""
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_has_bf16() else "no"

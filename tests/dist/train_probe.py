@@ -28,8 +28,8 @@ def main() -> int:
 
     build, fit = trainsetup.build_training_objects, trainer.fit
 
-    def build_with_hook(cfg, acc):
-        objects = build(cfg, acc)  # (model, optimizer, scheduler, forward)
+    def build_with_hook(cfg, acc, *more):
+        objects = build(cfg, acc, *more)  # (model, optimizer, scheduler, forward)
         model = objects[0]
         conv = next(m for m in acc.unwrap_model(model).modules()
                     if isinstance(m, torch.nn.Conv2d))

@@ -62,6 +62,16 @@ def test_drive_timm_is_drive_unet_with_a_timm_encoder():
     assert unet == timm
 
 
+def test_drive_cpu_is_drive_unet_scaled_down_on_a_time_budget():
+    cpu = load_config(REPO / "configs" / "drive_cpu.yaml")
+    assert cpu.train.max_minutes == 10.0 and cpu.optim.schedule_by == "time"
+    assert cpu.train.precision == "auto"  # bf16 where the CPU has it, resolved at start
+    assert cpu.model.width == 16 and cpu.data.crop == 128 and cpu.optim.lr == 2e-3
+    assert cpu.optim.warmup_steps == 50 and cpu.train.max_steps > 5000  # time ends the run
+    unet = load_config(REPO / "configs" / "drive_unet.yaml")
+    assert cpu.data.aug == unet.data.aug and cpu.loss == unet.loss and cpu.eval == unet.eval
+
+
 def test_demo_config_stays_small_and_offline():
     cfg = load_config(REPO / "configs" / "demo.yaml")
     assert cfg.track.wandb.mode == "disabled" and cfg.train.precision == "no"
@@ -75,7 +85,7 @@ def test_every_key_in_the_drive_recipes_is_explained():
     from unetdist.config import RunConfig
 
     defaults = _flatten(dataclasses.asdict(RunConfig()))
-    for stem in ("drive_unet", "drive_timm"):
+    for stem in ("drive_unet", "drive_timm", "drive_cpu"):
         lines = (REPO / "configs" / f"{stem}.yaml").read_text().splitlines()
         values = _flatten(to_dict(load_config(REPO / "configs" / f"{stem}.yaml")))
         changed = {k.rsplit(".", 1)[-1] for k, v in values.items()

@@ -252,11 +252,11 @@ def test_read_state_dict_formats(tmp_path):
 
 
 def test_registry_names_match_config_choices():
-    assert set(MODELS) == {"unet", "timm_unet"}
+    assert set(MODELS) == {"unet", "timm_unet", "smp"}
 
 
 def test_unknown_model_name_lists_known_ones():
-    with pytest.raises(ConfigError, match="model.name.*unet\\|timm_unet.*'segformer'"):
+    with pytest.raises(ConfigError, match="model.name.*unet\\|timm_unet\\|smp.*'segformer'"):
         build_model(ModelConfig(name="segformer", in_channels=1))
 
 

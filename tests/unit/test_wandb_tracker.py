@@ -3,6 +3,7 @@ secret scrubbing. Never online: every test pins the mode (offline/disabled)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from unetdist.errors import ConfigError
 from unetdist.track.wandb_tracker import (
     MASKS_KEY,
     RUN_ID_FILE,
+    STATE_FILE,
     STEP_METRIC,
     WandbTracker,
     resolve_mode,
@@ -221,3 +223,20 @@ def test_fake_api_key_never_reaches_run_dir(wb_env, monkeypatch):
         assert FAKE_KEY.encode() not in p.resolve().read_bytes(), p
     assert "model-" + t.run_id in _wandb_files(run_dir)[0].read_bytes().decode("latin-1")
     assert os.environ["WANDB_API_KEY"] == FAKE_KEY  # scrubbing never touches the environment
+
+
+def test_inside_a_sweep_the_agents_run_id_is_adopted(wb_env, monkeypatch):
+    """`wandb agent` sets WANDB_SWEEP_ID and WANDB_RUN_ID; wandb then ignores our id."""
+    run_dir = wb_env / "run"
+    run_dir.mkdir()
+    (run_dir / RUN_ID_FILE).write_text("prechosen1\n")  # e.g. a requeued job's old id
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sweep123")
+    monkeypatch.setenv("WANDB_RUN_ID", "agentrun7")
+    t = WandbTracker(WandbConfig(mode="offline"), run_dir, {"seed": 0, "optim": {"lr": 0.1}})
+    t.log({"split": "train", "loss": 0.5}, 1)
+    assert t.run_id == "agentrun7"
+    assert (run_dir / RUN_ID_FILE).read_text().strip() == "agentrun7"
+    t.finish()
+    assert _folder_of(run_dir, "agentrun7").name.endswith("-agentrun7")
+    assert t.sync_command() == f"wandb sync {_folder_of(run_dir, 'agentrun7')}"
+    assert json.loads((run_dir / STATE_FILE).read_text())["run_id"] == "agentrun7"

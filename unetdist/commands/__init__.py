@@ -2,5 +2,6 @@
 
 - `_common.py` — arguments shared by commands (config + overrides, --quiet)
 - `config.py` `doctor.py` `synth.py` `shard.py` `stage.py` `train.py` `evaluate.py`
-  `predict.py` `export.py` `report.py` `bench.py` `demo.py` — `unetdist <that command>`
+  `predict.py` `export.py` `report.py` `bench.py` `demo.py` `sweep.py` — `unetdist <that
+  command>`
 """

@@ -21,3 +21,11 @@ def load_from_args(args: argparse.Namespace):
     from unetdist.config import load_config
 
     return load_config(args.config, args.overrides)
+
+
+def split_checkpoints(args: argparse.Namespace) -> None:
+    """`--checkpoint A B eval.tta=flip`: argparse hands the trailing overrides to the
+    several-valued --checkpoint; give them back to the overrides (no path looks like that)."""
+    moved = [c for c in args.checkpoint if "=" in c and c.split("=", 1)[0].startswith("eval.")]
+    args.checkpoint = [c for c in args.checkpoint if c not in moved]
+    args.overrides = [*moved, *args.overrides]

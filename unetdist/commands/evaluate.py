@@ -8,17 +8,19 @@ from pathlib import Path
 
 from unetdist.commands._common import add_quiet_argument
 
-HELP = "evaluate a run's best/ (or any checkpoint, or an exported file) on a split of shards"
+HELP = "evaluate a run (its best/), any checkpoint, an exported file or an ensemble on a split"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True,
+    p.add_argument("--checkpoint", required=True, nargs="+",
                    help="a run folder (its best/), RUN/best, RUN/checkpoints/step-N or "
-                        "RUN/checkpoints/latest, or an exported .safetensors file")
+                        "RUN/checkpoints/latest, or an exported .safetensors file; several = an "
+                        "ensemble averaging their probabilities (e.g. the best of each fold)")
     p.add_argument("--data", required=True,
                    help="shard folder (with manifest.json); the stored config's paths are unused")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--out", help="output folder (default: eval-<split>/ beside --checkpoint)")
+    p.add_argument("--out", help="output folder (default: eval-<split>/ beside --checkpoint; "
+                                 "required for an ensemble)")
     p.add_argument("--local-dir", help="stage --data to this node-local folder first "
                                        "(one copy per node, verified) and read it from there")
     add_quiet_argument(p)
@@ -54,29 +56,34 @@ def _shard_dir(args: argparse.Namespace, cfg) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from unetdist.commands._common import split_checkpoints
     from unetdist.config import config_from_dict, to_dict
     from unetdist.data.pipeline import eval_samples
     from unetdist.distributed import make_accelerator
+    from unetdist.errors import UserError
+    from unetdist.eval.ensemble import load_models
     from unetdist.eval.evaluate import evaluate_split, summary_line
-    from unetdist.eval.inference import (
-        apply_inference_format,
-        load_checkpoint,
-        resolve_checkpoint,
-    )
+    from unetdist.eval.inference import apply_inference_format, resolve_checkpoint
     from unetdist.log import say
 
-    model, cfg, meta = load_checkpoint(args.checkpoint)
+    split_checkpoints(args)
+    ckpts = args.checkpoint
+    if len(ckpts) > 1 and not args.out:
+        raise UserError("--out is required when several --checkpoint values form an ensemble")
+    model, cfg, metas = load_models(ckpts)  # each model once per process
     cfg = config_from_dict(to_dict(cfg), args.overrides, only="eval")
     shard_dir = _shard_dir(args, cfg)  # before the process group: staging may take long
-    out = Path(args.out) if args.out else default_out_dir(args.checkpoint, args.split)
+    out = Path(args.out) if args.out else default_out_dir(ckpts[0], args.split)
     acc = make_accelerator(cfg.train.precision, inference=True)
     model = apply_inference_format(model.to(acc.device), cfg)  # training memory format
     samples = eval_samples(cfg.data, shard_dir, args.split, rank=acc.process_index,
                            world_size=acc.num_processes)
-    info = {"checkpoint": str(resolve_checkpoint(args.checkpoint).resolve()),
-            "step": meta.get("step"), "data": shard_dir, "split": args.split,
-            "world_size": acc.num_processes, "device": acc.device.type,
-            "precision": acc.mixed_precision}
+    paths = [str(resolve_checkpoint(c).resolve()) for c in ckpts]
+    info = {"checkpoint": paths[0] if len(paths) == 1 else paths,
+            "step": metas[0].get("step") if len(metas) == 1 else [m.get("step") for m in metas],
+            "ensemble": len(paths),
+            "data": shard_dir, "split": args.split, "world_size": acc.num_processes,
+            "device": acc.device.type, "precision": acc.mixed_precision}
     result = evaluate_split(model, samples, cfg.eval, accelerator=acc, out_dir=out, info=info,
                             progress=not args.quiet)
     say(f"{args.split}: {summary_line(result)}")

@@ -12,8 +12,9 @@ HELP = "predict vessel probability + binary PNGs for a folder of images"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True,
-                   help="RUN/best folder or a single exported .safetensors file")
+    p.add_argument("--checkpoint", required=True, nargs="+",
+                   help="RUN/best folder or exported .safetensors file; several = an ensemble "
+                        "averaging their probabilities")
     p.add_argument("--images", required=True, help="folder of PNG/JPEG/TIFF images, any size")
     p.add_argument("--out", required=True, help="output folder for <stem>.png, <stem>_prob.png")
     p.add_argument("--fov", help="folder of FOV masks named <stem> or <stem>_mask "
@@ -27,10 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from unetdist.commands._common import split_checkpoints
     from unetdist.config import config_from_dict, to_dict
     from unetdist.distributed import pick_device
     from unetdist.errors import DataError, FileSystemError
-    from unetdist.eval.inference import load_for_inference
+    from unetdist.eval.ensemble import load_models
     from unetdist.eval.predict import (
         check_output_folder,
         list_images,
@@ -39,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from unetdist.log import warn
 
+    split_checkpoints(args)
     images = Path(args.images)
     if not split_outputs(list_images(images))[0]:
         raise DataError(f"no image files (png/jpg/tif/...) in {images}")
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"FOV mask folder not found: {fov_dir}")
     out = Path(args.out)
     check_output_folder(out, images, fov_dir, args.overwrite)
-    model, cfg = load_for_inference(args.checkpoint)
+    model, cfg, _ = load_models(args.checkpoint)
     cfg = config_from_dict(to_dict(cfg), args.overrides, only="eval")
     model = model.to(pick_device(args.device))
     try:

@@ -1,6 +1,8 @@
 """Evaluation and inference.
 
 - `inference.py` — load a checkpoint, sliding-window prediction with TTA
+- `tta.py` — TTA views (none | flip | dihedral) and their inverses
+- `ensemble.py` — several checkpoints averaging their probabilities
 - `evaluate.py` — exactly-once distributed scoring of a split, predictions, plots
 - `metrics.py` — reducible confusion counts + score histograms, metric formulas
 - `predict.py` — predict a folder of raw images

@@ -1,4 +1,4 @@
-"""Full-resolution inference: Gaussian-blended sliding window, flip TTA, loading a best model.
+"""Full-resolution inference: Gaussian-blended sliding window, TTA, loading a best model.
 
 The window covers the image with tiles of `eval.tile` px overlapping by `eval.overlap`; the
 last tile of a row/column is shifted back to end at the border so no tile needs padding except
@@ -25,7 +25,6 @@ from unetdist.distributed import inference_autocast
 from unetdist.errors import UserError
 
 WEIGHTS_NAME = "model.safetensors"
-FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # identity, h, v, hv
 
 
 @lru_cache(maxsize=8)
@@ -104,7 +103,8 @@ def _window(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, accelerator,
         tiles = torch.cat([image[..., y:y + t, x:x + t] for y, x in chunk])
         tiles = tiles.contiguous(memory_format=fmt)
         with inference_autocast(accelerator, precision, image.device):
-            probs = _vessel_prob(model(tiles))
+            ensemble = getattr(model, "vessel_prob", None)  # eval.ensemble.Ensemble
+            probs = ensemble(tiles, _vessel_prob) if ensemble else _vessel_prob(model(tiles))
         for (y, x), p in zip(chunk, probs):
             acc[0, :, y:y + t, x:x + t] += p * weight
             norm[0, :, y:y + t, x:x + t] += weight
@@ -142,7 +142,7 @@ def _rescaled(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, accelerato
     native = tuple(image.shape[-2:])
     small = F.interpolate(image, size=size, mode="bilinear", align_corners=False,
                           antialias=antialias)
-    prob = _flip_averaged(model, small, cfg, accelerator, precision)
+    prob = _tta_averaged(model, small, cfg, accelerator, precision)
     return F.interpolate(prob, size=native, mode="bilinear", align_corners=False)
 
 
@@ -152,8 +152,8 @@ def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfi
                            precision: str = "no") -> torch.Tensor:
     """Vessel probabilities (1,1,H,W) float32 on the model's device for image (1,C,H,W).
 
-    With cfg.tta the result is the mean of the four flip variants (identity, horizontal,
-    vertical, both), each a full sliding-window pass on the flipped image, flipped back.
+    With cfg.tta (flip | dihedral, see unetdist.eval.tta) the result is the mean over the
+    views, each a full sliding-window pass on the transformed image, mapped back.
     Autocasts when the accelerator uses mixed precision, or without one under `precision`
     (pass the training precision, train.precision). Tiles take the model's memory format
     (channels_last when its weights are). The model's train/eval mode is restored.
@@ -176,22 +176,17 @@ def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfi
             # antialias when shrinking: an 8 MP HRF image scaled to DRIVE's vessel calibre
             return _rescaled(model, image, cfg, accelerator, size, antialias=scale < 1,
                              precision=precision)
-        return _flip_averaged(model, image, cfg, accelerator, precision)
+        return _tta_averaged(model, image, cfg, accelerator, precision)
     finally:
         model.train(was_training)
 
 
-def _flip_averaged(model: nn.Module, image: torch.Tensor, cfg: EvalConfig,
-                   accelerator, precision: str) -> torch.Tensor:
-    if not cfg.tta:
-        return _window(model, image, cfg, accelerator, precision)
-    total = None
-    for dims in FLIPS:
-        flipped = image.flip(dims) if dims else image
-        p = _window(model, flipped, cfg, accelerator, precision)
-        p = p.flip(dims) if dims else p
-        total = p if total is None else total + p
-    return total / len(FLIPS)
+def _tta_averaged(model: nn.Module, image: torch.Tensor, cfg: EvalConfig,
+                  accelerator, precision: str) -> torch.Tensor:
+    from unetdist.eval.tta import tta_average
+
+    return tta_average(lambda x: _window(model, x, cfg, accelerator, precision), image,
+                       cfg.tta)
 
 
 # ----------------------------------------------------------------------------- loading

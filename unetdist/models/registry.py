@@ -61,10 +61,20 @@ def _build_timm_unet(cfg: ModelConfig, pretrained: bool) -> nn.Module:
                     pretrained_path=cfg.pretrained_path if pretrained else None)
 
 
+def _build_smp(cfg: ModelConfig, pretrained: bool) -> nn.Module:
+    from unetdist.models.smp_unet import SmpModel, load_encoder
+
+    model = SmpModel(cfg.arch, cfg.encoder, _in_channels(cfg), cfg.num_classes)
+    if pretrained and cfg.pretrained_path:
+        load_encoder(model, cfg.pretrained_path)
+    return model
+
+
 # builder(cfg, pretrained): `pretrained` says whether to read model.pretrained_path
 MODELS: dict[str, Callable[[ModelConfig, bool], nn.Module]] = {
     "unet": _build_unet,
     "timm_unet": _build_timm_unet,
+    "smp": _build_smp,  # segmentation_models_pytorch (optional extra `smp`)
 }
 
 

@@ -6,4 +6,5 @@
 - `syncs.py` — counts a step's host syncs (CUDA sync debug mode, or a CPU fake)
 - `demo.py` — `unetdist demo`: synth -> shard -> stage -> DDP train -> evaluate -> report
 - `doctor.py` — `unetdist doctor`: what this machine can run
+- `sweep.py` — `unetdist sweep`: grid/random trials into run folders, summary table
 """

@@ -248,9 +248,21 @@ class WandbTracker:
         write_atomic(self.run_dir / RUN_ID_FILE, self._run_id + "\n")
         self._high_water = _read_high_water(self.run_dir, self._run_id)
         self._run = self._init_run(config)
+        self._adopt_assigned_id()
         if self.mode == "offline":
             say(f"wandb: offline run {self._run_id} in {self._run.settings.sync_dir}; "
                 "the upload command is printed at the end", file=sys.stderr)
+
+    def _adopt_assigned_id(self) -> None:
+        """Inside a sweep (or W&B launch) wandb ignores the id we pass and uses the one its
+        agent assigned (WANDB_RUN_ID): that is the run's id from here on, so the checkpoint,
+        run_dir/wandb_run_id and the `wandb sync` command name the run that holds the data."""
+        assigned = getattr(self._run, "id", None)
+        if not assigned or assigned == self._run_id:
+            return
+        self._run_id = assigned
+        write_atomic(self.run_dir / RUN_ID_FILE, assigned + "\n")
+        self._high_water = _read_high_water(self.run_dir, assigned)
 
     @property
     def run_id(self) -> str | None:

@@ -5,6 +5,8 @@
 - `setup.py` — accelerator, model/optimizer/scheduler, resume, run dir (before step 1)
 - `checkpoint.py` — atomic rank-0 checkpoints, `latest`, best/, resume selection
 - `optim.py` — optimizers and LR schedules (registries)
+- `budget.py` — the training-time budget (`train.max_minutes`), agreed across ranks
+- `ema.py` — the EMA of the weights (`train.ema_decay`), checkpointed as safetensors
 - `losses.py` — FOV-masked losses (registry)
 - `preempt.py` — the preemption flag set by signals (SIGINT too: Ctrl-C checkpoints)
 - `threads.py` — the CPU thread policy (affinity and cgroup aware)

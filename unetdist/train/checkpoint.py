@@ -27,6 +27,7 @@ import pickle
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,12 @@ def clean_stale(run_dir: str | Path) -> list[Path]:
 
 
 def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: dict,
-                    keep_last: int, scheduler_state: dict) -> Path:
-    """Collective: every rank must call it. Returns the final checkpoint folder."""
+                    keep_last: int, scheduler_state: dict,
+                    extra: Callable[[Path], object] | None = None) -> Path:
+    """Collective: every rank must call it. Returns the final checkpoint folder.
+
+    `extra(folder)` writes more files (the EMA weights) into it on rank 0 before the rename.
+    """
     ckdir = checkpoints_dir(run_dir)
     final, tmp = ckdir / step_name(step), ckdir / f"{TMP_PREFIX}{step_name(step)}"
     if accelerator.is_main_process:
@@ -122,6 +127,8 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
             write_atomic(tmp / SCHEDULER_FILE, json.dumps(scheduler_state, indent=1),
                          durable=True)
             write_atomic(tmp / STATE_FILE, json.dumps(trainer_state, indent=1), durable=True)
+            if extra is not None:
+                extra(tmp)
             if fault("save_crash", step=step):
                 raise RuntimeError(f"injected fault: crash while saving step {step}")
             _fsync_tree(tmp)  # on disk before the rename makes the folder count as complete

@@ -11,6 +11,7 @@ validation and before every checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Iterator
@@ -58,7 +59,9 @@ def fit(cfg: RunConfig) -> TrainResult:
     """Train `cfg` to `train.max_steps` (or until preempted); resume per `train.resume`."""
     from unetdist.data.stage.node import resolve_data_dir
 
-    resolve_precision(cfg.train.precision)  # fail before staging, not after
+    precision = resolve_precision(cfg.train.precision)  # fail before staging, not after
+    if precision != cfg.train.precision:  # auto: config.yaml and checkpoints record what ran
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
     threads = apply_thread_policy(torch.cuda.is_available(), cfg.data.num_workers)
     if cfg.data.num_workers:
         from unetdist.data.pipeline import single_threaded_opencv
@@ -97,21 +100,25 @@ def train_loop(run: Run, flag: PreemptionFlag) -> TrainResult:
     window: list[StepStats] = []
     stream = batch_stream(run)
     try:
-        while st.step < cfg.train.max_steps:
+        while not is_last(run):
             run.before_step()
+            if run.budget:
+                run.budget.start_step()
             t0 = time.perf_counter()
             micro = [next(stream) for _ in range(cfg.train.grad_accum)]
             waited = time.perf_counter() - t0
             stats = train_step(run, micro, flag)
             stats.data_wait, stats.seconds = waited, stats.seconds + waited
             st.step += 1
+            if run.budget:
+                run.budget.end_step()
             log_step(run, stats, window, bar)
-            if stats.preempt and st.step < cfg.train.max_steps:
+            if stats.preempt and not is_last(run):
                 return stop_for_preemption(run, flag)
             if validation_due(run) and validate(run, flag) is None:
                 return stop_for_preemption(run, flag)  # a signal came during validation
             if checkpoint_due(run, stats):
-                if preempt_agreed(run, flag) and st.step < cfg.train.max_steps:
+                if preempt_agreed(run, flag) and not is_last(run):
                     return stop_for_preemption(run, flag)  # saves this step, then exits
                 save(run)
     finally:
@@ -120,9 +127,19 @@ def train_loop(run: Run, flag: PreemptionFlag) -> TrainResult:
     return result_of(run, preempted=False)
 
 
+def is_last(run: Run) -> bool:
+    """The run ends after this step: max_steps or the time budget, whichever first."""
+    if run.budget is None:
+        return run.state.step >= run.cfg.train.max_steps
+    return run.budget.done(run.state.step)
+
+
 def finish(run: Run, result: TrainResult) -> None:
     if result.preempted:
         return
+    if result.step < run.cfg.train.max_steps:
+        say(f"time budget reached: train.max_minutes={run.cfg.train.max_minutes:g} after "
+            f"{result.step} of {run.cfg.train.max_steps} steps")
     if not run.has_val:  # no validation split, no "best": export the final weights as best/
         export_best(run, {"note": f"no '{run.cfg.eval.split}' split: final weights"})
     best = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
@@ -162,7 +179,7 @@ def log_step(run: Run, stats: StepStats, window: list[StepStats], bar) -> None:
                     refresh=False)
     bar.update(1)
     st, cfg = run.state, run.cfg
-    if st.step % cfg.train.log_every and st.step != cfg.train.max_steps:
+    if st.step % cfg.train.log_every and not is_last(run):
         return
     record = {"split": "train", "loss": sum(s.loss for s in window) / len(window),
               "lr": stats.lr, "grad_norm": stats.grad_norm, "img_per_s": ips,
@@ -176,12 +193,12 @@ def log_step(run: Run, stats: StepStats, window: list[StepStats], bar) -> None:
 
 def validation_due(run: Run) -> bool:
     every, step = run.cfg.train.eval_every, run.state.step
-    return run.has_val and (step == run.cfg.train.max_steps or (every > 0 and step % every == 0))
+    return run.has_val and (is_last(run) or (every > 0 and step % every == 0))
 
 
 def checkpoint_due(run: Run, stats: StepStats) -> bool:
     every, step = run.cfg.checkpoint.every_steps, run.state.step
-    return (step == run.cfg.train.max_steps or stats.clock_due
+    return (is_last(run) or stats.clock_due
             or (every > 0 and step % every == 0))
 
 
@@ -203,38 +220,59 @@ def validate(run: Run, flag: PreemptionFlag | None = None) -> dict | None:
     Polls the preemption flag before every image: a signal during validation (long with TTA)
     cuts it short on that rank, the ranks agree after the metric all-reduce, and None (no
     metrics, no best/) tells the loop to checkpoint and stop within the signal's lead time.
+    With train.ema_decay the EMA weights are validated too (split "val_ema"); best/ takes
+    whichever scored higher (the raw weights on a tie) and its metrics.json says which.
     """
-    from unetdist.data.pipeline import eval_samples
-    from unetdist.eval.evaluate import evaluate_split
     from unetdist.eval.plots import plot_training_curves
 
-    cfg, acc, st = run.cfg, run.acc, run.state
+    acc, st = run.acc, run.state
     t0 = time.perf_counter()
-    broadcast_buffers(acc.unwrap_model(run.model))  # one copy of the BN statistics
+    metrics = score(run, acc.unwrap_model(run.model), "val", flag)
+    if metrics is None:
+        return None
+    run.tracker.log(metrics, st.step)
+    log_val_masks(run)
+    candidates = [("raw", None, metrics)]
+    if run.ema is not None:
+        ema_metrics = score(run, run.ema.module, "val_ema", flag)
+        if ema_metrics is None:
+            return None
+        run.tracker.log(ema_metrics, st.step)
+        candidates.append(("ema", run.ema.module, ema_metrics))
+    which, module, best = max(candidates, key=lambda c: float(c[2]["dice"]))  # first on ties
+    dice = float(best["dice"])
+    improved = st.best_dice is None or dice > st.best_dice
+    if improved:
+        st.best_dice, st.best_step = dice, st.step
+        export_best(run, {**best, "split": "val", "weights": which}, module)
+    if acc.is_main_process:
+        plot_training_curves(read_records(run.run_dir / METRICS_FILE),
+                             run.run_dir / "plots" / "loss.png")
+    auc = best.get("auc_roc")
+    say(f"step {st.step} val dice {dice:.3f}{' (best)' if improved else ''}"
+        + (f" auc {auc:.3f}" if auc is not None else "")
+        + (" (EMA weights)" if which == "ema" else "")
+        + f" · {time.perf_counter() - t0:.0f} s")
+    return metrics
+
+
+def score(run: Run, model: torch.nn.Module, split: str,
+          flag: PreemptionFlag | None) -> dict | None:
+    """Validation metrics of `model` (all ranks, each its share); None when preempted."""
+    from unetdist.data.pipeline import eval_samples
+    from unetdist.eval.evaluate import evaluate_split
+
+    cfg, acc = run.cfg, run.acc
+    broadcast_buffers(model)  # one copy of the BN statistics
     samples = eval_samples(cfg.data, run.shard_dir, cfg.eval.split, rank=acc.process_index,
                            world_size=acc.num_processes)
     if flag is not None:
         samples = _until_signal(samples, flag)
-    res = evaluate_split(acc.unwrap_model(run.model), samples, cfg.eval, accelerator=acc,
+    res = evaluate_split(model, samples, cfg.eval, accelerator=acc,
                          progress=False)  # the uncompiled module: no recompiles for eval
     if flag is not None and preempt_agreed(run, flag):
         return None
-    metrics = {"split": "val", "num_images": res["num_images"], **res["fov"]}
-    run.tracker.log(metrics, st.step)
-    log_val_masks(run)
-    dice = float(res["fov"]["dice"])
-    best = st.best_dice is None or dice > st.best_dice
-    if best:
-        st.best_dice, st.best_step = dice, st.step
-        export_best(run, metrics)
-    if acc.is_main_process:
-        plot_training_curves(read_records(run.run_dir / METRICS_FILE),
-                             run.run_dir / "plots" / "loss.png")
-    auc = res["fov"].get("auc_roc")
-    say(f"step {st.step} val dice {dice:.3f}{' (best)' if best else ''}"
-        + (f" auc {auc:.3f}" if auc is not None else "")
-        + f" · {time.perf_counter() - t0:.0f} s")
-    return metrics
+    return {"split": split, "num_images": res["num_images"], **res["fov"]}
 
 
 def log_val_masks(run: Run) -> None:
@@ -260,8 +298,9 @@ def log_val_masks(run: Run) -> None:
     run.tracker.log_masks(images, run.state.step)
 
 
-def export_best(run: Run, metrics: dict) -> None:
-    state_dict = run.acc.get_state_dict(run.model)
+def export_best(run: Run, metrics: dict, module: torch.nn.Module | None = None) -> None:
+    """best/ from the trained model, or from `module` (the EMA copy) when given."""
+    state_dict = run.acc.get_state_dict(run.model) if module is None else module.state_dict()
     if run.acc.is_main_process:
         path = ckpt.export_best(state_dict, to_dict(run.cfg), to_yaml(run.cfg), metrics,
                                 run.state.step, run.run_dir)
@@ -277,9 +316,12 @@ def save(run: Run) -> Path | None:
     state = run.state.state_dict(steps_per_epoch=run.cfg.data.steps_per_epoch,
                                  manifest_hash=run.manifest_hash,
                                  world_size=run.acc.num_processes, config=to_dict(run.cfg))
+    if run.budget is not None:
+        state["budget"] = run.budget.state_dict()  # resume keeps the training time spent
     t0 = time.perf_counter()
     path = ckpt.save_checkpoint(run.acc, run.run_dir, run.state.step, state,
-                                run.cfg.checkpoint.keep_last, scheduler_state(run.scheduler))
+                                run.cfg.checkpoint.keep_last, scheduler_state(run.scheduler),
+                                extra=run.ema.save if run.ema is not None else None)
     run.last_save_time, run.last_saved_step = time.monotonic(), run.state.step
     say(f"saved {path.name} ({time.perf_counter() - t0:.1f} s)")
     return path

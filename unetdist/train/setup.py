@@ -22,6 +22,8 @@ from unetdist.errors import ConfigError, DataError, FileSystemError, UserError
 from unetdist.log import say, warn
 from unetdist.track.jsonl import Tracker, open_tracker
 from unetdist.train import checkpoint as ckpt
+from unetdist.train.budget import TimeBudget
+from unetdist.train.ema import ModelEma
 from unetdist.train.runlock import RunLock
 
 
@@ -69,6 +71,8 @@ class Run:
     scheduler: object
     loss_fn: object
     state: TrainState
+    budget: TimeBudget | None = None  # train.max_minutes; None in hand-built test runs
+    ema: ModelEma | None = None  # train.ema_decay > 0: the averaged weights
     tracker: Tracker | None = None
     forward: torch.nn.Module | None = None  # what the step calls: compiled(DDP(model)) or model
     lock: RunLock | None = None  # rank 0's hold on run_dir (None on other ranks)
@@ -180,12 +184,19 @@ def _setup_locked(cfg: RunConfig, acc, shard_dir: str, manifest: dict, run_dir: 
     acc.wait_for_everyone()  # every rank has read the run dir before rank 0 writes to it
     if acc.is_main_process:
         prepare_run_dir(cfg, acc, run_dir)
-    model, optimizer, scheduler, forward = build_training_objects(cfg, acc)
+    budget = TimeBudget(cfg.train.max_minutes, cfg.train.max_steps, acc.is_main_process)
+    model, optimizer, scheduler, forward = build_training_objects(cfg, acc, budget)
     has_val = cfg.eval.split in split_names(manifest, cfg.data.fold)
     run = Run(cfg, acc, run_dir, shard_dir, mhash, has_val,
-              model, optimizer, scheduler, build_loss(cfg.loss), TrainState(), forward=forward)
+              model, optimizer, scheduler, build_loss(cfg.loss), TrainState(), forward=forward,
+              budget=budget)
+    if cfg.train.ema_decay > 0:
+        run.ema = ModelEma(acc.unwrap_model(model), cfg.train.ema_decay)
     if resume_from is not None:
         restore(run, resume_from, saved)
+        budget.load_state_dict(saved.get("budget", {}))  # the time already spent still counts
+        if run.ema is not None and not run.ema.load(resume_from):
+            warn(f"{resume_from} holds no EMA weights; the EMA starts from the resumed weights")
         run.last_saved_step = run.state.step
         say(f"resuming from {resume_from}")
     run.tracker = open_tracker(cfg, run_dir, is_main=acc.is_main_process,
@@ -245,7 +256,7 @@ def prepare_run_dir(cfg: RunConfig, acc, run_dir: Path) -> None:
              f"{run_dir}: {names}")
 
 
-def build_training_objects(cfg: RunConfig, acc):
+def build_training_objects(cfg: RunConfig, acc, budget: TimeBudget):
     """Model, optimizer, scheduler, and the module the training step calls.
 
     The model is compiled after `prepare()` wraps it in DDP (DDP's optimizer splits the graph
@@ -262,7 +273,8 @@ def build_training_objects(cfg: RunConfig, acc):
     model = apply_runtime_options(build_model(cfg.model), cfg.model,
                                   distributed=acc.num_processes > 1, compile=False)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps,
+                                progress=budget.time_fraction)
     # the scheduler is neither prepared (it would step once per process) nor registered for
     # checkpointing (accelerate would pickle it): it is saved as scheduler.json
     model, optimizer = acc.prepare(model, optimizer)
@@ -293,8 +305,8 @@ def announce(run: Run) -> None:
     b, n, ga = cfg.data.batch_size, acc.num_processes, cfg.train.grad_accum
     backend = "single process" if n == 1 else "nccl" if acc.device.type == "cuda" else "gloo"
     say(f"unetdist train: {n} process(es) on {acc.device.type} ({backend}), precision "
-        f"{cfg.train.precision}; global batch = {b} per process x {n} processes x {ga} "
-        f"accumulation = {b * n * ga}; run_dir {run.run_dir}")
+        f"{cfg.train.precision}; {run.budget.describe()}; global batch = {b} per process x "
+        f"{n} processes x {ga} accumulation = {b * n * ga}; run_dir {run.run_dir}")
     if run.state.step:
         e, p = divmod(run.state.batches, cfg.data.steps_per_epoch)
         say(f"resumed at step {run.state.step} (epoch {e}, batch {p}) -> {cfg.train.max_steps}")

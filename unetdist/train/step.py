@@ -1,8 +1,8 @@
 """One optimizer step: forward/backward over the micro-batches, clip, agree, step.
 
 The step ends with one small all-reduce that carries the global loss, the gradient norm, the
-non-finite flag, the preemption flag and rank 0's checkpoint clock, so all ranks take the same
-decisions at the same step. Reading that vector back is the step's only host sync (bf16/fp32;
+non-finite flag, the preemption flag, rank 0's checkpoint clock and rank 0's training time
+(train.max_minutes), so all ranks take the same decisions at the same step. Reading that vector back is the step's only host sync (bf16/fp32;
 fp16's GradScaler adds its own): loss and norm stay on the device until then, and host values
 travel to the device through pinned memory without blocking (tests/unit/test_host_syncs.py
 counts them).
@@ -61,6 +61,8 @@ def train_step(run: Run, micro_batches: list[dict], flag: PreemptionFlag) -> Ste
     check_finite(run, stats, keys, step_no)
     stats.lr = run.optimizer.param_groups[0]["lr"]
     optimizer_step(run, step_no)
+    if run.ema is not None:
+        run.ema.update(acc.unwrap_model(run.model))
     stats.seconds = time.perf_counter() - t0
     return stats
 
@@ -91,11 +93,15 @@ def agree(run: Run, loss_sum: torch.Tensor, norm: torch.Tensor, images: int,
     finite = torch.isfinite(local)
     on_device = torch.cat([torch.where(finite, local, torch.zeros_like(local)),
                            (~finite).double(), norm.detach().double().reshape(1)])
-    host = _to_device_async([float(flag.requested), float(clock), float(images)], acc.device)
+    budget = run.budget.agreed_clock() if run.budget else 0.0  # rank 0's training seconds
+    host = _to_device_async([float(flag.requested), float(clock), float(images), budget],
+                            acc.device)
     vec = torch.cat([on_device, host])
     if is_distributed():
         torch.distributed.all_reduce(vec)
-    loss, bad, norm_sum, preempt, clock_due, total = vec.tolist()  # the one read-back
+    loss, bad, norm_sum, preempt, clock_due, total, spent = vec.tolist()  # the one read-back
+    if run.budget:
+        run.budget.set_agreed(spent)  # every rank decides the time limit on the same value
     return StepStats(loss=float("nan") if bad else loss / (n * run.cfg.train.grad_accum),
                      grad_norm=norm_sum / n, lr=0.0, images=int(total), seconds=0.0,
                      preempt=preempt > 0, clock_due=clock_due > 0, nonfinite=bad > 0,

@@ -1,0 +1,298 @@
+"""Offline sweeps: a small grid/random spec -> one run folder per trial -> a summary table.
+
+No W&B server needed. A spec (YAML):
+
+    config: configs/demo.yaml        # the base experiment
+    out: runs/sweep-lr               # the sweep folder: sweep.json, trial-000/, ..., summary
+    method: grid                     # grid (every combination) | random (count draws)
+    count: 4                         # random only
+    seed: 0                          # random only
+    overrides: [data.shared_dir=/shared/shards]   # for every trial
+    parameters:                      # dotted config keys
+      optim.lr: [1.0e-3, 3.0e-3]     # a list: grid axis / random choice
+      data.fold: [0, 1]
+      optim.weight_decay: {min: 1.0e-5, max: 1.0e-2, log: true}   # random only
+    group_by: data.fold              # summary: the best trial per value (e.g. per fold)
+    metric: dice                     # best/metrics.json key to rank by (higher is better)
+
+`expand` validates every trial's config before anything runs and writes sweep.json; trials
+then run one after another here (`run_local`) or as a SLURM array (slurm/kfold.sbatch, one
+trial per task, which asks `trial_args` for its arguments); `summarize` reads each trial's
+best/metrics.json into summary.csv / summary.md and best.txt (the best/ folder of the best
+trial per group, ready for `unetdist evaluate --checkpoint $(cat best.txt)`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+import random
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unetdist.atomic import write_atomic
+from unetdist.errors import ConfigError, UserError
+
+SWEEP_FILE = "sweep.json"
+METHODS = ("grid", "random")
+_SPEC_KEYS = {"config", "out", "method", "count", "seed", "overrides", "parameters",
+              "group_by", "metric"}
+
+
+@dataclass
+class Spec:
+    """A parsed sweep spec (see the module docstring)."""
+
+    config: str | None
+    out: Path
+    parameters: dict[str, Any]
+    method: str = "grid"
+    count: int = 0
+    seed: int = 0
+    overrides: list[str] = field(default_factory=list)
+    group_by: str | None = None
+    metric: str = "dice"
+
+
+def _fail(path: Path, msg: str) -> ConfigError:
+    return ConfigError(f"sweep spec {path}: {msg}")
+
+
+def read_spec(path: str | Path) -> Spec:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"sweep spec not found: {path}")
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise _fail(path, f"not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise _fail(path, "must hold a mapping")
+    unknown = sorted(set(d) - _SPEC_KEYS)
+    if unknown:
+        raise _fail(path, f"unknown key(s) {unknown}; allowed: {sorted(_SPEC_KEYS)}")
+    params = d.get("parameters")
+    if not isinstance(params, dict) or not params:
+        raise _fail(path, "parameters must map dotted config keys to value lists")
+    spec = Spec(config=d.get("config"), out=Path(d.get("out") or f"runs/sweep-{path.stem}"),
+                parameters=params, method=d.get("method", "grid"),
+                count=int(d.get("count", 0)), seed=int(d.get("seed", 0)),
+                overrides=[str(o) for o in d.get("overrides") or []],
+                group_by=d.get("group_by"), metric=str(d.get("metric", "dice")))
+    _check_spec(spec, path)
+    return spec
+
+
+def _check_spec(spec: Spec, path: Path) -> None:
+    if spec.method not in METHODS:
+        raise _fail(path, f"method must be one of {'|'.join(METHODS)}, got {spec.method!r}")
+    if spec.method == "random" and spec.count < 1:
+        raise _fail(path, f"count must be >= 1 for method random, got {spec.count}")
+    for key, values in spec.parameters.items():
+        if "." not in key and key != "seed":
+            raise _fail(path, f"parameter {key!r} must be a dotted config key (optim.lr)")
+        if isinstance(values, dict):
+            if spec.method != "random" or not {"min", "max"} <= set(values):
+                raise _fail(path, f"parameters.{key}: a range {{min, max, log}} needs method "
+                                  "random; a grid takes a list")
+            if not float(values["min"]) < float(values["max"]):
+                raise _fail(path, f"parameters.{key}: min must be < max")
+            if values.get("log") and float(values["min"]) <= 0:
+                raise _fail(path, f"parameters.{key}: a log range needs min > 0")
+        elif not isinstance(values, list) or not values:
+            raise _fail(path, f"parameters.{key} must be a non-empty list")
+    if spec.group_by is not None and spec.group_by not in spec.parameters:
+        raise _fail(path, f"group_by {spec.group_by!r} must be one of the parameters")
+
+
+def _draw(values: Any, rng: random.Random) -> Any:
+    if isinstance(values, list):
+        return rng.choice(values)
+    lo, hi = float(values["min"]), float(values["max"])
+    if values.get("log"):
+        return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    return rng.uniform(lo, hi)
+
+
+def combinations(spec: Spec) -> list[dict[str, Any]]:
+    """Every trial's parameter values, in a reproducible order."""
+    keys = list(spec.parameters)
+    if spec.method == "grid":
+        return [dict(zip(keys, vals))
+                for vals in itertools.product(*(spec.parameters[k] for k in keys))]
+    rng = random.Random(spec.seed)
+    return [{k: _draw(spec.parameters[k], rng) for k in keys} for _ in range(spec.count)]
+
+
+def expand(spec: Spec) -> dict:
+    """Validate every trial's config and write OUT/sweep.json; returns its content.
+
+    Re-expanding the same spec into the same folder is allowed (a re-run resumes the
+    trials); a different set of trials there is refused rather than mixed in.
+    """
+    from unetdist.config import load_config
+
+    trials = []
+    for i, params in enumerate(combinations(spec)):
+        name = f"trial-{i:03d}"
+        run_dir = (spec.out / name).resolve()
+        overrides = [*spec.overrides, *(f"{k}={v}" for k, v in params.items()),
+                     f"train.run_dir={run_dir}"]
+        try:
+            load_config(spec.config, overrides)
+        except ConfigError as e:
+            raise ConfigError(f"sweep {name} ({_short(params)}): {e}") from None
+        trials.append({"name": name, "params": params, "overrides": overrides,
+                       "run_dir": str(run_dir)})
+    doc = {"config": str(Path(spec.config).resolve()) if spec.config else None,
+           "group_by": spec.group_by, "metric": spec.metric, "trials": trials}
+    old = spec.out / SWEEP_FILE
+    if old.is_file() and json.loads(old.read_text())["trials"] != trials:
+        raise UserError(f"{spec.out} already holds a different sweep ({old}); choose another "
+                        "out folder")
+    spec.out.mkdir(parents=True, exist_ok=True)
+    write_atomic(old, json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
+def _short(params: dict) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in params.items())
+
+
+def load_sweep(target: str | Path) -> tuple[Path, dict]:
+    """(sweep folder, sweep.json) from a sweep folder or the spec that names it."""
+    p = Path(target)
+    folder = p if p.is_dir() else read_spec(p).out
+    f = folder / SWEEP_FILE
+    if not f.is_file():
+        raise UserError(f"{folder} is not an expanded sweep (no {SWEEP_FILE}); run "
+                        "`unetdist sweep SPEC.yaml` first")
+    return folder, json.loads(f.read_text())
+
+
+def trial_args(doc: dict, index: int) -> list[str]:
+    """`train` arguments of trial INDEX: [--config, FILE,] overrides (for kfold.sbatch)."""
+    trials = doc["trials"]
+    if not 0 <= index < len(trials):
+        raise UserError(f"trial {index} does not exist: this sweep has trials 0-{len(trials) - 1}")
+    head = ["--config", doc["config"]] if doc["config"] else []
+    return head + trials[index]["overrides"]
+
+
+def run_local(doc: dict, nproc: int = 1) -> list[str]:
+    """Train the trials one after another here; returns the names of those that failed."""
+    from unetdist.log import say
+
+    failed = []
+    for i, t in enumerate(doc["trials"]):
+        say(f"sweep: {t['name']} ({i + 1}/{len(doc['trials'])}): {_short(t['params'])}")
+        cmd = [sys.executable, "-m", "unetdist"]
+        if nproc > 1:
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                   "--num_processes", str(nproc), "--mixed_precision", "no",
+                   "--dynamo_backend", "no", "-m", "unetdist"]
+        if subprocess.run([*cmd, "train", *trial_args(doc, i)], check=False).returncode:
+            failed.append(t["name"])
+    return failed
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _trial_row(t: dict, metric: str) -> dict:
+    run = Path(t["run_dir"])
+    row = {"trial": t["name"], **t["params"], metric: None, "step": None, "weights": "",
+           "status": "not run", "best": str(run / "best")}
+    mfile = run / "best" / "metrics.json"
+    if mfile.is_file():
+        m = json.loads(mfile.read_text())
+        value = m.get(metric)
+        row.update({metric: float(value) if isinstance(value, (int, float)) else None,
+                    "step": m.get("step"), "weights": m.get("weights", "raw"), "status": "done"})
+    test = run / "eval-test" / "metrics.json"  # train.sbatch scores best/ on the test split
+    if test.is_file():
+        row[f"test {metric}"] = json.loads(test.read_text()).get("fov", {}).get(metric)
+    if (run / "PREEMPTED").is_file():
+        row["status"] = "preempted"
+    elif row["status"] == "not run" and (run / "checkpoints").is_dir():
+        row["status"] = "incomplete"
+    return row
+
+
+def _ranked(rows: list[dict], metric: str) -> list[dict]:
+    return sorted(rows, key=lambda r: (r[metric] is None, -(r[metric] or 0.0), r["trial"]))
+
+
+def best_per_group(rows: list[dict], metric: str, group_by: str | None) -> list[dict]:
+    """The best scored trial of each group_by value (or the single best), in group order."""
+    scored = [r for r in rows if r[metric] is not None]
+    if group_by is None:
+        return _ranked(scored, metric)[:1]
+    groups: dict[str, list[dict]] = {}
+    for r in scored:
+        groups.setdefault(json.dumps(r[group_by]), []).append(r)
+    return [_ranked(g, metric)[0] for _, g in sorted(groups.items(), key=lambda kv: kv[0])]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    cells = [columns] + [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"
+             for line in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _ensemble_line(path: Path) -> str:
+    """An ensemble evaluation saved inside the sweep folder (evaluate --out SWEEP/NAME)."""
+    try:
+        m = json.loads(path.read_text())
+        info, fov = m.get("info", {}), m["fov"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    members = info.get("ensemble", 1)
+    auc = fov.get("auc_roc")
+    return (f"\n{path.parent.name}: {members} model(s) on {info.get('split')} "
+            f"({m.get('num_images')} images): FOV dice {fov['dice']:.4f}, AUC-ROC "
+            f"{'-' if auc is None else f'{auc:.4f}'}")
+
+
+def summarize(folder: Path, doc: dict) -> tuple[str, list[dict]]:
+    """Write summary.csv, summary.md and best.txt; return (the table as text, best rows)."""
+    metric, group_by = doc["metric"], doc["group_by"]
+    rows = _ranked([_trial_row(t, metric) for t in doc["trials"]], metric)
+    params = list(doc["trials"][0]["params"]) if doc["trials"] else []
+    columns = ["trial", *params, metric, "step", "weights", "status"]
+    if any(f"test {metric}" in r for r in rows):
+        columns.insert(columns.index("step"), f"test {metric}")
+    best = best_per_group(rows, metric, group_by)
+    text = _table(rows, columns)
+    label = f"best per {group_by}" if group_by else "best trial"
+    text += f"\n\n{label} (by val {metric}):\n" + "\n".join(
+        f"  {(str(r[group_by]) + ': ') if group_by else ''}{r['trial']} {metric} "
+        f"{_fmt(r[metric])} -> {r['best']}" for r in best)
+    text += "".join(_ensemble_line(p) for p in sorted(folder.glob("*/metrics.json")))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*columns, "best"], lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in [*columns, "best"]})
+    write_atomic(folder / "summary.csv", buf.getvalue())
+    write_atomic(folder / "summary.md", text + "\n")
+    write_atomic(folder / "best.txt", "".join(r["best"] + "\n" for r in best))
+    return text, best
