@@ -35,6 +35,7 @@ def _worker(size: int, steps: int, warmup: int, precision: str, out: str) -> Non
     from unetdist.config import RunConfig
     from unetdist.train import loop as trainer
     from unetdist.train import setup as trainsetup
+    from unetdist.train.budget import TimeBudget
     from unetdist.train.losses import build_loss
     from unetdist.train.preempt import PreemptionFlag
 
@@ -43,9 +44,11 @@ def _worker(size: int, steps: int, warmup: int, precision: str, out: str) -> Non
     cfg.model.in_channels, cfg.model.width = 1, 64
     cfg.train.precision = precision
     acc = trainsetup.training_accelerator(cfg)  # the trainer's DDP and process-group settings
-    model, opt, sched, forward = trainsetup.build_training_objects(cfg, acc)
+    budget = TimeBudget(0.0, cfg.train.max_steps, acc.is_main_process)  # no time limit
+    model, opt, sched, forward = trainsetup.build_training_objects(cfg, acc, budget)
     run = trainsetup.Run(cfg, acc, Path(out).parent, "", "", False, model, opt, sched,
-                         build_loss(cfg.loss), trainsetup.TrainState(), forward=forward)
+                         build_loss(cfg.loss), trainsetup.TrainState(), forward=forward,
+                         budget=budget)
     g = torch.Generator().manual_seed(acc.process_index)
     batch = {"image": torch.randn(1, 1, size, size, generator=g),
              "label": (torch.rand(1, 1, size, size, generator=g) > 0.9).float(),
