@@ -7,7 +7,8 @@ Each package's docstring names every module in it and its one job.
 Shared modules:
 - `cli.py` — `unetdist <command>`: the subcommand table, one `error:` line per user mistake
 - `__main__.py` — `python -m unetdist`
-- `config.py` — the dataclass config tree: YAML + dotted overrides, validation, one merger
+- `config.py` — `RunConfig`: YAML + dotted overrides, validation, the one merger
+- `sections.py` — the config sections (one dataclass per builder) and their field checks
 - `errors.py` — UserError and friends (exit status 2)
 - `log.py` — rank-aware console output and progress (once per job, non-TTY lines)
 - `atomic.py` — crash-safe file and folder writes (the only temp+rename code)

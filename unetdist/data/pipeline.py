@@ -54,7 +54,7 @@ from unetdist.errors import DataError
 from unetdist.log import rank_warn
 
 if TYPE_CHECKING:
-    from unetdist.config import DataConfig
+    from unetdist.sections import DataConfig
 
 
 

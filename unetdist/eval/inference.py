@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unetdist.config import EvalConfig, RunConfig
+from unetdist.config import RunConfig
 from unetdist.distributed import inference_autocast
 from unetdist.errors import UserError
+from unetdist.sections import EvalConfig
 
 WEIGHTS_NAME = "model.safetensors"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from unetdist.config import ModelConfig
 from unetdist.errors import ConfigError, UserError
+from unetdist.sections import ModelConfig
 
 
 def _in_channels(cfg: ModelConfig) -> int:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from unetdist.config import LossConfig
+from unetdist.sections import LossConfig
 
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from unetdist.config import OptimConfig
+from unetdist.sections import OptimConfig
 
 
 def _sgd(params: list, cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from unetdist.config import RunConfig, TrainConfig, to_dict, to_yaml
+from unetdist.config import RunConfig, to_dict, to_yaml
 from unetdist.distributed import gather_objects, make_accelerator
 from unetdist.errors import ConfigError, DataError, FileSystemError, UserError
 from unetdist.log import say, warn
+from unetdist.sections import TrainConfig
 from unetdist.track.jsonl import Tracker, open_tracker
 from unetdist.train import checkpoint as ckpt
 from unetdist.train.budget import TimeBudget

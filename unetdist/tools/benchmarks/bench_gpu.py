@@ -64,8 +64,8 @@ def flops_per_image(size: int, width: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from unetdist.config import ModelConfig
     from unetdist.models.registry import build_model
+    from unetdist.sections import ModelConfig
 
     model = build_model(ModelConfig(in_channels=1, width=width)).to("meta")
     x = torch.empty(1, 1, size, size, device="meta")

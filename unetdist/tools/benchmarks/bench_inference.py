@@ -14,7 +14,6 @@ before reading the clock. --quick: a 96x88 image, 64 px tiles, width-8 models (a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -35,21 +34,9 @@ VARIANTS = [  # (model, precision, channels_last, tta)
 ]
 
 
-class _Autocast:
-    """What `sliding_window_predict` reads from an accelerator: the precision and autocast()."""
-
-    def __init__(self, device: torch.device, precision: str) -> None:
-        self.device, self.mixed_precision = device, "bf16" if precision == "bf16" else "no"
-
-    def autocast(self):
-        if self.mixed_precision == "no":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-
 def _build(name: str, quick: bool, channels_last: bool, device: torch.device):
-    from unetdist.config import ModelConfig
     from unetdist.models.registry import build_model
+    from unetdist.sections import ModelConfig
 
     spec = dict(MODELS[name], width=8) if quick else MODELS[name]
     torch.manual_seed(0)
@@ -64,13 +51,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _time_one(model, image: torch.Tensor, cfg, shim: _Autocast) -> float:
+def _time_one(model, image: torch.Tensor, cfg, precision: str) -> float:
     from unetdist.eval.inference import sliding_window_predict
 
-    _sync(shim.device)
+    _sync(image.device)
     t0 = time.perf_counter()
-    prob = sliding_window_predict(model, image, cfg, accelerator=shim)
-    _sync(shim.device)
+    prob = sliding_window_predict(model, image, cfg, precision=precision)
+    _sync(image.device)
     assert prob.shape[-2:] == image.shape[-2:]
     return time.perf_counter() - t0
 
@@ -97,10 +84,11 @@ def run_benchmark(quick: bool = False, iters: int | None = None, warmup: int = 1
     when printed: speed-ups > 1 mean faster, the TTA entry is a cost multiplier)."""
     from tqdm import tqdm
 
-    from unetdist.config import EvalConfig
+    from unetdist.distributed import pick_device
+    from unetdist.sections import EvalConfig
 
     iters = iters or (1 if quick else 3)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     h, w = (96, 88) if quick else DRIVE_SIZE
     tile = 64 if quick else 256
     image = torch.randn(1, 1, h, w, generator=torch.Generator().manual_seed(0)).to(device)
@@ -111,7 +99,7 @@ def run_benchmark(quick: bool = False, iters: int | None = None, warmup: int = 1
         for rep in range(warmup + iters):
             for i, (m, prec, cl, tta) in enumerate(VARIANTS):
                 cfg = EvalConfig(tile=tile, overlap=0.25, batch_size=4, tta=tta)
-                dt = _time_one(models[(m, cl)], image, cfg, _Autocast(device, prec))
+                dt = _time_one(models[(m, cl)], image, cfg, "bf16" if prec == "bf16" else "no")
                 if rep >= warmup:
                     times[i].append(dt)
                 bar.update(1)

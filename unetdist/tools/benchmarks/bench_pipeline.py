@@ -110,7 +110,7 @@ def _summary(times: list[tuple[float, float]], samples: int) -> dict:
 
 
 def _our_configs(n: int, batch: int, steps: int, workers: int) -> dict:
-    from unetdist.config import AugConfig, DataConfig
+    from unetdist.sections import AugConfig, DataConfig
 
     flips = AugConfig(rot90=False, rotate_deg=0, scale=0, brightness=0, contrast=0, gamma=0,
                       blur=0, noise=0)
@@ -148,10 +148,10 @@ def _loaders(shards: Path, pngs: Path, n: int, batch: int, steps: int, workers: 
 
 def _per_core(image_size: tuple[int, int], view: int, rounds: int) -> dict:
     """Single-threaded augmented VIEW x VIEW crops per second from one IMAGE_SIZE image."""
-    from unetdist.config import AugConfig, DataConfig
     from unetdist.data.augment import train_view
     from unetdist.data.ingest.synth import synthetic_sample
     from unetdist.data.preprocess import prepare
+    from unetdist.sections import AugConfig, DataConfig
 
     src = synthetic_sample(0, size=image_size)
     decoded = {"key": "k", "image": src.image, "label": src.vessels, "fov": src.fov}

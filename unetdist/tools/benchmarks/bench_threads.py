@@ -30,9 +30,9 @@ def thread_choices(usable: int, workers: int) -> dict[str, int]:
 def run_benchmark(quick: bool = False, workers: int = 1, rounds: int | None = None) -> dict:
     import torch
 
-    from unetdist.config import DataConfig
     from unetdist.data.ingest.synth import write_synthetic
     from unetdist.data.ingest.writer import shard_dataset
+    from unetdist.sections import DataConfig
     from unetdist.tools.bench import _train_objects, _wait_fraction
     from unetdist.train.threads import usable_cpus
 
