@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from unetdist.errors import ConfigError
+from unetdist.log import warn
 
 PRECISIONS = ("no", "bf16", "fp16", "auto")  # auto: bf16 where the device has it, else no
 
@@ -32,7 +33,6 @@ def resolve_precision(name: str, *, inference: bool = False, cuda: bool | None =
     if name == "fp16" and not cuda:
         if not inference:
             raise ConfigError("train.precision must be no|bf16 without CUDA, got 'fp16'")
-        from unetdist.log import warn
 
         warn("the model was trained with fp16, which needs CUDA: inferring in fp32 on the CPU")
         return "no"

@@ -15,7 +15,8 @@ import json
 import re
 from pathlib import Path
 
-from unetdist.errors import DataError
+from unetdist.data.tario import file_sha256
+from unetdist.errors import ConfigError, DataError
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -105,7 +106,6 @@ def read_manifest(root: str | Path) -> dict:
 
 def check_fold(manifest: dict, fold: int, where: str | Path) -> None:
     """ConfigError unless `fold` (data.fold) is -1 (off) or a fold of this manifest."""
-    from unetdist.errors import ConfigError
 
     if fold < 0:
         return
@@ -166,7 +166,6 @@ def verify_shards(root: str | Path, progress: bool = False) -> list[str]:
     """Re-hash every shard against the manifest; returns the problems found (empty = OK)."""
     from tqdm import tqdm
 
-    from unetdist.data.tario import file_sha256
 
     manifest = read_manifest(root)
     shards = [sh for e in manifest["splits"].values() for sh in e["shards"]]

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from unetdist.data.manifest import read_manifest, split_entries
 from unetdist.data.preprocess import preprocess
 from unetdist.data.reader import (
     CACHE,
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
 
 def count_samples(shard_dir: str, split: str, fold: int = -1) -> int:
     """Samples in SPLIT according to the manifest (0 when the split has none)."""
-    from unetdist.data.manifest import read_manifest, split_entries
 
     return sum(int(s["samples"]) for s in split_entries(read_manifest(shard_dir), split, fold))
 

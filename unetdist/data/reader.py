@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from unetdist.data.codec import decode_sample
+from unetdist.data.manifest import MANIFEST, check_fold, read_manifest, split_entries, split_names
 from unetdist.data.preprocess import Prepared, prepare
 from unetdist.errors import DataError
 
@@ -58,13 +59,6 @@ def split_shards(root: str, split: str, fold: int = -1) -> list[ShardInfo]:
 
     `fold` is data.fold: with k-fold shards, "train" is the other folds and "val" fold `fold`.
     """
-    from unetdist.data.manifest import (
-        MANIFEST,
-        check_fold,
-        read_manifest,
-        split_entries,
-        split_names,
-    )
 
     manifest = read_manifest(root)
     check_fold(manifest, fold, os.path.join(root, MANIFEST))

@@ -20,6 +20,7 @@ from torch import nn
 
 from unetdist.config import RunConfig
 from unetdist.errors import UserError
+from unetdist.eval.inference import load_checkpoint
 
 # what a model's input depends on: members that differ here would each need another input
 INPUT_FIELDS = ("data.channels", "data.clahe", "data.gamma", "data.normalize", "data.resize",
@@ -67,7 +68,6 @@ def load_models(paths: Sequence[str | Path]) -> tuple[nn.Module, RunConfig, list
 
     Each checkpoint is read once; duplicates are refused (they would weigh a model twice).
     """
-    from unetdist.eval.inference import load_checkpoint
 
     resolved = [str(Path(p).resolve()) for p in paths]
     dup = next((p for i, p in enumerate(resolved) if p in resolved[:i]), None)

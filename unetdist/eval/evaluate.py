@@ -19,7 +19,9 @@ import numpy as np
 from torch import nn
 
 from unetdist.atomic import write_atomic
+from unetdist.data.codec import encode_png
 from unetdist.distributed import gather_objects, rank_of_process
+from unetdist.eval import plots
 from unetdist.eval.inference import image_scale, sliding_window_predict, unwrap
 from unetdist.eval.metrics import COUNT_KEYS, MetricState, pr_from_histograms, roc_from_histograms
 from unetdist.sections import EvalConfig
@@ -52,7 +54,6 @@ def write_prediction_pngs(out_dir: Path, key: str, prob: np.ndarray, threshold: 
     """
     import cv2
 
-    from unetdist.data.codec import encode_png
 
     if size is not None and tuple(prob.shape) != tuple(size):
         prob = cv2.resize(prob, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
@@ -99,8 +100,6 @@ def write_metrics_json(result: dict, cfg: EvalConfig, path: Path, info: dict | N
 
 
 def write_plots(result: dict, state: MetricState, plot_dir: Path) -> None:
-    from unetdist.eval import plots
-
     fov = result["fov"]
     plots.plot_class_bars(fov, plot_dir / "class_metrics.png",
                           f"{result['num_images']} images, inside FOV (mIoU {fov['miou']:.3f})")
@@ -139,7 +138,6 @@ class _OverlayCache:
     def write(self, keys: list[str], plot_dir: Path) -> None:
         import cv2
 
-        from unetdist.eval import plots
 
         for key in keys:
             if key not in self.items:

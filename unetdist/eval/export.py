@@ -22,6 +22,7 @@ from torch import nn
 from unetdist.atomic import atomic_file
 from unetdist.errors import FileSystemError, UserError
 from unetdist.eval.inference import load_checkpoint, read_checkpoint
+from unetdist.models.weights import clean_state_dict, save_weights
 
 ONNX_TOLERANCE = 1e-4  # max |onnxruntime - torch| on the logits (absolute, plus the same rel.)
 SAMPLE_HW = (67, 83)  # odd sides: see the module docstring
@@ -31,7 +32,6 @@ CHECK_SHAPES = ((3, 96, 128), (1, 77, 101))  # (batch, H, W) checked with onnxru
 
 def export_safetensors(checkpoint: str | Path, out: str | Path) -> Path:
     """Weights + metadata (format, config, step) in one file usable alone as --checkpoint."""
-    from unetdist.models.weights import clean_state_dict, save_weights
 
     state, meta, _ = read_checkpoint(checkpoint)
     meta.setdefault("format", "unetdist-1")

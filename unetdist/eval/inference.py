@@ -20,10 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unetdist.config import RunConfig
+from unetdist.config import RunConfig, config_from_dict
+from unetdist.data.ingest.fov import fov_diameter
 from unetdist.distributed import inference_autocast
-from unetdist.errors import UserError
+from unetdist.errors import ConfigError, UserError
+from unetdist.eval.tta import tta_average
+from unetdist.models.registry import build_model
+from unetdist.models.weights import clean_state_dict, load_weights
 from unetdist.sections import EvalConfig
+from unetdist.train.checkpoint import BEST, CHECKPOINTS, LATEST, STATE_FILE, read_latest
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -123,8 +128,6 @@ def image_scale(cfg: EvalConfig, fov: torch.Tensor) -> float:
     auto matches vessel calibre across datasets: the model saw FOV discs `ref_fov_diameter`
     px wide, so a test disc of diameter d is resized by ref / d.
     """
-    from unetdist.data.ingest.fov import fov_diameter
-    from unetdist.errors import ConfigError
 
     if cfg.scale != "auto":
         return float(cfg.scale)
@@ -184,8 +187,6 @@ def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfi
 
 def _tta_averaged(model: nn.Module, image: torch.Tensor, cfg: EvalConfig,
                   accelerator, precision: str) -> torch.Tensor:
-    from unetdist.eval.tta import tta_average
-
     return tta_average(lambda x: _window(model, x, cfg, accelerator, precision), image,
                        cfg.tta)
 
@@ -201,7 +202,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     checkpoints/latest pointer file or the checkpoints/ folder (-> the newest checkpoint).
     """
     # train.checkpoint owns the run folder's layout; imported here only (eval sits below train)
-    from unetdist.train.checkpoint import BEST, CHECKPOINTS, LATEST, read_latest
 
     p = Path(path)
     if p.is_file() and p.name == LATEST:
@@ -234,7 +234,6 @@ def weights_file(path: str | Path) -> Path:
 def _stored_config(wf: Path, meta: dict) -> dict:
     """The run config of a weights file: its metadata, else config.yaml or the checkpoint's
     trainer_state.json beside it."""
-    from unetdist.train.checkpoint import STATE_FILE
 
     if "config" in meta:
         try:
@@ -263,8 +262,6 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict, RunConfig]:
     The config comes from the file's metadata (so the file works alone); a folder whose
     weights lack it falls back to its config.yaml or trainer_state.json.
     """
-    from unetdist.config import config_from_dict
-    from unetdist.models.weights import load_weights
 
     wf = weights_file(resolve_checkpoint(path))
     state, meta = load_weights(wf)  # UserError on an unreadable file
@@ -276,8 +273,6 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict, RunConfig]:
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, RunConfig, dict]:
     """(model on CPU in eval mode, config, safetensors metadata) of a checkpoint."""
-    from unetdist.models.registry import build_model
-    from unetdist.models.weights import clean_state_dict
 
     state, meta, cfg = read_checkpoint(path)
     # Weights come from the file: never look for the encoder's pretrained file again.

@@ -26,7 +26,9 @@ from torch import nn
 
 from unetdist.config import RunConfig
 from unetdist.data.ingest.fov import estimate_fov
+from unetdist.data.preprocess import preprocess
 from unetdist.errors import DataError, FileSystemError, UserError
+from unetdist.eval.evaluate import write_prediction_pngs
 from unetdist.eval.inference import image_scale, sliding_window_predict
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".webp")
@@ -101,7 +103,6 @@ def find_mask(fov_dir: Path, stem: str) -> Path | None:
 def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunConfig
                   ) -> np.ndarray:
     """(H, W) float32 vessel probability, zero outside the FOV."""
-    from unetdist.data.preprocess import preprocess
 
     x = preprocess(rgb, fov.astype(np.uint8), cfg.data)
     scale = image_scale(cfg.eval, torch.from_numpy(fov))
@@ -182,7 +183,6 @@ def predict_folder(model: nn.Module, cfg: RunConfig, images_dir: Path, out_dir: 
     """Predict every image of images_dir into out_dir; failures are collected, not raised."""
     from tqdm import tqdm
 
-    from unetdist.eval.evaluate import write_prediction_pngs
 
     report, stems = PredictReport(), {}
     inputs, earlier = split_outputs(list_images(images_dir))

@@ -15,6 +15,10 @@ import torch
 from torch import nn
 
 from unetdist.errors import ConfigError, UserError
+from unetdist.models.smp_unet import SmpModel, load_encoder
+from unetdist.models.timm_unet import TimmUNet
+from unetdist.models.unet import UNet
+from unetdist.models.weights import read_state_dict
 from unetdist.sections import ModelConfig
 
 
@@ -27,8 +31,6 @@ def _in_channels(cfg: ModelConfig) -> int:
 
 
 def _build_unet(cfg: ModelConfig, pretrained: bool) -> nn.Module:
-    from unetdist.models.unet import UNet
-
     model = UNet(_in_channels(cfg), cfg.num_classes, cfg.bilinear, width=cfg.width,
                  depth=cfg.depth, norm=cfg.norm, dropout=cfg.dropout)
     if pretrained and cfg.pretrained_path:
@@ -38,7 +40,6 @@ def _build_unet(cfg: ModelConfig, pretrained: bool) -> nn.Module:
 
 def _load_whole_model(model: nn.Module, path: str) -> None:
     """Start from a full checkpoint (e.g. the seed tutorial's `checkpoint_epoch*.pth`)."""
-    from unetdist.models.weights import read_state_dict
 
     if not Path(path).expanduser().is_file():
         raise UserError(f"model.pretrained_path: weights file not found: {path}")
@@ -53,8 +54,6 @@ def _load_whole_model(model: nn.Module, path: str) -> None:
 
 
 def _build_timm_unet(cfg: ModelConfig, pretrained: bool) -> nn.Module:
-    from unetdist.models.timm_unet import TimmUNet
-
     return TimmUNet(cfg.encoder, _in_channels(cfg), cfg.num_classes,
                     decoder_width=cfg.decoder_width, levels=cfg.encoder_levels, norm=cfg.norm,
                     dropout=cfg.dropout,
@@ -62,8 +61,6 @@ def _build_timm_unet(cfg: ModelConfig, pretrained: bool) -> nn.Module:
 
 
 def _build_smp(cfg: ModelConfig, pretrained: bool) -> nn.Module:
-    from unetdist.models.smp_unet import SmpModel, load_encoder
-
     model = SmpModel(cfg.arch, cfg.encoder, _in_channels(cfg), cfg.num_classes)
     if pretrained and cfg.pretrained_path:
         load_encoder(model, cfg.pretrained_path)

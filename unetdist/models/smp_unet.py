@@ -21,6 +21,7 @@ from torch import nn
 
 from unetdist.errors import ConfigError, UserError
 from unetdist.models.layers import pad_to_multiple
+from unetdist.models.weights import read_state_dict
 
 MIN_LOADED_FRACTION = 0.5  # below this share of the encoder's tensors loaded, loading failed
 
@@ -66,8 +67,6 @@ class SmpModel(nn.Module):
 
 
 def _encoder_state(path: str) -> dict[str, torch.Tensor]:
-    from unetdist.models.weights import read_state_dict
-
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"model.pretrained_path: weights file not found: {path}")

@@ -32,6 +32,7 @@ FORMAT = 1
 
 def benchmarks_dir() -> Path:
     """benchmarks/ of the source checkout this package runs from (where RESULTS.md lives)."""
+    # lazily: `unetdist --help` imports this module for SECTIONS
     from unetdist.errors import UserError
 
     path = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -121,6 +122,7 @@ def _train_objects(width: int, depth: int, compile_: bool = False):
     """The demo's model family, loss and optimizer, built by the product's own builders."""
     import torch
 
+    # lazily: `unetdist --help` imports this module for SECTIONS
     from unetdist.distributed import pick_device
     from unetdist.models.registry import apply_runtime_options, build_model
     from unetdist.sections import LossConfig, ModelConfig, OptimConfig
@@ -186,6 +188,7 @@ def bench_compile(quick: bool) -> dict:
 
 def _wait_fraction(data_cfg, shard_dir: str, objects, steps: int, warmup: int) -> dict:
     """Seconds blocked in next(batches) vs computing, over `steps` after `warmup` steps."""
+    # lazily: `unetdist --help` imports this module for SECTIONS
     from unetdist.data.pipeline import train_batches
 
     model, loss_fn, opt, device = objects
@@ -214,6 +217,7 @@ def bench_data_wait(quick: bool) -> dict:
     """
     import torch
 
+    # lazily: `unetdist --help` imports this module for SECTIONS
     from unetdist.data.ingest.synth import write_synthetic
     from unetdist.data.ingest.writer import shard_dataset
     from unetdist.sections import DataConfig

@@ -78,6 +78,7 @@ class DemoResult:
 
 def default_config() -> Path:
     """configs/demo.yaml as shipped inside the package (works from any directory)."""
+    # lazily: `unetdist --help` imports this module for DEFAULT_SIZE
     from unetdist.resources import resource
 
     return resource("configs", "demo.yaml")
@@ -157,6 +158,7 @@ def prepare_workdir(workdir: Path) -> None:
 
 
 def make_data(opts: DemoOptions) -> None:
+    # lazily: `unetdist --help` imports this module for DEFAULT_SIZE
     from unetdist.data.ingest.synth import write_synthetic
     from unetdist.data.ingest.writer import shard_dataset
 
@@ -223,6 +225,7 @@ def header(i: int, n: int, text: str) -> None:
 
 def run_demo(opts: DemoOptions) -> DemoResult:
     """Every step of the demo in order, with a header before each; returns where things are."""
+    # lazily: `unetdist --help` imports this module for DEFAULT_SIZE
     from unetdist.config import load_config
     from unetdist.track.report import build_report
 

@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from unetdist.atomic import write_atomic
+from unetdist.config import load_config
 from unetdist.errors import ConfigError, UserError
+from unetdist.log import say
 
 SWEEP_FILE = "sweep.json"
 METHODS = ("grid", "random")
@@ -138,7 +140,6 @@ def expand(spec: Spec) -> dict:
     Re-expanding the same spec into the same folder is allowed (a re-run resumes the
     trials); a different set of trials there is refused rather than mixed in.
     """
-    from unetdist.config import load_config
 
     trials = []
     for i, params in enumerate(combinations(spec)):
@@ -190,7 +191,6 @@ def trial_args(doc: dict, index: int) -> list[str]:
 
 def run_local(doc: dict, nproc: int = 1) -> list[str]:
     """Train the trials one after another here; returns the names of those that failed."""
-    from unetdist.log import say
 
     failed = []
     for i, t in enumerate(doc["trials"]):

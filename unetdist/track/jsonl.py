@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from unetdist.atomic import write_atomic
+from unetdist.config import to_dict
+from unetdist.track.wandb_tracker import WandbTracker
 
 if TYPE_CHECKING:
     from unetdist.config import RunConfig
@@ -176,9 +178,6 @@ def open_tracker(cfg: RunConfig, run_dir: str | Path, *, is_main: bool,
     truncate_records(Path(run_dir) / METRICS_FILE, resume_step)
     trackers: list = []
     if cfg.track.wandb.mode != "disabled":
-        from unetdist.config import to_dict
-        from unetdist.track.wandb_tracker import WandbTracker
-
         wb = WandbTracker(cfg.track.wandb, Path(run_dir), to_dict(cfg), resume_id=run_id)
         if wb.active:
             trackers.append(wb)

@@ -17,6 +17,8 @@ from typing import Any
 
 from unetdist.atomic import write_atomic
 from unetdist.errors import UserError
+from unetdist.eval.plots import plot_training_curves
+from unetdist.track.jsonl import read_records
 from unetdist.track.report_html import CSS
 from unetdist.track.report_html import esc as _esc
 from unetdist.track.report_html import fig_bytes as _fig_bytes
@@ -28,6 +30,7 @@ from unetdist.track.report_html import na as _na
 from unetdist.track.report_html import raw as _raw
 from unetdist.track.report_html import section as _section
 from unetdist.track.report_html import table as _table
+from unetdist.track.wandb_tracker import scrub
 
 REPORT_FILE = "report.html"
 METRIC_ROWS = ("dice", "iou_vessel", "iou_background", "miou", "precision", "recall",
@@ -57,7 +60,6 @@ def _load(path: Path) -> dict | None:
 
 def _records(path: Path) -> list[dict]:
     """metrics.jsonl records with an integer step (torn lines are skipped by read_records)."""
-    from unetdist.track.jsonl import read_records
 
     return [r for r in read_records(path) if isinstance(r, dict) and isinstance(
         r.get("step"), int)]
@@ -76,7 +78,6 @@ def _curves_png(records: list[dict]) -> bytes:
     """Loss / lr / validation curves: plots.plot_training_curves, drawn to a temp file."""
     import tempfile
 
-    from unetdist.eval.plots import plot_training_curves
 
     with tempfile.TemporaryDirectory() as d:
         return plot_training_curves(records, Path(d) / "curves.png").read_bytes()
@@ -159,7 +160,6 @@ def _environment(run_dir: Path, config: dict | None) -> str:
         info = config["runinfo"]
     if not info:
         return _na("not available (no runinfo.json)")
-    from unetdist.track.wandb_tracker import scrub
 
     info = scrub(info)
     first = [k for k in ("gpus", "world_size", "precision", "host", "slurm_job_id", "git",
@@ -179,7 +179,6 @@ def _environment(run_dir: Path, config: dict | None) -> str:
 def _config(config: dict | None) -> str:
     if not config:
         return _na("not available (no config.yaml)")
-    from unetdist.track.wandb_tracker import scrub
 
     config = scrub({k: v for k, v in config.items() if k != "runinfo"})
     scalars = [[k, v] for k, v in config.items() if not isinstance(v, dict)]

@@ -33,6 +33,7 @@ from typing import Any
 
 from unetdist.atomic import fsync_path, replace_dir, write_atomic
 from unetdist.errors import DataError, FileSystemError, UserError
+from unetdist.models.weights import save_weights
 from unetdist.train.faults import fault
 
 CHECKPOINTS = "checkpoints"
@@ -328,7 +329,6 @@ def clear_preempted(run_dir: str | Path) -> None:
 def export_best(state_dict: dict, config_dict: dict, config_yaml: str, metrics: dict[str, Any],
                 step: int, run_dir: str | Path) -> Path:
     """Write run_dir/best/ atomically (rank 0): weights with the config in their metadata."""
-    from unetdist.models.weights import save_weights
 
     best = Path(run_dir) / BEST
     tmp = Path(run_dir) / f"{TMP_PREFIX}{BEST}"

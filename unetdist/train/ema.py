@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from unetdist.models.weights import load_weights, save_weights
+
 EMA_FILE = "ema.safetensors"
 
 
@@ -53,8 +55,6 @@ class ModelEma:
         return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
 
     def save(self, folder: str | Path) -> Path:
-        from unetdist.models.weights import save_weights
-
         # one metadata key: safetensors writes several in a per-process random order, and a
         # resumed run's checkpoint should be byte-identical to the uninterrupted run's
         meta = json.dumps({"decay": self.decay, "updates": self.updates}, sort_keys=True)
@@ -62,7 +62,6 @@ class ModelEma:
 
     def load(self, folder: str | Path) -> bool:
         """Restore the state a checkpoint folder holds; False when it has none."""
-        from unetdist.models.weights import load_weights
 
         path = Path(folder) / EMA_FILE
         if not path.is_file():

@@ -21,15 +21,21 @@ from pathlib import Path
 import torch
 
 from unetdist.config import RunConfig, to_dict, to_yaml
+from unetdist.data.pipeline import eval_samples, run_batches, single_threaded_opencv
+from unetdist.data.stage.node import check_data_paths, resolve_data_dir
 from unetdist.distributed import (
     broadcast_buffers,
     resolve_precision,
     sum_across,
 )
-from unetdist.log import rank_say, say
+from unetdist.eval.evaluate import evaluate_split
+from unetdist.eval.inference import sliding_window_predict
+from unetdist.eval.plots import plot_training_curves
+from unetdist.log import progress, rank_say, say
 from unetdist.track.jsonl import METRICS_FILE, read_records
 from unetdist.train import checkpoint as ckpt
 from unetdist.train.faults import install_faults
+from unetdist.train.optim import scheduler_state
 from unetdist.train.preempt import PreemptionFlag
 from unetdist.train.setup import (
     Run,
@@ -57,15 +63,12 @@ class TrainResult:
 
 def fit(cfg: RunConfig) -> TrainResult:
     """Train `cfg` to `train.max_steps` (or until preempted); resume per `train.resume`."""
-    from unetdist.data.stage.node import resolve_data_dir
 
     precision = resolve_precision(cfg.train.precision)  # fail before staging, not after
     if precision != cfg.train.precision:  # auto: config.yaml and checkpoints record what ran
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
     threads = apply_thread_policy(torch.cuda.is_available(), cfg.data.num_workers)
     if cfg.data.num_workers:
-        from unetdist.data.pipeline import single_threaded_opencv
-
         single_threaded_opencv()  # before any OpenCV work here: workers are forked later
     with PreemptionFlag() as flag:  # from the start: a signal while staging is not fatal either
         shard_dir = resolve_data_dir(cfg.data)  # staging before the process group: no timeouts
@@ -87,7 +90,6 @@ def fit(cfg: RunConfig) -> TrainResult:
 
 def check_only(cfg: RunConfig) -> str:
     """`train --check`: what a launch script validates in one process before starting workers."""
-    from unetdist.data.stage.node import check_data_paths
 
     resolve_precision(cfg.train.precision)
     folder = check_data_paths(cfg.data)
@@ -152,7 +154,6 @@ def finish(run: Run, result: TrainResult) -> None:
 
 def batch_stream(run: Run) -> Iterator[dict]:
     """The rank's batches from the current stream position on: one loader for the whole run."""
-    from unetdist.data.pipeline import run_batches
 
     cfg, acc = run.cfg, run.acc
     return run_batches(cfg.data, run.shard_dir, seed=cfg.seed, rank=acc.process_index,
@@ -164,7 +165,6 @@ def batch_stream(run: Run) -> Iterator[dict]:
 
 def progress_bar(run: Run):
     """tqdm on a terminal; otherwise (SLURM .out files) a full line every train.log_seconds."""
-    from unetdist.log import progress
 
     cfg = run.cfg.train
     return progress(cfg.max_steps, desc="train", unit="step", initial=run.state.step,
@@ -223,7 +223,6 @@ def validate(run: Run, flag: PreemptionFlag | None = None) -> dict | None:
     With train.ema_decay the EMA weights are validated too (split "val_ema"); best/ takes
     whichever scored higher (the raw weights on a tie) and its metrics.json says which.
     """
-    from unetdist.eval.plots import plot_training_curves
 
     acc, st = run.acc, run.state
     t0 = time.perf_counter()
@@ -259,8 +258,6 @@ def validate(run: Run, flag: PreemptionFlag | None = None) -> dict | None:
 def score(run: Run, model: torch.nn.Module, split: str,
           flag: PreemptionFlag | None) -> dict | None:
     """Validation metrics of `model` (all ranks, each its share); None when preempted."""
-    from unetdist.data.pipeline import eval_samples
-    from unetdist.eval.evaluate import evaluate_split
 
     cfg, acc = run.cfg, run.acc
     broadcast_buffers(model)  # one copy of the BN statistics
@@ -282,8 +279,6 @@ def log_val_masks(run: Run) -> None:
         return
     from itertools import islice
 
-    from unetdist.data.pipeline import eval_samples
-    from unetdist.eval.inference import sliding_window_predict
 
     model = run.acc.unwrap_model(run.model)  # DDP's forward would sync with idle ranks
     images = []
@@ -311,7 +306,6 @@ def export_best(run: Run, metrics: dict, module: torch.nn.Module | None = None) 
 def save(run: Run) -> Path | None:
     if run.last_saved_step == run.state.step:
         return None
-    from unetdist.train.optim import scheduler_state
 
     state = run.state.state_dict(steps_per_epoch=run.cfg.data.steps_per_epoch,
                                  manifest_hash=run.manifest_hash,

@@ -17,14 +17,19 @@ from pathlib import Path
 import torch
 
 from unetdist.config import RunConfig, to_dict, to_yaml
+from unetdist.data.manifest import MANIFEST, check_fold, manifest_hash, read_manifest, split_names
 from unetdist.distributed import gather_objects, make_accelerator
 from unetdist.errors import ConfigError, DataError, FileSystemError, UserError
 from unetdist.log import say, warn
+from unetdist.models.registry import apply_runtime_options, build_model, compile_model
 from unetdist.sections import TrainConfig
 from unetdist.track.jsonl import Tracker, open_tracker
+from unetdist.track.runinfo import run_info, write_run_config
 from unetdist.train import checkpoint as ckpt
 from unetdist.train.budget import TimeBudget
 from unetdist.train.ema import ModelEma
+from unetdist.train.losses import build_loss
+from unetdist.train.optim import build_optimizer, build_scheduler, load_scheduler_state
 from unetdist.train.runlock import RunLock
 
 
@@ -139,8 +144,6 @@ def training_accelerator(cfg: RunConfig):
 
 
 def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
-    from unetdist.data.manifest import MANIFEST, check_fold, manifest_hash, read_manifest
-
     manifest = read_manifest(shard_dir)
     check_fold(manifest, cfg.data.fold, Path(shard_dir) / MANIFEST)
     if not cfg.eval.ref_fov_diameter:  # stored with the model, for eval.scale=auto later
@@ -178,9 +181,6 @@ def take_run_lock(acc, run_dir: Path) -> RunLock | None:
 
 def _setup_locked(cfg: RunConfig, acc, shard_dir: str, manifest: dict, run_dir: Path,
                   mhash: str) -> Run:
-    from unetdist.data.manifest import split_names
-    from unetdist.train.losses import build_loss
-
     resume_from, saved = plan_resume(cfg, acc, run_dir, mhash)
     acc.wait_for_everyone()  # every rank has read the run dir before rank 0 writes to it
     if acc.is_main_process:
@@ -242,8 +242,6 @@ def plan_resume(cfg: RunConfig, acc, run_dir: Path, mhash: str) -> tuple[Path | 
 
 
 def prepare_run_dir(cfg: RunConfig, acc, run_dir: Path) -> None:
-    from unetdist.track.runinfo import run_info, write_run_config
-
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         removed = ckpt.clean_stale(run_dir)
@@ -267,8 +265,6 @@ def build_training_objects(cfg: RunConfig, acc, budget: TimeBudget):
     """
     from accelerate.utils import set_seed
 
-    from unetdist.models.registry import apply_runtime_options, build_model, compile_model
-    from unetdist.train.optim import build_optimizer, build_scheduler
 
     set_seed(cfg.seed)  # identical initial weights on every rank
     model = apply_runtime_options(build_model(cfg.model), cfg.model,
@@ -284,8 +280,6 @@ def build_training_objects(cfg: RunConfig, acc, budget: TimeBudget):
 
 
 def restore(run: Run, path: Path, saved: dict) -> None:
-    from unetdist.train.optim import load_scheduler_state
-
     acc = run.acc
     ckpt.load_accelerate_state(acc, path)
     try:

@@ -234,7 +234,7 @@ def discover(root: str | Path, layout: str, spec: FolderSpec | None = None) -> D
         raise DataError(f"source folder not found: {root}")
     found = Discovery()
     if layout in ("chase", "stare", "hrf"):
-        from unetdist.data.ingest.datasets import DATASETS
+        from unetdist.data.ingest.datasets import DATASETS  # lazily: datasets imports our types
 
         DATASETS[layout](root, found)
     elif layout == "drive":

@@ -21,16 +21,27 @@ from pathlib import Path
 
 import numpy as np
 
-from unetdist.data.ingest.checks import ReadOptions
-from unetdist.data.ingest.layouts import FolderSpec, RawSample
+from unetdist.atomic import atomic_dir, check_output_dir, fsync_path
+from unetdist.data.codec import encode_mask, encode_png
+from unetdist.data.ingest.checks import (
+    DEFAULT_MAX_PIXELS,
+    ReadOptions,
+    check_samples,
+    format_problems,
+    load_sample,
+)
+from unetdist.data.ingest.datasets import NO_OFFICIAL_SPLIT
+from unetdist.data.ingest.folds import assign_folds
+from unetdist.data.ingest.fov import estimate_fov, fov_diameter
+from unetdist.data.ingest.layouts import FolderSpec, RawSample, assign_val, discover
 from unetdist.data.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, FORMAT, MANIFEST, SPLITS
+from unetdist.data.tario import TarShard
 from unetdist.errors import DataError, UserError
 from unetdist.log import warn
 
 
 def _fov(s: RawSample, image: np.ndarray, fov: np.ndarray | None) -> tuple[np.ndarray, str]:
     """The sample's FOV (uint8 {0,1}) and where it came from."""
-    from unetdist.data.ingest.fov import estimate_fov
 
     if fov is not None:
         return fov, "file"
@@ -42,9 +53,6 @@ def _fov(s: RawSample, image: np.ndarray, fov: np.ndarray | None) -> tuple[np.nd
 
 def encode_sample(s: RawSample, opts: ReadOptions | None = None) -> list[tuple[str, bytes]]:
     """The tar members of one sample, in the fixed order."""
-    from unetdist.data.codec import encode_mask, encode_png
-    from unetdist.data.ingest.checks import format_problems, load_sample
-    from unetdist.data.ingest.fov import fov_diameter
 
     loaded, problems = load_sample(s, opts or ReadOptions())
     if loaded is None:  # the file changed after validation
@@ -96,7 +104,6 @@ def _write_split(folder: Path, split: str, groups: list[list[RawSample]], encode
 
     At most `window` encoded samples wait in memory. Each shard entry also carries
     "metas" and "group" (popped by the caller)."""
-    from unetdist.data.tario import TarShard
 
     max_samples, max_bytes = limits
     shards: list[dict] = []
@@ -150,8 +157,6 @@ def _check_layout_options(layout: str, folders: dict, suffixes: dict) -> None:
 def _validated(src: Path, layout: str, spec: FolderSpec, threads: int, progress: bool,
                opts: ReadOptions) -> list[RawSample]:
     """Discover, decode and check every sample; DataError listing all problems."""
-    from unetdist.data.ingest.checks import check_samples, format_problems
-    from unetdist.data.ingest.layouts import discover
 
     found = discover(src, layout, spec)
     for note in found.notes:
@@ -168,9 +173,6 @@ def _validated(src: Path, layout: str, spec: FolderSpec, threads: int, progress:
 def _splits(samples: list[RawSample], layout: str, split_val: float | None, folds: int,
             fold_seed: int) -> tuple[list[RawSample], list[list[str]] | None]:
     """Samples with their final split, and the ids of each fold (None without --folds)."""
-    from unetdist.data.ingest.datasets import NO_OFFICIAL_SPLIT
-    from unetdist.data.ingest.folds import assign_folds
-    from unetdist.data.ingest.layouts import assign_val
 
     if not folds:
         return assign_val(samples, 0.1 if split_val is None else split_val), None
@@ -234,8 +236,6 @@ def shard_dataset(src: str | Path, out: str | Path, *, layout: str = "drive",
 
     from tqdm import tqdm
 
-    from unetdist.atomic import atomic_dir, check_output_dir, fsync_path
-    from unetdist.data.ingest.checks import DEFAULT_MAX_PIXELS
 
     _check_options(max_samples, max_bytes, split_val, binarize, max_pixels)
     src, out = Path(src).absolute(), Path(out).absolute()

@@ -34,6 +34,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from unetdist.config import load_config
+from unetdist.data.ingest.synth import write_synthetic
+from unetdist.data.ingest.writer import shard_dataset
+from unetdist.models.registry import build_model
+from unetdist.sections import ModelConfig
+from unetdist.tools.syncs import sync_counter
+from unetdist.train.loop import batch_stream
+from unetdist.train.preempt import PreemptionFlag
+from unetdist.train.setup import setup_run, training_accelerator
+from unetdist.train.step import train_step
+
 PROFILES = {
     "gpu": {"size": 512, "width": 64, "batch": 16, "warmup": 10, "steps": 50, "workers": 6,
             "images": 24},
@@ -64,8 +75,6 @@ def flops_per_image(size: int, width: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from unetdist.models.registry import build_model
-    from unetdist.sections import ModelConfig
 
     model = build_model(ModelConfig(in_channels=1, width=width)).to("meta")
     x = torch.empty(1, 1, size, size, device="meta")
@@ -97,7 +106,6 @@ def _steps(run, stream, flag, n: int, counter=None) -> tuple[float, float]:
 
     import torch
 
-    from unetdist.train.step import train_step
 
     waited, t0 = 0.0, time.perf_counter()
     for _ in range(n):
@@ -136,9 +144,6 @@ def _allreduce_busbw(acc, numel: int) -> float | None:
 
 def _measure(run, prof: dict) -> dict:
     """Warm-up, timed steps, then host syncs counted over SYNC_STEPS more steps."""
-    from unetdist.tools.syncs import sync_counter
-    from unetdist.train.loop import batch_stream
-    from unetdist.train.preempt import PreemptionFlag
 
     stream, flag = batch_stream(run), PreemptionFlag()
     try:
@@ -162,8 +167,6 @@ def _measure(run, prof: dict) -> dict:
 
 def run_variant(shards: str, out: str, prof: dict, extra: list[str]) -> dict:
     """Measure one variant in this process (every rank under `accelerate launch`)."""
-    from unetdist.config import load_config
-    from unetdist.train.setup import setup_run, training_accelerator
 
     run_dir = Path(out).with_suffix(".run")  # beside the result: one run dir for all ranks
     cfg = load_config(None, overrides(shards, str(run_dir), prof) + extra)
@@ -187,9 +190,6 @@ def run_variant(shards: str, out: str, prof: dict, extra: list[str]) -> dict:
 
 
 def _make_shards(root: Path, prof: dict) -> str:
-    from unetdist.data.ingest.synth import write_synthetic
-    from unetdist.data.ingest.writer import shard_dataset
-
     side = prof["size"] + prof["size"] // 8  # crops are taken inside a larger image
     raw = write_synthetic(root / "raw", n_train=prof["images"], n_test=0, size=(side, side),
                           seed=0, progress=False)

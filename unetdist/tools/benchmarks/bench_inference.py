@@ -23,6 +23,11 @@ from pathlib import Path
 
 import torch
 
+from unetdist.distributed import pick_device
+from unetdist.eval.inference import sliding_window_predict
+from unetdist.models.registry import build_model
+from unetdist.sections import EvalConfig, ModelConfig
+
 DRIVE_SIZE = (584, 565)
 MODELS = {"seed": {"width": 64, "depth": 4}, "demo": {"width": 16, "depth": 3}}
 VARIANTS = [  # (model, precision, channels_last, tta)
@@ -35,9 +40,6 @@ VARIANTS = [  # (model, precision, channels_last, tta)
 
 
 def _build(name: str, quick: bool, channels_last: bool, device: torch.device):
-    from unetdist.models.registry import build_model
-    from unetdist.sections import ModelConfig
-
     spec = dict(MODELS[name], width=8) if quick else MODELS[name]
     torch.manual_seed(0)
     model = build_model(ModelConfig(in_channels=1, **spec)).to(device).eval()
@@ -52,8 +54,6 @@ def _sync(device: torch.device) -> None:
 
 
 def _time_one(model, image: torch.Tensor, cfg, precision: str) -> float:
-    from unetdist.eval.inference import sliding_window_predict
-
     _sync(image.device)
     t0 = time.perf_counter()
     prob = sliding_window_predict(model, image, cfg, precision=precision)
@@ -84,8 +84,6 @@ def run_benchmark(quick: bool = False, iters: int | None = None, warmup: int = 1
     when printed: speed-ups > 1 mean faster, the TTA entry is a cost multiplier)."""
     from tqdm import tqdm
 
-    from unetdist.distributed import pick_device
-    from unetdist.sections import EvalConfig
 
     iters = iters or (1 if quick else 3)
     device = pick_device()

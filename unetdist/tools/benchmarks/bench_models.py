@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unetdist.models.unet import UNet
+
 
 def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> float:
     """One forward+backward pass; seconds it took."""
@@ -76,7 +78,6 @@ def run_benchmark(size: int = 512, iters: int = 3, *, warmup: int = 1,
     """
     from tqdm import tqdm
 
-    from unetdist.models.unet import UNet
 
     if threads:
         torch.set_num_threads(threads)

@@ -38,6 +38,15 @@ import cv2
 import numpy as np
 import torch
 
+from unetdist.data.augment import train_view
+from unetdist.data.codec import decode_sample
+from unetdist.data.ingest.synth import synthetic_sample, write_synthetic
+from unetdist.data.ingest.writer import shard_dataset
+from unetdist.data.pipeline import train_batches
+from unetdist.data.preprocess import prepare
+from unetdist.data.reader import CACHE, iter_raw, split_shards
+from unetdist.sections import AugConfig, DataConfig
+
 
 def _cpu_seconds() -> float:
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
@@ -72,10 +81,6 @@ class SeedStyleDataset(torch.utils.data.Dataset):
 
 def _make_data(root: Path, n: int, size: tuple[int, int]) -> tuple[Path, Path]:
     """Synthetic images -> shards (our pipeline) + the same samples as PNG files (baseline)."""
-    from unetdist.data.codec import decode_sample
-    from unetdist.data.ingest.synth import write_synthetic
-    from unetdist.data.ingest.writer import shard_dataset
-    from unetdist.data.reader import iter_raw, split_shards
 
     raw = write_synthetic(root / "raw", n_train=n, n_test=0, size=size, progress=False)
     shards = root / "shards"
@@ -110,8 +115,6 @@ def _summary(times: list[tuple[float, float]], samples: int) -> dict:
 
 
 def _our_configs(n: int, batch: int, steps: int, workers: int) -> dict:
-    from unetdist.sections import AugConfig, DataConfig
-
     flips = AugConfig(rot90=False, rotate_deg=0, scale=0, brightness=0, contrast=0, gamma=0,
                       blur=0, noise=0)
     common = {"batch_size": batch, "steps_per_epoch": steps, "num_workers": workers}
@@ -124,9 +127,6 @@ def _our_configs(n: int, batch: int, steps: int, workers: int) -> dict:
 
 
 def _loaders(shards: Path, pngs: Path, n: int, batch: int, steps: int, workers: int) -> dict:
-    from unetdist.data.pipeline import train_batches
-    from unetdist.data.reader import CACHE
-
     samples = batch * steps
     seed_ds = SeedStyleDataset(pngs, n)
 
@@ -148,10 +148,6 @@ def _loaders(shards: Path, pngs: Path, n: int, batch: int, steps: int, workers: 
 
 def _per_core(image_size: tuple[int, int], view: int, rounds: int) -> dict:
     """Single-threaded augmented VIEW x VIEW crops per second from one IMAGE_SIZE image."""
-    from unetdist.data.augment import train_view
-    from unetdist.data.ingest.synth import synthetic_sample
-    from unetdist.data.preprocess import prepare
-    from unetdist.sections import AugConfig, DataConfig
 
     src = synthetic_sample(0, size=image_size)
     decoded = {"key": "k", "image": src.image, "label": src.vessels, "fov": src.fov}

@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from unetdist.data.stage.node import stage
+
 SHARD_MB = 32
 
 
@@ -93,8 +95,6 @@ def _fsync_tree(root: Path) -> None:
 
 
 def _variants(manifest: dict) -> dict:
-    from unetdist.data.stage.node import stage
-
     def copy_then_hash(src: Path, dst: Path) -> None:
         shutil.copytree(src, dst)
         _sha_pass(dst, manifest)

@@ -15,6 +15,12 @@ import json
 import tempfile
 from pathlib import Path
 
+from unetdist.data.ingest.synth import write_synthetic
+from unetdist.data.ingest.writer import shard_dataset
+from unetdist.sections import DataConfig
+from unetdist.tools.bench import _train_objects, _wait_fraction
+from unetdist.train.threads import usable_cpus
+
 
 def thread_choices(usable: int, workers: int) -> dict[str, int]:
     """Named thread counts to compare (duplicates dropped, first name kept)."""
@@ -30,11 +36,6 @@ def thread_choices(usable: int, workers: int) -> dict[str, int]:
 def run_benchmark(quick: bool = False, workers: int = 1, rounds: int | None = None) -> dict:
     import torch
 
-    from unetdist.data.ingest.synth import write_synthetic
-    from unetdist.data.ingest.writer import shard_dataset
-    from unetdist.sections import DataConfig
-    from unetdist.tools.bench import _train_objects, _wait_fraction
-    from unetdist.train.threads import usable_cpus
 
     size, n, crop, batch, width = (64, 4, 48, 4, 8) if quick else (256, 20, 128, 4, 16)
     steps, warmup = (3, 1) if quick else (20, 3)

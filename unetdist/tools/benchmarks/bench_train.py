@@ -25,6 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from unetdist.config import RunConfig
+from unetdist.train import loop as trainer
+from unetdist.train import setup as trainsetup
+from unetdist.train.budget import TimeBudget
+from unetdist.train.losses import build_loss
+from unetdist.train.preempt import PreemptionFlag
+
 CONFIGS = [(1, "no"), (2, "no"), (1, "bf16"), (2, "bf16")]
 
 
@@ -32,12 +39,6 @@ def _worker(size: int, steps: int, warmup: int, precision: str, out: str) -> Non
     """One process of one configuration: time `steps` train steps after `warmup`."""
     import torch
 
-    from unetdist.config import RunConfig
-    from unetdist.train import loop as trainer
-    from unetdist.train import setup as trainsetup
-    from unetdist.train.budget import TimeBudget
-    from unetdist.train.losses import build_loss
-    from unetdist.train.preempt import PreemptionFlag
 
     cfg = RunConfig()
     cfg.data.channels, cfg.data.batch_size = "gray", 1
