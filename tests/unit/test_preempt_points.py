@@ -58,18 +58,17 @@ class Flag:
 
 
 def test_a_signal_during_validation_checkpoints_that_step_and_stops(run, monkeypatch):
-    from unetdist.data import pipeline
     from unetdist.track.jsonl import read_records
-    from unetdist.train.loop import train_loop
+    from unetdist.train import loop
 
-    flag, real = Flag(), pipeline.eval_samples
+    flag, real = Flag(), loop.eval_samples
 
     def signal_while_validating(*args, **kw):  # the signal lands as validation starts
         flag.received.append("SIGUSR1")
         return real(*args, **kw)
 
-    monkeypatch.setattr(pipeline, "eval_samples", signal_while_validating)
-    result = train_loop(run, flag)
+    monkeypatch.setattr(loop, "eval_samples", signal_while_validating)
+    result = loop.train_loop(run, flag)
     assert result.preempted and result.step == 2
     assert (run.run_dir / "PREEMPTED").read_text().strip() == "2"
     assert (run.run_dir / "checkpoints" / "step-000002" / "trainer_state.json").is_file()
