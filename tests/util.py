@@ -73,3 +73,15 @@ def wait_for(predicate, timeout: float = 120, interval: float = 0.1, what: str =
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def synthetic_shards(root: Path, *, n_train: int, seed: int, split_val: float = 0.0,
+                     n_test: int = 0, size: tuple[int, int] = (64, 64)) -> Path:
+    """A small synthetic DRIVE-layout dataset under ROOT/raw, sharded into ROOT/shards."""
+    from unetdist.data.ingest.synth import write_synthetic
+    from unetdist.data.ingest.writer import shard_dataset
+
+    raw = write_synthetic(root / "raw", n_train=n_train, n_test=n_test, size=size, seed=seed,
+                          progress=False)
+    shard_dataset(raw, root / "shards", layout="drive", split_val=split_val, progress=False)
+    return root / "shards"

@@ -45,14 +45,8 @@ def _equal(a: dict, b: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    from unetdist.data.ingest.synth import write_synthetic
-    from unetdist.data.ingest.writer import shard_dataset
-
-    root = tmp_path_factory.mktemp("compile-data")
-    raw = write_synthetic(root / "raw", n_train=6, n_test=0, size=(64, 64), seed=5,
-                          progress=False)
-    shard_dataset(raw, root / "shards", layout="drive", split_val=0.0, progress=False)
-    return root / "shards"
+    return synthetic_shards(tmp_path_factory.mktemp("compile-data"), n_train=6,
+                            seed=5, split_val=0.0)
 
 
 def test_resume_across_a_compile_toggle_and_from_old_compiled_keys(shards, tmp_path):

@@ -13,20 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.util import synthetic_shards
 from unetdist.config import load_config
 from unetdist.tools.syncs import FakeSyncCounter
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    from unetdist.data.ingest.synth import write_synthetic
-    from unetdist.data.ingest.writer import shard_dataset
-
-    root = tmp_path_factory.mktemp("sync-data")
-    raw = write_synthetic(root / "raw", n_train=4, n_test=0, size=(64, 64), seed=2,
-                          progress=False)
-    shard_dataset(raw, root / "shards", layout="drive", split_val=0.0, progress=False)
-    return root / "shards"
+    return synthetic_shards(tmp_path_factory.mktemp("sync-data"), n_train=4,
+                            seed=2, split_val=0.0)
 
 
 @pytest.fixture

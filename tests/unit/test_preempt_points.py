@@ -8,19 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.util import synthetic_shards
 from unetdist.config import load_config
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    from unetdist.data.ingest.synth import write_synthetic
-    from unetdist.data.ingest.writer import shard_dataset
-
-    root = tmp_path_factory.mktemp("preempt-data")
-    raw = write_synthetic(root / "raw", n_train=6, n_test=0, size=(64, 64), seed=4,
-                          progress=False)
-    shard_dataset(raw, root / "shards", layout="drive", split_val=0.34, progress=False)
-    return root / "shards"
+    return synthetic_shards(tmp_path_factory.mktemp("preempt-data"), n_train=6,
+                            seed=4, split_val=0.34)
 
 
 @pytest.fixture
