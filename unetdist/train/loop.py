@@ -2,8 +2,8 @@
 
 Distributed semantics (DESIGN.md §4-§5): data is staged before the process group exists; the
 webdataset stream is never passed through `accelerator.prepare()` (each rank reads its own
-explicitly seeded stream and we move batches to the device); the LR scheduler is stepped here
-once per optimizer step and only registered for checkpointing. The step itself (and its one
+explicitly seeded stream and we move batches to the device); the LR scheduler is stepped once
+per optimizer step and saved as scheduler.json (never pickled). The step itself (and its one
 agreement all-reduce, the step's only host sync) is `unetdist.train.step`. One loader serves
 the whole run (`batch_stream`); the preemption flag is polled at every step end, inside
 validation and before every checkpoint.
@@ -63,7 +63,6 @@ class TrainResult:
 
 def fit(cfg: RunConfig) -> TrainResult:
     """Train `cfg` to `train.max_steps` (or until preempted); resume per `train.resume`."""
-
     precision = resolve_precision(cfg.train.precision)  # fail before staging, not after
     if precision != cfg.train.precision:  # auto: config.yaml and checkpoints record what ran
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
@@ -90,7 +89,6 @@ def fit(cfg: RunConfig) -> TrainResult:
 
 def check_only(cfg: RunConfig) -> str:
     """`train --check`: what a launch script validates in one process before starting workers."""
-
     resolve_precision(cfg.train.precision)
     folder = check_data_paths(cfg.data)
     return f"ok: config valid; data {folder}; run_dir {cfg.train.run_dir}"
