@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from tests.util import launch, subprocess_env
+from tests.util import launch, subprocess_env, synthetic_shards
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
