@@ -1,18 +1,28 @@
-"""The README's fenced shell blocks as commands, so tests break when the README drifts."""
+"""The README's and docs/*.md's fenced shell blocks as commands, and their relative links, so
+tests break when the documentation drifts."""
 
 from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 from tests.util import REPO
 
 FENCE = re.compile(r"^```(bash|sh|shell)\n(.*?)^```", re.DOTALL | re.MULTILINE)
+ANY_FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+HEADING = re.compile(r"^#{1,6} +(.+?) *#*$", re.MULTILINE)
+
+
+def doc_files() -> list[Path]:
+    """README.md first (the docs' examples continue its synthetic run), then docs/*.md by name."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
 def readme_commands(text: str | None = None) -> list[str]:
-    """Every command line of the README's bash blocks, in order (continuations joined,
-    trailing `# comments` dropped)."""
+    """Every command line of a Markdown text's bash blocks (default: the README), in order
+    (continuations joined, trailing `# comments` dropped)."""
     text = (REPO / "README.md").read_text() if text is None else text
     out: list[str] = []
     for block in FENCE.finditer(text):
@@ -22,6 +32,40 @@ def readme_commands(text: str | None = None) -> list[str]:
             if line and not line.startswith("#"):
                 out.append(line)
     return out
+
+
+def doc_commands() -> list[str]:
+    """The command lines of README.md and every docs/*.md, in walking order."""
+    return [line for f in doc_files() for line in readme_commands(f.read_text())]
+
+
+def anchors(text: str) -> set[str]:
+    """The heading anchors GitHub gives a Markdown text: lower case, punctuation other than
+    `-` and `_` dropped, spaces as `-`, a repeated heading suffixed -1, -2, ..."""
+    seen: dict[str, int] = {}
+    for title in HEADING.findall(ANY_FENCE.sub("", text)):
+        slug = re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        if n:
+            seen[f"{slug}-{n}"] = 1
+    return set(seen)
+
+
+def broken_links(doc: Path) -> list[str]:
+    """Relative links of one Markdown file whose file, or heading anchor in a .md file, is
+    missing (web links are not followed)."""
+    bad = []
+    for link in LINK.findall(ANY_FENCE.sub("", doc.read_text())):
+        if re.match(r"[a-z]+:", link):
+            continue
+        path, _, anchor = link.partition("#")
+        target = (doc.parent / path).resolve() if path else doc
+        if not target.exists():
+            bad.append(f"{link} (no such file)")
+        elif anchor and target.suffix == ".md" and anchor not in anchors(target.read_text()):
+            bad.append(f"{link} (no such heading)")
+    return bad
 
 
 def split_command(line: str) -> list[str]:

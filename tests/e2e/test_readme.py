@@ -1,10 +1,12 @@
-"""Issue 18 "done when": the README walked top to bottom as a new user would.
+"""Issue 18 "done when": the README, then every docs/*.md, walked top to bottom as a new user
+would (issue 22.7: the reference moved to docs/).
 
-Every command of the README's fenced shell blocks runs, in order, with the README's own
-arguments, in a fresh working folder (where `configs/` and `launch/` are the repository's);
-the only changes are documented scale-down overrides appended to training commands and a free
-rendezvous port for `accelerate launch`. A command that cannot run here must be listed in SKIP
-with the reason, so a new README command breaks this test until someone decides.
+Every command of their fenced shell blocks runs, in order (README.md first, then docs/ by file
+name), with the documents' own arguments, in one fresh working folder (where `configs/` and
+`launch/` are the repository's); the only changes are documented scale-down overrides appended
+to training commands and a free rendezvous port for `accelerate launch`. A command that cannot
+run here must be listed in SKIP with the reason, so a new documented command breaks this test
+until someone decides. Every relative link must reach a file, and a heading where it names one.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import time
 
 import pytest
 
-from tests.readme import readme_commands
+from tests.readme import broken_links, doc_commands, doc_files, readme_commands
 from tests.util import REPO, free_port, subprocess_env
-
-pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
 SKIP = {  # pattern (re.search on the command line) -> why it cannot run in a test
     r"^make test": "the whole test suite, of which this test is a part",
     r"^make demo": "creates .venv with pip (network); tests/e2e/test_install.py runs the demo",
+    r"pip install torch": "installs torch from the network (tests/e2e/test_install.py installs "
+                          "the package offline)",
     r"/data/(DRIVE|CHASEDB1|STARE|seed|x)\b": "needs the real dataset (or a folder of the user's)",
     r"my_images/": "needs the user's own images",
     r"^(?!unetdist (config|doctor) ).*(drive_unet|drive-shards|/root/shared-storage)":
@@ -61,6 +63,7 @@ def _argv(line: str) -> list[str]:
     return argv
 
 
+# only the tests that use `walk` are slow: the link and skip checks read files
 @pytest.fixture(scope="module")
 def walk(tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("readme")
@@ -69,7 +72,7 @@ def walk(tmp_path_factory) -> dict:
     ran, skipped = {}, {}
     env = subprocess_env()
     env.pop("OMP_NUM_THREADS")  # as a new user's shell: the thread policy decides
-    for line in readme_commands():
+    for line in doc_commands():
         why = _skip_reason(line)
         if why:
             skipped[line] = why
@@ -81,7 +84,7 @@ def walk(tmp_path_factory) -> dict:
         print(f"{time.monotonic() - t0:6.1f} s  {line}")
         ok = r.returncode == 0 or (line.startswith("unetdist doctor --path")
                                    and "path does not exist" in r.stderr)
-        assert ok, f"README command failed: {line}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+        assert ok, f"documented command failed: {line}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
     return {"home": home, "ran": ran, "skipped": skipped}
 
 
@@ -90,6 +93,8 @@ def _train(walk) -> subprocess.CompletedProcess:
                 if "accelerate launch" in line and " train " in line)
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_the_walk_produces_what_the_readme_says(walk):
     home = walk["home"]
     assert len(walk["ran"]) >= 15, sorted(walk["ran"])
@@ -103,6 +108,8 @@ def test_the_walk_produces_what_the_readme_says(walk):
     assert (run / "eval-test-step-000004" / "metrics.json").is_file()  # evaluate .../latest
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_training_output_is_one_line_per_event(walk):
     """Issue 18.5: validation and checkpoint lines once per job, full progress lines off a TTY."""
     r = _train(walk)
@@ -118,9 +125,9 @@ def test_training_output_is_one_line_per_event(walk):
     assert len(re.findall(r"^done: ", out, re.MULTILINE)) == 1
 
 
-def test_every_skip_is_needed(walk):
-    """A SKIP pattern that matches no README line is stale."""
-    lines = readme_commands()
+def test_every_skip_is_needed():
+    """A SKIP pattern that matches no documented line is stale."""
+    lines = doc_commands()
     for pat in SKIP:
         assert any(re.search(pat, ln) for ln in lines), pat
 
@@ -130,3 +137,23 @@ def test_helpers_see_continuations_and_comments():
     assert readme_commands(text) == ["a b", "c"]
 
 
+def test_every_relative_link_resolves():
+    bad = {str(f.relative_to(REPO)): broken_links(f) for f in doc_files()}
+    assert {f: b for f, b in bad.items() if b} == {}
+
+
+def test_link_checker_sees_missing_files_and_headings(tmp_path):
+    (tmp_path / "other.md").write_text("# A `b` c, d\n## Twice\n## Twice\n")
+    doc = tmp_path / "doc.md"
+    doc.write_text("[ok](other.md#a-b-c-d) [ok](other.md#twice-1) [web](https://x.org/y) [ok](#own)\n"
+                   "# Own\n[gone](nothere.md) [bad](other.md#nope)\n```md\n[in code](zz)\n```\n")
+    assert broken_links(doc) == ["nothere.md (no such file)", "other.md#nope (no such heading)"]
+
+
+def test_readme_is_a_front_door():
+    """Issue 22.7: short, with the two set-up commands; the reference lives in docs/."""
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    assert "make test" in text and "make demo" in text
+    assert {"benchmarks.md", "commands.md", "datasets.md", "launch.md", "trust.md"} <= {
+        f.name for f in doc_files()[1:]}

@@ -1,10 +1,11 @@
-"""Issue 18.1: YAML 1.1 booleans in string enums, and every README override through the parser."""
+"""Issue 18.1: YAML 1.1 booleans in string enums, and every README and docs/ override through
+the parser."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.readme import overrides_and_config, readme_commands, split_command
+from tests.readme import doc_commands, overrides_and_config, split_command
 from tests.util import REPO
 from unetdist.config import load_config
 from unetdist.errors import ConfigError
@@ -30,7 +31,7 @@ def test_true_is_still_refused():
 
 
 def _override_lines() -> list[list[str]]:
-    lines = [split_command(c) for c in readme_commands()]
+    lines = [split_command(c) for c in doc_commands()]
     return [a for a in lines if "unetdist" in a and overrides_and_config(a)[1]]
 
 
@@ -43,5 +44,5 @@ def test_every_readme_override_parses(argv):
     config, overrides = overrides_and_config(argv)
     if "evaluate" in argv or "predict" in argv:  # only eval.* there, checked on a stored config
         overrides = [o for o in overrides if o.startswith("eval.")]
-    overrides = [o for o in overrides if not o.endswith("=...")]  # README placeholders
+    overrides = [o for o in overrides if not o.endswith("=...")]  # placeholders in the docs
     load_config(REPO / config if config else None, overrides)
