@@ -8,7 +8,7 @@ import pytest
 
 from unetdist.config import load_config
 from unetdist.errors import ConfigError
-from unetdist.sections import OptimConfig
+from unetdist.config import OptimConfig
 from unetdist.train.budget import TimeBudget
 from unetdist.train.optim import lr_factor
 

@@ -13,7 +13,7 @@ from unetdist.data.ingest.fov import agreement, estimate_fov, fov_diameter
 from unetdist.data.ingest.readers import read_image, read_mask
 from unetdist.errors import ConfigError
 from unetdist.eval.inference import image_scale, sliding_window_predict
-from unetdist.sections import EvalConfig
+from unetdist.config import EvalConfig
 
 
 @pytest.mark.parametrize("size", [(120, 112), (584, 565)])

@@ -12,7 +12,7 @@ from torch import nn
 from tests.eval_helpers import make_best_dir, tiny_config, tiny_model
 from unetdist.errors import UserError
 from unetdist.eval.inference import load_for_inference, sliding_window_predict, tile_starts
-from unetdist.sections import EvalConfig
+from unetdist.config import EvalConfig
 
 
 class Pointwise(nn.Module):
@@ -270,7 +270,7 @@ def test_inference_follows_the_training_memory_format_and_precision():
     from unetdist.config import RunConfig
     from unetdist.eval import inference
     from unetdist.models.registry import build_model
-    from unetdist.sections import ModelConfig
+    from unetdist.config import ModelConfig
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(in_channels=1, width=4, depth=2)).eval()

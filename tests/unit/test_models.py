@@ -20,7 +20,7 @@ from unetdist.models.weights import (
     read_state_dict,
     save_weights,
 )
-from unetdist.sections import ModelConfig
+from unetdist.config import ModelConfig
 
 # ---------------------------------------------------------------- the tutorial's code, verbatim
 # (milesial/Pytorch-UNet unet_parts.py + unet_model.py): an independent reference for ours

@@ -17,7 +17,7 @@ from unetdist.data.pipeline import count_samples, eval_samples, train_batches
 from unetdist.data.preprocess import preprocess
 from unetdist.data.reader import CACHE
 from unetdist.errors import DataError
-from unetdist.sections import DataConfig
+from unetdist.config import DataConfig
 
 # ----------------------------------------------------------------------------- fixtures
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from unetdist.errors import ConfigError, UserError
 from unetdist.models.registry import apply_runtime_options, build_model
-from unetdist.sections import ModelConfig
+from unetdist.config import ModelConfig
 
 
 def timm_cfg(encoder: str = "resnet18", in_channels: int = 3, **kw) -> ModelConfig:

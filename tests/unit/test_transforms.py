@@ -8,7 +8,7 @@ import pytest
 
 from unetdist.data.augment import train_view, view_matrix
 from unetdist.data.preprocess import prepare, preprocess
-from unetdist.sections import AugConfig, DataConfig
+from unetdist.config import AugConfig, DataConfig
 
 H, W = 96, 112
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from unetdist.errors import ConfigError
-from unetdist.sections import WandbConfig
+from unetdist.config import WandbConfig
 from unetdist.track.wandb_tracker import (
     MASKS_KEY,
     RUN_ID_FILE,

@@ -24,7 +24,7 @@ from unetdist.distributed import gather_objects, rank_of_process
 from unetdist.eval import plots
 from unetdist.eval.inference import image_scale, sliding_window_predict, unwrap
 from unetdist.eval.metrics import COUNT_KEYS, MetricState, pr_from_histograms, roc_from_histograms
-from unetdist.sections import EvalConfig
+from unetdist.config import EvalConfig
 
 REGION_NOTES = {
     "fov": "inside the field-of-view mask (the standard DRIVE protocol)",

@@ -27,7 +27,7 @@ from unetdist.errors import ConfigError, UserError
 from unetdist.eval.tta import tta_average
 from unetdist.models.registry import build_model
 from unetdist.models.weights import clean_state_dict, load_weights
-from unetdist.sections import EvalConfig
+from unetdist.config import EvalConfig
 from unetdist.train.checkpoint import BEST, CHECKPOINTS, LATEST, STATE_FILE, read_latest
 
 WEIGHTS_NAME = "model.safetensors"

@@ -125,7 +125,7 @@ def _train_objects(width: int, depth: int, compile_: bool = False):
     # lazily: `unetdist --help` imports this module for SECTIONS
     from unetdist.distributed import pick_device
     from unetdist.models.registry import apply_runtime_options, build_model
-    from unetdist.sections import LossConfig, ModelConfig, OptimConfig
+    from unetdist.config import LossConfig, ModelConfig, OptimConfig
     from unetdist.train.losses import build_loss
     from unetdist.train.optim import build_optimizer
 
@@ -220,7 +220,7 @@ def bench_data_wait(quick: bool) -> dict:
     # lazily: `unetdist --help` imports this module for SECTIONS
     from unetdist.data.ingest.synth import write_synthetic
     from unetdist.data.ingest.writer import shard_dataset
-    from unetdist.sections import DataConfig
+    from unetdist.config import DataConfig
 
     size, n, crop, batch, width = (64, 6, 48, 4, 8) if quick else (256, 20, 96, 8, 16)
     steps, warmup = (4, 1) if quick else (30, 3)

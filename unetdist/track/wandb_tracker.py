@@ -30,7 +30,7 @@ import numpy as np
 from unetdist.atomic import write_atomic
 from unetdist.errors import ConfigError, UserError
 from unetdist.log import say
-from unetdist.sections import WandbConfig
+from unetdist.config import WandbConfig
 
 RUN_ID_FILE = "wandb_run_id"
 STATE_FILE = "wandb_state.json"

@@ -22,7 +22,7 @@ from unetdist.distributed import gather_objects, make_accelerator
 from unetdist.errors import ConfigError, DataError, FileSystemError, UserError
 from unetdist.log import say, warn
 from unetdist.models.registry import apply_runtime_options, build_model, compile_model
-from unetdist.sections import TrainConfig
+from unetdist.config import TrainConfig
 from unetdist.track.jsonl import Tracker, open_tracker
 from unetdist.track.runinfo import run_info, write_run_config
 from unetdist.train import checkpoint as ckpt

@@ -26,7 +26,7 @@ import torch
 from unetdist.distributed import pick_device
 from unetdist.eval.inference import sliding_window_predict
 from unetdist.models.registry import build_model
-from unetdist.sections import EvalConfig, ModelConfig
+from unetdist.config import EvalConfig, ModelConfig
 
 DRIVE_SIZE = (584, 565)
 MODELS = {"seed": {"width": 64, "depth": 4}, "demo": {"width": 16, "depth": 3}}

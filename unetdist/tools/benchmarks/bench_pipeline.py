@@ -45,7 +45,7 @@ from unetdist.data.ingest.writer import shard_dataset
 from unetdist.data.pipeline import train_batches
 from unetdist.data.preprocess import prepare
 from unetdist.data.reader import CACHE, iter_raw, split_shards
-from unetdist.sections import AugConfig, DataConfig
+from unetdist.config import AugConfig, DataConfig
 
 
 def _cpu_seconds() -> float:
