@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetdist.data.ingest.layouts import Problem, RawSample
+from unetdist.data.ingest.records import Problem, RawSample
 from unetdist.data.ingest.readers import RawFileError, image_size, read_image, read_mask
 
 MAX_SHOWN = 20  # problems listed in an error message; the rest are counted
