@@ -12,25 +12,29 @@ from __future__ import annotations
 
 
 def registered(kind: str) -> tuple[str, ...]:
-    """Allowed names of a registry ("model", "loss", "optimizer", "precision", "schedule")."""
+    """Allowed names of one kind: "model", "loss", "optimizer", "schedule", "precision", "tta"."""
     if kind == "model":
         from unetdist.models.registry import MODELS as table
     elif kind == "loss":
         from unetdist.train.losses import LOSSES as table
     elif kind == "optimizer":
         from unetdist.train.optim import OPTIMIZERS as table
+    elif kind == "schedule":
+        from unetdist.train.optim import SCHEDULES as table
     elif kind == "precision":
         from unetdist.distributed import PRECISIONS as table
+    elif kind == "tta":
+        from unetdist.eval.tta import MODES as table
     else:
-        from unetdist.train.optim import SCHEDULES as table
+        raise ValueError(f"no registry of {kind!r} names")
     return tuple(table)
 
 
-def tta_modes(value: object) -> tuple[str, tuple[str, ...]]:
-    """eval.tta as a mode name (old configs hold true/false) and the allowed modes."""
-    from unetdist.eval.tta import MODES, tta_mode
+def tta_mode(value: object) -> str:
+    """eval.tta as a mode name: old configs hold the on/off switch (true/false)."""
+    from unetdist.eval.tta import tta_mode as mode
 
-    return tta_mode(value), MODES
+    return mode(value)
 
 
 def check_smp_arch(arch: str) -> None:

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from unetdist.config.checks import _FALSE_SPELLINGS, _enum, _one_of, _require
-from unetdist.config.names import check_smp_arch, registered, tta_modes
+from unetdist.config.names import check_smp_arch, registered, tta_mode
 
 
 @dataclass
@@ -243,8 +243,8 @@ class EvalConfig:
     def check(self, p: str) -> None:
         self._check_scale(p)
         _one_of(f"{p}.split", self.split, ("train", "val", "test"))
-        self.tta, modes = tta_modes(self.tta)  # old configs: true/false
-        _one_of(f"{p}.tta", self.tta, modes)
+        self.tta = tta_mode(self.tta)  # old configs: true/false
+        _one_of(f"{p}.tta", self.tta, registered("tta"))
         _require(self.tile >= 16, f"{p}.tile", self.tile, ">= 16")
         _require(0 <= self.overlap < 1, f"{p}.overlap", self.overlap, "in [0, 1)")
         _require(0 < self.threshold < 1, f"{p}.threshold", self.threshold, "in (0, 1)")
