@@ -14,7 +14,7 @@ import sys
 import torch
 from accelerate import Accelerator
 
-from unetdist.sections import DataConfig
+from unetdist.config import DataConfig
 from unetdist.data.pipeline import eval_samples, train_batches
 
 

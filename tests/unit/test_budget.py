@@ -6,9 +6,8 @@ import math
 
 import pytest
 
-from unetdist.config import load_config
+from unetdist.config import OptimConfig, load_config
 from unetdist.errors import ConfigError
-from unetdist.sections import OptimConfig
 from unetdist.train.budget import TimeBudget
 from unetdist.train.optim import lr_factor
 

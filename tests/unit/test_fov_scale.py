@@ -8,12 +8,11 @@ import torch
 
 from tests import twins
 from tests.eval_helpers import tiny_config, tiny_model
-from unetdist.config import load_config
+from unetdist.config import EvalConfig, load_config
 from unetdist.data.ingest.fov import agreement, estimate_fov, fov_diameter
 from unetdist.data.ingest.readers import read_image, read_mask
 from unetdist.errors import ConfigError
 from unetdist.eval.inference import image_scale, sliding_window_predict
-from unetdist.sections import EvalConfig
 
 
 @pytest.mark.parametrize("size", [(120, 112), (584, 565)])

@@ -164,8 +164,8 @@ def test_written_models_follow_the_umask(tmp_path, umask, mode):
 
 
 def test_a_waiting_rank_on_an_unwritable_local_dir_is_one_line(tmp_path, monkeypatch):
+    from unetdist.config import DataConfig
     from unetdist.data.stage.node import resolve_data_dir
-    from unetdist.sections import DataConfig
 
     src = tmp_path / "shared"
     make_shard_dir(src, n=2, size=1000)

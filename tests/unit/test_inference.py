@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from tests.eval_helpers import make_best_dir, tiny_config, tiny_model
+from unetdist.config import EvalConfig
 from unetdist.errors import UserError
 from unetdist.eval.inference import load_for_inference, sliding_window_predict, tile_starts
-from unetdist.sections import EvalConfig
 
 
 class Pointwise(nn.Module):
@@ -267,10 +267,9 @@ def test_eval_overrides_only_touch_the_eval_section():
 def test_inference_follows_the_training_memory_format_and_precision():
     """Tiles take the model's channels_last format; without an accelerator `precision` is the
     training precision (bf16 autocast on CPU here); the result matches fp32 closely."""
-    from unetdist.config import RunConfig
+    from unetdist.config import ModelConfig, RunConfig
     from unetdist.eval import inference
     from unetdist.models.registry import build_model
-    from unetdist.sections import ModelConfig
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(in_channels=1, width=4, depth=2)).eval()

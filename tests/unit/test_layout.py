@@ -67,3 +67,147 @@ def _hits(pattern: str) -> set[str]:
 ])
 def test_decision_lives_in_one_module(what, pattern, home):
     assert _hits(pattern) <= home, f"{what} decided outside {home}: {_hits(pattern) - home}"
+
+
+# ----------------------------------------------------------------------------- import layers
+
+# Higher layers may import lower ones (and their own), never the reverse. Everything not named
+# here (config/, errors, log, atomic, distributed, runfolder, cli, ...) is a shared module: 0.
+LAYERS = {"commands": 6, "bench": 5, "tools": 5, "train": 4, "track": 3, "eval": 2,
+          "data": 1, "models": 1}
+
+# Known violations that pending work removes; delete each entry when that work is merged.
+PENDING_UPWARD = {
+    # w1-ckpt moves the run-folder helpers into unetdist/runfolder.py (issue 22, item 2)
+    ("unetdist.eval.inference", "unetdist.train.checkpoint"),
+}
+PENDING_CIRCLES = {
+    # typing only (faults names setup's Run); w1-ckpt breaks checkpoint -> faults -> setup
+    ("unetdist.train.checkpoint", "unetdist.train.faults", "unetdist.train.setup"),
+}
+
+# Upward imports inside functions: each one is a deliberate, explained exception.
+LAZY_UPWARD = {
+    # allowed names live with their registries, which need torch: asked for at validation
+    # (see unetdist/config/names.py); the registries import the sections only for typing
+    ("unetdist.config.names", "unetdist.models.registry"),
+    ("unetdist.config.names", "unetdist.models.smp_unet"),
+    ("unetdist.config.names", "unetdist.train.losses"),
+    ("unetdist.config.names", "unetdist.train.optim"),
+    ("unetdist.config.names", "unetdist.eval.tta"),
+}
+
+
+def _module_name(p: Path) -> str:
+    parts = list(p.relative_to(PKG.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+NAMES = {_module_name(p): p for p in MODULES}
+
+
+def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool) -> set[str]:
+    """The unetdist modules an import statement names (`from a import b`: a.b if a module)."""
+    if isinstance(node, ast.Import):
+        wanted = [a.name for a in node.names]
+    else:
+        base = node.module or ""
+        if node.level:  # relative: resolve against the importing module's package
+            pkg = module.split(".")[: len(module.split(".")) - node.level + is_package]
+            base = ".".join(pkg + ([base] if base else []))
+        wanted = [f"{base}.{a.name}" if f"{base}.{a.name}" in NAMES else base
+                  for a in node.names]
+    found = set()
+    for name in wanted:
+        while name not in NAMES and "." in name:
+            name = name.rsplit(".", 1)[0]
+        if name in NAMES:
+            found.add(name)
+    return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return getattr(test, "id", getattr(test, "attr", None)) == "TYPE_CHECKING"
+
+
+def _collect(body: list, module: str, is_package: bool, where: str, out: list) -> None:
+    """(imported module, where) pairs; where: "module", "function" or "typing" (not run)."""
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            out += [(t, where) for t in _targets(node, module, is_package) if t != module]
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            _collect(node.body, module, is_package, "typing", out)
+            _collect(node.orelse, module, is_package, where, out)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            _collect(node.body, module, is_package, "function", out)
+        else:
+            for name in ("body", "orelse", "finalbody", "handlers"):
+                if isinstance(getattr(node, name, None), list):
+                    _collect(getattr(node, name), module, is_package, where, out)
+
+
+def _imports() -> dict[str, list[tuple[str, str]]]:
+    """module -> [(imported unetdist module, where)] for every module of the package."""
+    graph = {}
+    for name, p in NAMES.items():
+        graph[name] = []
+        _collect(ast.parse(p.read_text()).body, name, p.name == "__init__.py", "module",
+                 graph[name])
+    return graph
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.get(parts[1], 0) if len(parts) > 1 else 0
+
+
+def _upward(where: str) -> set[tuple[str, str]]:
+    return {(m, t) for m, edges in _imports().items() for t, w in edges
+            if w == where and _layer(t) > _layer(m)}
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for w in graph.get(todo.pop(), ()):
+            if w not in seen:
+                seen.add(w)
+                todo.append(w)
+    return seen
+
+
+def _cycles(graph: dict[str, set[str]]) -> set[tuple[str, ...]]:
+    """Each group of modules that import one another, directly or through others."""
+    reach = {m: _reach(graph, m) for m in graph}
+    return {tuple(sorted(n for n in reach[m] if m in reach[n])) for m in graph if m in reach[m]}
+
+
+def test_import_walker_sees_the_imports_it_must_judge():
+    graph = _imports()
+    # a plain module-level import, a `from package import module`, a function-level one
+    assert ("unetdist.errors", "module") in graph["unetdist.config.checks"]
+    assert ("unetdist.train.checkpoint", "module") in graph["unetdist.train.setup"]
+    assert ("unetdist.models.registry", "function") in graph["unetdist.config.names"]
+    assert ("unetdist.config", "typing") in graph["unetdist.models.registry"]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == {("a", "b", "c")}
+
+
+def test_imports_go_down_the_layers():
+    upward = _upward("module")
+    assert upward <= PENDING_UPWARD, (
+        f"modules importing a higher layer at import time: {sorted(upward - PENDING_UPWARD)} "
+        f"(layers: commands > bench, tools > train > track > eval > data, models > shared)")
+
+
+def test_upward_imports_inside_functions_are_the_listed_few():
+    lazy = _upward("function")
+    assert lazy <= LAZY_UPWARD, f"new upward imports inside functions: {sorted(lazy - LAZY_UPWARD)}"
+
+
+@pytest.mark.parametrize("counted", [("module",), ("module", "function"), ("module", "typing")],
+                         ids=["module-level", "with-function-level", "with-typing-only"])
+def test_no_import_circles(counted):
+    """At import time no circle at all; lazy or typing-only imports must not hide one either."""
+    graph = {m: {t for t, w in edges if w in counted} for m, edges in _imports().items()}
+    cycles = _cycles(graph) - PENDING_CIRCLES
+    assert not cycles, f"import circles among unetdist modules: {sorted(cycles)}"

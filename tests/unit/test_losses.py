@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from unetdist.sections import LossConfig
+from unetdist.config import LossConfig
 from unetdist.train.losses import build_loss, cldice, masked_bce, soft_dice, soft_skeleton
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unetdist.config import RunConfig
+from unetdist.config import ModelConfig, RunConfig
 from unetdist.errors import ConfigError, UserError
 from unetdist.models.layers import count_parameters
 from unetdist.models.registry import MODELS, apply_runtime_options, build_model
@@ -20,7 +20,6 @@ from unetdist.models.weights import (
     read_state_dict,
     save_weights,
 )
-from unetdist.sections import ModelConfig
 
 # ---------------------------------------------------------------- the tutorial's code, verbatim
 # (milesial/Pytorch-UNet unet_parts.py + unet_model.py): an independent reference for ours

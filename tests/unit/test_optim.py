@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from unetdist.sections import OptimConfig
+from unetdist.config import OptimConfig
 from unetdist.train.optim import (
     build_optimizer,
     build_scheduler,

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from unetdist.config import DataConfig
 from unetdist.data import codec
 from unetdist.data.pipeline import count_samples, eval_samples, train_batches
 from unetdist.data.preprocess import preprocess
 from unetdist.data.reader import CACHE
 from unetdist.errors import DataError
-from unetdist.sections import DataConfig
 
 # ----------------------------------------------------------------------------- fixtures
 

@@ -181,7 +181,7 @@ def test_check_samples_collects_every_problem(tmp_path):
 
 
 def test_format_problems_shows_first_20_and_a_count():
-    from unetdist.data.ingest.layouts import Problem
+    from unetdist.data.ingest.records import Problem
 
     text = format_problems([Problem(f"f{i}", "bad") for i in range(23)], "SRC")
     assert text.splitlines()[0] == "23 problems in SRC; nothing was written:"
@@ -192,7 +192,7 @@ def test_format_problems_shows_first_20_and_a_count():
 
 
 def test_assign_val_is_deterministic_and_bounded(tmp_path):
-    from unetdist.data.ingest.layouts import RawSample
+    from unetdist.data.ingest.records import RawSample
 
     samples = [RawSample(f"s{i:02d}", "train", tmp_path, tmp_path) for i in range(20)]
     samples.append(RawSample("t0", "test", tmp_path, tmp_path))

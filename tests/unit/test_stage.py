@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.util import REPO, subprocess_env, wait_for
+from unetdist.config import DataConfig
 from unetdist.data.stage import copy as stage_io
 from unetdist.data.stage.node import resolve_data_dir, stage
 from unetdist.errors import ConfigError, DataError
-from unetdist.sections import DataConfig
 
 
 def make_shard_dir(root: Path, n: int = 5, size: int = 200_000, seed: int = 0,

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from unetdist.config import ModelConfig
 from unetdist.errors import ConfigError, UserError
 from unetdist.models.registry import apply_runtime_options, build_model
-from unetdist.sections import ModelConfig
 
 
 def timm_cfg(encoder: str = "resnet18", in_channels: int = 3, **kw) -> ModelConfig:

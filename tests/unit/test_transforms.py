@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
+from unetdist.config import AugConfig, DataConfig
 from unetdist.data.augment import train_view, view_matrix
 from unetdist.data.preprocess import prepare, preprocess
-from unetdist.sections import AugConfig, DataConfig
 
 H, W = 96, 112
 

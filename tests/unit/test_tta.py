@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unetdist.config import load_config
+from unetdist.config import EvalConfig, load_config
 from unetdist.eval.inference import sliding_window_predict
 from unetdist.eval.tta import tta_average, tta_mode, views
-from unetdist.sections import EvalConfig
 
 
 @pytest.mark.parametrize("mode,n", [("none", 1), ("flip", 4), ("dihedral", 8)])

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from unetdist.config import WandbConfig
 from unetdist.errors import ConfigError
-from unetdist.sections import WandbConfig
 from unetdist.track.wandb_tracker import (
     MASKS_KEY,
     RUN_ID_FILE,

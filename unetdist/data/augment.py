@@ -22,7 +22,7 @@ import numpy as np
 from unetdist.data.preprocess import Prepared, apply_lut, norm_lut, to_chw
 
 if TYPE_CHECKING:
-    from unetdist.sections import AugConfig, DataConfig
+    from unetdist.config import AugConfig, DataConfig
 
 _LEVELS01 = np.arange(256, dtype=np.float64) / 255.0
 _ROT90 = [np.array(m, dtype=np.float64) for m in

@@ -55,7 +55,7 @@ from unetdist.errors import DataError
 from unetdist.log import rank_warn
 
 if TYPE_CHECKING:
-    from unetdist.sections import DataConfig
+    from unetdist.config import DataConfig
 
 
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:
-    from unetdist.sections import DataConfig
+    from unetdist.config import DataConfig
 
 CLAHE_CLIP = 2.0  # the usual settings for fundus images
 CLAHE_TILES = (8, 8)

@@ -34,7 +34,7 @@ from unetdist.data.preprocess import Prepared, prepare
 from unetdist.errors import DataError
 
 if TYPE_CHECKING:
-    from unetdist.sections import DataConfig
+    from unetdist.config import DataConfig
 
 DECODE_THREADS = 4
 DECODE_CHUNK = 32  # raw samples held in memory at once while filling the cache

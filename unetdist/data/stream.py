@@ -38,7 +38,7 @@ from unetdist.data.reader import (
 from unetdist.errors import DataError
 
 if TYPE_CHECKING:
-    from unetdist.sections import DataConfig
+    from unetdist.config import DataConfig
 
 # Domain tags keep the seed streams for different purposes independent.
 SHARD_ORDER, SHARD_PICK, SHUFFLE, VIEW = 11, 12, 13, 14

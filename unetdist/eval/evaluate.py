@@ -19,12 +19,12 @@ import numpy as np
 from torch import nn
 
 from unetdist.atomic import write_atomic
+from unetdist.config import EvalConfig
 from unetdist.data.codec import encode_png
 from unetdist.distributed import gather_objects, rank_of_process
 from unetdist.eval import plots
 from unetdist.eval.inference import image_scale, sliding_window_predict, unwrap
 from unetdist.eval.metrics import COUNT_KEYS, MetricState, pr_from_histograms, roc_from_histograms
-from unetdist.sections import EvalConfig
 
 REGION_NOTES = {
     "fov": "inside the field-of-view mask (the standard DRIVE protocol)",

@@ -20,14 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unetdist.config import RunConfig, config_from_dict
+from unetdist.config import EvalConfig, RunConfig, config_from_dict
 from unetdist.data.ingest.fov import fov_diameter
 from unetdist.distributed import inference_autocast
 from unetdist.errors import ConfigError, UserError
 from unetdist.eval.tta import tta_average
 from unetdist.models.registry import build_model
 from unetdist.models.weights import clean_state_dict, load_weights
-from unetdist.sections import EvalConfig
 from unetdist.train.checkpoint import BEST, CHECKPOINTS, LATEST, STATE_FILE, read_latest
 
 WEIGHTS_NAME = "model.safetensors"

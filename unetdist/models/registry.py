@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,7 +20,9 @@ from unetdist.models.smp_unet import SmpModel, load_encoder
 from unetdist.models.timm_unet import TimmUNet
 from unetdist.models.unet import UNet
 from unetdist.models.weights import read_state_dict
-from unetdist.sections import ModelConfig
+
+if TYPE_CHECKING:  # the registry owns names the config asks for: typing only, no circle
+    from unetdist.config import ModelConfig
 
 
 def _in_channels(cfg: ModelConfig) -> int:

@@ -122,10 +122,11 @@ def _train_objects(width: int, depth: int, compile_: bool = False):
     """The demo's model family, loss and optimizer, built by the product's own builders."""
     import torch
 
+    from unetdist.config import LossConfig, ModelConfig, OptimConfig
+
     # lazily: `unetdist --help` imports this module for SECTIONS
     from unetdist.distributed import pick_device
     from unetdist.models.registry import apply_runtime_options, build_model
-    from unetdist.sections import LossConfig, ModelConfig, OptimConfig
     from unetdist.train.losses import build_loss
     from unetdist.train.optim import build_optimizer
 
@@ -217,10 +218,11 @@ def bench_data_wait(quick: bool) -> dict:
     """
     import torch
 
+    from unetdist.config import DataConfig
+
     # lazily: `unetdist --help` imports this module for SECTIONS
     from unetdist.data.ingest.synth import write_synthetic
     from unetdist.data.ingest.writer import shard_dataset
-    from unetdist.sections import DataConfig
 
     size, n, crop, batch, width = (64, 6, 48, 4, 8) if quick else (256, 20, 96, 8, 16)
     steps, warmup = (4, 1) if quick else (30, 3)

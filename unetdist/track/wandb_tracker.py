@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from unetdist.atomic import write_atomic
+from unetdist.config import WandbConfig
 from unetdist.errors import ConfigError, UserError
 from unetdist.log import say
-from unetdist.sections import WandbConfig
 
 RUN_ID_FILE = "wandb_run_id"
 STATE_FILE = "wandb_state.json"

@@ -9,12 +9,14 @@ Losses are computed in float32 whatever the autocast dtype of the forward pass.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from unetdist.sections import LossConfig
+if TYPE_CHECKING:  # the registry owns names the config asks for: typing only, no circle
+    from unetdist.config import LossConfig
 
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from unetdist.sections import OptimConfig
+if TYPE_CHECKING:  # the registry owns names the config asks for: typing only, no circle
+    from unetdist.config import OptimConfig
 
 
 def _sgd(params: list, cfg: OptimConfig) -> torch.optim.Optimizer:

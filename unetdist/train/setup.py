@@ -16,13 +16,12 @@ from pathlib import Path
 
 import torch
 
-from unetdist.config import RunConfig, to_dict, to_yaml
+from unetdist.config import RunConfig, TrainConfig, to_dict, to_yaml
 from unetdist.data.manifest import MANIFEST, check_fold, manifest_hash, read_manifest, split_names
 from unetdist.distributed import gather_objects, make_accelerator
 from unetdist.errors import ConfigError, DataError, FileSystemError, UserError
 from unetdist.log import say, warn
 from unetdist.models.registry import apply_runtime_options, build_model, compile_model
-from unetdist.sections import TrainConfig
 from unetdist.track.jsonl import Tracker, open_tracker
 from unetdist.track.runinfo import run_info, write_run_config
 from unetdist.train import checkpoint as ckpt

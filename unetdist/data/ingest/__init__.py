@@ -1,5 +1,6 @@
 """Raw dataset -> verified webdataset shards.
 
+- `records.py` — what discovery finds: sample records (one sample's files), problems
 - `layouts.py` — find image/label/FOV triples per dataset layout and split (drive, seed, folders)
 - `datasets.py` — the CHASE_DB1, STARE and HRF layouts, as their owners ship them
 - `readers.py` — read raw images and masks (TIFF, GIF palettes, PNG, JPEG, PPM(.gz), ...)
@@ -9,5 +10,6 @@
 - `checks.py` — validate every sample up front (sizes, binary masks) and list the problems
 - `writer.py` — `shard_dataset`: encode samples into tar shards + manifest, atomically
 - `synth.py` — synthetic DRIVE-layout datasets for tests and the demo
-- `vessels.py` — the synthetic vessel-tree renderer behind synth
+- `vessels.py` — the synthetic vessel-tree renderer behind synth, and the image `Geometry`
+  it draws into
 """

@@ -21,8 +21,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from unetdist.data.ingest.layouts import Discovery, Problem, RawSample, relative
 from unetdist.data.ingest.readers import image_stem
+from unetdist.data.ingest.records import Discovery, Problem, RawSample, relative
 from unetdist.errors import DataError
 
 CHASE_IMAGE = re.compile(r"^Image_(\d\d)([LR])$")

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from unetdist.data.ingest.layouts import RawSample
+from unetdist.data.ingest.records import RawSample
 from unetdist.errors import UserError
 
 

@@ -15,48 +15,17 @@ Discovery only pairs files; `unetdist.data.ingest.checks` decodes and validates 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from unetdist.data.ingest.readers import image_stem, list_images
+from unetdist.data.ingest.datasets import DATASETS
+from unetdist.data.ingest.readers import image_stem
+from unetdist.data.ingest.records import Discovery, Problem, RawSample, relative
 from unetdist.data.manifest import LAYOUTS
 from unetdist.errors import DataError
 
-__all__ = [
-    "LAYOUTS",
-    "Discovery",
-    "FolderSpec",
-    "Problem",
-    "RawSample",
-    "assign_val",
-    "discover",
-]
+__all__ = ["LAYOUTS", "FolderSpec", "assign_val", "discover"]
 ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-@dataclass(frozen=True)
-class RawSample:
-    """One sample's files. `id` is the image file stem; `source` is relative to the root."""
-
-    id: str
-    split: str  # train | val | test
-    image: Path
-    label: Path
-    fov: Path | None = None  # None: the whole image is the field of view
-    label2: Path | None = None  # a second annotator's label
-    source: str = ""
-    estimate_fov: bool = False  # no FOV file: estimate it from the image (else whole image)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A file that cannot be used and why."""
-
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -76,18 +45,6 @@ class FolderSpec:
     label_suffix: str = ""
     fov_suffix: str = ""
     label2_suffix: str = ""
-
-
-@dataclass
-class Discovery:
-    samples: list[RawSample] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # non-fatal: printed as warnings
-    broken_links: list[Path] = field(default_factory=list)  # skipped: dangling or looping
-
-    def images(self, folder: Path) -> list[Path]:
-        """`list_images(folder)`, remembering the symlinks it had to skip."""
-        return list_images(folder, self.broken_links)
 
 
 def _stems(folder: Path, found: Discovery) -> dict[str, list[Path]]:
@@ -131,13 +88,6 @@ def _nonempty(folder: Path, found: Discovery) -> list[Path]:
     if not files:
         found.problems.append(Problem(str(folder), "no image files in this folder"))
     return files
-
-
-def relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def _drive_split(root: Path, split: str, found: Discovery) -> None:
@@ -234,8 +184,6 @@ def discover(root: str | Path, layout: str, spec: FolderSpec | None = None) -> D
         raise DataError(f"source folder not found: {root}")
     found = Discovery()
     if layout in ("chase", "stare", "hrf"):
-        from unetdist.data.ingest.datasets import DATASETS  # lazily: datasets imports our types
-
         DATASETS[layout](root, found)
     elif layout == "drive":
         if not (root / "training").is_dir():

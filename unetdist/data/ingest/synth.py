@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from unetdist.atomic import atomic_dir
-from unetdist.data.ingest.vessels import VesselCanvas, grow_vessel_tree
+from unetdist.data.ingest.vessels import Geometry, VesselCanvas, grow_vessel_tree
 from unetdist.errors import UserError
 
 REF_SIZE = 565.0  # DRIVE image width: the unit of every geometric constant below
@@ -32,22 +32,6 @@ class FundusSample:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     vessels: np.ndarray  # (H, W) uint8 in {0, 1}
     fov: np.ndarray  # (H, W) uint8 in {0, 1}
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where things are in one image (pixels of the output size)."""
-
-    h: int
-    w: int
-    scale: float  # output px per DRIVE px
-    cy: float
-    cx: float
-    radius: float  # FOV radius
-    disc: tuple[float, float]  # optic disc centre (y, x)
-    disc_r: float
-    macula: tuple[float, float]
-    macula_r: float
 
 
 def _geometry(h: int, w: int, rng: np.random.Generator) -> Geometry:

@@ -3,24 +3,38 @@
 Each branch is a smooth random walk (vectorised per branch): its heading integrates a slow bend
 plus smoothed curvature noise, its width tapers, and side branches split off with Murray's law
 (w_parent^3 = w_rest^3 + w_child^3). Widths are in DRIVE pixels (about 8 px down to 1 px).
+`Geometry` (where the FOV, optic disc and macula sit in one image) lives here, beside the
+drawing that reads it; `synth` draws one at random per image and shades around the tree.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-
-if TYPE_CHECKING:
-    from unetdist.data.ingest.synth import Geometry
 
 SHIFT = 3  # cv2 fractional bits: vertices on a 1/8 px grid
 MAX_BRANCHES = 600  # bounds the work per image whatever the random draws
 MAX_DEPTH = 6
 _KERNEL = np.exp(-0.5 * (np.arange(-9, 10) / 3.0) ** 2)
 _KERNEL /= np.sqrt((_KERNEL ** 2).sum())  # unit variance after smoothing
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where things are in one image (pixels of the output size)."""
+
+    h: int
+    w: int
+    scale: float  # output px per DRIVE px
+    cy: float
+    cx: float
+    radius: float  # FOV radius
+    disc: tuple[float, float]  # optic disc centre (y, x)
+    disc_r: float
+    macula: tuple[float, float]
+    macula_r: float
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ from unetdist.data.ingest.checks import (
 from unetdist.data.ingest.datasets import NO_OFFICIAL_SPLIT
 from unetdist.data.ingest.folds import assign_folds
 from unetdist.data.ingest.fov import estimate_fov, fov_diameter
-from unetdist.data.ingest.layouts import FolderSpec, RawSample, assign_val, discover
+from unetdist.data.ingest.layouts import FolderSpec, assign_val, discover
+from unetdist.data.ingest.records import RawSample
 from unetdist.data.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, FORMAT, MANIFEST, SPLITS
 from unetdist.data.tario import TarShard
 from unetdist.errors import DataError, UserError

@@ -41,7 +41,7 @@ from unetdist.data.stage.wait import clear_failure, record_failure, stage_lock, 
 from unetdist.errors import ConfigError, DataError, FileSystemError, UserError
 
 if TYPE_CHECKING:
-    from unetdist.sections import DataConfig
+    from unetdist.config import DataConfig
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 

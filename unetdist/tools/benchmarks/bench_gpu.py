@@ -34,11 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from unetdist.config import load_config
+from unetdist.config import ModelConfig, load_config
 from unetdist.data.ingest.synth import write_synthetic
 from unetdist.data.ingest.writer import shard_dataset
 from unetdist.models.registry import build_model
-from unetdist.sections import ModelConfig
 from unetdist.tools.syncs import sync_counter
 from unetdist.train.loop import batch_stream
 from unetdist.train.preempt import PreemptionFlag

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
+from unetdist.config import EvalConfig, ModelConfig
 from unetdist.distributed import pick_device
 from unetdist.eval.inference import sliding_window_predict
 from unetdist.models.registry import build_model
-from unetdist.sections import EvalConfig, ModelConfig
 
 DRIVE_SIZE = (584, 565)
 MODELS = {"seed": {"width": 64, "depth": 4}, "demo": {"width": 16, "depth": 3}}

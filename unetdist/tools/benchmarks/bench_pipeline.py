@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 import torch
 
+from unetdist.config import AugConfig, DataConfig
 from unetdist.data.augment import train_view
 from unetdist.data.codec import decode_sample
 from unetdist.data.ingest.synth import synthetic_sample, write_synthetic
@@ -45,7 +46,6 @@ from unetdist.data.ingest.writer import shard_dataset
 from unetdist.data.pipeline import train_batches
 from unetdist.data.preprocess import prepare
 from unetdist.data.reader import CACHE, iter_raw, split_shards
-from unetdist.sections import AugConfig, DataConfig
 
 
 def _cpu_seconds() -> float:

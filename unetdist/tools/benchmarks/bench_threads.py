@@ -15,9 +15,9 @@ import json
 import tempfile
 from pathlib import Path
 
+from unetdist.config import DataConfig
 from unetdist.data.ingest.synth import write_synthetic
 from unetdist.data.ingest.writer import shard_dataset
-from unetdist.sections import DataConfig
 from unetdist.tools.bench import _train_objects, _wait_fraction
 from unetdist.train.threads import usable_cpus
 

@@ -1,7 +1,4 @@
-"""The typed config tree: `RunConfig` of the sections, YAML loading, dotted overrides, validation.
-
-The sections themselves (one dataclass per builder) live in `unetdist.sections`; they are
-importable from here too, as `RunConfig`'s field types.
+"""Loading a `RunConfig`: YAML files, stored configs, dotted overrides, the one merger.
 
 Precedence is CLI overrides > YAML file > defaults. OmegaConf does the merging and the type
 coercion; we validate values once, after merging, and report every problem as one line that
@@ -11,63 +8,10 @@ names the dotted field (`optim.lr must be > 0, got -1`).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from unetdist.config.run import RunConfig
 from unetdist.errors import ConfigError
-from unetdist.sections import (
-    CheckpointConfig,
-    DataConfig,
-    DistConfig,
-    EvalConfig,
-    LossConfig,
-    ModelConfig,
-    OptimConfig,
-    TrackConfig,
-    TrainConfig,
-    _require,
-)
-
-SECTIONS = ("data", "model", "loss", "optim", "train", "eval", "track", "checkpoint", "dist")
-
-
-@dataclass
-class RunConfig:
-    """The whole run. Each builder receives only its section."""
-
-    seed: int = 0  # global seed; per-rank/worker seeds derive from it
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    track: TrackConfig = field(default_factory=TrackConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    dist: DistConfig = field(default_factory=DistConfig)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        _require(self.seed >= 0, "seed", self.seed, ">= 0")
-        for name in SECTIONS:
-            getattr(self, name).check(name)
-        _require(self.optim.schedule_by == "steps" or self.train.max_minutes > 0,
-                 "optim.schedule_by", self.optim.schedule_by, "steps when train.max_minutes=0 "
-                 "(a time schedule needs a time budget)")
-        if self.model.in_channels == 0:
-            self.model.in_channels = self.data.in_channels
-        if self.eval.resize == -1:  # a model trained on resized images is scored at that scale
-            self.eval.resize = self.data.resize
-        _require(self.eval.resize == 0 or self.eval.scale == 1.0, "eval.scale", self.eval.scale,
-                 f"1.0 with eval.resize={self.eval.resize} (choose one way to rescale)")
-        _require(self.model.in_channels == self.data.in_channels, "model.in_channels",
-                 self.model.in_channels, f"{self.data.in_channels} for data.channels="
-                 f"{self.data.channels}")
-
-
-# ----------------------------------------------------------------------------- loading
 
 
 def _wrap_omegaconf_error(e: Exception) -> ConfigError:

@@ -1,63 +1,18 @@
 """The config tree's sections: one dataclass per builder, each validating its own fields.
 
-`unetdist.config` assembles them into `RunConfig` and loads it (YAML, overrides); builders
-import their section from here or from there. Every field has a default and a one-line comment;
-`check(prefix)` raises one ConfigError naming the dotted field, the bad value and what is allowed.
+`unetdist.config.run` assembles them into `RunConfig`; builders import their section from
+`unetdist.config` (the registries only for typing). Every field has a default and a one-line
+comment; `check(prefix)` raises one ConfigError naming the dotted field, the bad value and what
+is allowed (the helpers in `unetdist.config.checks`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
-from unetdist.errors import ConfigError
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
-
-
-def _one_of(name: str, value: Any, choices: tuple) -> None:
-    _require(value in choices, name, value, "one of " + "|".join(map(str, choices)))
-
-
-# YAML 1.1 (PyYAML, OmegaConf's dotlist parser) reads no/off/false as the boolean False, which a
-# str field then holds as "False": `train.precision=no` must still mean "no".
-_FALSE_SPELLINGS = ("False", "false", "no", "off")
-
-
-def _enum(name: str, value: Any, choices: tuple, false_means: str | None = None) -> str:
-    """`value` checked against `choices`; a YAML false (no/off/false) means `false_means`."""
-    if false_means is not None and value in _FALSE_SPELLINGS:
-        value = false_means
-    _one_of(name, value, choices)
-    return value
-
-
-def registered(kind: str) -> tuple[str, ...]:
-    """Allowed names of a registry ("model", "loss", "optimizer", "precision", "schedule").
-
-    The registries own their names; imported here lazily because they need torch, which
-    `unetdist --help` and plain config commands should not pay for until a config is loaded.
-    """
-    if kind == "model":
-        from unetdist.models.registry import MODELS as table
-    elif kind == "loss":
-        from unetdist.train.losses import LOSSES as table
-    elif kind == "optimizer":
-        from unetdist.train.optim import OPTIMIZERS as table
-    elif kind == "precision":
-        from unetdist.distributed import PRECISIONS as table
-    else:
-        from unetdist.train.optim import SCHEDULES as table
-    return tuple(table)
-
-
-# ----------------------------------------------------------------------------- sections
+from unetdist.config.checks import _FALSE_SPELLINGS, _enum, _one_of, _require
+from unetdist.config.names import check_smp_arch, registered, tta_mode
 
 
 @dataclass
@@ -170,9 +125,7 @@ class ModelConfig:
         _require(0 <= self.dropout < 1, f"{p}.dropout", self.dropout, "in [0, 1)")
         _require(self.encoder_levels >= 0, f"{p}.encoder_levels", self.encoder_levels, ">= 0")
         if self.name == "smp":  # smp is optional: only then are its names asked for
-            from unetdist.models.smp_unet import check_arch
-
-            check_arch(self.arch)
+            check_smp_arch(self.arch)
         _require(self.decoder_width >= 1, f"{p}.decoder_width", self.decoder_width, ">= 1")
         _one_of(f"{p}.compile_backend", self.compile_backend, ("inductor", "aot_eager", "eager"))
 
@@ -290,10 +243,8 @@ class EvalConfig:
     def check(self, p: str) -> None:
         self._check_scale(p)
         _one_of(f"{p}.split", self.split, ("train", "val", "test"))
-        from unetdist.eval.tta import MODES, tta_mode
-
         self.tta = tta_mode(self.tta)  # old configs: true/false
-        _one_of(f"{p}.tta", self.tta, MODES)
+        _one_of(f"{p}.tta", self.tta, registered("tta"))
         _require(self.tile >= 16, f"{p}.tile", self.tile, ">= 16")
         _require(0 <= self.overlap < 1, f"{p}.overlap", self.overlap, "in [0, 1)")
         _require(0 < self.threshold < 1, f"{p}.threshold", self.threshold, "in (0, 1)")
