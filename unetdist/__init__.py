@@ -13,6 +13,8 @@ Shared modules:
 - `log.py` — rank-aware console output and progress (once per job, non-TTY lines)
 - `atomic.py` — crash-safe file and folder writes (the only temp+rename code)
 - `distributed.py` — the Accelerator factory, precision and device decisions, collectives
+- `runfolder.py` — the run folder: layout, `latest`, --checkpoint forms, reading best/
+  (train writes it; train and eval read it through this module)
 
 Packages: `commands/` (one module per subcommand), `data/` (shards, streaming; `data/ingest/`
 raw dataset -> shards, `data/stage/` shared -> node-local), `models/`, `train/`, `eval/`,
