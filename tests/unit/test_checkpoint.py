@@ -189,6 +189,44 @@ def test_save_load_prune_and_crash_mid_save(tmp_path, accelerator, monkeypatch):
     assert not ck.verify_rng_restored(path, 0)
 
 
+def test_every_part_round_trips_and_a_missing_file_part_is_a_warning(tmp_path, accelerator,
+                                                                     capsys):
+    from unetdist.train.budget import TimeBudget
+    from unetdist.train.ema import ModelEma
+    from unetdist.train.optim import SchedulerState
+
+    model, opt = _model_and_opt(accelerator)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    state = ck.TrainState(step=3, batches=7, best_dice=0.5, best_step=2, run_id="r",
+                          steps_per_epoch=4)
+    budget = TimeBudget(10.0, 100, True)
+    budget.load_state_dict({"spent_s": 42.0})
+    identity = ck.RunIdentity("hash", 1, {"model": {"width": 8}})
+    ema = ModelEma(accelerator.unwrap_model(model), 0.9)
+    ema.update(accelerator.unwrap_model(model))
+    path = ck.save_checkpoint(accelerator, tmp_path, 3,
+                              [state, identity, budget, SchedulerState(sched), ema], keep_last=2)
+    doc = ck.read_trainer_state(path)  # the layout every earlier version wrote and reads
+    assert doc["stream"] == {"epoch": 1, "position": 3, "batches": 7}
+    assert doc["budget"]["spent_s"] == 42.0 and doc["manifest_hash"] == "hash"
+    assert ck.read_json(path, rf.SCHEDULER_FILE)["last_epoch"] == 3
+
+    state2, budget2 = ck.TrainState(), TimeBudget(10.0, 100, True)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    ema2 = ModelEma(accelerator.unwrap_model(model), 0.9)
+    parts = [state2, identity, budget2, SchedulerState(sched2), ema2]
+    ck.load_checkpoint(accelerator, path, parts)
+    assert (state2.step, state2.batches, state2.best_dice, state2.run_id) == (3, 7, 0.5, "r")
+    assert budget2.spent_s == 42.0 and sched2.last_epoch == 3 and ema2.updates == 1
+    (path / "ema.safetensors").unlink()
+    ck.load_checkpoint(accelerator, path, parts)
+    err = capsys.readouterr().err
+    assert "holds no EMA weights; the EMA starts from the resumed weights" in err
+
+
 def test_preemption_flag_only_records_signals_and_the_marker_names_the_step(tmp_path):
     import os
     import signal
