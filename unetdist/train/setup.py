@@ -22,7 +22,7 @@ from unetdist.distributed import gather_objects, make_accelerator
 from unetdist.errors import ConfigError, FileSystemError, UserError
 from unetdist.log import say, warn
 from unetdist.models.registry import apply_runtime_options, build_model, compile_model
-from unetdist.sections import TrainConfig
+from unetdist.sections import DataConfig, TrainConfig
 from unetdist.track.jsonl import Tracker, open_tracker
 from unetdist.track.runinfo import run_info, write_run_config
 from unetdist.train import checkpoint as ckpt
@@ -266,28 +266,40 @@ def warn_cpu_shortage(cfg: RunConfig, acc) -> str | None:
     return msg
 
 
-def warn_shm_shortage(cfg: RunConfig, acc, shm: str = "/dev/shm") -> str | None:
-    """One warning per node when /dev/shm cannot hold the batches in flight.
+PREFETCH = 2  # batches each loader worker keeps ready (data.pipeline's DataLoader)
+FULL_SIDE = 584  # data.crop=0 and no resize: a DRIVE image's long side, squared (a bound)
 
-    Worker batches travel through shared memory: workers x prefetch (2) batches per process,
-    image float32 plus uint8 label and FOV per pixel. Docker's default /dev/shm is 64 MB.
+
+def shm_need(data: DataConfig, processes: int) -> int:
+    """Bytes of /dev/shm the loader workers of `processes` training processes fill at most.
+
+    A worker's batch reaches its trainer through shared memory: image float32 (B, C, h, w),
+    label and FOV uint8 (B, 1, h, w); each worker keeps PREFETCH batches ready. The view is
+    data.resize when set, else the crop (as `data.augment.view_size` decides).
     """
+    side = data.resize or data.crop or FULL_SIDE
+    batch = data.batch_size * side * side * (4 * data.in_channels + 1 + 1)
+    return processes * data.num_workers * PREFETCH * batch
+
+
+def warn_shm_shortage(cfg: RunConfig, acc, shm: str = "/dev/shm") -> str | None:
+    """One warning per node when /dev/shm has no room for the batches in flight (Docker's
+    default /dev/shm is 64 MB): `unetdist doctor` checks the same need, `shm_need`."""
     import shutil
 
     if not cfg.data.num_workers or acc.local_process_index != 0:
         return None
-    side = cfg.data.crop or cfg.data.resize or 512  # full images: assume 512 px
-    per_batch = cfg.data.batch_size * side * side * (4 * cfg.data.in_channels + 2)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    need = local * cfg.data.num_workers * 2 * per_batch
+    need = shm_need(cfg.data, local)
     try:
-        have = shutil.disk_usage(shm).total
+        free = shutil.disk_usage(shm).free
     except OSError:
         return None
-    if have >= need:
+    if free >= need:
         return None
-    msg = (f"{shm} holds {have / 2**20:.0f} MiB but {local} process(es) x data.num_workers="
-           f"{cfg.data.num_workers} x 2 prefetched batches need ~{need / 2**20:.0f} MiB: loader "
-           f"workers may die with a bus error (Docker: --shm-size; or lower data.num_workers)")
+    msg = (f"{shm} has {free / 2**20:.0f} MiB free but {local} process(es) x data.num_workers="
+           f"{cfg.data.num_workers} x {PREFETCH} prefetched batches need ~{need / 2**20:.0f} "
+           "MiB: loader workers may die with a bus error (Docker: --shm-size; or lower "
+           "data.num_workers)")
     print(f"warning: {msg}", file=sys.stderr, flush=True)
     return msg
