@@ -85,3 +85,11 @@ def test_shared_memory_shortage_is_reported(monkeypatch, capsys):
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=2**40))
     assert setup.warn_shm_shortage(cfg, FakeAcc()) is None
     assert setup.warn_shm_shortage(load_config(None, ["data.num_workers=0"]), FakeAcc()) is None
+
+
+def test_the_accelerator_takes_the_precision_resolved_at_the_entry_point():
+    from unetdist.distributed import make_accelerator, resolve_precision
+
+    with pytest.raises(ValueError, match="resolved precision.*'auto'"):
+        make_accelerator("auto")  # fit and evaluate resolve it once and pass the answer on
+    assert resolve_precision("auto") in ("no", "bf16")

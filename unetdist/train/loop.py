@@ -62,9 +62,10 @@ class TrainResult:
 
 def fit(cfg: RunConfig) -> TrainResult:
     """Train `cfg` to `train.max_steps` (or until preempted); resume per `train.resume`."""
-    precision = resolve_precision(cfg.train.precision)  # fail before staging, not after
-    if precision != cfg.train.precision:  # auto: config.yaml and checkpoints record what ran
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+    # the job's one precision decision (auto -> bf16|no; fp16 without CUDA is an error, before
+    # staging): config.yaml, checkpoints and the Accelerator all get this answer
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, precision=resolve_precision(cfg.train.precision)))
     threads = apply_thread_policy(torch.cuda.is_available(), cfg.data.num_workers)
     if cfg.data.num_workers:
         single_threaded_opencv()  # before any OpenCV work here: workers are forked later

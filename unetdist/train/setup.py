@@ -108,7 +108,10 @@ def accelerator_kwargs(cfg: RunConfig) -> dict:
 
 
 def training_accelerator(cfg: RunConfig):
-    """The trainer's Accelerator: the shared factory plus the DDP/process-group settings."""
+    """The trainer's Accelerator: the shared factory plus the DDP/process-group settings.
+
+    cfg.train.precision must be resolved already (`fit` does it once, before staging).
+    """
     if cfg.dist.grad_compression != "none" and not torch.cuda.is_available():
         raise ConfigError(f"dist.grad_compression must be none without CUDA (a NCCL hook), "
                           f"got {cfg.dist.grad_compression!r}")
