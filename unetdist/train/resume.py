@@ -46,11 +46,10 @@ def plan_resume(cfg: RunConfig, acc, run_dir: Path, mhash: str) -> Path | None:
         return None
     path = Path(value)
     saved = read_json(path, STATE_FILE)
-    notes = check_compatible(saved, cfg.model.architecture(), mhash,
-                                     acc.num_processes, path)
+    notes = check_compatible(saved, cfg.model.architecture(), mhash, acc.num_processes, path)
     refuse_code(path)
     check_rng_files(path, int(saved["world_size"]), acc.num_processes)
-    read_json(path, SCHEDULER_FILE)  # fail before anything is built
+    read_json(path, SCHEDULER_FILE)  # fail before rank 0 writes to the run folder
     changed = changed_hyperparameters(saved["config"], to_dict(cfg))
     if changed:
         notes.append(f"resuming {path} with changed hyperparameters: " + ", ".join(changed))
