@@ -12,6 +12,8 @@ Shared modules:
 - `log.py` — rank-aware console output and progress (once per job, non-TTY lines)
 - `atomic.py` — crash-safe file and folder writes (the only temp+rename code)
 - `distributed.py` — the Accelerator factory, precision and device decisions, collectives
+- `runfolder.py` — the run folder: layout, `latest`, --checkpoint forms, reading best/
+  (train writes it; train and eval read it through this module)
 
 Packages: `config/` (`RunConfig` and its sections, YAML + dotted overrides, validation, the one
 merger), `commands/` (one module per subcommand), `data/` (shards, streaming; `data/ingest/`

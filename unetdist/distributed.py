@@ -17,6 +17,7 @@ from unetdist.errors import ConfigError
 from unetdist.log import warn
 
 PRECISIONS = ("no", "bf16", "fp16", "auto")  # auto: bf16 where the device has it, else no
+RESOLVED = ("no", "bf16", "fp16")  # what `resolve_precision` returns
 
 
 def resolve_precision(name: str, *, inference: bool = False, cuda: bool | None = None) -> str:
@@ -39,13 +40,18 @@ def resolve_precision(name: str, *, inference: bool = False, cuda: bool | None =
     return name
 
 
-def make_accelerator(precision: str, grad_accum: int = 1, *, inference: bool = False,
-                     **kwargs: Any):
-    """The one Accelerator factory (train, evaluate, predict, bench): CPU when there is no CUDA."""
+def make_accelerator(precision: str, grad_accum: int = 1, **kwargs: Any):
+    """The one Accelerator factory (train, evaluate, bench): CPU when there is no CUDA.
+
+    `precision` is what `resolve_precision` returned at the command's entry point (`fit`,
+    `evaluate`), passed on rather than decided again here.
+    """
     from accelerate import Accelerator  # lazy: importing accelerate costs ~1 s
 
-    return Accelerator(cpu=not torch.cuda.is_available(),
-                       mixed_precision=resolve_precision(precision, inference=inference),
+    if precision not in RESOLVED:
+        raise ValueError(f"make_accelerator takes a resolved precision ({'|'.join(RESOLVED)}: "
+                         f"resolve_precision's answer), got {precision!r}")
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision,
                        gradient_accumulation_steps=grad_accum, **kwargs)
 
 

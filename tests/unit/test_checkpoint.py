@@ -8,83 +8,85 @@ from pathlib import Path
 import pytest
 import torch
 
+from unetdist import runfolder as rf
 from unetdist.config import RunConfig, config_from_dict, to_dict, to_yaml
 from unetdist.errors import UserError
 from unetdist.track.jsonl import open_tracker, read_records
 from unetdist.train import checkpoint as ck
+from unetdist.train import resume
 
 
 def _fake_ckpt(run_dir: Path, step: int, complete: bool = True) -> Path:
-    p = ck.checkpoints_dir(run_dir) / ck.step_name(step)
+    p = rf.checkpoints_dir(run_dir) / rf.step_name(step)
     p.mkdir(parents=True)
     (p / "random_states_0.pkl").write_bytes(b"x")
     if complete:
-        (p / ck.STATE_FILE).write_text(json.dumps({"step": step}))
+        (p / rf.STATE_FILE).write_text(json.dumps({"step": step}))
     return p
 
 
 def test_latest_pointer_is_atomic_and_incomplete_folders_are_ignored(tmp_path):
     for s in (2, 4):
         _fake_ckpt(tmp_path, s)
-        ck.write_latest(tmp_path, ck.step_name(s))
+        rf.write_latest(tmp_path, rf.step_name(s))
     _fake_ckpt(tmp_path, 6, complete=False)  # killed before trainer_state.json
-    assert ck.read_latest(tmp_path).name == "step-000004"
-    assert (ck.checkpoints_dir(tmp_path) / "latest").read_text() == "step-000004\n"
-    assert not list(ck.checkpoints_dir(tmp_path).glob(".tmp-*"))
+    assert rf.read_latest(tmp_path).name == "step-000004"
+    assert (rf.checkpoints_dir(tmp_path) / "latest").read_text() == "step-000004\n"
+    assert not list(rf.checkpoints_dir(tmp_path).glob(".tmp-*"))
     # killed between the rename and the pointer update: the newer complete folder wins
     _fake_ckpt(tmp_path, 8)
-    assert ck.read_latest(tmp_path).name == "step-000008"
+    assert rf.read_latest(tmp_path).name == "step-000008"
 
 
 def test_prune_keeps_the_newest_and_never_latest(tmp_path):
     for s in (1, 2, 3, 4, 5):
         _fake_ckpt(tmp_path, s)
-    ck.write_latest(tmp_path, "step-000005")
+    rf.write_latest(tmp_path, "step-000005")
     removed = ck.prune(tmp_path, keep_last=2)
     assert sorted(p.name for p in removed) == ["step-000001", "step-000002", "step-000003"]
-    assert [p.name for _, p in ck.list_checkpoints(tmp_path)] == ["step-000004", "step-000005"]
+    assert [p.name for _, p in rf.list_checkpoints(tmp_path)] == ["step-000004", "step-000005"]
 
 
 def test_clean_stale_removes_temporaries_and_restores_best(tmp_path):
     _fake_ckpt(tmp_path, 2)
-    (ck.checkpoints_dir(tmp_path) / ".tmp-step-000004").mkdir()
+    (rf.checkpoints_dir(tmp_path) / ".tmp-step-000004").mkdir()
     (tmp_path / ".tmp-old-best").mkdir()
     (tmp_path / ".tmp-old-best" / "model.safetensors").write_bytes(b"w")
     ck.clean_stale(tmp_path)
     assert not list(tmp_path.rglob(".tmp-*"))
     assert (tmp_path / "best" / "model.safetensors").read_bytes() == b"w"
-    assert ck.read_latest(tmp_path).name == "step-000002"
+    assert rf.read_latest(tmp_path).name == "step-000002"
 
 
 def test_find_resume_rules(tmp_path):
-    assert ck.find_resume("auto", tmp_path) is None
-    assert ck.find_resume("none", tmp_path) is None
+    assert rf.find_resume("auto", tmp_path) is None
+    assert rf.find_resume("none", tmp_path) is None
     _fake_ckpt(tmp_path, 3)
     old = _fake_ckpt(tmp_path, 1)
-    ck.write_latest(tmp_path, "step-000003")
-    assert ck.find_resume("auto", tmp_path).name == "step-000003"
+    rf.write_latest(tmp_path, "step-000003")
+    assert rf.find_resume("auto", tmp_path).name == "step-000003"
     with pytest.raises(UserError, match="train.resume=none.*already holds checkpoints"):
-        ck.find_resume("none", tmp_path)
+        rf.find_resume("none", tmp_path)
     with pytest.raises(UserError, match="older than checkpoints"):
-        ck.find_resume(str(old), tmp_path)
+        rf.find_resume(str(old), tmp_path)
     with pytest.raises(UserError, match="not a checkpoint folder"):
-        ck.find_resume(str(tmp_path / "nowhere"), tmp_path)
+        rf.find_resume(str(tmp_path / "nowhere"), tmp_path)
     other = tmp_path / "other-run"
-    assert ck.find_resume(str(tmp_path), other).name == "step-000003"  # a run dir: its latest
+    assert rf.find_resume(str(tmp_path), other).name == "step-000003"  # a run dir: its latest
 
 
 def test_compatibility_refuses_architecture_and_dataset_warns_world_size():
     cfg = RunConfig()
     saved = {"config": to_dict(cfg), "manifest_hash": "abc", "world_size": 2}
-    assert ck.check_compatible(saved, cfg.model.architecture(), "abc", 2, "p") == []
+    assert resume.check_compatible(saved, cfg.model.architecture(), "abc", 2, "p") == []
     cfg.model.channels_last = True  # runtime switch: allowed
-    assert ck.check_compatible(saved, cfg.model.architecture(), "abc", 2, "p") == []
+    assert resume.check_compatible(saved, cfg.model.architecture(), "abc", 2, "p") == []
     cfg.model.width = 32
     with pytest.raises(UserError, match="model.width: 64 -> 32"):
-        ck.check_compatible(saved, cfg.model.architecture(), "abc", 2, "p")
+        resume.check_compatible(saved, cfg.model.architecture(), "abc", 2, "p")
     with pytest.raises(UserError, match="different dataset"):
-        ck.check_compatible(saved, RunConfig().model.architecture(), "xyz", 2, "p")
-    warn = ck.check_compatible(saved, RunConfig().model.architecture(), "abc", 4, "p")
+        resume.check_compatible(saved, RunConfig().model.architecture(), "xyz", 2, "p")
+    warn = resume.check_compatible(saved, RunConfig().model.architecture(), "abc", 4, "p")
     assert len(warn) == 1 and "2 processes with 4" in warn[0]
 
 
@@ -131,6 +133,26 @@ def accelerator():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+class JsonDoc:
+    """A minimal JSON part: a dict at the top level of `file`."""
+
+    name = ""
+
+    def __init__(self, file: str, state: dict) -> None:
+        self.file, self.state = file, state
+
+    def state_dict(self) -> dict:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = state
+
+
+def _parts(step: int) -> list:
+    return [JsonDoc(rf.STATE_FILE, {"step": step}),
+            JsonDoc(rf.SCHEDULER_FILE, {"last_epoch": step})]
+
+
 def _model_and_opt(acc):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
@@ -143,19 +165,17 @@ def test_save_load_prune_and_crash_mid_save(tmp_path, accelerator, monkeypatch):
     for step in (2, 4, 6):
         with torch.no_grad():
             model.weight.add_(1.0)
-        path = ck.save_checkpoint(accelerator, tmp_path, step, {"step": step}, keep_last=2,
-                                  scheduler_state={"last_epoch": step})
-    assert path.name == "step-000006" and ck.read_latest(tmp_path) == path
-    assert [p.name for _, p in ck.list_checkpoints(tmp_path)] == ["step-000004", "step-000006"]
+        path = ck.save_checkpoint(accelerator, tmp_path, step, _parts(step), keep_last=2)
+    assert path.name == "step-000006" and rf.read_latest(tmp_path) == path
+    assert [p.name for _, p in rf.list_checkpoints(tmp_path)] == ["step-000004", "step-000006"]
     assert (path / "random_states_0.pkl").is_file() and (path / "model.safetensors").is_file()
     assert ck.read_trainer_state(path) == {"step": 6}
-    assert ck.read_scheduler_state(path) == {"last_epoch": 6}
+    assert ck.read_json(path, rf.SCHEDULER_FILE) == {"last_epoch": 6}
 
     monkeypatch.setenv("UNETDIST_FAULT", "save_crash:step=8")
     with pytest.raises(RuntimeError, match="injected fault"):
-        ck.save_checkpoint(accelerator, tmp_path, 8, {"step": 8}, keep_last=2,
-                           scheduler_state={})
-    assert ck.read_latest(tmp_path).name == "step-000006"
+        ck.save_checkpoint(accelerator, tmp_path, 8, _parts(8), keep_last=2)
+    assert rf.read_latest(tmp_path).name == "step-000006"
     assert not list(tmp_path.rglob(".tmp-*"))
 
     saved = model.weight.detach().clone()
@@ -167,6 +187,44 @@ def test_save_load_prune_and_crash_mid_save(tmp_path, accelerator, monkeypatch):
     assert ck.verify_rng_restored(path, 0)
     torch.rand(3)  # consuming randomness changes the state: the check notices
     assert not ck.verify_rng_restored(path, 0)
+
+
+def test_every_part_round_trips_and_a_missing_file_part_is_a_warning(tmp_path, accelerator,
+                                                                     capsys):
+    from unetdist.train.budget import TimeBudget
+    from unetdist.train.ema import ModelEma
+    from unetdist.train.optim import SchedulerState
+
+    model, opt = _model_and_opt(accelerator)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    state = ck.TrainState(step=3, batches=7, best_dice=0.5, best_step=2, run_id="r",
+                          steps_per_epoch=4)
+    budget = TimeBudget(10.0, 100, True)
+    budget.load_state_dict({"spent_s": 42.0})
+    identity = ck.RunIdentity("hash", 1, {"model": {"width": 8}})
+    ema = ModelEma(accelerator.unwrap_model(model), 0.9)
+    ema.update(accelerator.unwrap_model(model))
+    path = ck.save_checkpoint(accelerator, tmp_path, 3,
+                              [state, identity, budget, SchedulerState(sched), ema], keep_last=2)
+    doc = ck.read_trainer_state(path)  # the layout every earlier version wrote and reads
+    assert doc["stream"] == {"epoch": 1, "position": 3, "batches": 7}
+    assert doc["budget"]["spent_s"] == 42.0 and doc["manifest_hash"] == "hash"
+    assert ck.read_json(path, rf.SCHEDULER_FILE)["last_epoch"] == 3
+
+    state2, budget2 = ck.TrainState(), TimeBudget(10.0, 100, True)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    ema2 = ModelEma(accelerator.unwrap_model(model), 0.9)
+    parts = [state2, identity, budget2, SchedulerState(sched2), ema2]
+    ck.load_checkpoint(accelerator, path, parts)
+    assert (state2.step, state2.batches, state2.best_dice, state2.run_id) == (3, 7, 0.5, "r")
+    assert budget2.spent_s == 42.0 and sched2.last_epoch == 3 and ema2.updates == 1
+    (path / "ema.safetensors").unlink()
+    ck.load_checkpoint(accelerator, path, parts)
+    err = capsys.readouterr().err
+    assert "holds no EMA weights; the EMA starts from the resumed weights" in err
 
 
 def test_preemption_flag_only_records_signals_and_the_marker_names_the_step(tmp_path):

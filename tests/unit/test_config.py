@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tests.readme import overrides_and_config, readme_commands, split_command
+from tests.readme import doc_commands, overrides_and_config, split_command
 from tests.util import REPO, cli
 from unetdist.config import RunConfig, load_config, to_dict, to_yaml
 from unetdist.errors import ConfigError
@@ -161,7 +161,7 @@ def test_cli_config_error_is_one_line_exit_2():
 
 
 def _override_lines() -> list[list[str]]:
-    lines = [split_command(c) for c in readme_commands()]
+    lines = [split_command(c) for c in doc_commands()]
     return [a for a in lines if "unetdist" in a and overrides_and_config(a)[1]]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.unit.test_checkpoint import _parts
 from tests.unit.test_stage import make_shard_dir
 from unetdist.data.stage.node import stage
 from unetdist.errors import FileSystemError
@@ -88,7 +89,7 @@ def accelerator():
 def test_failed_checkpoint_write_keeps_latest_and_leaves_no_temporary(tmp_path, accelerator,
                                                                       monkeypatch, failure):
     model = accelerator.prepare(torch.nn.Linear(3, 2))
-    first = ck.save_checkpoint(accelerator, tmp_path, 2, {"step": 2}, 2, {"last_epoch": 2})
+    first = ck.save_checkpoint(accelerator, tmp_path, 2, _parts(2), 2)
     real = accelerator.save_state
 
     def partial(folder):
@@ -98,7 +99,7 @@ def test_failed_checkpoint_write_keeps_latest_and_leaves_no_temporary(tmp_path, 
     monkeypatch.setattr(accelerator, "save_state", partial)
     with pytest.raises(FileSystemError, match=r"cannot write a checkpoint into .*checkpoints "
                                               r"\(train.run_dir\): .*(space|read-only)"):
-        ck.save_checkpoint(accelerator, tmp_path, 4, {"step": 4}, 2, {"last_epoch": 4})
+        ck.save_checkpoint(accelerator, tmp_path, 4, _parts(4), 2)
     assert ck.read_latest(tmp_path) == first
     assert (ck.checkpoints_dir(tmp_path) / "latest").read_text() == "step-000002\n"
     _no_temporaries(tmp_path)

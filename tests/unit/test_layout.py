@@ -77,14 +77,8 @@ LAYERS = {"commands": 6, "bench": 5, "tools": 5, "train": 4, "track": 3, "eval":
           "data": 1, "models": 1}
 
 # Known violations that pending work removes; delete each entry when that work is merged.
-PENDING_UPWARD = {
-    # w1-ckpt moves the run-folder helpers into unetdist/runfolder.py (issue 22, item 2)
-    ("unetdist.eval.inference", "unetdist.train.checkpoint"),
-}
-PENDING_CIRCLES = {
-    # typing only (faults names setup's Run); w1-ckpt breaks checkpoint -> faults -> setup
-    ("unetdist.train.checkpoint", "unetdist.train.faults", "unetdist.train.setup"),
-}
+PENDING_UPWARD: set[tuple[str, str]] = set()
+PENDING_CIRCLES: set[tuple[str, ...]] = set()
 
 # Upward imports inside functions: each one is a deliberate, explained exception.
 LAZY_UPWARD = {

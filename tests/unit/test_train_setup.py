@@ -75,11 +75,21 @@ def test_shared_memory_shortage_is_reported(monkeypatch, capsys):
     cfg = load_config(None, ["data.num_workers=6", "data.crop=512", "data.batch_size=16",
                              "data.channels=gray"])
     usage = shutil.disk_usage("/")
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(total=64 * 2**20))
+    # what counts is the room left: a big /dev/shm that others filled is no help
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda p: usage._replace(total=2**40, free=64 * 2**20))
     msg = setup.warn_shm_shortage(cfg, FakeAcc())
     # 8 x 6 x 2 batches x 16 x 512^2 px x (4 + 1 + 1) bytes = 2304 MiB
-    assert "holds 64 MiB" in msg and "~2304 MiB" in msg and "--shm-size" in msg
+    assert "has 64 MiB free" in msg and "~2304 MiB" in msg and "--shm-size" in msg
     assert "warning:" in capsys.readouterr().err
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(total=2**40))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=2**40))
     assert setup.warn_shm_shortage(cfg, FakeAcc()) is None
     assert setup.warn_shm_shortage(load_config(None, ["data.num_workers=0"]), FakeAcc()) is None
+
+
+def test_the_accelerator_takes_the_precision_resolved_at_the_entry_point():
+    from unetdist.distributed import make_accelerator, resolve_precision
+
+    with pytest.raises(ValueError, match="resolved precision.*'auto'"):
+        make_accelerator("auto")  # fit and evaluate resolve it once and pass the answer on
+    assert resolve_precision("auto") in ("no", "bf16")

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from unetdist.commands._common import split_checkpoints
     from unetdist.config import config_from_dict, to_dict
     from unetdist.data.pipeline import eval_samples
-    from unetdist.distributed import make_accelerator
+    from unetdist.distributed import make_accelerator, resolve_precision
     from unetdist.errors import UserError
     from unetdist.eval.ensemble import load_models
     from unetdist.eval.evaluate import evaluate_split, summary_line
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_dict(to_dict(cfg), args.overrides, only="eval")
     shard_dir = _shard_dir(args, cfg)  # before the process group: staging may take long
     out = Path(args.out) if args.out else default_out_dir(ckpts[0], args.split)
-    acc = make_accelerator(cfg.train.precision, inference=True)
+    acc = make_accelerator(resolve_precision(cfg.train.precision, inference=True))
     model = apply_inference_format(model.to(acc.device), cfg)  # training memory format
     samples = eval_samples(cfg.data, shard_dir, args.split, rank=acc.process_index,
                            world_size=acc.num_processes)

@@ -27,9 +27,7 @@ from unetdist.errors import ConfigError, UserError
 from unetdist.eval.tta import tta_average
 from unetdist.models.registry import build_model
 from unetdist.models.weights import clean_state_dict, load_weights
-from unetdist.train.checkpoint import BEST, CHECKPOINTS, LATEST, STATE_FILE, read_latest
-
-WEIGHTS_NAME = "model.safetensors"
+from unetdist.runfolder import resolve_checkpoint, stored_config, weights_file
 
 
 @lru_cache(maxsize=8)
@@ -193,68 +191,6 @@ def _tta_averaged(model: nn.Module, image: torch.Tensor, cfg: EvalConfig,
 # ----------------------------------------------------------------------------- loading
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The folder or file a `--checkpoint` names, with run-folder shortcuts resolved.
-
-    Accepted: a best/ folder or an exported .safetensors file; a run folder (-> its best/, or
-    its newest checkpoint when no best/ exists yet); a checkpoints/step-N folder; the
-    checkpoints/latest pointer file or the checkpoints/ folder (-> the newest checkpoint).
-    """
-    # train.checkpoint owns the run folder's layout; imported here only (eval sits below train)
-
-    p = Path(path)
-    if p.is_file() and p.name == LATEST:
-        p = p.parent
-    if p.is_dir() and p.name == CHECKPOINTS:
-        newest = read_latest(p.parent)
-        if newest is None:
-            raise UserError(f"checkpoint not found: {p} holds no complete checkpoint")
-        return newest
-    if p.is_dir() and not (p / WEIGHTS_NAME).is_file():
-        if (p / BEST / WEIGHTS_NAME).is_file():
-            return p / BEST
-        newest = read_latest(p)
-        if newest is not None:
-            return newest
-    return p
-
-
-def weights_file(path: str | Path) -> Path:
-    """The safetensors file of a resolved checkpoint folder or the file itself."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / WEIGHTS_NAME
-    if not p.is_file():
-        raise UserError(f"checkpoint not found: {p} (expected a run folder, its best/ folder, a "
-                        "checkpoints/step-N folder, checkpoints/latest or a .safetensors file)")
-    return p
-
-
-def _stored_config(wf: Path, meta: dict) -> dict:
-    """The run config of a weights file: its metadata, else config.yaml or the checkpoint's
-    trainer_state.json beside it."""
-
-    if "config" in meta:
-        try:
-            return json.loads(meta["config"])
-        except ValueError as e:
-            raise UserError(f"{wf}: bad config in metadata ({e})") from None
-    if (wf.parent / "config.yaml").is_file():
-        import yaml
-
-        return yaml.safe_load((wf.parent / "config.yaml").read_text())
-    if (wf.parent / STATE_FILE).is_file():  # a checkpoints/step-N folder (accelerate's state)
-        try:
-            state = json.loads((wf.parent / STATE_FILE).read_text())
-            meta.setdefault("step", str(state["step"]))
-            return dict(state["config"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{wf.parent / STATE_FILE} is unreadable ({e}): not a checkpoint "
-                            "written by unetdist train") from None
-    raise UserError(f"{wf} has no model config in its metadata and no config.yaml or "
-                    f"{STATE_FILE} beside it")
-
-
 def read_checkpoint(path: str | Path) -> tuple[dict, dict, RunConfig]:
     """(state_dict, metadata, config) of anything `resolve_checkpoint` accepts.
 
@@ -265,7 +201,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict, RunConfig]:
     wf = weights_file(resolve_checkpoint(path))
     state, meta = load_weights(wf)  # UserError on an unreadable file
     meta = dict(meta or {})
-    cfg_dict = _stored_config(wf, meta)
+    cfg_dict = stored_config(wf, meta)
     meta["config"] = json.dumps(cfg_dict)
     return state, meta, config_from_dict(cfg_dict)
 

@@ -14,8 +14,6 @@ PACKAGES = ("torch", "accelerate", "timm", "webdataset", "wandb",
             "opencv-python-headless", "safetensors", "omegaconf", "numpy")
 EXPORT_EXTRA = ("onnx", "onnxscript", "onnxruntime")  # `pip install unetdist[export]`
 SHM = Path("/dev/shm")
-PREFETCH = 2  # batches each DataLoader worker keeps ready (unetdist.data.pipeline)
-FULL_SIDE = 584  # a DRIVE image's long side: the batch size when data.crop=0 and no resize
 DIST_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -92,26 +90,19 @@ def _check_export_extra(r: DoctorReport) -> None:
           f"missing {', '.join(missing)}: pip install 'unetdist[export]' for --format onnx")
 
 
-def shm_need_bytes(data, processes: int) -> int:
-    """/dev/shm the DataLoader workers fill at most: processes x workers x prefetched batches.
-
-    Workers hand batches to the trainer through shared memory; image + label + FOV as float32.
-    """
-    side = data.crop or data.resize or FULL_SIDE
-    batch = data.batch_size * side * side * (data.in_channels + 2) * 4
-    return processes * data.num_workers * PREFETCH * batch
-
-
 def _check_shm(r: DoctorReport, data, processes: int, shm: Path = SHM) -> None:
     if not shm.is_dir():
         r.add("/dev/shm", "absent (DataLoader workers fall back to files)")
         return
     free = shutil.disk_usage(shm).free
-    need = shm_need_bytes(data, processes) if data is not None else 0
     if data is None:
         r.add("/dev/shm free", f"{free / 2**20:.0f} MiB (pass --config to check it against "
               "data.num_workers)")
         return
+    # the trainer's own rule; imported here because a doctor must run when torch cannot
+    from unetdist.train.setup import shm_need
+
+    need = shm_need(data, processes)
     r.add("/dev/shm free", f"{free / 2**20:.0f} MiB; {processes} process(es) x "
           f"{data.num_workers} worker(s) need about {need / 2**20:.0f} MiB")
     if need > free:

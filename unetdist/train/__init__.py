@@ -3,7 +3,9 @@
 - `loop.py` — `fit()`: the loop, validation, checkpoints, preemption
 - `step.py` — one optimizer step and its single agreement all-reduce (one host sync)
 - `setup.py` — accelerator, model/optimizer/scheduler, resume, run dir (before step 1)
-- `checkpoint.py` — atomic rank-0 checkpoints, `latest`, best/, resume selection
+- `checkpoint.py` — `save_checkpoint`/`load_checkpoint` over one list of stateful parts
+  (TrainState, budget, scheduler, EMA), atomic and crash-safe; pruning, best/ export
+- `resume.py` — which checkpoint a run resumes and whether it may (before anything is built)
 - `optim.py` — optimizers and LR schedules (registries)
 - `budget.py` — the training-time budget (`train.max_minutes`), agreed across ranks
 - `ema.py` — the EMA of the weights (`train.ema_decay`), checkpointed as safetensors

@@ -13,9 +13,16 @@ from __future__ import annotations
 
 import time
 
+from unetdist.runfolder import STATE_FILE
+
 
 class TimeBudget:
-    """Training seconds spent against `max_minutes` (0 = no time limit)."""
+    """Training seconds spent against `max_minutes` (0 = no time limit).
+
+    A checkpoint part: its state is the "budget" key of trainer_state.json.
+    """
+
+    name, file = "budget", STATE_FILE
 
     def __init__(self, max_minutes: float, max_steps: int, is_main: bool) -> None:
         self.limit_s = max_minutes * 60.0

@@ -26,7 +26,12 @@ EMA_FILE = "ema.safetensors"
 
 
 class ModelEma:
-    """An averaged copy of a module, updated in place after each optimizer step."""
+    """An averaged copy of a module, updated in place after each optimizer step.
+
+    A checkpoint part that writes its own file (`save`/`load`): ema.safetensors.
+    """
+
+    name, missing = "EMA weights", "the EMA starts from the resumed weights"
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay

@@ -15,13 +15,22 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from unetdist.train.preempt import PreemptionFlag
-    from unetdist.train.setup import Run
+from unetdist.train.preempt import PreemptionFlag
 
 ENV = "UNETDIST_FAULT"
+
+
+class Faultable(Protocol):
+    """What `install_faults` wraps: the parts of `train.setup.Run` it touches (a structural
+    type, so that this module, which `train.checkpoint` imports, never imports setup)."""
+
+    acc: Any
+    state: Any  # .step: optimizer steps completed
+    loss_fn: Callable
+    before_step: Callable[[], None]
 
 
 def _parse(spec: str) -> list[tuple[str, dict[str, int]]]:
@@ -43,7 +52,7 @@ def fault(kind: str, *, step: int, rank: int = 0) -> bool:
     return False
 
 
-def install_faults(run: Run, flag: PreemptionFlag) -> None:
+def install_faults(run: Faultable, flag: PreemptionFlag) -> None:
     """Wrap the run's loss, clipping and step start with the faults UNETDIST_FAULT asks for."""
     if not os.environ.get(ENV):
         return

@@ -3,7 +3,7 @@
 Distributed semantics (DESIGN.md §4-§5): data is staged before the process group exists; the
 webdataset stream is never passed through `accelerator.prepare()` (each rank reads its own
 explicitly seeded stream and we move batches to the device); the LR scheduler is stepped once
-per optimizer step and saved as scheduler.json (never pickled). The step itself (and its one
+per optimizer step; what a checkpoint holds is the list `run.parts` (`train.checkpoint`). The step itself (and its one
 agreement all-reduce, the step's only host sync) is `unetdist.train.step`. One loader serves
 the whole run (`batch_stream`); the preemption flag is polled at every step end, inside
 validation and before every checkpoint.
@@ -35,7 +35,6 @@ from unetdist.log import progress, rank_say, say
 from unetdist.track.jsonl import METRICS_FILE, read_records
 from unetdist.train import checkpoint as ckpt
 from unetdist.train.faults import install_faults
-from unetdist.train.optim import scheduler_state
 from unetdist.train.preempt import PreemptionFlag
 from unetdist.train.setup import (
     Run,
@@ -63,9 +62,10 @@ class TrainResult:
 
 def fit(cfg: RunConfig) -> TrainResult:
     """Train `cfg` to `train.max_steps` (or until preempted); resume per `train.resume`."""
-    precision = resolve_precision(cfg.train.precision)  # fail before staging, not after
-    if precision != cfg.train.precision:  # auto: config.yaml and checkpoints record what ran
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+    # the job's one precision decision (auto -> bf16|no; fp16 without CUDA is an error, before
+    # staging): config.yaml, checkpoints and the Accelerator all get this answer
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, precision=resolve_precision(cfg.train.precision)))
     threads = apply_thread_policy(torch.cuda.is_available(), cfg.data.num_workers)
     if cfg.data.num_workers:
         single_threaded_opencv()  # before any OpenCV work here: workers are forked later
@@ -302,18 +302,12 @@ def export_best(run: Run, metrics: dict, module: torch.nn.Module | None = None) 
 
 
 def save(run: Run) -> Path | None:
+    """Checkpoint this step (collective): accelerate's state plus every part in `run.parts`."""
     if run.last_saved_step == run.state.step:
         return None
-
-    state = run.state.state_dict(steps_per_epoch=run.cfg.data.steps_per_epoch,
-                                 manifest_hash=run.manifest_hash,
-                                 world_size=run.acc.num_processes, config=to_dict(run.cfg))
-    if run.budget is not None:
-        state["budget"] = run.budget.state_dict()  # resume keeps the training time spent
     t0 = time.perf_counter()
-    path = ckpt.save_checkpoint(run.acc, run.run_dir, run.state.step, state,
-                                run.cfg.checkpoint.keep_last, scheduler_state(run.scheduler),
-                                extra=run.ema.save if run.ema is not None else None)
+    path = ckpt.save_checkpoint(run.acc, run.run_dir, run.state.step, run.parts,
+                                run.cfg.checkpoint.keep_last)
     run.last_save_time, run.last_saved_step = time.monotonic(), run.state.step
     say(f"saved {path.name} ({time.perf_counter() - t0:.1f} s)")
     return path

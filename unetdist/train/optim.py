@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from unetdist.errors import DataError
+from unetdist.runfolder import SCHEDULER_FILE
+
 if TYPE_CHECKING:  # the registry owns names the config asks for: typing only, no circle
     from unetdist.config import OptimConfig
 
@@ -106,3 +109,21 @@ def load_scheduler_state(scheduler: LambdaLR, state: object, where: str) -> None
         raise ValueError(f"{where}: {len(state['base_lrs'])} parameter groups, the optimizer "
                          f"has {len(ours['base_lrs'])}")
     scheduler.load_state_dict({**state, "lr_lambdas": [None] * len(state["base_lrs"])})
+
+
+class SchedulerState:
+    """The LR scheduler as a checkpoint part: scheduler.json, plain JSON (never pickled)."""
+
+    name, file = "", SCHEDULER_FILE
+
+    def __init__(self, scheduler: LambdaLR) -> None:
+        self.scheduler = scheduler
+
+    def state_dict(self) -> dict:
+        return scheduler_state(self.scheduler)
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            load_scheduler_state(self.scheduler, state, SCHEDULER_FILE)
+        except ValueError as e:
+            raise DataError(str(e)) from None

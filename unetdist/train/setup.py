@@ -16,49 +16,22 @@ from pathlib import Path
 
 import torch
 
-from unetdist.config import RunConfig, TrainConfig, to_dict, to_yaml
+from unetdist.config import DataConfig, RunConfig, TrainConfig, to_dict, to_yaml
 from unetdist.data.manifest import MANIFEST, check_fold, manifest_hash, read_manifest, split_names
 from unetdist.distributed import gather_objects, make_accelerator
-from unetdist.errors import ConfigError, DataError, FileSystemError, UserError
+from unetdist.errors import ConfigError, FileSystemError, UserError
 from unetdist.log import say, warn
 from unetdist.models.registry import apply_runtime_options, build_model, compile_model
 from unetdist.track.jsonl import Tracker, open_tracker
 from unetdist.track.runinfo import run_info, write_run_config
 from unetdist.train import checkpoint as ckpt
 from unetdist.train.budget import TimeBudget
+from unetdist.train.checkpoint import TrainState
 from unetdist.train.ema import ModelEma
 from unetdist.train.losses import build_loss
-from unetdist.train.optim import build_optimizer, build_scheduler, load_scheduler_state
+from unetdist.train.optim import SchedulerState, build_optimizer, build_scheduler
+from unetdist.train.resume import plan_resume
 from unetdist.train.runlock import RunLock
-
-
-@dataclass
-class TrainState:
-    """What a checkpoint must carry besides accelerate's state; owns trainer_state.json."""
-
-    step: int = 0  # optimizer steps completed
-    batches: int = 0  # micro-batches this rank consumed: the data-stream position
-    best_dice: float | None = None  # best validation FOV Dice so far
-    best_step: int | None = None  # the step it was reached at
-    skipped_in_a_row: int = 0  # consecutive fp16 overflow skips
-    run_id: str = ""  # tracker run id, so a resumed run continues the same tracked run
-
-    def state_dict(self, *, steps_per_epoch: int, manifest_hash: str, world_size: int,
-                   config: dict) -> dict:
-        """trainer_state.json: what `load_state_dict` reads back, plus what resume checks."""
-        epoch, pos = divmod(self.batches, steps_per_epoch)
-        return {"step": self.step, "epoch": epoch,
-                "stream": {"epoch": epoch, "position": pos, "batches": self.batches},
-                "best": {"metric": "val fov dice", "value": self.best_dice,
-                         "step": self.best_step},
-                "skipped_in_a_row": self.skipped_in_a_row, "tracker_run_id": self.run_id,
-                "manifest_hash": manifest_hash, "world_size": world_size, "config": config}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.step, self.batches = int(d["step"]), int(d["stream"]["batches"])
-        self.best_dice, self.best_step = d["best"]["value"], d["best"]["step"]
-        self.skipped_in_a_row = int(d["skipped_in_a_row"])
-        self.run_id = d["tracker_run_id"]
 
 
 @dataclass
@@ -83,6 +56,7 @@ class Run:
     lock: RunLock | None = None  # rank 0's hold on run_dir (None on other ranks)
     last_save_time: float = field(default_factory=time.monotonic)
     last_saved_step: int = -1
+    parts: list[ckpt.Part] = field(default_factory=list)  # what a checkpoint holds: see setup
     before_step: Callable[[], None] = lambda: None  # extension point (test fault injection)
 
 
@@ -133,7 +107,10 @@ def accelerator_kwargs(cfg: RunConfig) -> dict:
 
 
 def training_accelerator(cfg: RunConfig):
-    """The trainer's Accelerator: the shared factory plus the DDP/process-group settings."""
+    """The trainer's Accelerator: the shared factory plus the DDP/process-group settings.
+
+    cfg.train.precision must be resolved already (`fit` does it once, before staging).
+    """
     if cfg.dist.grad_compression != "none" and not torch.cuda.is_available():
         raise ConfigError(f"dist.grad_compression must be none without CUDA (a NCCL hook), "
                           f"got {cfg.dist.grad_compression!r}")
@@ -180,23 +157,21 @@ def take_run_lock(acc, run_dir: Path) -> RunLock | None:
 
 def _setup_locked(cfg: RunConfig, acc, shard_dir: str, manifest: dict, run_dir: Path,
                   mhash: str) -> Run:
-    resume_from, saved = plan_resume(cfg, acc, run_dir, mhash)
+    resume_from = plan_resume(cfg, acc, run_dir, mhash)
     acc.wait_for_everyone()  # every rank has read the run dir before rank 0 writes to it
     if acc.is_main_process:
         prepare_run_dir(cfg, acc, run_dir)
     budget = TimeBudget(cfg.train.max_minutes, cfg.train.max_steps, acc.is_main_process)
     model, optimizer, scheduler, forward = build_training_objects(cfg, acc, budget)
     has_val = cfg.eval.split in split_names(manifest, cfg.data.fold)
-    run = Run(cfg, acc, run_dir, shard_dir, mhash, has_val,
-              model, optimizer, scheduler, build_loss(cfg.loss), TrainState(), forward=forward,
-              budget=budget)
+    run = Run(cfg, acc, run_dir, shard_dir, mhash, has_val, model, optimizer, scheduler,
+              build_loss(cfg.loss), TrainState(steps_per_epoch=cfg.data.steps_per_epoch),
+              forward=forward, budget=budget)
     if cfg.train.ema_decay > 0:
         run.ema = ModelEma(acc.unwrap_model(model), cfg.train.ema_decay)
+    run.parts = checkpoint_parts(run)
     if resume_from is not None:
-        restore(run, resume_from, saved)
-        budget.load_state_dict(saved.get("budget", {}))  # the time already spent still counts
-        if run.ema is not None and not run.ema.load(resume_from):
-            warn(f"{resume_from} holds no EMA weights; the EMA starts from the resumed weights")
+        ckpt.load_checkpoint(acc, resume_from, run.parts)
         run.last_saved_step = run.state.step
         say(f"resuming from {resume_from}")
     run.tracker = open_tracker(cfg, run_dir, is_main=acc.is_main_process,
@@ -206,38 +181,12 @@ def _setup_locked(cfg: RunConfig, acc, shard_dir: str, manifest: dict, run_dir: 
     return run
 
 
-def plan_resume(cfg: RunConfig, acc, run_dir: Path, mhash: str) -> tuple[Path | None, dict]:
-    """Pick the checkpoint to resume (rank 0 decides, every rank follows) and check it.
-
-    Only rank 0 lists the run directory: over NFS each node's attribute cache may show a
-    different newest checkpoint. Its choice (or its error) goes to every rank; every rank
-    then reads that checkpoint's state, so all raise the same error or none.
-    """
-    choice: tuple[str, str | None] = ("ok", None)
-    if acc.is_main_process:
-        try:
-            path = ckpt.find_resume(cfg.train.resume, run_dir)
-            choice = ("ok", None if path is None else str(path))
-        except UserError as e:
-            choice = ("error", str(e))
-    kind, value = gather_objects(choice)[0]
-    if kind == "error":
-        raise UserError(value)
-    if value is None:
-        return None, {}
-    path = Path(value)
-    saved = ckpt.read_trainer_state(path)
-    warnings = ckpt.check_compatible(saved, cfg.model.architecture(), mhash,
-                                     acc.num_processes, path)
-    ckpt.refuse_code(path)
-    ckpt.check_rng_files(path, int(saved["world_size"]), acc.num_processes)
-    ckpt.read_scheduler_state(path)
-    changed = ckpt.changed_hyperparameters(saved["config"], to_dict(cfg))
-    if changed:
-        warnings.append(f"resuming {path} with changed hyperparameters: " + ", ".join(changed))
-    for w in warnings:
-        warn(w)
-    return path, saved
+def checkpoint_parts(run: Run) -> list[ckpt.Part]:
+    """What a checkpoint holds besides accelerate's state, one entry per piece of state (the
+    budget is None in hand-built test runs, the EMA without train.ema_decay)."""
+    identity = ckpt.RunIdentity(run.manifest_hash, run.acc.num_processes, to_dict(run.cfg))
+    parts = [run.state, identity, run.budget, SchedulerState(run.scheduler), run.ema]
+    return [p for p in parts if p is not None]
 
 
 def prepare_run_dir(cfg: RunConfig, acc, run_dir: Path) -> None:
@@ -276,22 +225,6 @@ def build_training_objects(cfg: RunConfig, acc, budget: TimeBudget):
     model, optimizer = acc.prepare(model, optimizer)
     set_seed(cfg.seed, device_specific=True)  # per-rank random streams from here on
     return model, optimizer, scheduler, compile_model(model, cfg.model)
-
-
-def restore(run: Run, path: Path, saved: dict) -> None:
-    acc = run.acc
-    ckpt.load_accelerate_state(acc, path)
-    try:
-        load_scheduler_state(run.scheduler, ckpt.read_scheduler_state(path),
-                             f"{path}/{ckpt.SCHEDULER_FILE}")
-    except ValueError as e:
-        raise DataError(str(e)) from None
-    rank, saved_ws = acc.process_index, int(saved["world_size"])
-    ok = rank >= saved_ws or ckpt.verify_rng_restored(path, rank)
-    failed = [r for r, good in enumerate(gather_objects(ok)) if not good]
-    if failed:
-        raise DataError(f"checkpoint {path}: the random state of rank(s) {failed} did not load")
-    run.state.load_state_dict(saved)
 
 
 def announce(run: Run) -> None:
@@ -335,28 +268,40 @@ def warn_cpu_shortage(cfg: RunConfig, acc) -> str | None:
     return msg
 
 
-def warn_shm_shortage(cfg: RunConfig, acc, shm: str = "/dev/shm") -> str | None:
-    """One warning per node when /dev/shm cannot hold the batches in flight.
+PREFETCH = 2  # batches each loader worker keeps ready (data.pipeline's DataLoader)
+FULL_SIDE = 584  # data.crop=0 and no resize: a DRIVE image's long side, squared (a bound)
 
-    Worker batches travel through shared memory: workers x prefetch (2) batches per process,
-    image float32 plus uint8 label and FOV per pixel. Docker's default /dev/shm is 64 MB.
+
+def shm_need(data: DataConfig, processes: int) -> int:
+    """Bytes of /dev/shm the loader workers of `processes` training processes fill at most.
+
+    A worker's batch reaches its trainer through shared memory: image float32 (B, C, h, w),
+    label and FOV uint8 (B, 1, h, w); each worker keeps PREFETCH batches ready. The view is
+    data.resize when set, else the crop (as `data.augment.view_size` decides).
     """
+    side = data.resize or data.crop or FULL_SIDE
+    batch = data.batch_size * side * side * (4 * data.in_channels + 1 + 1)
+    return processes * data.num_workers * PREFETCH * batch
+
+
+def warn_shm_shortage(cfg: RunConfig, acc, shm: str = "/dev/shm") -> str | None:
+    """One warning per node when /dev/shm has no room for the batches in flight (Docker's
+    default /dev/shm is 64 MB): `unetdist doctor` checks the same need, `shm_need`."""
     import shutil
 
     if not cfg.data.num_workers or acc.local_process_index != 0:
         return None
-    side = cfg.data.crop or cfg.data.resize or 512  # full images: assume 512 px
-    per_batch = cfg.data.batch_size * side * side * (4 * cfg.data.in_channels + 2)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    need = local * cfg.data.num_workers * 2 * per_batch
+    need = shm_need(cfg.data, local)
     try:
-        have = shutil.disk_usage(shm).total
+        free = shutil.disk_usage(shm).free
     except OSError:
         return None
-    if have >= need:
+    if free >= need:
         return None
-    msg = (f"{shm} holds {have / 2**20:.0f} MiB but {local} process(es) x data.num_workers="
-           f"{cfg.data.num_workers} x 2 prefetched batches need ~{need / 2**20:.0f} MiB: loader "
-           f"workers may die with a bus error (Docker: --shm-size; or lower data.num_workers)")
+    msg = (f"{shm} has {free / 2**20:.0f} MiB free but {local} process(es) x data.num_workers="
+           f"{cfg.data.num_workers} x {PREFETCH} prefetched batches need ~{need / 2**20:.0f} "
+           "MiB: loader workers may die with a bus error (Docker: --shm-size; or lower "
+           "data.num_workers)")
     print(f"warning: {msg}", file=sys.stderr, flush=True)
     return msg
