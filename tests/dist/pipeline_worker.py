@@ -15,8 +15,8 @@ from itertools import islice
 import torch
 from accelerate import Accelerator
 
-from unetdist.sections import DataConfig
 from unetdist.data.pipeline import eval_samples, run_batches
+from unetdist.sections import DataConfig
 
 
 def _digest(batch: dict) -> str:
