@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -67,26 +68,38 @@ def step_worker(precision: str, size: int, width: int, depth: int, batch: int, s
              "steps": len(t)} for cl, t in times.items()]
 
 
-def _step_subprocess(precision: str, args: list[str]) -> list[dict]:
+def _step_subprocess(precision: str, args: list[str], threads: int) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="unetdist-bench-") as d:
         out = Path(d) / f"{precision}.json"
         cmd = [sys.executable, "-m", "unetdist.bench.train", "--worker", precision, *args,
                "--out", str(out)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False,
+                           env=env)
         if r.returncode != 0 or not out.is_file():
             raise RuntimeError(f"train step worker ({precision}) failed:\n{r.stderr[-2000:]}")
         return json.loads(out.read_text())
 
 
 def bench_train_step(quick: bool) -> dict:
-    """fp32 in this process (every in-process section trains in fp32), bf16 in a fresh one."""
+    """fp32 in this process (every in-process section trains in fp32), bf16 in a fresh one.
+
+    torch's threads as they are; --quick uses one (OpenMP spin-waits on a busy machine can
+    make a tiny step take seconds, and a smoke run must stay short).
+    """
     size, width, depth, batch, steps = (64, 8, 4, 2, 1) if quick else (256, 64, 4, 2, 3)
-    rows = step_worker("fp32", size, width, depth, batch, steps, warmup=1)
+    before = torch.get_num_threads()
+    threads = 1 if quick else before
+    torch.set_num_threads(threads)
+    try:
+        rows = step_worker("fp32", size, width, depth, batch, steps, warmup=1)
+    finally:
+        torch.set_num_threads(before)
     args = [f"--{k}={v}" for k, v in (("size", size), ("width", width), ("depth", depth),
                                       ("batch", batch), ("steps", steps))]
-    rows += _step_subprocess("bf16", args)
+    rows += _step_subprocess("bf16", args, threads)
     meta = {"size": size, "width": width, "depth": depth, "steps": steps, "warmup": 1,
-            "threads": torch.get_num_threads(), "step": "unetdist.train.step.train_step"}
+            "threads": threads, "step": "unetdist.train.step.train_step"}
     return {"meta": meta, "rows": rows, "ratios": speedups(rows)}
 
 
