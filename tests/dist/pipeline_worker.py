@@ -10,12 +10,13 @@ import hashlib
 import json
 import os
 import sys
+from itertools import islice
 
 import torch
 from accelerate import Accelerator
 
+from unetdist.data.pipeline import eval_samples, run_batches
 from unetdist.config import DataConfig
-from unetdist.data.pipeline import eval_samples, train_batches
 
 
 def _digest(batch: dict) -> str:
@@ -26,10 +27,14 @@ def _digest(batch: dict) -> str:
 
 
 def _train(cfg: DataConfig, shard_dir: str, rank: int, world: int, start: int) -> list:
-    stream = train_batches(cfg, shard_dir, seed=3, rank=rank, world_size=world, epoch=1,
-                           start_step=start)
-    return [{"key": b["key"], "digest": _digest(b), "shape": list(b["image"].shape),
-             "fov_sum": float(b["fov"].sum())} for b in stream]
+    """Epoch 1 from step START, read from the trainer's stream as a resumed trainer would."""
+    steps = cfg.steps_per_epoch
+    stream = run_batches(cfg, shard_dir, seed=3, rank=rank, world_size=world,
+                         start_batch=steps + start)
+    out = [{"key": b["key"], "digest": _digest(b), "shape": list(b["image"].shape),
+            "fov_sum": float(b["fov"].sum())} for b in islice(stream, steps - start)]
+    stream.close()  # stops the workers
+    return out
 
 
 def main() -> None:

@@ -35,16 +35,15 @@ def test_quick_gpu_bench_runs_the_trainer_step_per_variant(quick):
 
 
 def test_flop_count_is_the_seed_unets_957_gflop_at_512():
-    from unetdist.tools.bench import load_benchmark
+    from unetdist.bench import gpu as bench
 
-    bench = load_benchmark("bench_gpu")
     assert bench.flops_per_image(512, 64) / 1e9 == pytest.approx(957.4, abs=0.1)
     assert bench.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
     assert bench.peak_tflops("NVIDIA H100 PCIe") == 756.0
 
 
 def test_record_appends_one_row_under_the_gpu_table(tmp_path):
-    from unetdist.tools.gpu_bench import HEADER, record
+    from unetdist.bench.gpu import HEADER, record
 
     doc = {"device": "NVIDIA H100 80GB HBM3", "settings": {"size": 512, "width": 64,
                                                            "batch": 16, "steps": 50},

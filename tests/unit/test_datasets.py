@@ -245,13 +245,16 @@ def test_folds_partition_the_training_samples(fold_shards):
 
 def test_training_stream_never_sees_the_validation_fold(fold_shards):
     from unetdist.config import load_config
-    from unetdist.data.pipeline import eval_samples, train_batches
+    from itertools import islice
+
+    from unetdist.data.pipeline import eval_samples, run_batches
 
     path, m = fold_shards
     cfg = load_config(None, ["data.crop=16", "data.batch_size=2", "data.num_workers=0",
                              "data.steps_per_epoch=20", "data.fold=2", "data.cache=false"])
-    seen = {k for b in train_batches(cfg.data, str(path), seed=0, rank=0, world_size=1,
-                                     epoch=0) for k in b["key"]}
+    stream = run_batches(cfg.data, str(path), seed=0, rank=0, world_size=1)
+    seen = {k for b in islice(stream, 20) for k in b["key"]}  # one epoch
+    stream.close()
     held_out = set(m["folds"]["ids"][2])
     assert seen == {i for fold in m["folds"]["ids"] for i in fold} - held_out  # all the others, none of it
     val = [s["key"] for s in eval_samples(cfg.data, str(path), "val", rank=0, world_size=1)]

@@ -1,6 +1,6 @@
 """Host syncs per optimizer step, counted with a CPU fake.
 
-What counts as a sync and why is in `unetdist.tools.syncs` (the same counter `unetdist bench
+What counts as a sync and why is in `unetdist.bench.syncs` (the same counter `unetdist bench
 --gpu` uses on CPU): the trainer's step must make at most one (the read-back of its agreement
 all-reduce), on logging steps as on the others.
 """
@@ -15,7 +15,7 @@ import torch
 
 from tests.util import synthetic_shards
 from unetdist.config import load_config
-from unetdist.tools.syncs import FakeSyncCounter
+from unetdist.bench.syncs import FakeSyncCounter
 
 
 @pytest.fixture(scope="module")

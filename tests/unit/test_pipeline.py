@@ -1,4 +1,8 @@
-"""The train/eval streams on tiny shards: exact counts, determinism, resume, corrupt data."""
+"""The train/eval streams on tiny shards: exact counts, determinism, resume, corrupt data.
+
+The training stream is the trainer's own (`run_batches`); `run_train` reads one epoch of it
+from a given step, which is exactly how the trainer resumes (start_batch = epoch * steps +
+step)."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import hashlib
 import io
 import json
 import tarfile
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +19,7 @@ import torch
 
 from unetdist.config import DataConfig
 from unetdist.data import codec
-from unetdist.data.pipeline import count_samples, eval_samples, train_batches
+from unetdist.data.pipeline import count_samples, eval_samples, run_batches
 from unetdist.data.preprocess import preprocess
 from unetdist.data.reader import CACHE
 from unetdist.errors import DataError
@@ -86,10 +91,17 @@ def data_cfg(**kw) -> DataConfig:
     return DataConfig(**base)
 
 
-def run_train(cfg: DataConfig, root, **kw) -> list[dict]:
-    args = {"seed": 7, "rank": 0, "world_size": 1, "epoch": 0}
+def run_train(cfg: DataConfig, root, *, epoch: int = 0, start_step: int = 0,
+              **kw) -> list[dict]:
+    """Steps START_STEP.. of EPOCH from `run_batches` started where the trainer would start it."""
+    args = {"seed": 7, "rank": 0, "world_size": 1}
     args.update(kw)
-    return list(train_batches(cfg, str(root), **args))
+    gen = run_batches(cfg, str(root), start_batch=epoch * cfg.steps_per_epoch + start_step,
+                      **args)
+    try:
+        return list(islice(gen, cfg.steps_per_epoch - start_step))
+    finally:
+        gen.close()  # stops the workers
 
 
 def same_batches(a: list[dict], b: list[dict]) -> bool:
@@ -287,15 +299,17 @@ def test_corrupt_member_error_mode_names_key_and_shard(tmp_path, workers):
 def test_corrupt_member_skip_mode_counts_and_logs(tmp_path, workers, cache, capfd):
     root = _corrupt(tmp_path)
     cfg = data_cfg(num_workers=workers, cache=cache, on_corrupt="skip", steps_per_epoch=8)
-    stream = train_batches(cfg, str(root), seed=1, rank=0, world_size=1, epoch=0)
-    got = list(stream)
+    got = run_train(cfg, root, seed=1, epoch=0)
     assert len(got) == 8 and all(len(b["key"]) == 3 for b in got)
     assert "c002" not in {k for b in got for k in b["key"]}
-    assert stream.skipped.keys == {("train-000000.tar", "c002")}
-    assert "warning: skipped 1 corrupt training sample" in capfd.readouterr().err
+    gen = run_batches(cfg, str(root), seed=1, rank=0, world_size=1)
+    list(islice(gen, 9))  # past the epoch end, where the count is logged
+    gen.close()
+    err = capfd.readouterr().err
+    assert err.count("skipping corrupt sample 'c002' in train-000000.tar") == 2  # once a stream
+    assert "warning: skipped 1 corrupt training sample" in err
     # a resumed skip-mode stream finds the same samples even though one was corrupt
-    assert same_batches(got[5:], list(train_batches(cfg, str(root), seed=1, rank=0,
-                                                    world_size=1, epoch=0, start_step=5)))
+    assert same_batches(got[5:], run_train(cfg, root, seed=1, epoch=0, start_step=5))
     ev = eval_samples(cfg, str(root), "train", rank=0, world_size=1)
     assert [s["key"] for s in ev] == ["c000", "c001", "c003", "c004", "c005"]
     assert len(ev.skipped.keys) == 1

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from unetdist.tools.benchmarks.bench_threads import thread_choices
+from unetdist.bench.threads import thread_choices
 from unetdist.train.threads import cgroup_cpu_limit, choose_threads, usable_cpus
 
 

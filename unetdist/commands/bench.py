@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 HELP = "measure throughput on this machine (data, train step, DDP, staging, inference) -> JSON"
 
 
 def _sections(text: str) -> tuple[str, ...]:
-    from unetdist.tools.bench import SECTIONS
+    from unetdist.bench.runner import SECTIONS
 
     names = tuple(s.strip() for s in text.split(",") if s.strip())
     bad = [n for n in names if n not in SECTIONS]
@@ -28,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the trainer's own step on the accelerator: img/s fp32/bf16/"
                         "bf16+channels_last/+compile, MFU, data wait, host syncs per step, "
                         "all-reduce bandwidth and 1->N scaling; appends a row to "
-                        "benchmarks/RESULTS.md (without CUDA: a reduced CPU form)")
+                        "docs/RESULTS.md (without CUDA: a reduced CPU form)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes, one round each: a smoke run in well under a minute "
                         "(figures not meaningful)")
@@ -37,45 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "data_wait, threads, staging, inference)")
 
 
-def _write_json(path: Path, doc: dict) -> None:
-    import json
-
-    from unetdist.atomic import write_atomic
-
-    write_atomic(path, json.dumps(doc, indent=1) + "\n")
-
-
-def _run_gpu(args: argparse.Namespace) -> int:
-    from unetdist.tools.gpu_bench import record, results_row, run_gpu
-
-    doc = run_gpu(args.quick, log=lambda s: print(s, file=sys.stderr, flush=True))
-    out = args.out or Path("bench-gpu.json")
-    _write_json(out, doc)
-    if not doc["variants"]:
-        print("warning: no variant ran; nothing recorded", file=sys.stderr)
-    elif args.quick:
-        print("--quick: figures not meaningful, not recorded in benchmarks/RESULTS.md")
-    else:
-        print(f"recorded in {record(doc)}")
-    print(doc["profile"])
-    print(results_row(doc))
-    print(f"wrote {out}")
-    return 1 if doc["errors"] else 0
-
-
 def run(args: argparse.Namespace) -> int:
-    from unetdist.tools.bench import SECTIONS, format_table, run_all
+    from unetdist.bench.runner import bench
 
-    if args.gpu:
-        if args.only:
-            from unetdist.errors import UserError
-
-            raise UserError("--gpu runs its own variants: drop --only")
-        return _run_gpu(args)
-    args.out = args.out or Path("bench.json")
-    result = run_all(quick=args.quick, only=args.only or SECTIONS,
-                     log=lambda s: print(s, file=sys.stderr, flush=True))
-    _write_json(args.out, result)
-    print(format_table(result))
-    print(f"wrote {args.out}")
-    return 1 if result["errors"] else 0
+    return bench(args.out, quick=args.quick, gpu=args.gpu, only=args.only)

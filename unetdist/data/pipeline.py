@@ -1,8 +1,13 @@
 """The input pipelines: training batches (resampled, exact under DDP) and evaluation samples.
 
-Training (`train_batches`): each rank yields exactly `steps_per_epoch - start_step` batches
-from its own seeded streams (see `stream.py`), so no rank ever waits for another at an epoch
-boundary and any shard count works. The DataLoader is built here and must NOT go through
+Training (`run_batches`, the trainer's one stream): each rank makes `steps_per_epoch` batches
+per epoch from its own seeded streams (see `stream.py`), so no rank ever waits for another at
+an epoch boundary and any shard count works. ONE DataLoader serves the whole run and its
+workers live across epochs (no re-fork, pin-thread restart or prefetch drain every
+`steps_per_epoch`). Worker w of a loader started at global batch g0 makes global batches g0+w,
+g0+w+W, ... (W workers); global batch g is step `g % steps_per_epoch` of epoch
+`g // steps_per_epoch`, and the DataLoader's round-robin yields them in step order, so
+resuming at any batch is exact. The DataLoader is built here and must NOT go through
 `accelerator.prepare()` (that would re-shard or dispatch an already split stream); the trainer
 moves batches to its device itself. The loader gets its own torch.Generator so building one
 never advances the trainer's global RNG (a resumed run would otherwise drift).
@@ -11,23 +16,15 @@ Evaluation (`eval_samples`): rank r reads the contiguous r-th share of the split
 key order, full resolution, no augmentation, each sample exactly once across ranks; shares can
 be empty. No collectives happen here, so ranks with fewer samples never block.
 
-The trainer reads `run_batches`: ONE DataLoader for the whole run whose workers live across
-epochs (no re-fork, pin-thread restart or prefetch drain every `steps_per_epoch`). Worker w of
-a loader started at global batch g0 makes global batches g0+w, g0+w+W, ... (W workers), each
-one exactly the batch `train_batches` makes for that (epoch, step); the DataLoader's
-round-robin then yields them in step order, so resuming at any batch is exact.
-
 Cache (data.cache): the cache is filled in the process that starts the loader (the trainer),
 with a thread pool, before the workers start; forked workers inherit it copy-on-write (one
 copy per rank, not per worker) and never open a tar; under spawn/forkserver it is pickled to
-each worker instead. `train_batches` (one epoch) fills the shards that epoch needs;
-`run_batches` fills every training shard the rank may draw from in any epoch (shares are
-reshuffled per epoch), which is what the per-epoch fills add up to after a few epochs anyway.
-Forking workers is also why OpenCV's thread pool is switched off in this process once a
-loader has workers (see `single_threaded_opencv`).
+each worker instead. `run_batches` fills every training shard the rank may draw from in any
+epoch (shares are reshuffled per epoch). Forking workers is also why OpenCV's thread pool is
+switched off in this process once a loader has workers (see `single_threaded_opencv`).
 
-Corrupt samples: with data.on_corrupt=skip each one is logged once (main process) and counted
-(`.skipped`); the count is logged when the stream ends.
+Corrupt samples: with data.on_corrupt=skip each one is logged once (main process) and counted;
+the count is logged at the end of every epoch.
 """
 
 from __future__ import annotations
@@ -50,7 +47,7 @@ from unetdist.data.reader import (
     iter_raw,
     split_shards,
 )
-from unetdist.data.stream import StreamSpec, assign_shards, stream_batches
+from unetdist.data.stream import StreamSpec, stream_batches
 from unetdist.errors import DataError
 from unetdist.log import rank_warn
 
@@ -109,29 +106,6 @@ def _forks() -> bool:
     return (method or multiprocessing.get_all_start_methods()[0]) == "fork"
 
 
-class _TrainDataset(torch.utils.data.IterableDataset):
-    """One epoch of one rank; each DataLoader worker plays the logical stream it is due.
-
-    CACHE is None when workers are forked (they inherit the module's cache for free) or the
-    cache is off; with spawn/forkserver it is the warm cache itself, pickled to each worker.
-    """
-
-    def __init__(self, spec: StreamSpec, use_cache: bool, cache: SampleCache | None) -> None:
-        self.spec, self.use_cache, self.cache = spec, use_cache, cache
-
-    def __iter__(self) -> Iterator[dict]:
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else 0
-        spec, n = self.spec, self.spec.num_streams
-        first = spec.start_step + worker  # this worker makes steps first, first + n, ...
-        count = len(range(first, spec.cfg.steps_per_epoch, n))
-        try:
-            cache = (self.cache or CACHE) if self.use_cache else None
-            yield from stream_batches(spec, first % n, first // n, count, cache)
-        except DataError as e:  # one clean line for the CLI instead of a wrapped traceback
-            yield {"_error": str(e)}
-
-
 class _RunDataset(torch.utils.data.IterableDataset):
     """Every epoch of one rank from global batch `start`; worker w makes start+w, start+w+W..."""
 
@@ -177,9 +151,11 @@ def run_batches(cfg: DataConfig, shard_dir: str, *, seed: int, rank: int, world_
                 start_batch: int = 0) -> Iterator[dict]:
     """This rank's batches from global batch START_BATCH on, epoch after epoch, endlessly.
 
-    Batch g is exactly batch `g % steps_per_epoch` of `train_batches(..., epoch=g //
-    steps_per_epoch)`, but one DataLoader (and its workers) serves every epoch. Close the
-    generator to stop the workers.
+    Batches are dicts of CPU tensors: image float32 (B,C,h,w), label/fov uint8 (B,1,h,w) in
+    {0,1}, key list[str]. Batch g is step `g % steps_per_epoch` of epoch `g // steps_per_epoch`,
+    deterministic in (seed, epoch, rank, data.num_workers); started at START_BATCH=k it yields
+    what the uninterrupted stream yields after k batches. Close the generator to stop the
+    workers.
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} out of range for world size {world_size}")
@@ -200,62 +176,6 @@ def run_batches(cfg: DataConfig, shard_dir: str, *, seed: int, rank: int, world_
         g += 1
         if g % cfg.steps_per_epoch == 0:
             skipped.summary()
-
-
-class TrainStream:
-    """The batches of one rank for one epoch (from start_step); see `train_batches`."""
-
-    def __init__(self, cfg: DataConfig, shard_dir: str, *, seed: int, rank: int,
-                 world_size: int, epoch: int, start_step: int = 0) -> None:
-        if not 0 <= start_step <= cfg.steps_per_epoch:
-            raise ValueError(f"start_step must be in [0, {cfg.steps_per_epoch}], got {start_step}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} out of range for world size {world_size}")
-        if cfg.num_workers:
-            single_threaded_opencv()  # before the cache fill runs OpenCV in this process
-        shards = tuple(split_shards(shard_dir, "train", cfg.fold))
-        self.cfg = cfg
-        self.spec = StreamSpec(cfg, shards, seed, epoch, rank, world_size, start_step,
-                               max(1, cfg.num_workers))
-        self.skipped = _SkipLog("training")
-
-    def __len__(self) -> int:
-        return self.cfg.steps_per_epoch - self.spec.start_step
-
-    def _warm_cache(self) -> None:
-        needed = {s for k in range(self.spec.num_streams) for s in assign_shards(self.spec, k)}
-        for key, shard, why in fill_cache(sorted(needed, key=lambda s: s.name), self.cfg):
-            self.skipped.add(key, shard, why)
-
-    def _loader(self) -> torch.utils.data.DataLoader:
-        ship = CACHE if self.cfg.num_workers and self.cfg.cache and not _forks() else None
-        return _make_loader(_TrainDataset(self.spec, self.cfg.cache, ship), self.cfg.num_workers,
-                            self.spec.seed_for(0xDA7A))
-
-    def __iter__(self) -> Iterator[dict]:
-        if len(self) == 0:
-            return
-        if self.cfg.cache:
-            self._warm_cache()
-        n = 0
-        for batch in self._loader():
-            n += 1
-            yield _checked(batch, self.skipped)
-        if n != len(self):  # the DataLoader round-robin contract; never expected to fire
-            raise RuntimeError(f"training stream yielded {n} batches, expected {len(self)}")
-        self.skipped.summary()
-
-
-def train_batches(cfg: DataConfig, shard_dir: str, *, seed: int, rank: int, world_size: int,
-                  epoch: int, start_step: int = 0) -> TrainStream:
-    """Exactly `cfg.steps_per_epoch - start_step` batches of this rank for EPOCH.
-
-    Batches are dicts of CPU tensors: image float32 (B,C,h,w), label/fov uint8 (B,1,h,w) in
-    {0,1}, key list[str]. Deterministic in (seed, epoch, rank, data.num_workers); rebuilt with
-    start_step=k it yields what the uninterrupted stream yields after k batches.
-    """
-    return TrainStream(cfg, shard_dir, seed=seed, rank=rank, world_size=world_size,
-                       epoch=epoch, start_step=start_step)
 
 
 class EvalStream:
@@ -326,5 +246,4 @@ def eval_samples(cfg: DataConfig, shard_dir: str, split: str, *, rank: int,
     return EvalStream(cfg, shard_dir, split, rank=rank, world_size=world_size)
 
 
-__all__ = ["EvalStream", "ShardInfo", "TrainStream", "count_samples", "eval_samples",
-           "run_batches", "train_batches"]
+__all__ = ["EvalStream", "ShardInfo", "count_samples", "eval_samples", "run_batches"]

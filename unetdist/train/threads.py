@@ -9,7 +9,7 @@ least one; the usable cores come from the affinity mask and the cgroup quota, no
 `os.cpu_count()`. GPU runs keep one thread per rank: the GPU does the work.
 
 Subtracting the loader workers is measured, not guessed (`unetdist bench --only threads`, see
-benchmarks/RESULTS.md): on the shared 2-core box one thread + one worker trained 3.2-7.7x faster
+docs/RESULTS.md): on the shared 2-core box one thread + one worker trained 3.2-7.7x faster
 than two threads + one worker; OpenMP's threads wait for the slowest of them at every op, and a
 worker that takes a core makes one of them the slowest.
 """

@@ -1,11 +1,13 @@
 """CPU thread choices for one training process: should loader workers get cores of their own?
 
-    python -m unetdist.tools.benchmarks.bench_threads [--quick] [--json out.json]
+    python -m unetdist.bench.threads [--quick] [--json out.json]
 
-One training process on synthetic shards (crops with augmentation, the webdataset pipeline
-with W loader workers), timed for each torch intra-op thread count among: all usable cores,
-usable cores - W (the trainer's policy: workers get cores of their own), and 1. All choices run in this one invocation, in ROUNDS rounds of alternating order, each keeping its
-best round, so a burst of other work on the machine skews the ratios less.
+One training process on synthetic shards (the trainer's `run_batches`: crops with
+augmentation, W loader workers; the trainer's `train_step`), timed for each torch intra-op
+thread count among: all usable cores, usable cores - W (the trainer's policy: workers get cores
+of their own), and 1. All choices run in this one invocation, in ROUNDS rounds of alternating
+order, each keeping its best round, so a burst of other work on the machine skews the ratios
+less.
 """
 
 from __future__ import annotations
@@ -15,10 +17,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from unetdist.config import DataConfig
-from unetdist.data.ingest.synth import write_synthetic
-from unetdist.data.ingest.writer import shard_dataset
-from unetdist.tools.bench import _train_objects, _wait_fraction
+from unetdist.bench.train import data_overrides, write_shards
+from unetdist.bench.trainer import bench_config, trainer_run, wait_fraction
 from unetdist.train.threads import usable_cpus
 
 
@@ -36,7 +36,6 @@ def thread_choices(usable: int, workers: int) -> dict[str, int]:
 def run_benchmark(quick: bool = False, workers: int = 1, rounds: int | None = None) -> dict:
     import torch
 
-
     size, n, crop, batch, width = (64, 4, 48, 4, 8) if quick else (256, 20, 128, 4, 16)
     steps, warmup = (3, 1) if quick else (20, 3)
     rounds = rounds or (1 if quick else 2)
@@ -47,19 +46,16 @@ def run_benchmark(quick: bool = False, workers: int = 1, rounds: int | None = No
            "batch": batch, "model": f"unet width {width} depth 3", "steps": steps,
            "rounds": rounds}
     with tempfile.TemporaryDirectory(prefix="unetdist-bench-") as d:
-        raw = write_synthetic(Path(d) / "raw", n_train=n, n_test=0, size=(size, size),
-                              progress=False)
-        shard_dataset(raw, Path(d) / "shards", split_val=0.0, progress=False)
-        cfg = DataConfig(crop=crop, batch_size=batch, num_workers=workers,
-                         steps_per_epoch=steps + warmup)
+        shards = write_shards(Path(d), n, size)
+        cfg = bench_config(data_overrides(crop, batch, workers, steps + warmup)
+                           + [f"model.width={width}", "model.depth=3"])
         best: dict[str, dict] = {}
         try:
             for i in range(rounds):
                 order = list(choices.items())
                 for name, threads in order if i % 2 == 0 else order[::-1]:
                     torch.set_num_threads(threads)
-                    r = _wait_fraction(cfg, str(Path(d) / "shards"), _train_objects(width, 3),
-                                       steps, warmup)
+                    r = wait_fraction(trainer_run(cfg, shards), steps, warmup)
                     if name not in best or r["img_per_s"] > best[name]["img_per_s"]:
                         best[name] = {"choice": name, "threads": threads, **r}
         finally:

@@ -1,6 +1,6 @@
 """Staging throughput vs `shutil.copytree` and vs copytree followed by a sha256 pass.
 
-    python -m unetdist.tools.benchmarks.bench_stage --size-mb 300 [--dir /local/scratch] [--rounds 5]
+    python -m unetdist.bench.staging --size-mb 300 [--dir /local/scratch] [--rounds 5]
 
 Generates SIZE_MB of random shards with a manifest, then times, in one run and interleaved:
   stage          `unetdist.data.stage.node.stage` (read once, hash while writing, fsync, rename)
@@ -145,7 +145,7 @@ def run_benchmark(size_mb: int, out_dir: str | os.PathLike, rounds: int = 5) -> 
     "ratio_vs_copytree_sha_cold", "load_avg_1min", "cpus"} (ratio = stage's throughput over
     the other variant's).
     """
-    work = Path(tempfile.mkdtemp(prefix="bench_stage-", dir=out_dir))
+    work = Path(tempfile.mkdtemp(prefix="unetdist-bench-staging-", dir=out_dir))
     try:
         src = work / "src"
         manifest = _make_source(src, size_mb)

@@ -1,21 +1,23 @@
 """Training input pipeline throughput vs a seed-style loader, and augmentation speed per core.
 
-    python -m unetdist.tools.benchmarks.bench_pipeline [--quick] [--workers 0 1 2] [--json out.json]
+    python -m unetdist.bench.pipeline [--quick] [--workers 0 1 2] [--json out.json]
 
 One run, on the same synthetic fundus images (DRIVE size by default), written both as shards
-(for `unetdist.data.pipeline.train_batches`) and as PNG files (for the baseline):
+(for the trainer's stream, `unetdist.data.pipeline.run_batches`) and as PNG files (for the
+baseline):
   seed          the original tutorial's loader: a map-style Dataset whose __getitem__
                 cv2.imreads the image and mask PNGs, converts to gray, resizes to N x N and
                 flips at random; a DataLoader with the same batch size and worker count
-  ours-seed     train_batches in the seed's recipe (gray, resize N, flips only), data.cache on
+  ours-seed     run_batches in the seed's recipe (gray, resize N, flips only), data.cache on
   ours-nocache  the same with data.cache off (every sample decoded again, like the baseline)
   ours-crop     the default recipe: green channel, crops of N inside the FOV, full paired
                 augmentation (flips, rot90, rotation+zoom, gamma/contrast/brightness, blur,
                 noise), data.cache on
-Each loader runs EPOCHS epochs of STEPS batches (new DataLoader workers every epoch, as in
-training); the first epoch (cold cache, worker start) and the median of the later ones are
-reported separately, as samples/s of wall time and as CPU ms per sample (this process plus its
-reaped DataLoader workers, from getrusage: less sensitive to other work on the machine).
+Each loader runs EPOCHS epochs of STEPS batches: ours is one `run_batches` stream whose workers
+live across epochs, as the trainer reads it; the baseline starts a new DataLoader every epoch,
+as the tutorial did. The first epoch (cold cache, worker start) and the median of the later
+ones are reported separately, as samples/s of wall time and as CPU ms per sample (this process
+plus its DataLoader workers, live or reaped: less sensitive to other work on the machine).
 `per_core` times single-threaded `train_view` on N x N crops (the work one DataLoader worker
 does per sample once the cache is warm). The load average is recorded: other work on the box
 skews wall-clock figures, the loaders run back to back per worker count so ratios stay fair.
@@ -32,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -43,15 +46,54 @@ from unetdist.data.augment import train_view
 from unetdist.data.codec import decode_sample
 from unetdist.data.ingest.synth import synthetic_sample, write_synthetic
 from unetdist.data.ingest.writer import shard_dataset
-from unetdist.data.pipeline import train_batches
+from unetdist.data.pipeline import run_batches
 from unetdist.data.preprocess import prepare
 from unetdist.data.reader import CACHE, iter_raw, split_shards
+
+
+def _live_children_cpu() -> float:
+    """CPU seconds of this process's live children: loader workers not reaped yet (getrusage
+    counts a child only once it is reaped, and the trainer's workers live across epochs)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    try:
+        tasks = Path(f"/proc/{os.getpid()}/task").iterdir()
+        kids = {int(pid) for t in tasks for pid in (t / "children").read_text().split()}
+    except OSError:  # no /proc (not Linux): reaped children only
+        return 0.0
+    for pid in kids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except (OSError, IndexError, ValueError):  # exited meanwhile: counted once reaped
+            pass
+    return total
 
 
 def _cpu_seconds() -> float:
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
         resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime + _live_children_cpu()
+
+
+class TrainerStream:
+    """One `run_batches` stream for every epoch, as the trainer reads it; a call draws an epoch.
+
+    The stream (cache fill, worker start) begins on the first call, so the first epoch pays
+    for it; the cache starts cold, whatever loader ran before.
+    """
+
+    def __init__(self, cfg: DataConfig, shards: Path) -> None:
+        self.cfg, self.shards, self.batches = cfg, shards, None
+
+    def __call__(self):
+        if self.batches is None:
+            CACHE.clear()
+            self.batches = run_batches(self.cfg, str(self.shards), seed=0, rank=0, world_size=1)
+        return islice(self.batches, self.cfg.steps_per_epoch)
+
+    def close(self) -> None:
+        if self.batches is not None:
+            self.batches.close()  # stops the workers
 
 
 class SeedStyleDataset(torch.utils.data.Dataset):
@@ -137,12 +179,7 @@ def _loaders(shards: Path, pngs: Path, n: int, batch: int, steps: int, workers: 
 
     out = {"seed": seed_iter}
     for name, cfg in _our_configs(n, batch, steps, workers).items():
-        def ours(cfg=cfg, state={"epoch": 0}):  # noqa: B006 - a per-loader epoch counter
-            state["epoch"] += 1
-            return train_batches(cfg, str(shards), seed=0, rank=0, world_size=1,
-                                 epoch=state["epoch"])
-        out[name] = ours
-    CACHE.clear()  # every cached loader starts cold: its first epoch decodes
+        out[name] = TrainerStream(cfg, shards)
     return out
 
 
@@ -188,7 +225,11 @@ def run_benchmark(quick: bool = False, *, workers: tuple[int, ...] = (0, 1, 2),
         for w in workers:
             loaders = _loaders(shards, pngs, view, batch, steps, w)
             for name, make in loaders.items():
-                times = [_epoch(make, samples) for _ in range(epochs)]
+                try:
+                    times = [_epoch(make, samples) for _ in range(epochs)]
+                finally:
+                    if isinstance(make, TrainerStream):
+                        make.close()
                 result["loaders"].setdefault(name, {})[str(w)] = _summary(times, samples)
                 if progress:
                     print(f"  workers={w} {name}: {result['loaders'][name][str(w)]}",

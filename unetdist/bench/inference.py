@@ -1,6 +1,6 @@
 """Sliding-window inference latency per DRIVE-sized (584x565) image.
 
-    python -m unetdist.tools.benchmarks.bench_inference [--quick] [--iters 3] [--json out.json]
+    python -m unetdist.bench.inference [--quick] [--iters 3] [--json out.json]
 
 Runs `unetdist.eval.inference.sliding_window_predict` (the evaluator's and `predict`'s own code:
 Gaussian-blended tiles, eval.tile 256, overlap 0.25 -> 3x3 tiles on 584x565) on a random
@@ -92,7 +92,7 @@ def run_benchmark(quick: bool = False, iters: int | None = None, warmup: int = 1
     image = torch.randn(1, 1, h, w, generator=torch.Generator().manual_seed(0)).to(device)
     models = {(m, cl): _build(m, quick, cl, device) for m, _, cl, _ in VARIANTS}
     times: dict[int, list[float]] = {i: [] for i in range(len(VARIANTS))}
-    with tqdm(total=(warmup + iters) * len(VARIANTS), desc="bench_inference",
+    with tqdm(total=(warmup + iters) * len(VARIANTS), desc="bench inference",
               disable=not progress, file=sys.stderr) as bar:
         for rep in range(warmup + iters):
             for i, (m, prec, cl, tta) in enumerate(VARIANTS):

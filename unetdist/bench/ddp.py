@@ -1,12 +1,11 @@
 """Train-step throughput of the seed UNet (width 64, gray input) on CPU: 1 vs 2 DDP processes,
 fp32 vs bf16.
 
-    python -m unetdist.tools.benchmarks.bench_train [--quick] [--size 256] [--steps 6] [--rounds 2]
-                                     [--json out.json]
+    python -m unetdist.bench.ddp [--quick] [--size 256] [--steps 6] [--rounds 2] [--json out.json]
 
-Each configuration runs the trainer's own `train_step` (forward, FOV loss, backward with DDP
-all-reduce over gloo, the per-step agreement collective, clipping, optimizer and scheduler step)
-on in-memory batches (batch 1 per process, the seed recipe's), so data loading is not measured.
+Each configuration runs the trainer's own `unetdist.train.step.train_step` (forward, FOV loss,
+backward with DDP all-reduce over gloo, the per-step agreement collective, clipping, optimizer
+and scheduler step) on in-memory batches (batch 1 per process, the seed recipe's), so data loading is not measured.
 Every process gets one thread (OMP_NUM_THREADS=1): 2 processes use 2 cores. img/s counts the
 images of all processes. The configurations run in ROUNDS rounds (alternating order) in this one
 invocation and each keeps its best round, so a burst of other work on the machine skews the
@@ -25,43 +24,29 @@ import tempfile
 import time
 from pathlib import Path
 
-from unetdist.config import RunConfig
-from unetdist.train import loop as trainer
-from unetdist.train import setup as trainsetup
-from unetdist.train.budget import TimeBudget
-from unetdist.train.losses import build_loss
+from unetdist.bench.train import synthetic_batch
+from unetdist.bench.trainer import bench_config, trainer_run
 from unetdist.train.preempt import PreemptionFlag
+from unetdist.train.step import train_step
 
 CONFIGS = [(1, "no"), (2, "no"), (1, "bf16"), (2, "bf16")]
 
 
 def _worker(size: int, steps: int, warmup: int, precision: str, out: str) -> None:
     """One process of one configuration: time `steps` train steps after `warmup`."""
-    import torch
-
-
-    cfg = RunConfig()
-    cfg.data.channels, cfg.data.batch_size = "gray", 1
-    cfg.model.in_channels, cfg.model.width = 1, 64
-    cfg.train.precision = precision
-    acc = trainsetup.training_accelerator(cfg)  # the trainer's DDP and process-group settings
-    budget = TimeBudget(0.0, cfg.train.max_steps, acc.is_main_process)  # no time limit
-    model, opt, sched, forward = trainsetup.build_training_objects(cfg, acc, budget)
-    run = trainsetup.Run(cfg, acc, Path(out).parent, "", "", False, model, opt, sched,
-                         build_loss(cfg.loss), trainsetup.TrainState(), forward=forward,
-                         budget=budget)
-    g = torch.Generator().manual_seed(acc.process_index)
-    batch = {"image": torch.randn(1, 1, size, size, generator=g),
-             "label": (torch.rand(1, 1, size, size, generator=g) > 0.9).float(),
-             "fov": torch.ones(1, 1, size, size), "key": ["x"]}
+    cfg = bench_config(["data.channels=gray", "data.batch_size=1", "model.width=64",
+                        f"train.precision={precision}"])
+    run = trainer_run(cfg, run_dir=Path(out).parent)  # the trainer's DDP and process group
+    acc = run.acc
+    batch = synthetic_batch(1, size, seed=acc.process_index)
     flag = PreemptionFlag(signals=())
     for _ in range(warmup):
-        trainer.train_step(run, [batch], flag)
+        train_step(run, [batch], flag)
     acc.wait_for_everyone()
     t0 = time.perf_counter()
     images = 0
     for _ in range(steps):
-        images += trainer.train_step(run, [batch], flag).images
+        images += train_step(run, [batch], flag).images
     acc.wait_for_everyone()
     seconds = time.perf_counter() - t0
     if acc.is_main_process:
@@ -78,7 +63,7 @@ def _free_port() -> int:
 
 def _launch(nproc: int, precision: str, size: int, steps: int, warmup: int, tmp: Path) -> dict:
     out = tmp / f"r{nproc}-{precision}.json"
-    worker = ["-m", "unetdist.tools.benchmarks.bench_train", "--worker", "--size", str(size), "--steps",
+    worker = ["-m", "unetdist.bench.ddp", "--worker", "--size", str(size), "--steps",
               str(steps), "--warmup", str(warmup), "--precision", precision, "--out", str(out)]
     if nproc == 1:
         cmd = [sys.executable] + worker

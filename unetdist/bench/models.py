@@ -1,7 +1,9 @@
 """Forward+backward throughput of the seed UNet: fp32 vs bf16 autocast, channels_last on/off.
 
-    python -m unetdist.tools.benchmarks.bench_models [--size 512] [--iters 3] [--batches 1 2]
-                                                [--json out.json]
+    python -m unetdist.bench.models [--size 512] [--iters 3] [--batches 1 2] [--json out.json]
+
+The model alone (plain BCE, no optimizer): what the architecture costs. The trainer's whole
+step per precision and layout is the `train_step` section (`unetdist.bench.train`).
 
 All configurations run interleaved (one step of each in turn, repeated), so a change in the
 machine's load during the run hits every configuration alike and the ratios stay comparable.
@@ -53,7 +55,7 @@ def _configs(batches: Iterable[int], precisions: Iterable[str],
             for b, p, cl in itertools.product(batches, precisions, layouts)]
 
 
-def _ratios(rows: list[dict]) -> dict[str, float]:
+def speedups(rows: list[dict]) -> dict[str, float]:
     """bf16/fp32 and channels_last/contiguous speed-ups, per batch size."""
     by = {(r["batch"], r["precision"], r["channels_last"]): r["img_per_s"] for r in rows}
     out = {}
@@ -91,7 +93,7 @@ def run_benchmark(size: int = 512, iters: int = 3, *, warmup: int = 1,
     configs = _configs(batches, precisions, channels_last)
     times: dict[int, list[float]] = {i: [] for i in range(len(configs))}
     total = (warmup + iters) * len(configs)
-    with tqdm(total=total, desc="bench_models", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=total, desc="bench models", disable=not progress, file=sys.stderr) as bar:
         for rep in range(warmup + iters):
             for i, c in enumerate(configs):
                 fmt = torch.channels_last if c["channels_last"] else torch.contiguous_format
@@ -110,7 +112,7 @@ def run_benchmark(size: int = 512, iters: int = 3, *, warmup: int = 1,
             "warmup": warmup, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(),
             "onednn_bf16": _onednn_bf16()}
-    return {"meta": meta, "rows": rows, "ratios": _ratios(rows)}
+    return {"meta": meta, "rows": rows, "ratios": speedups(rows)}
 
 
 def format_report(result: dict) -> str:

@@ -10,7 +10,7 @@ Per variant it reports:
   with torch's FlopCounterMode; 957 GFLOP for the seed UNet at 512^2, 1 -> 1 channels) over the
   device's dense bf16 peak (a table by device name; none on CPU);
 - the data-wait fraction: time in `next(stream)` over the timed wall time;
-- host syncs per step, counted over 5 further steps (`unetdist.tools.syncs`: CUDA's sync debug
+- host syncs per step, counted over 5 further steps (`unetdist.bench.syncs`: CUDA's sync debug
   mode on a GPU, the patching fake on CPU);
 - with N > 1 GPUs, the best variant again under `accelerate launch` with N processes: 1 -> N
   scaling efficiency (per-GPU img/s at N over at 1) and the all-reduce bus bandwidth of a
@@ -22,7 +22,10 @@ width-16 UNet, a few steps, 1 worker): figures of the code path on this CPU, not
 The GPU profile (512 px, seed UNet, batch 16, 10 + 50 steps, 6 workers) fits in about 8 minutes
 on one GPU including the compile, plus one N-process run on a multi-GPU node.
 
-    python -m unetdist.tools.benchmarks.bench_gpu   # same as `unetdist bench --gpu`
+`record` appends the run's row to the GPU table of docs/RESULTS.md (that table is the file's
+last section, so a row goes at the end).
+
+    python -m unetdist.bench.gpu   # the measurements of `unetdist bench --gpu`, as JSON
 """
 
 from __future__ import annotations
@@ -34,12 +37,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from unetdist.config import ModelConfig, load_config
+from unetdist.atomic import write_atomic
+from unetdist.bench.syncs import sync_counter
+from unetdist.bench.trainer import stream as trainer_stream
+from unetdist.config import load_config
 from unetdist.data.ingest.synth import write_synthetic
 from unetdist.data.ingest.writer import shard_dataset
 from unetdist.models.registry import build_model
-from unetdist.tools.syncs import sync_counter
-from unetdist.train.loop import batch_stream
+from unetdist.config import ModelConfig
 from unetdist.train.preempt import PreemptionFlag
 from unetdist.train.setup import setup_run, training_accelerator
 from unetdist.train.step import train_step
@@ -63,6 +68,9 @@ PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0),
                     ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("L4", 121.0),
                     ("A10G", 70.0), ("A10", 125.0), ("RTX 4090", 165.0))
 SYNC_STEPS = 5
+SECTION = "## GPU: `unetdist bench --gpu`"
+HEADER = ("| date | device (settings) | fp32 img/s | bf16 img/s | bf16 + channels_last img/s "
+          "| + compile img/s | data wait (best) | host syncs / step (best) | 1 -> N scaling |")
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -144,7 +152,7 @@ def _allreduce_busbw(acc, numel: int) -> float | None:
 def _measure(run, prof: dict) -> dict:
     """Warm-up, timed steps, then host syncs counted over SYNC_STEPS more steps."""
 
-    stream, flag = batch_stream(run), PreemptionFlag()
+    stream, flag = trainer_stream(run), PreemptionFlag()
     try:
         t0 = time.perf_counter()
         _steps(run, stream, flag, prof["warmup"])
@@ -203,7 +211,7 @@ def _launch(nproc: int, shards: str, out: Path, prof: dict, extra: list[str],
         cmd += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                 str(nproc), "--num_machines", "1", "--mixed_precision", "no",
                 "--dynamo_backend", "no"]
-    cmd += ["-m", "unetdist.tools.benchmarks.bench_gpu", "variant", shards, str(out),
+    cmd += ["-m", "unetdist.bench.gpu", "variant", shards, str(out),
             json.dumps(prof), *extra]  # a package module: works from any install
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if r.returncode != 0 or not out.is_file():
@@ -257,7 +265,7 @@ def run_benchmark(quick: bool = False, log=print, timeout: float = 420) -> dict:
 
 
 def results_line(doc: dict, date: str) -> str:
-    """One Markdown table row for benchmarks/RESULTS.md."""
+    """One Markdown table row for docs/RESULTS.md."""
     def fig(v: str) -> str:
         r = doc["variants"].get(v)
         if r is None:
@@ -274,6 +282,29 @@ def results_line(doc: dict, date: str) -> str:
     return (f"| {date} | {doc['device']} ({p['size']} px, width {p['width']}, batch "
             f"{p['batch']}, {p['steps']} steps) | " + " | ".join(fig(v) for v in VARIANTS)
             + f" | {extra} | {scaling} |")
+
+
+def results_path() -> Path:
+    """docs/RESULTS.md of the source checkout this package runs from."""
+    from unetdist.errors import UserError
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "RESULTS.md"
+    if not path.parent.is_dir():
+        raise UserError(f"docs/ not found at {path.parent}: recording results needs a source "
+                        "checkout (the benchmarks themselves run from any install)")
+    return path
+
+
+def record(doc: dict, path: Path | None = None) -> Path:
+    """Append the run's row to RESULTS.md, adding the GPU table when the file has none."""
+    path = path or results_path()
+    text = path.read_text() if path.is_file() else "# Recorded results\n"
+    if HEADER not in text:
+        sep = "|" + "---|" * 2 + "---:|" * 7
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{HEADER}\n{sep}\n"
+    row = results_line(doc, time.strftime("%Y-%m-%d"))
+    write_atomic(path, (text.rstrip("\n") + "\n" + row + "\n").encode())
+    return path
 
 
 def main(argv: list[str]) -> int:
