@@ -218,6 +218,22 @@ def _summarise(manifest: dict, fold_lists: list[list[str]] | None, fold_seed: in
                              "shards": names}
 
 
+def fov_summary(manifest: dict) -> str | None:
+    """One line on where the FOV masks came from, naming images left without one and what
+    was done for them; None when every mask came from a file."""
+    counts = manifest.get("fov_sources", {})
+    none = counts.get("none", 0)
+    if not none and not counts.get("estimated"):
+        return None
+    parts = [f"{counts[k]} {what}" for k, what in (("file", "from mask files"),
+                                                   ("estimated", "estimated from the images"))
+             if counts.get(k)]
+    if none:
+        parts.append(f"{none} with neither a mask file nor an estimate (no dark surround "
+                     "found): fov.png is all ones, so they are scored over the whole image")
+    return "FOV masks: " + ", ".join(parts)
+
+
 def shard_dataset(src: str | Path, out: str | Path, *, layout: str = "drive",
                   split_val: float | None = None, max_samples: int = DEFAULT_MAX_SAMPLES,
                   max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = True,
