@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from unetdist.errors import ConfigError
-from unetdist.log import warn
+from unetdist.log import one_warning_per_job, warn
 
 PRECISIONS = ("no", "bf16", "fp16", "auto")  # auto: bf16 where the device has it, else no
 
@@ -44,6 +44,7 @@ def make_accelerator(precision: str, grad_accum: int = 1, *, inference: bool = F
     """The one Accelerator factory (train, evaluate, predict, bench): CPU when there is no CUDA."""
     from accelerate import Accelerator  # lazy: importing accelerate costs ~1 s
 
+    one_warning_per_job()
     return Accelerator(cpu=not torch.cuda.is_available(),
                        mixed_precision=resolve_precision(precision, inference=inference),
                        gradient_accumulation_steps=grad_accum, **kwargs)

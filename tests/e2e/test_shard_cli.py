@@ -27,7 +27,8 @@ def test_shard_then_verify_then_tamper(raw, tmp_path):
     summary = r.stdout.strip().splitlines()[-1]
     assert summary.startswith("wrote 6 samples (train 3, val 1, test 2) in 4 shards, ")
     assert " bytes (" in summary and " s -> " in summary
-    assert "sharding" in r.stderr  # the progress bar
+    assert "sharding: 6/6 img (" in r.stderr  # the progress bar, as full lines in a log
+    assert "\r" not in r.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["total_bytes"] == sum(p.stat().st_size for p in out.glob("*.tar"))
 

@@ -37,6 +37,7 @@ from unetdist.data.ingest.layouts import FolderSpec, RawSample, assign_val, disc
 from unetdist.data.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, FORMAT, MANIFEST, SPLITS
 from unetdist.data.tario import TarShard
 from unetdist.errors import DataError, UserError
+from unetdist.log import progress as log_progress
 from unetdist.log import warn
 
 
@@ -250,9 +251,6 @@ def shard_dataset(src: str | Path, out: str | Path, *, layout: str = "drive",
     """
     from functools import partial
 
-    from tqdm import tqdm
-
-
     _check_options(max_samples, max_bytes, split_val, binarize, max_pixels)
     src, out = Path(src).absolute(), Path(out).absolute()
     _check_paths(src, out)
@@ -265,7 +263,7 @@ def shard_dataset(src: str | Path, out: str | Path, *, layout: str = "drive",
     manifest: dict = {"format": FORMAT, "layout": layout, "source": str(src),
                       "binarize": binarize, "splits": {}}
     with atomic_dir(out, overwrite) as tmp, ThreadPoolExecutor(threads) as pool, \
-            tqdm(total=len(samples), desc="sharding", unit="img", disable=not progress) as bar:
+            log_progress(len(samples), desc="sharding", unit="img", enabled=progress) as bar:
         for split in SPLITS:
             groups = _groups(samples, split, fold_lists)
             if groups:
