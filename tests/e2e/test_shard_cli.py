@@ -129,7 +129,8 @@ def test_real_dataset_layouts_refuse_bad_input_in_one_line(raw, tmp_path):
     """The console script: wrong dataset for the layout, --max-pixels, --binarize bounds."""
     r = cli("shard", raw, tmp_path / "out", "--layout", "chase", "--quiet")
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr == f"error: {raw}: no Image_*.jpg files: is this CHASE_DB1?\n"
+    assert r.stderr == (f"error: {raw}: no Image_*.jpg files: is this CHASE_DB1? (it looks "
+                        "like DRIVE: use --layout drive)\n")
     r = cli("shard", raw, tmp_path / "out", "--max-pixels", "1000", "--quiet")
     assert r.returncode == 2
     assert "21_training.tif: image is 72x64 = 0.0 MP, over --max-pixels 1000" in r.stderr

@@ -31,6 +31,7 @@ from unetdist.data.ingest.checks import (
     load_sample,
 )
 from unetdist.data.ingest.datasets import NO_OFFICIAL_SPLIT
+from unetdist.data.ingest.detect import layout_hint
 from unetdist.data.ingest.folds import assign_folds
 from unetdist.data.ingest.fov import estimate_fov, fov_diameter
 from unetdist.data.ingest.layouts import FolderSpec, RawSample, assign_val, discover
@@ -157,17 +158,23 @@ def _check_layout_options(layout: str, folders: dict, suffixes: dict) -> None:
 
 def _validated(src: Path, layout: str, spec: FolderSpec, threads: int, progress: bool,
                opts: ReadOptions) -> list[RawSample]:
-    """Discover, decode and check every sample; DataError listing all problems."""
+    """Discover, decode and check every sample; DataError listing all problems. A folder that
+    fails its layout but looks like another one says which (`detect.layout_hint`)."""
 
-    found = discover(src, layout, spec)
+    try:
+        found = discover(src, layout, spec)
+    except DataError as e:
+        raise DataError(f"{e}{layout_hint(src, layout)}") from e
     for note in found.notes:
         warn(note)
+    if found.problems and (hint := layout_hint(src, layout)):
+        raise DataError(format_problems(found.problems, str(src) + hint))
     problems = found.problems + check_samples(found.samples, threads=threads, progress=progress,
                                               opts=opts)
     if problems:
         raise DataError(format_problems(problems, str(src)))
     if not found.samples:
-        raise DataError(f"no samples found in {src} (layout {layout})")
+        raise DataError(f"no samples found in {src} (layout {layout}){layout_hint(src, layout)}")
     return found.samples
 
 
