@@ -177,7 +177,8 @@ def log_step(run: Run, stats: StepStats, window: list[StepStats], bar) -> None:
                     refresh=False)
     bar.update(1)
     st, cfg = run.state, run.cfg
-    if st.step % cfg.train.log_every and not is_last(run):
+    # every log_every steps, and every log_seconds of steps: a slow run still gets curves
+    if st.step % cfg.train.log_every and secs < cfg.train.log_seconds and not is_last(run):
         return
     record = {"split": "train", "loss": sum(s.loss for s in window) / len(window),
               "lr": stats.lr, "grad_norm": stats.grad_norm, "img_per_s": ips,

@@ -327,12 +327,15 @@ def warn_cpu_shortage(cfg: RunConfig, acc) -> str | None:
     then share it, and the job would look like a slow GPU.
     """
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    need, have = local * (1 + cfg.data.num_workers), usable_cpus()
+    # data.cache: a worker only crops and augments (< 1% of a core measured with the CPU
+    # recipe), so a process's workers share one core; uncached, each worker decodes on its own
+    workers = min(cfg.data.num_workers, 1) if cfg.data.cache else cfg.data.num_workers
+    need, have = local * (1 + workers), usable_cpus()
     if have >= need or acc.local_process_index != 0:
         return None
     msg = (f"{have} usable CPU(s) on this node for {local} training process(es) x (1 + "
-           f"data.num_workers={cfg.data.num_workers}) = {need}: request more cores (SLURM: "
-           f"--cpus-per-task) or lower data.num_workers")
+           f"{workers} for data.num_workers={cfg.data.num_workers}) = {need}: request more "
+           f"cores (SLURM: --cpus-per-task) or lower data.num_workers")
     print(f"warning: {msg}", file=sys.stderr, flush=True)  # every node's local rank 0
     return msg
 
