@@ -103,16 +103,28 @@ def test_other_errors_pass_through(tmp_path):
         cc._guarded(forward, tmp_path)(1)
 
 
+def test_the_call_site_repairs_before_the_first_compile(tmp_path, monkeypatch):
+    """with_cache_repair on the trainer's compiled module: bad entries go before any load."""
+    import torch
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    files = _plant(tmp_path)
+    net = torch.nn.Linear(3, 2)
+    assert cc.with_cache_repair(net) is net and files["empty"].exists()  # not compiled
+    model = cc.with_cache_repair(torch.compile(net, backend="eager"))
+    assert not files["empty"].exists() and not files["short"].exists()
+    torch.testing.assert_close(model(torch.ones(1, 3)), net(torch.ones(1, 3)))
+
+
 COMPILE = textwrap.dedent("""
     import sys, torch
-    from unetdist.sections import ModelConfig
-    from unetdist.train.compile_cache import compile_with_cache_repair
+    from unetdist.train.compile_cache import with_cache_repair
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
                               torch.nn.Conv2d(4, 1, 1))
-    cfg = ModelConfig(compile=True, compile_backend="inductor")
-    model = (compile_with_cache_repair(net, cfg) if sys.argv[1] == "repair"
-             else torch.compile(net, backend="inductor"))
+    model = torch.compile(net, backend="inductor")
+    if sys.argv[1] == "repair":
+        model = with_cache_repair(model)
     out = model(torch.ones(1, 1, 16, 16))
     out.sum().backward()
     print("ok", float(out.sum()))

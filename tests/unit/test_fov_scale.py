@@ -9,7 +9,7 @@ import torch
 from tests import twins
 from tests.eval_helpers import tiny_config, tiny_model
 from unetdist.config import load_config
-from unetdist.data.ingest.fov import DARK, agreement, estimate_fov, fov_diameter
+from unetdist.data.ingest.fov import agreement, estimate_fov, fov_diameter
 from unetdist.data.ingest.readers import read_image, read_mask
 from unetdist.errors import ConfigError
 from unetdist.eval.inference import image_scale, sliding_window_predict
@@ -57,6 +57,8 @@ def test_a_disc_cut_at_the_top_and_bottom_gets_an_estimate(like, side):
         assert true[0].any() and true[-1].any()  # the twin really touches top and bottom
         image = _jpeg(s.image) if like == "hrf" else s.image  # HRF ships JPEGs
         if like == "stare":
+            from unetdist.data.ingest.fov import DARK
+
             bright = image.max(axis=2) > DARK
             assert np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]]).mean() > 0.5
         est = estimate_fov(image)

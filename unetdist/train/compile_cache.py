@@ -22,8 +22,6 @@ from torch import nn
 
 from unetdist.errors import UserError
 from unetdist.log import warn
-from unetdist.models.registry import compile_model
-from unetdist.sections import ModelConfig
 
 # A .so younger than this may be a concurrent compile's output still being written: spared
 # by the scan before compiling, removed only after a load of it has failed.
@@ -126,11 +124,11 @@ def _guarded(forward: Callable, root: Path) -> Callable:
     return call
 
 
-def compile_with_cache_repair(module: nn.Module, cfg: ModelConfig) -> nn.Module:
-    """`compile_model(module, cfg)` after removing broken cache entries; the compiled module's
-    forward repairs and retries once more if a kernel still fails to load."""
-    compiled = compile_model(module, cfg)
-    if compiled is module:  # model.compile=false
+def with_cache_repair(compiled: nn.Module) -> nn.Module:
+    """A `torch.compile`d module (else `compiled` unchanged) after removing broken cache
+    entries, which it has not loaded yet (compiling happens at the first call); its forward
+    repairs and retries once more if a kernel still fails to load."""
+    if getattr(compiled, "_orig_mod", None) is None:  # not compiled (model.compile=false)
         return compiled
     root = cache_dir()
     repair(root)

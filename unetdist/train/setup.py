@@ -21,13 +21,13 @@ from unetdist.data.manifest import MANIFEST, check_fold, manifest_hash, read_man
 from unetdist.distributed import gather_objects, make_accelerator
 from unetdist.errors import ConfigError, DataError, FileSystemError, UserError
 from unetdist.log import say, warn
-from unetdist.models.registry import apply_runtime_options, build_model
+from unetdist.models.registry import apply_runtime_options, build_model, compile_model
 from unetdist.sections import TrainConfig
 from unetdist.track.jsonl import Tracker, open_tracker
 from unetdist.track.runinfo import run_info, write_run_config
 from unetdist.train import checkpoint as ckpt
 from unetdist.train.budget import TimeBudget
-from unetdist.train.compile_cache import compile_with_cache_repair
+from unetdist.train.compile_cache import with_cache_repair
 from unetdist.train.ema import ModelEma
 from unetdist.train.losses import build_loss
 from unetdist.train.optim import build_optimizer, build_scheduler, load_scheduler_state
@@ -277,7 +277,7 @@ def build_training_objects(cfg: RunConfig, acc, budget: TimeBudget):
     # checkpointing (accelerate would pickle it): it is saved as scheduler.json
     model, optimizer = acc.prepare(model, optimizer)
     set_seed(cfg.seed, device_specific=True)  # per-rank random streams from here on
-    return model, optimizer, scheduler, compile_with_cache_repair(model, cfg.model)
+    return model, optimizer, scheduler, with_cache_repair(compile_model(model, cfg.model))
 
 
 def restore(run: Run, path: Path, saved: dict) -> None:
