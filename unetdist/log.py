@@ -7,7 +7,11 @@ is already right before the process group exists (staging, config errors).
 
 Progress: on a terminal a tqdm bar (rank 0 only); when stderr is not a terminal (SLURM `.out`
 files, CI logs) carriage-return bars turn into one endless line, so we print a full line every
-`every_s` seconds instead.
+`every_s` seconds instead, with seconds per unit below one unit per second, as tqdm shows.
+`progress` and `progress_iter` are the project's one progress helper.
+
+Python warnings raised alike by every rank are shown by global rank 0 only
+(`one_warning_per_job`, installed by the Accelerator factory).
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 One estimator serves `shard` (CHASE_DB1 and STARE ship no masks) and `predict` (arbitrary
 images): pixels brighter than DARK in any channel, the largest connected component, its holes
-filled, then eroded by a few pixels. A photograph has a dark surround when its outer ring is
-mostly dark or, for a disc cropped at two opposite edges (STARE, HRF: the ring is then mostly
-bright), when at least three of its corners are dark; one corner may hold a bright label. The erosion drops the soft, noisy rim of the disc, where
+filled, then eroded by a few pixels. The erosion drops the soft, noisy rim of the disc, where
 a threshold cannot tell the dim periphery from the border; a mask slightly inside the true
 one keeps evaluation away from pixels no annotator labelled.
+
+A photograph has a dark surround when its outer ring is mostly dark or, for a disc cut at two
+opposite edges (STARE, HRF: the ring is then mostly bright), when at least three of its
+corners are dark; one corner may hold a bright camera label.
 """
 
 from __future__ import annotations
