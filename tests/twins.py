@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from unetdist.data.ingest.synth import synthetic_sample
+from unetdist.data.ingest.synth import FundusSample, synthetic_sample
 
 # DRIVE's 2nd_manual GIFs: indices {0, 1} with these palette entries (gray 3 and 253).
 DRIVE_OBSERVER2_PALETTE = [4, 2, 4, 252, 254, 252]
@@ -24,10 +24,25 @@ DRIVE_OBSERVER2_PALETTE = [4, 2, 4, 252, 254, 252]
 STARE_LABELLED = (1, 2, 3, 4, 5, 44, 77, 81, 82, 139, 162, 163, 235, 236, 239, 240, 255, 291,
                   319, 324)
 HRF_CATEGORIES = ("dr", "g", "h")
+# How the real cameras crop the disc, as (render H/W, kept rows, kept columns) in fractions of
+# the rendered square's side: STARE's 605x700 frame cuts the disc at the top and bottom and
+# almost at the sides (the outer ring is then mostly bright); HRF's 2336x3504 frame cuts it at
+# the top and bottom only.
+CROPS = {"stare": (1.0, 0.76, 0.88), "hrf": (1 / 1.2, 0.8, 1.2)}
 
 
 def _sample(index: int, size: tuple[int, int], split: str = "train"):
     return synthetic_sample(index, split=split, seed=16, size=size)
+
+
+def cropped_sample(index: int, like: str, side: int = 300) -> FundusSample:
+    """A sample whose disc touches the top and bottom edges, cropped `like` "stare" or "hrf"."""
+    aspect, rows, cols = CROPS[like]
+    s = synthetic_sample(index, split="train", seed=16, size=(side, round(side / aspect)))
+    h, w = round(rows * side), min(round(cols * side), s.image.shape[1])
+    top, left = (side - h) // 2, (s.image.shape[1] - w) // 2
+    window = (slice(top, top + h), slice(left, left + w))
+    return FundusSample(s.image[window], s.vessels[window], s.fov[window])
 
 
 def _save(img: Image.Image, path: Path, fmt: str, **kw) -> Path:
@@ -102,11 +117,16 @@ def _ppm(img: Image.Image, path: Path, gz: bool) -> Path:
     return _gzip(path) if gz else path
 
 
-def make_stare(root: Path, unlabelled: int = 2, size: tuple[int, int] = (90, 104)) -> Path:
-    """stare-images/imNNNN.ppm.gz, labels-ah/imNNNN.ah.ppm.gz, labels-vk/imNNNN.vk.ppm."""
+def make_stare(root: Path, unlabelled: int = 2, size: tuple[int, int] = (90, 104),
+               cropped: int = 0) -> Path:
+    """stare-images/imNNNN.ppm.gz, labels-ah/imNNNN.ah.ppm.gz, labels-vk/imNNNN.vk.ppm.
+
+    The first `cropped` images have their disc cut at the top and bottom (`CROPS["stare"]`).
+    """
     numbers = list(STARE_LABELLED) + [400 - k for k in range(unlabelled)]
     for i, num in enumerate(numbers):
-        s = _sample(i, size)
+        s = (cropped_sample(i, "stare", round(size[0] / CROPS["stare"][1])) if i < cropped
+             else _sample(i, size))
         stem = f"im{num:04d}"
         _ppm(Image.fromarray(s.image, "RGB"), root / "stare-images" / f"{stem}.ppm", gz=True)
         if num in STARE_LABELLED:

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from unetdist.errors import ConfigError
-from unetdist.log import warn
+from unetdist.log import one_warning_per_job, warn
 
 PRECISIONS = ("no", "bf16", "fp16", "auto")  # auto: bf16 where the device has it, else no
 RESOLVED = ("no", "bf16", "fp16")  # what `resolve_precision` returns
@@ -51,6 +51,7 @@ def make_accelerator(precision: str, grad_accum: int = 1, **kwargs: Any):
     if precision not in RESOLVED:
         raise ValueError(f"make_accelerator takes a resolved precision ({'|'.join(RESOLVED)}: "
                          f"resolve_precision's answer), got {precision!r}")
+    one_warning_per_job()
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision,
                        gradient_accumulation_steps=grad_accum, **kwargs)
 

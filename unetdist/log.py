@@ -7,7 +7,11 @@ is already right before the process group exists (staging, config errors).
 
 Progress: on a terminal a tqdm bar (rank 0 only); when stderr is not a terminal (SLURM `.out`
 files, CI logs) carriage-return bars turn into one endless line, so we print a full line every
-`every_s` seconds instead.
+`every_s` seconds instead, with seconds per unit below one unit per second, as tqdm shows.
+`progress` and `progress_iter` are the project's one progress helper.
+
+Python warnings raised alike by every rank are shown by global rank 0 only
+(`one_warning_per_job`, installed by the Accelerator factory).
 """
 
 from __future__ import annotations
@@ -15,10 +19,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, TextIO
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO, TypeVar
 
 import torch.distributed as dist
 from tqdm import tqdm
+
+T = TypeVar("T")
 
 
 def rank() -> int:
@@ -48,6 +56,18 @@ def warn(msg: str) -> None:
     """A job-wide warning on stderr, once per job."""
     if is_main():
         print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def one_warning_per_job() -> None:
+    """Hide, on every rank but global rank 0, the Python warnings that every rank raises alike:
+    deprecations (e.g. DDP's `broadcast_buffers` FutureWarning, raised once per rank when
+    accelerate wraps the model) and torch's and accelerate's UserWarnings about the code. A
+    rank's own trouble goes through `rank_warn`, which these filters do not touch."""
+    if rank() == 0:
+        return
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|accelerate)(\.|$)")
 
 
 def rank_say(msg: str, *, file: TextIO | None = None) -> None:
@@ -91,11 +111,17 @@ class LineProgress:
             v /= 1000
         return f"{v:.1f}P"
 
+    def _rate(self, rate: float) -> str:
+        """Units per second, or seconds per unit below one per second (as tqdm does)."""
+        if 0 < rate < 1:
+            return f"{1 / rate:.1f} s/{self.unit}"
+        return f"{self._fmt(rate) if self.unit_scale else f'{rate:.1f}'} {self.unit}/s"
+
     def _emit(self, now: float) -> None:
         done = self._fmt(self.n) + (f"/{self._fmt(self.total)}" if self.total else "")
         rate = (self.n - self._start_n) / max(now - self._start, 1e-9)
         extra = " ".join(f"{k}={v}" for k, v in self.postfix.items())
-        print(f"{self.desc}: {done} {self.unit} ({self._fmt(rate)} {self.unit}/s) {extra}".rstrip(),
+        print(f"{self.desc}: {done} {self.unit} ({self._rate(rate)}) {extra}".rstrip(),
               file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -121,3 +147,12 @@ def progress(total: int | None = None, *, desc: str, unit: str = "it", initial: 
         return LineProgress(total, desc, unit, initial, every_s, unit_scale)
     return tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=not show,
                 dynamic_ncols=True, unit_scale=unit_scale)
+
+
+def progress_iter(items: Iterable[T], total: int | None = None, *, desc: str, unit: str = "it",
+                  enabled: bool = True, every_s: float = 30.0) -> Iterator[T]:
+    """`items`, advancing a `progress` bar by one per item (a tqdm(iterable) for log files)."""
+    with progress(total, desc=desc, unit=unit, enabled=enabled, every_s=every_s) as bar:
+        for item in items:
+            yield item
+            bar.update(1)

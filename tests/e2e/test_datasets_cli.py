@@ -78,6 +78,8 @@ def test_layout_shards_trains_and_evaluates(runs, layout):
     assert f"wrote {n_train + n_test} samples" in r["shard_out"]
     assert r["verify_out"].startswith("ok: ")
     assert m["fov_source"] == ("estimated" if layout in ("chase", "stare") else "file")
+    if m["fov_source"] == "estimated":  # the summary line says where every FOV came from
+        assert f"FOV masks: {n_train + n_test} estimated from the images\n" in r["shard_out"]
     assert (r["run"] / "best" / "model.safetensors").is_file()
     ev = r["run"] / "eval-test"
     _ok("evaluate", "--checkpoint", r["run"] / "best", "--data", r["shards"], "--split", "test",

@@ -27,7 +27,8 @@ def test_shard_then_verify_then_tamper(raw, tmp_path):
     summary = r.stdout.strip().splitlines()[-1]
     assert summary.startswith("wrote 6 samples (train 3, val 1, test 2) in 4 shards, ")
     assert " bytes (" in summary and " s -> " in summary
-    assert "sharding" in r.stderr  # the progress bar
+    assert "sharding: 6/6 img (" in r.stderr  # the progress bar, as full lines in a log
+    assert "\r" not in r.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["total_bytes"] == sum(p.stat().st_size for p in out.glob("*.tar"))
 
@@ -128,7 +129,8 @@ def test_real_dataset_layouts_refuse_bad_input_in_one_line(raw, tmp_path):
     """The console script: wrong dataset for the layout, --max-pixels, --binarize bounds."""
     r = cli("shard", raw, tmp_path / "out", "--layout", "chase", "--quiet")
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr == f"error: {raw}: no Image_*.jpg files: is this CHASE_DB1?\n"
+    assert r.stderr == (f"error: {raw}: no Image_*.jpg files: is this CHASE_DB1? (it looks "
+                        "like DRIVE: use --layout drive)\n")
     r = cli("shard", raw, tmp_path / "out", "--max-pixels", "1000", "--quiet")
     assert r.returncode == 2
     assert "21_training.tif: image is 72x64 = 0.0 MP, over --max-pixels 1000" in r.stderr

@@ -136,17 +136,36 @@ def test_hrf_per_category_split_and_upper_case_jpg(tmp_path):
     assert any(s.image.suffix == ".JPG" for s in found.samples)
 
 
-@pytest.mark.parametrize("layout, maker, message", [
-    ("chase", twins.make_drive, "no Image_*.jpg files: is this CHASE_DB1?"),
-    ("stare", twins.make_hrf, "no im*.ppm files: is this STARE?"),
-    ("hrf", twins.make_stare, "no NN_dr/NN_g/NN_h .jpg files: is this HRF?"),
-    ("drive", twins.make_chase, "no training/ folder: is this DRIVE?"),
+@pytest.mark.parametrize("layout, maker, message, suggested", [
+    ("chase", twins.make_drive, "no Image_*.jpg files: is this CHASE_DB1?",
+     "DRIVE: use --layout drive"),
+    ("stare", twins.make_hrf, "no im*.ppm files: is this STARE?", "HRF: use --layout hrf"),
+    ("hrf", twins.make_stare, "no NN_dr/NN_g/NN_h .jpg files: is this HRF?",
+     "STARE: use --layout stare"),
+    ("drive", twins.make_chase, "no training/ folder: is this DRIVE?",
+     "CHASE_DB1: use --layout chase"),
 ])
-def test_wrong_dataset_for_the_layout(tmp_path, layout, maker, message):
+def test_wrong_dataset_for_the_layout_suggests_the_right_one(tmp_path, layout, maker, message,
+                                                              suggested):
     raw = maker(tmp_path / "raw", size=(36, 36))
-    with pytest.raises(DataError, match=message.replace("*", r"\*").replace("?", r"\?")):
+    with pytest.raises(DataError) as e:
         shard_dataset(raw, tmp_path / "out", layout=layout, progress=False)
+    assert str(e.value).startswith(str(raw))
+    assert str(e.value).endswith(f": {message} (it looks like {suggested})")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("maker, want", [
+    (twins.make_drive, "drive"), (twins.make_chase, "chase"),
+    (lambda root, size: twins.make_chase(root, repackaged=True, size=size), "chase"),
+    (twins.make_stare, "stare"), (twins.make_hrf, "hrf"),
+    (lambda root, size: (root / "Train_Images").mkdir(parents=True) or root, "seed"),
+    (lambda root, size: root.mkdir() or root, None),
+])
+def test_suggest_layout_names_the_folder_s_dataset(tmp_path, maker, want):
+    from unetdist.data.ingest.detect import suggest_layout
+
+    assert suggest_layout(maker(tmp_path / "raw", size=(36, 36))) == want
 
 
 def test_missing_label_names_the_image(tmp_path):

@@ -35,6 +35,45 @@ def test_estimated_fov_agrees_with_the_real_masks(tmp_path, size, record_propert
     assert dice.min() > 0.98 and iou.min() > 0.96
 
 
+def _jpeg(rgb: np.ndarray) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+@pytest.mark.parametrize("like", ["stare", "hrf"])
+@pytest.mark.parametrize("side", [120, 605])
+def test_a_disc_cut_at_the_top_and_bottom_gets_an_estimate(like, side):
+    """STARE's and HRF's frames cut the disc at two opposite edges; STARE's outer ring is then
+    mostly bright, which a ring-only test reads as "no border"."""
+    for index in range(3):
+        s = twins.cropped_sample(index, like, side)
+        true = s.fov.astype(bool)
+        assert true[0].any() and true[-1].any()  # the twin really touches top and bottom
+        image = _jpeg(s.image) if like == "hrf" else s.image  # HRF ships JPEGs
+        if like == "stare":
+            from unetdist.data.ingest.fov import DARK
+
+            bright = image.max(axis=2) > DARK
+            assert np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]]).mean() > 0.5
+        est = estimate_fov(image)
+        assert est is not None, (like, side, index)
+        dice, _ = agreement(est, true)
+        assert dice >= 0.99, (like, side, index, dice)
+
+
+def test_a_bright_label_in_one_corner_still_finds_the_disc():
+    s = twins.cropped_sample(0, "stare", 200)
+    image = s.image.copy()
+    image[:12, -40:] = 255  # a camera's text label
+    est = estimate_fov(image)
+    assert est is not None and agreement(est, s.fov.astype(bool))[0] >= 0.99
+
+
 def test_agreement_and_diameter_against_numpy():
     a = np.zeros((50, 60), bool)
     b = np.zeros((50, 60), bool)
@@ -48,6 +87,30 @@ def test_agreement_and_diameter_against_numpy():
 
 def test_no_dark_border_means_no_estimate():
     assert estimate_fov(np.full((40, 50, 3), 128, np.uint8)) is None
+    two_dark_corners = np.full((60, 50, 3), 128, np.uint8)
+    two_dark_corners[:6, :6], two_dark_corners[-6:, -6:] = 0, 0  # not a camera's surround
+    assert estimate_fov(two_dark_corners) is None
+
+
+def test_shard_counts_images_left_without_a_fov_and_says_what_it_did(tmp_path):
+    """A STARE twin with two cut discs and one image without any dark surround."""
+    import gzip
+
+    from PIL import Image
+
+    from unetdist.data.ingest.writer import fov_summary, shard_dataset
+
+    raw = twins.make_stare(tmp_path / "STARE", unlabelled=0, cropped=2)
+    flat = tmp_path / "flat.ppm"
+    Image.fromarray(np.full((90, 104, 3), 140, np.uint8)).save(flat, format="PPM")
+    (raw / "stare-images" / "im0005.ppm.gz").write_bytes(gzip.compress(flat.read_bytes()))
+    m = shard_dataset(raw, tmp_path / "s", layout="stare", progress=False, split_val=0)
+    assert m["fov_sources"] == {"estimated": 19, "none": 1}
+    line = fov_summary(m)
+    assert line == ("FOV masks: 19 estimated from the images, 1 with neither a mask file nor "
+                    "an estimate (no dark surround found): fov.png is all ones, so they are "
+                    "scored over the whole image")
+    assert fov_summary({"fov_sources": {"file": 22}}) is None
 
 
 def test_shard_stores_the_estimate_as_fov_png(tmp_path):

@@ -38,7 +38,7 @@ def test_cpu_shortage_is_reported_per_node(monkeypatch, capsys):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     enough = load_config(None, ["data.num_workers=1"])
     assert setup.warn_cpu_shortage(enough, FakeAcc()) is None  # 2 x (1 + 1) = 4
-    short = load_config(None, ["data.num_workers=6"])
+    short = load_config(None, ["data.num_workers=6", "data.cache=false"])
     msg = setup.warn_cpu_shortage(short, FakeAcc())
     assert "4 usable CPU(s)" in msg and "= 14" in msg and "data.num_workers" in msg
     assert "warning: 4 usable" in capsys.readouterr().err

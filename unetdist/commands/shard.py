@@ -86,7 +86,7 @@ def _verify(root: str, progress: bool) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetdist.data.ingest.writer import shard_dataset
+    from unetdist.data.ingest.writer import fov_summary, shard_dataset
     from unetdist.errors import UserError
 
     if args.verify:
@@ -115,6 +115,6 @@ def run(args: argparse.Namespace) -> int:
         sizes = "/".join(str(len(ids)) for ids in m["folds"]["ids"])
         print(f"{m['folds']['k']} folds of the training samples ({sizes}): train with "
               f"data.fold=0..{m['folds']['k'] - 1}")
-    if m["fov_source"] == "estimated":
-        print(f"FOV masks estimated from the images ({m['fov_sources']})")
+    if fov_line := fov_summary(m):
+        print(fov_line)
     return 0

@@ -193,7 +193,7 @@ class TrainConfig:
     precision: str = "no"  # no | bf16 | fp16 (fp16 needs CUDA) | auto (bf16 if the device has it)
     grad_accum: int = 1  # gradient accumulation steps
     eval_every: int = 200  # validate every N steps (0 = only at the end)
-    log_every: int = 10  # log train scalars every N steps
+    log_every: int = 10  # log train scalars every N steps (and every log_seconds)
     resume: str = "auto"  # auto | none | <checkpoint path> (no/off/false mean none)
     max_skipped_steps: int = 10  # consecutive fp16 scaler skips tolerated
     ema_decay: float = 0.0  # keep an EMA of the weights with this decay, e.g. 0.999 (0 = off)

@@ -164,13 +164,13 @@ def manifest_hash(manifest: dict, fold: int = -1) -> str:
 
 def verify_shards(root: str | Path, progress: bool = False) -> list[str]:
     """Re-hash every shard against the manifest; returns the problems found (empty = OK)."""
-    from tqdm import tqdm
-
+    from unetdist.log import progress_iter
 
     manifest = read_manifest(root)
     shards = [sh for e in manifest["splits"].values() for sh in e["shards"]]
     problems = []
-    for sh in tqdm(shards, desc="verifying", unit="shard", disable=not progress):
+    for sh in progress_iter(shards, len(shards), desc="verifying", unit="shard",
+                            enabled=progress):
         path = Path(root) / sh["name"]
         if not path.is_file():
             problems.append(f"{sh['name']}: missing")

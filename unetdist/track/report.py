@@ -134,13 +134,25 @@ def _throughput(records: list[dict]) -> str:
     body = (_table(["scalar", "median (after first log)", "mean (after first log)", "max",
                     "last", "records"], rows) if rows
             else _na("not available (no img/s, data-wait or memory scalars in metrics.jsonl)"))
-    if train and len(train) > 1 and all(_number(r.get("time")) for r in (train[0], train[-1])):
+    return body + _step_rate(train)
+
+
+def _step_rate(train: list[dict]) -> str:
+    """Steps and training time of the whole run from the last train record's cumulative
+    `train_s`; runs logged before it existed: the span between the first and last records."""
+    last = train[-1] if train else {}
+    if _number(last.get("train_s")) and last["train_s"] > 0 and last["step"] > 0:
+        return (f"<p>{last['step']:,} steps in {last['train_s'] / 60:.1f} min of training time "
+                f"({last['step'] / last['train_s']:.2f} steps/s; validation and checkpoints "
+                "excluded).</p>")
+    if len(train) > 1 and all(_number(r.get("time")) for r in (train[0], train[-1])):
         span = train[-1]["time"] - train[0]["time"]
         steps = train[-1]["step"] - train[0]["step"]
         if span > 0 and steps > 0:
-            body += (f"<p>{steps:,} steps in {span / 60:.1f} min of logged wall time "
-                     f"({steps / span:.2f} steps/s).</p>")
-    return body
+            return (f"<p>{steps:,} steps between the first and last logged train records "
+                    f"(steps {train[0]['step']:,}-{train[-1]['step']:,}) in {span / 60:.1f} "
+                    f"min of wall time ({steps / span:.2f} steps/s).</p>")
+    return ""
 
 
 def _kv_rows(d: dict, prefix: str = "") -> list[list[Any]]:

@@ -10,6 +10,7 @@
 - `budget.py` — the training-time budget (`train.max_minutes`), agreed across ranks
 - `ema.py` — the EMA of the weights (`train.ema_decay`), checkpointed as safetensors
 - `losses.py` — FOV-masked losses (registry)
+- `compile_cache.py` — repairs torch.compile's kernel cache after a killed compile
 - `preempt.py` — the preemption flag set by signals (SIGINT too: Ctrl-C checkpoints)
 - `threads.py` — the CPU thread policy (affinity and cgroup aware)
 - `runlock.py` — one training per run folder: rank 0's lock naming its holder

@@ -177,12 +177,15 @@ def log_step(run: Run, stats: StepStats, window: list[StepStats], bar) -> None:
                     refresh=False)
     bar.update(1)
     st, cfg = run.state, run.cfg
-    if st.step % cfg.train.log_every and not is_last(run):
+    # every log_every steps, and every log_seconds of steps: a slow run still gets curves
+    if st.step % cfg.train.log_every and secs < cfg.train.log_seconds and not is_last(run):
         return
     record = {"split": "train", "loss": sum(s.loss for s in window) / len(window),
               "lr": stats.lr, "grad_norm": stats.grad_norm, "img_per_s": ips,
               "data_wait": sum(s.data_wait for s in window) / secs if secs > 0 else 0.0,
               "epoch": st.batches / cfg.data.steps_per_epoch}
+    if run.budget is not None:  # training seconds so far, resumes included: the report's rate
+        record["train_s"] = run.budget.spent_s
     if torch.cuda.is_available():
         record["gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     run.tracker.log(record, st.step)

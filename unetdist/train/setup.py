@@ -27,6 +27,7 @@ from unetdist.track.runinfo import run_info, write_run_config
 from unetdist.train import checkpoint as ckpt
 from unetdist.train.budget import TimeBudget
 from unetdist.train.checkpoint import TrainState
+from unetdist.train.compile_cache import with_cache_repair
 from unetdist.train.ema import ModelEma
 from unetdist.train.losses import build_loss
 from unetdist.train.optim import SchedulerState, build_optimizer, build_scheduler
@@ -224,7 +225,7 @@ def build_training_objects(cfg: RunConfig, acc, budget: TimeBudget):
     # checkpointing (accelerate would pickle it): it is saved as scheduler.json
     model, optimizer = acc.prepare(model, optimizer)
     set_seed(cfg.seed, device_specific=True)  # per-rank random streams from here on
-    return model, optimizer, scheduler, compile_model(model, cfg.model)
+    return model, optimizer, scheduler, with_cache_repair(compile_model(model, cfg.model))
 
 
 def announce(run: Run) -> None:
@@ -258,12 +259,15 @@ def warn_cpu_shortage(cfg: RunConfig, acc) -> str | None:
     then share it, and the job would look like a slow GPU.
     """
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    need, have = local * (1 + cfg.data.num_workers), usable_cpus()
+    # data.cache: a worker only crops and augments (< 1% of a core measured with the CPU
+    # recipe), so a process's workers share one core; uncached, each worker decodes on its own
+    workers = min(cfg.data.num_workers, 1) if cfg.data.cache else cfg.data.num_workers
+    need, have = local * (1 + workers), usable_cpus()
     if have >= need or acc.local_process_index != 0:
         return None
     msg = (f"{have} usable CPU(s) on this node for {local} training process(es) x (1 + "
-           f"data.num_workers={cfg.data.num_workers}) = {need}: request more cores (SLURM: "
-           f"--cpus-per-task) or lower data.num_workers")
+           f"{workers} for data.num_workers={cfg.data.num_workers}) = {need}: request more "
+           f"cores (SLURM: --cpus-per-task) or lower data.num_workers")
     print(f"warning: {msg}", file=sys.stderr, flush=True)  # every node's local rank 0
     return msg
 

@@ -82,14 +82,14 @@ def load_sample(s: RawSample, opts: ReadOptions = ReadOptions()
 def check_samples(samples: list[RawSample], *, threads: int = 4, progress: bool = True,
                   opts: ReadOptions = ReadOptions()) -> list[Problem]:
     """Every problem of every sample, in sample order (at most `threads` decoded at once)."""
-    from tqdm import tqdm
+    from unetdist.log import progress_iter
 
     def problems_of(s: RawSample) -> list[Problem]:
         return load_sample(s, opts)[1]
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        results = tqdm(pool.map(problems_of, samples), total=len(samples), desc="checking",
-                       unit="img", disable=not progress, leave=False)
+        results = progress_iter(pool.map(problems_of, samples), len(samples), desc="checking",
+                                unit="img", enabled=progress)
         return [p for found in results for p in found]
 
 

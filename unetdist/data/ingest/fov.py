@@ -5,6 +5,10 @@ images): pixels brighter than DARK in any channel, the largest connected compone
 filled, then eroded by a few pixels. The erosion drops the soft, noisy rim of the disc, where
 a threshold cannot tell the dim periphery from the border; a mask slightly inside the true
 one keeps evaluation away from pixels no annotator labelled.
+
+A photograph has a dark surround when its outer ring is mostly dark or, for a disc cut at two
+opposite edges (STARE, HRF: the ring is then mostly bright), when at least three of its
+corners are dark; one corner may hold a bright camera label.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import numpy as np
 DARK = 20  # max channel value (0-255) of the black surround of a fundus photograph
 ERODE_FRACTION = 0.004  # erosion radius as a fraction of the image's shorter side
 MIN_COVER = 0.1  # a "disc" covering less of the image than this is not a FOV
+CORNER_FRACTION = 0.03  # side of the corner patches as a fraction of the image's shorter side
 
 
 def _largest_filled(bright: np.ndarray) -> np.ndarray | None:
@@ -31,17 +36,26 @@ def _largest_filled(bright: np.ndarray) -> np.ndarray | None:
     return filled
 
 
+def has_dark_surround(bright: np.ndarray) -> bool:
+    """Whether the (H, W) 0/1 map of bright pixels shows a fundus camera's dark surround."""
+    ring = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
+    if ring.mean() <= 0.5:
+        return True
+    k = max(1, round(CORNER_FRACTION * min(bright.shape)))
+    corners = (bright[:k, :k], bright[:k, -k:], bright[-k:, :k], bright[-k:, -k:])
+    return sum(float(c.mean()) < 0.5 for c in corners) >= 3
+
+
 def estimate_fov(rgb: np.ndarray) -> np.ndarray | None:
     """The bright disc of a fundus photograph as (H, W) bool, or None when there is none.
 
-    None (the caller uses the whole image) when the outer ring of pixels is mostly not dark
-    (no border to find) or the disc covers under MIN_COVER of the image.
+    None (the caller uses the whole image) when there is no dark surround (see
+    `has_dark_surround`) or the disc covers under MIN_COVER of the image.
     """
     import cv2
 
     bright = (rgb.max(axis=2) > DARK).astype(np.uint8)
-    ring = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
-    if ring.mean() > 0.5:
+    if not has_dark_surround(bright):
         return None
     filled = _largest_filled(bright)
     if filled is None or filled.mean() < MIN_COVER:

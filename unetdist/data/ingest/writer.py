@@ -31,6 +31,7 @@ from unetdist.data.ingest.checks import (
     load_sample,
 )
 from unetdist.data.ingest.datasets import NO_OFFICIAL_SPLIT
+from unetdist.data.ingest.detect import layout_hint
 from unetdist.data.ingest.folds import assign_folds
 from unetdist.data.ingest.fov import estimate_fov, fov_diameter
 from unetdist.data.ingest.layouts import FolderSpec, assign_val, discover
@@ -38,6 +39,7 @@ from unetdist.data.ingest.records import RawSample
 from unetdist.data.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, FORMAT, MANIFEST, SPLITS
 from unetdist.data.tario import TarShard
 from unetdist.errors import DataError, UserError
+from unetdist.log import progress as log_progress
 from unetdist.log import warn
 
 
@@ -157,17 +159,23 @@ def _check_layout_options(layout: str, folders: dict, suffixes: dict) -> None:
 
 def _validated(src: Path, layout: str, spec: FolderSpec, threads: int, progress: bool,
                opts: ReadOptions) -> list[RawSample]:
-    """Discover, decode and check every sample; DataError listing all problems."""
+    """Discover, decode and check every sample; DataError listing all problems. A folder that
+    fails its layout but looks like another one says which (`detect.layout_hint`)."""
 
-    found = discover(src, layout, spec)
+    try:
+        found = discover(src, layout, spec)
+    except DataError as e:
+        raise DataError(f"{e}{layout_hint(src, layout)}") from e
     for note in found.notes:
         warn(note)
+    if found.problems and (hint := layout_hint(src, layout)):
+        raise DataError(format_problems(found.problems, str(src) + hint))
     problems = found.problems + check_samples(found.samples, threads=threads, progress=progress,
                                               opts=opts)
     if problems:
         raise DataError(format_problems(problems, str(src)))
     if not found.samples:
-        raise DataError(f"no samples found in {src} (layout {layout})")
+        raise DataError(f"no samples found in {src} (layout {layout}){layout_hint(src, layout)}")
     return found.samples
 
 
@@ -219,6 +227,22 @@ def _summarise(manifest: dict, fold_lists: list[list[str]] | None, fold_seed: in
                              "shards": names}
 
 
+def fov_summary(manifest: dict) -> str | None:
+    """One line on where the FOV masks came from, naming images left without one and what
+    was done for them; None when every mask came from a file."""
+    counts = manifest.get("fov_sources", {})
+    none = counts.get("none", 0)
+    if not none and not counts.get("estimated"):
+        return None
+    parts = [f"{counts[k]} {what}" for k, what in (("file", "from mask files"),
+                                                   ("estimated", "estimated from the images"))
+             if counts.get(k)]
+    if none:
+        parts.append(f"{none} with neither a mask file nor an estimate (no dark surround "
+                     "found): fov.png is all ones, so they are scored over the whole image")
+    return "FOV masks: " + ", ".join(parts)
+
+
 def shard_dataset(src: str | Path, out: str | Path, *, layout: str = "drive",
                   split_val: float | None = None, max_samples: int = DEFAULT_MAX_SAMPLES,
                   max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = True,
@@ -235,9 +259,6 @@ def shard_dataset(src: str | Path, out: str | Path, *, layout: str = "drive",
     """
     from functools import partial
 
-    from tqdm import tqdm
-
-
     _check_options(max_samples, max_bytes, split_val, binarize, max_pixels)
     src, out = Path(src).absolute(), Path(out).absolute()
     _check_paths(src, out)
@@ -250,7 +271,7 @@ def shard_dataset(src: str | Path, out: str | Path, *, layout: str = "drive",
     manifest: dict = {"format": FORMAT, "layout": layout, "source": str(src),
                       "binarize": binarize, "splits": {}}
     with atomic_dir(out, overwrite) as tmp, ThreadPoolExecutor(threads) as pool, \
-            tqdm(total=len(samples), desc="sharding", unit="img", disable=not progress) as bar:
+            log_progress(len(samples), desc="sharding", unit="img", enabled=progress) as bar:
         for split in SPLITS:
             groups = _groups(samples, split, fold_lists)
             if groups:
