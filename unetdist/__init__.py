@@ -10,6 +10,7 @@ Shared modules:
 - `config.py` — `RunConfig`: YAML + dotted overrides, validation, the one merger
 - `sections.py` — the config sections (one dataclass per builder) and their field checks
 - `errors.py` — UserError and friends (exit status 2)
+- `yamlio.py` — YAML files (configs, sweep specs): no duplicate keys or alias bombs, FILE:LINE errors
 - `log.py` — rank-aware console output and progress (once per job, non-TTY lines)
 - `atomic.py` — crash-safe file and folder writes (the only temp+rename code)
 - `distributed.py` — the Accelerator factory, precision and device decisions, collectives

@@ -32,7 +32,6 @@ import math
 import random
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,88 +39,20 @@ from unetdist.atomic import write_atomic
 from unetdist.config import load_config
 from unetdist.errors import ConfigError, UserError
 from unetdist.log import say
+from unetdist.tools.sweep_spec import Spec, Values, read_spec
+
+__all__ = ["Spec", "read_spec", "combinations", "expand", "load_sweep", "trial_args",
+           "run_local", "summarize", "best_per_group"]
 
 SWEEP_FILE = "sweep.json"
-METHODS = ("grid", "random")
-_SPEC_KEYS = {"config", "out", "method", "count", "seed", "overrides", "parameters",
-              "group_by", "metric"}
 
 
-@dataclass
-class Spec:
-    """A parsed sweep spec (see the module docstring)."""
-
-    config: str | None
-    out: Path
-    parameters: dict[str, Any]
-    method: str = "grid"
-    count: int = 0
-    seed: int = 0
-    overrides: list[str] = field(default_factory=list)
-    group_by: str | None = None
-    metric: str = "dice"
-
-
-def _fail(path: Path, msg: str) -> ConfigError:
-    return ConfigError(f"sweep spec {path}: {msg}")
-
-
-def read_spec(path: str | Path) -> Spec:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sweep spec not found: {path}")
-    try:
-        d = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise _fail(path, f"not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(d, dict):
-        raise _fail(path, "must hold a mapping")
-    unknown = sorted(set(d) - _SPEC_KEYS)
-    if unknown:
-        raise _fail(path, f"unknown key(s) {unknown}; allowed: {sorted(_SPEC_KEYS)}")
-    params = d.get("parameters")
-    if not isinstance(params, dict) or not params:
-        raise _fail(path, "parameters must map dotted config keys to value lists")
-    spec = Spec(config=d.get("config"), out=Path(d.get("out") or f"runs/sweep-{path.stem}"),
-                parameters=params, method=d.get("method", "grid"),
-                count=int(d.get("count", 0)), seed=int(d.get("seed", 0)),
-                overrides=[str(o) for o in d.get("overrides") or []],
-                group_by=d.get("group_by"), metric=str(d.get("metric", "dice")))
-    _check_spec(spec, path)
-    return spec
-
-
-def _check_spec(spec: Spec, path: Path) -> None:
-    if spec.method not in METHODS:
-        raise _fail(path, f"method must be one of {'|'.join(METHODS)}, got {spec.method!r}")
-    if spec.method == "random" and spec.count < 1:
-        raise _fail(path, f"count must be >= 1 for method random, got {spec.count}")
-    for key, values in spec.parameters.items():
-        if "." not in key and key != "seed":
-            raise _fail(path, f"parameter {key!r} must be a dotted config key (optim.lr)")
-        if isinstance(values, dict):
-            if spec.method != "random" or not {"min", "max"} <= set(values):
-                raise _fail(path, f"parameters.{key}: a range {{min, max, log}} needs method "
-                                  "random; a grid takes a list")
-            if not float(values["min"]) < float(values["max"]):
-                raise _fail(path, f"parameters.{key}: min must be < max")
-            if values.get("log") and float(values["min"]) <= 0:
-                raise _fail(path, f"parameters.{key}: a log range needs min > 0")
-        elif not isinstance(values, list) or not values:
-            raise _fail(path, f"parameters.{key} must be a non-empty list")
-    if spec.group_by is not None and spec.group_by not in spec.parameters:
-        raise _fail(path, f"group_by {spec.group_by!r} must be one of the parameters")
-
-
-def _draw(values: Any, rng: random.Random) -> Any:
+def _draw(values: Values, rng: random.Random) -> Any:
     if isinstance(values, list):
         return rng.choice(values)
-    lo, hi = float(values["min"]), float(values["max"])
-    if values.get("log"):
-        return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-    return rng.uniform(lo, hi)
+    if values.log:
+        return float(math.exp(rng.uniform(math.log(values.min), math.log(values.max))))
+    return rng.uniform(values.min, values.max)
 
 
 def combinations(spec: Spec) -> list[dict[str, Any]]:
