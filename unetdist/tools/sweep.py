@@ -19,11 +19,14 @@ No W&B server needed. A spec (YAML):
 then run one after another here (`run_local`) or as a SLURM array (slurm/kfold.sbatch, one
 trial per task, which asks `trial_args` for its arguments); `summarize` reads each trial's
 best/metrics.json into summary.csv / summary.md and best.txt (the best/ folder of the best
-trial per group, ready for `unetdist evaluate --checkpoint $(cat best.txt)`).
+trial per group, ready for `unetdist evaluate --checkpoint $(cat best.txt)`). A local run
+holds the sweep folder's lock (`sweep_lock`): a second `unetdist sweep` of the same folder is
+refused at once, naming the trial in use and by whom.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -32,17 +35,19 @@ import math
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from unetdist.atomic import write_atomic
 from unetdist.config import load_config
-from unetdist.errors import ConfigError, UserError
+from unetdist.errors import ConfigError, FileSystemError, UserError
 from unetdist.log import say
+from unetdist.train.runlock import RunLock, _describe, _read_holder
 from unetdist.tools.sweep_spec import Spec, Values, read_spec
 
 __all__ = ["Spec", "read_spec", "combinations", "expand", "load_sweep", "trial_args",
-           "run_local", "summarize", "best_per_group"]
+           "run_local", "sweep_lock", "summarize", "best_per_group"]
 
 SWEEP_FILE = "sweep.json"
 
@@ -134,6 +139,51 @@ def run_local(doc: dict, nproc: int = 1) -> list[str]:
         if subprocess.run([*cmd, "train", *trial_args(doc, i)], check=False).returncode:
             failed.append(t["name"])
     return failed
+
+
+def _alive_here(holder: dict) -> bool:
+    """False only for a record of a process on this host that is gone (a stale record)."""
+    import os
+    import socket
+
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process: alive
+    return True
+
+
+def _trial_in_use(doc: dict) -> str:
+    """Which trial the running sweep is training, by whom (from the trial's run lock)."""
+    for t in doc["trials"]:
+        holder = _read_holder(Path(t["run_dir"]))
+        if holder and _alive_here(holder):
+            return f"{t['name']} is in use by its training ({_describe(holder)})"
+    return "it is between trials"
+
+
+@contextlib.contextmanager
+def sweep_lock(folder: Path, doc: dict) -> Iterator[None]:
+    """Hold the sweep folder for one local run: a second `sweep` of it is refused, naming the
+    trial in use and by whom, instead of both failing trial after trial on each other's locks."""
+    lock = RunLock(folder)
+    try:
+        lock.acquire()
+    except FileSystemError:
+        raise
+    except UserError:  # held: RunLock's message speaks of a training, ours of the sweep
+        raise UserError(f"sweep {folder} is already running ({_describe(_read_holder(folder))}): "
+                        f"{_trial_in_use(doc)}; wait for it to end, stop it, or choose another "
+                        "out folder") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # ----------------------------------------------------------------------------- summary
