@@ -28,7 +28,7 @@ _FLOAT = re.compile(r"""^(?:
     |[-+]?[0-9]+(?:_[0-9]+)*(?:[eE][-+]?[0-9]+)
     |\.[0-9]+(?:_[0-9]+)*(?:[eE][-+][0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X)
+    |\.(?:nan|NaN|NAN))$""", re.VERBOSE)
 
 
 class _Refused(yaml.MarkedYAMLError):
@@ -42,7 +42,7 @@ class _Loader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
 
-    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 (PyYAML's signature)
+    def compose_node(self, parent, index):
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
@@ -52,7 +52,7 @@ class _Loader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
-    def compose_mapping_node(self, anchor):  # noqa: ANN001, ANN201
+    def compose_mapping_node(self, anchor):
         node = super().compose_mapping_node(anchor)
         seen: dict[tuple[str, str], yaml.Mark] = {}
         for key, _ in node.value:
@@ -64,7 +64,7 @@ class _Loader(yaml.SafeLoader):
                                        f"{first.line + 1})", problem_mark=key.start_mark)
         return node
 
-    def construct_document(self, node):  # noqa: ANN001, ANN201
+    def construct_document(self, node):
         if _expanded_size(node) > MAX_NODES:
             raise _Refused(problem=f"aliases expand to more than {MAX_NODES} nodes (an alias "
                                    "bomb?); write the values out", problem_mark=node.start_mark)

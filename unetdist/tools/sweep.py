@@ -43,11 +43,21 @@ from unetdist.atomic import write_atomic
 from unetdist.config import load_config
 from unetdist.errors import ConfigError, FileSystemError, UserError
 from unetdist.log import say
-from unetdist.train.runlock import RunLock, _describe, _read_holder
 from unetdist.tools.sweep_spec import Spec, Values, read_spec
+from unetdist.train.runlock import RunLock, _describe, _read_holder
 
-__all__ = ["Spec", "read_spec", "combinations", "expand", "load_sweep", "trial_args",
-           "run_local", "sweep_lock", "summarize", "best_per_group"]
+__all__ = [
+    "Spec",
+    "best_per_group",
+    "combinations",
+    "expand",
+    "load_sweep",
+    "read_spec",
+    "run_local",
+    "summarize",
+    "sweep_lock",
+    "trial_args",
+]
 
 SWEEP_FILE = "sweep.json"
 

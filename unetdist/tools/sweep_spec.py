@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from unetdist.errors import ConfigError, UserError
 from unetdist.yamlio import load_yaml
@@ -32,7 +32,7 @@ class Range:
     log: bool = False
 
 
-Values = Union[list, Range]  # a grid axis / random choice, or a range (random only)
+Values = list | Range  # a grid axis / random choice, or a range (random only)
 
 
 @dataclass
