@@ -79,7 +79,7 @@ def test_sigterm_ends_every_rank_waiting_for_a_staging_lock(tmp_path):
     try:
         wait_for(lambda: "another process is staging into" in log.read_text()
                  and "local rank 1: waiting for local rank 0" in log.read_text(),
-                 timeout=240, what=f"both ranks to wait for the lock:\n{log.read_text()}")
+                 timeout=240, what="both ranks to say that they wait for the lock")
         workers = {r: p for p in _descendants(launcher.pid) if (r := _local_rank(p)) is not None}
         assert sorted(workers) == [0, 1], workers
         # The launcher reaps its workers; stopped, it leaves them as zombies whose status we read.

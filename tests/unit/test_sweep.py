@@ -155,3 +155,14 @@ def test_wrong_types_in_a_spec_are_one_line_naming_the_key(tmp_path, capsys, bad
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: sweep spec {p}: ") and key in err
     assert not (tmp_path / "sw").exists()  # refused before any trial was built
+
+
+@pytest.mark.parametrize("text", ['{"trials": 5}', "[1]", "{", "[" * 100_000, '{"trials": [1]}',
+                                  '{"trials": []}'])
+def test_a_damaged_sweep_json_is_one_line(tmp_path, capsys, text):
+    from unetdist.cli import main
+
+    (tmp_path / "sweep.json").write_text(text)
+    assert main(["sweep", str(tmp_path), "--summary"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {tmp_path / 'sweep.json'} is not a")

@@ -102,7 +102,7 @@ def expand(spec: Spec) -> dict:
     doc = {"config": str(Path(spec.config).resolve()) if spec.config else None,
            "group_by": spec.group_by, "metric": spec.metric, "trials": trials}
     old = spec.out / SWEEP_FILE
-    if old.is_file() and json.loads(old.read_text())["trials"] != trials:
+    if old.is_file() and read_doc(old)["trials"] != trials:
         raise UserError(f"{spec.out} already holds a different sweep ({old}); choose another "
                         "out folder")
     spec.out.mkdir(parents=True, exist_ok=True)
@@ -123,7 +123,28 @@ def load_sweep(target: str | Path) -> tuple[Path, dict]:
     if not f.is_file():
         raise UserError(f"{folder} is not an expanded sweep (no {SWEEP_FILE}); run "
                         "`unetdist sweep SPEC.yaml` first")
-    return folder, json.loads(f.read_text())
+    return folder, read_doc(f)
+
+
+_TRIAL_KEYS = {"name", "params", "overrides", "run_dir"}
+
+
+def read_doc(f: Path) -> dict:
+    """A sweep.json, checked for the shape the commands use; UserError when it is not one."""
+    try:
+        doc = json.loads(f.read_bytes()[: 64 << 20])
+    except (OSError, ValueError, RecursionError) as e:
+        raise UserError(f"{f} is not a readable sweep file ({type(e).__name__}); expand the "
+                        "spec again into a new out folder") from None
+    trials = doc.get("trials") if isinstance(doc, dict) else None
+    if not isinstance(trials, list) or not all(
+            isinstance(t, dict) and _TRIAL_KEYS <= set(t) and isinstance(t["params"], dict)
+            and isinstance(t["overrides"], list) for t in trials) \
+            or not isinstance(doc.get("config", 0), (str, type(None))) \
+            or not isinstance(doc.get("metric"), str) or "group_by" not in doc:
+        raise UserError(f"{f} is not a sweep file written by `unetdist sweep` (it lacks config, "
+                        "metric, group_by or trials of name/params/overrides/run_dir)")
+    return doc
 
 
 def trial_args(doc: dict, index: int) -> list[str]:
