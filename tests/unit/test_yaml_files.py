@@ -28,6 +28,8 @@ CASES = [
     ("cycle.yaml", "a: &a [*a]\n", 1, "aliases expand to more than"),
     ("deep.yaml", "x: " + "[" * 200_000 + "\n", 1, "nested deeper than 64 levels"),
     ("undefined.yaml", "a: *nothing\n", 1, "found undefined alias 'nothing'"),
+    ("code.yaml", "seed: 1\na: !!python/object/apply:os.system [touch pwned]\n", 2,
+     "could not determine a constructor for the tag"),
 ]
 
 
