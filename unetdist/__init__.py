@@ -9,6 +9,7 @@ Shared modules:
 - `cli.py` — `unetdist <command>`: the subcommand table, one `error:` line per user mistake
 - `__main__.py` — `python -m unetdist`
 - `errors.py` — UserError and friends (exit status 2)
+- `yamlio.py` — YAML files (configs, sweep specs): no duplicate keys or alias bombs, FILE:LINE errors
 - `log.py` — rank-aware console output and progress (once per job, non-TTY lines)
 - `atomic.py` — crash-safe file and folder writes (the only temp+rename code)
 - `distributed.py` — the Accelerator factory, precision and device decisions, collectives

@@ -4,11 +4,17 @@ its own folder, the summary table ranks them, best.txt feeds an ensemble evaluat
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.util import cli
+from tests.util import cli, subprocess_env, synthetic_shards, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -55,3 +61,44 @@ def test_sweep_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: sweep trial-000 (optim.lr=-1)")
     r = cli("sweep", tmp_path, "--summary", cwd=tmp_path)
     assert r.returncode == 2 and "not an expanded sweep" in r.stderr
+
+
+def test_a_second_identical_sweep_names_the_trial_in_use_and_the_first_finishes(tmp_path):
+    """Issue 24 case 14: both used to exit 1, each failing trials on the other's run locks."""
+    shards = synthetic_shards(tmp_path, n_train=3, seed=0, split_val=0.34)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    spec = {"config": "base.yaml", "out": "runs/lr",
+            "overrides": [f"data.shared_dir={shards}"], "parameters": {"seed": [0, 1]}}
+    (tmp_path / "lr.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "runs" / "lr"
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen([sys.executable, "-m", "unetdist", "sweep", "lr.yaml"],
+                                 cwd=tmp_path, env=subprocess_env(), stdout=log, stderr=log)
+        try:
+            holder = wait_for(lambda: _holder(out / "trial-000"), timeout=240,
+                              what="the first sweep's trial-000 training to take its run lock")
+            os.kill(holder["pid"], signal.SIGSTOP)  # trial-000 stays in use while we look
+            try:
+                second = cli("sweep", "lr.yaml", cwd=tmp_path)
+            finally:
+                os.kill(holder["pid"], signal.SIGCONT)
+            assert first.poll() is None, "the first sweep ended before the second ran"
+            rc = first.wait(timeout=600)
+        finally:
+            first.kill()
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert second.stderr.startswith(f"error: sweep {Path('runs/lr')} is already running "
+                                    f"(host {socket.gethostname()}, pid {first.pid}")
+    assert (f"trial-000 is in use by its training (host {holder['host']}, "
+            f"pid {holder['pid']}") in second.stderr
+    assert rc == 0, (tmp_path / "first.log").read_text()[-3000:]
+    for name in ("trial-000", "trial-001"):
+        assert (out / name / "best" / "model.safetensors").is_file()
+    assert not (out / ".unetdist.lock.json").exists()  # released: the next sweep may run
+
+
+def _holder(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / ".unetdist.lock.json").read_text())
+    except (OSError, ValueError):
+        return None

@@ -72,3 +72,38 @@ def test_a_stale_failure_of_another_job_is_ignored(shared, tmp_path):
     assert job_token() != note["job"]
     with pytest.raises(DataError, match="timed out after 1s"):
         wait_for_stage(shared, dst, manifest, shards, 1.0, local_rank=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_ends_local_rank_0_waiting_for_another_jobs_lock(shared, tmp_path, sig, status):
+    """Issue 24 case 13: the copier of `train` waiting for another job's staging lock used to
+    ignore both signals (its preemption handler only sets a flag) until data.stage_timeout."""
+    from filelock import FileLock
+
+    local, log = tmp_path / "local", tmp_path / "stderr"
+    stage_io.state_dir(local).mkdir(parents=True)
+    held = FileLock(str(stage_io.lock_path(local)))
+    held.acquire()
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "unetdist", "train", f"data.shared_dir={shared}",
+             f"data.local_dir={local}", "data.stage_timeout=300",
+             f"train.run_dir={tmp_path / 'run'}", "model.width=8"],
+            env=subprocess_env(LOCAL_RANK="0"), cwd=REPO, stdout=subprocess.DEVNULL,
+            stderr=err)
+    try:
+        wait_for(lambda: "another process is staging into" in log.read_text()
+                 or proc.poll() is not None, timeout=120, what="the copier to wait")
+        assert proc.poll() is None, log.read_text()
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) == status, log.read_text()
+        assert time.monotonic() - t0 < 2
+    finally:
+        held.release()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert f"stage: {sig.name} while waiting for the staging lock" in log.read_text()
+    assert not (tmp_path / "run").exists()

@@ -118,3 +118,51 @@ def test_summary_shows_per_trial_test_scores_and_an_ensemble_evaluation(tmp_path
     assert header[:5] == ["trial", "seed", "dice", "test dice", "step"]
     assert first[:5] == ["trial-001", "1", "0.7", "0.6", "4"]
     assert "ensemble-test: 2 model(s) on test (3 images): FOV dice 0.6543, AUC-ROC 0.9100" in text
+
+
+@pytest.mark.parametrize("bad,key", [
+    ({"count": "many", "method": "random"}, "count must be an integer, got 'many'"),
+    ({"method": "random", "count": 2, "parameters": {"optim.lr": {"min": "low", "max": 1}}},
+     "parameters.optim.lr.min must be a finite number, got 'low'"),
+    ({"overrides": 5}, "overrides must be a list of key=value strings, got 5"),
+    ({"out": [1, 2]}, "out must be a non-empty string, got [1, 2]"),
+    ({"seed": [1]}, "seed must be an integer, got [1]"),
+    ({"config": {"a": 1}}, "config must be a non-empty string"),
+    ({"method": 3}, "method must be a non-empty string, got 3"),
+    ({"metric": ["dice"]}, "metric must be a non-empty string"),
+    ({"group_by": 1}, "group_by must be a non-empty string"),
+    ({"parameters": {"optim.lr": 0.1}}, "parameters.optim.lr must be a non-empty list"),
+    ({"parameters": {"optim.lr": [{"a": 1}]}}, "parameters.optim.lr: each value must be"),
+    ({"parameters": {3: [1]}}, "parameter 3 must be a dotted config key"),
+    ({"method": "random", "count": True}, "count must be an integer, got True"),
+    ({"method": "random", "count": 2, "parameters": {"optim.lr": {"min": 1, "max": 2,
+                                                                  "log": "yes"}}},
+     "parameters.optim.lr.log must be true or false"),
+    ({"method": "random", "count": 2, "parameters": {"optim.lr": {"min": 1, "max": ".inf"}}},
+     "parameters.optim.lr.max must be a finite number"),
+    ({"parameters": {f"a.k{i}": list(range(10)) for i in range(5)}}, "100000 trials"),
+    ([1, 2], "must hold a mapping"),
+])
+def test_wrong_types_in_a_spec_are_one_line_naming_the_key(tmp_path, capsys, bad, key):
+    """Issue 24 case 10: each of these was a ValueError/TypeError traceback."""
+    from unetdist.cli import main
+
+    doc = bad if isinstance(bad, list) else {
+        "out": str(tmp_path / "sw"), "parameters": {"optim.lr": [0.001]}, **bad}
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump(doc).replace("'.inf'", ".inf"))
+    assert main(["sweep", str(p), "--launch", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: sweep spec {p}: ") and key in err
+    assert not (tmp_path / "sw").exists()  # refused before any trial was built
+
+
+@pytest.mark.parametrize("text", ['{"trials": 5}', "[1]", "{", "[" * 100_000, '{"trials": [1]}',
+                                  '{"trials": []}'])
+def test_a_damaged_sweep_json_is_one_line(tmp_path, capsys, text):
+    from unetdist.cli import main
+
+    (tmp_path / "sweep.json").write_text(text)
+    assert main(["sweep", str(tmp_path), "--summary"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {tmp_path / 'sweep.json'} is not a")

@@ -70,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.launch == "slurm":
         return _submit(spec.out, len(doc["trials"]), args)
-    failed = sweep.run_local(doc, nproc=args.nproc)
-    print(sweep.summarize(spec.out, doc)[0])
+    with sweep.sweep_lock(spec.out, doc):
+        failed = sweep.run_local(doc, nproc=args.nproc)
+        print(sweep.summarize(spec.out, doc)[0])
     if failed:
         say(f"sweep: {len(failed)} trial(s) failed: {', '.join(failed)}")
     return 1 if failed else 0

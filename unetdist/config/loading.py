@@ -33,12 +33,14 @@ def _check_overrides(overrides: list[str] | tuple, only: str | None) -> None:
 def _yaml_layer(path: Path):
     from omegaconf import OmegaConf
 
+    from unetdist.yamlio import load_yaml
+
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    loaded = OmegaConf.load(path)
-    if loaded is None or not isinstance(OmegaConf.to_container(loaded), dict):
+    loaded = load_yaml(path, "config file")  # duplicate keys, syntax, alias bombs: one line
+    if not isinstance(loaded, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return loaded
+    return OmegaConf.create(loaded)
 
 
 def _merge(base: Path | dict | None, overrides: list[str] | tuple) -> RunConfig:

@@ -19,11 +19,14 @@ No W&B server needed. A spec (YAML):
 then run one after another here (`run_local`) or as a SLURM array (slurm/kfold.sbatch, one
 trial per task, which asks `trial_args` for its arguments); `summarize` reads each trial's
 best/metrics.json into summary.csv / summary.md and best.txt (the best/ folder of the best
-trial per group, ready for `unetdist evaluate --checkpoint $(cat best.txt)`).
+trial per group, ready for `unetdist evaluate --checkpoint $(cat best.txt)`). A local run
+holds the sweep folder's lock (`sweep_lock`): a second `unetdist sweep` of the same folder is
+refused at once, naming the trial in use and by whom.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -32,96 +35,39 @@ import math
 import random
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from unetdist.atomic import write_atomic
 from unetdist.config import load_config
-from unetdist.errors import ConfigError, UserError
+from unetdist.errors import ConfigError, FileSystemError, UserError
 from unetdist.log import say
+from unetdist.tools.sweep_spec import Spec, Values, read_spec
+from unetdist.train.runlock import RunLock, _describe, _read_holder
+
+__all__ = [
+    "Spec",
+    "best_per_group",
+    "combinations",
+    "expand",
+    "load_sweep",
+    "read_spec",
+    "run_local",
+    "summarize",
+    "sweep_lock",
+    "trial_args",
+]
 
 SWEEP_FILE = "sweep.json"
-METHODS = ("grid", "random")
-_SPEC_KEYS = {"config", "out", "method", "count", "seed", "overrides", "parameters",
-              "group_by", "metric"}
 
 
-@dataclass
-class Spec:
-    """A parsed sweep spec (see the module docstring)."""
-
-    config: str | None
-    out: Path
-    parameters: dict[str, Any]
-    method: str = "grid"
-    count: int = 0
-    seed: int = 0
-    overrides: list[str] = field(default_factory=list)
-    group_by: str | None = None
-    metric: str = "dice"
-
-
-def _fail(path: Path, msg: str) -> ConfigError:
-    return ConfigError(f"sweep spec {path}: {msg}")
-
-
-def read_spec(path: str | Path) -> Spec:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sweep spec not found: {path}")
-    try:
-        d = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise _fail(path, f"not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(d, dict):
-        raise _fail(path, "must hold a mapping")
-    unknown = sorted(set(d) - _SPEC_KEYS)
-    if unknown:
-        raise _fail(path, f"unknown key(s) {unknown}; allowed: {sorted(_SPEC_KEYS)}")
-    params = d.get("parameters")
-    if not isinstance(params, dict) or not params:
-        raise _fail(path, "parameters must map dotted config keys to value lists")
-    spec = Spec(config=d.get("config"), out=Path(d.get("out") or f"runs/sweep-{path.stem}"),
-                parameters=params, method=d.get("method", "grid"),
-                count=int(d.get("count", 0)), seed=int(d.get("seed", 0)),
-                overrides=[str(o) for o in d.get("overrides") or []],
-                group_by=d.get("group_by"), metric=str(d.get("metric", "dice")))
-    _check_spec(spec, path)
-    return spec
-
-
-def _check_spec(spec: Spec, path: Path) -> None:
-    if spec.method not in METHODS:
-        raise _fail(path, f"method must be one of {'|'.join(METHODS)}, got {spec.method!r}")
-    if spec.method == "random" and spec.count < 1:
-        raise _fail(path, f"count must be >= 1 for method random, got {spec.count}")
-    for key, values in spec.parameters.items():
-        if "." not in key and key != "seed":
-            raise _fail(path, f"parameter {key!r} must be a dotted config key (optim.lr)")
-        if isinstance(values, dict):
-            if spec.method != "random" or not {"min", "max"} <= set(values):
-                raise _fail(path, f"parameters.{key}: a range {{min, max, log}} needs method "
-                                  "random; a grid takes a list")
-            if not float(values["min"]) < float(values["max"]):
-                raise _fail(path, f"parameters.{key}: min must be < max")
-            if values.get("log") and float(values["min"]) <= 0:
-                raise _fail(path, f"parameters.{key}: a log range needs min > 0")
-        elif not isinstance(values, list) or not values:
-            raise _fail(path, f"parameters.{key} must be a non-empty list")
-    if spec.group_by is not None and spec.group_by not in spec.parameters:
-        raise _fail(path, f"group_by {spec.group_by!r} must be one of the parameters")
-
-
-def _draw(values: Any, rng: random.Random) -> Any:
+def _draw(values: Values, rng: random.Random) -> Any:
     if isinstance(values, list):
         return rng.choice(values)
-    lo, hi = float(values["min"]), float(values["max"])
-    if values.get("log"):
-        return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-    return rng.uniform(lo, hi)
+    if values.log:
+        return float(math.exp(rng.uniform(math.log(values.min), math.log(values.max))))
+    return rng.uniform(values.min, values.max)
 
 
 def combinations(spec: Spec) -> list[dict[str, Any]]:
@@ -156,7 +102,7 @@ def expand(spec: Spec) -> dict:
     doc = {"config": str(Path(spec.config).resolve()) if spec.config else None,
            "group_by": spec.group_by, "metric": spec.metric, "trials": trials}
     old = spec.out / SWEEP_FILE
-    if old.is_file() and json.loads(old.read_text())["trials"] != trials:
+    if old.is_file() and read_doc(old)["trials"] != trials:
         raise UserError(f"{spec.out} already holds a different sweep ({old}); choose another "
                         "out folder")
     spec.out.mkdir(parents=True, exist_ok=True)
@@ -177,7 +123,28 @@ def load_sweep(target: str | Path) -> tuple[Path, dict]:
     if not f.is_file():
         raise UserError(f"{folder} is not an expanded sweep (no {SWEEP_FILE}); run "
                         "`unetdist sweep SPEC.yaml` first")
-    return folder, json.loads(f.read_text())
+    return folder, read_doc(f)
+
+
+_TRIAL_KEYS = {"name", "params", "overrides", "run_dir"}
+
+
+def read_doc(f: Path) -> dict:
+    """A sweep.json, checked for the shape the commands use; UserError when it is not one."""
+    try:
+        doc = json.loads(f.read_bytes()[: 64 << 20])
+    except (OSError, ValueError, RecursionError) as e:
+        raise UserError(f"{f} is not a readable sweep file ({type(e).__name__}); expand the "
+                        "spec again into a new out folder") from None
+    trials = doc.get("trials") if isinstance(doc, dict) else None
+    if not isinstance(trials, list) or not all(
+            isinstance(t, dict) and _TRIAL_KEYS <= set(t) and isinstance(t["params"], dict)
+            and isinstance(t["overrides"], list) for t in trials) \
+            or not isinstance(doc.get("config", 0), (str, type(None))) \
+            or not isinstance(doc.get("metric"), str) or "group_by" not in doc:
+        raise UserError(f"{f} is not a sweep file written by `unetdist sweep` (it lacks config, "
+                        "metric, group_by or trials of name/params/overrides/run_dir)")
+    return doc
 
 
 def trial_args(doc: dict, index: int) -> list[str]:
@@ -203,6 +170,51 @@ def run_local(doc: dict, nproc: int = 1) -> list[str]:
         if subprocess.run([*cmd, "train", *trial_args(doc, i)], check=False).returncode:
             failed.append(t["name"])
     return failed
+
+
+def _alive_here(holder: dict) -> bool:
+    """False only for a record of a process on this host that is gone (a stale record)."""
+    import os
+    import socket
+
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process: alive
+    return True
+
+
+def _trial_in_use(doc: dict) -> str:
+    """Which trial the running sweep is training, by whom (from the trial's run lock)."""
+    for t in doc["trials"]:
+        holder = _read_holder(Path(t["run_dir"]))
+        if holder and _alive_here(holder):
+            return f"{t['name']} is in use by its training ({_describe(holder)})"
+    return "it is between trials"
+
+
+@contextlib.contextmanager
+def sweep_lock(folder: Path, doc: dict) -> Iterator[None]:
+    """Hold the sweep folder for one local run: a second `sweep` of it is refused, naming the
+    trial in use and by whom, instead of both failing trial after trial on each other's locks."""
+    lock = RunLock(folder)
+    try:
+        lock.acquire()
+    except FileSystemError:
+        raise
+    except UserError:  # held: RunLock's message speaks of a training, ours of the sweep
+        raise UserError(f"sweep {folder} is already running ({_describe(_read_holder(folder))}): "
+                        f"{_trial_in_use(doc)}; wait for it to end, stop it, or choose another "
+                        "out folder") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # ----------------------------------------------------------------------------- summary

@@ -11,8 +11,9 @@ time, launcher restart count): local ranks of one launch are siblings under one 
 was recorded, and ignores a stale one from another job. A note recorded after the waiter
 started counts too (a copier that is no sibling).
 
-SIGTERM and SIGINT end a waiting rank at once (exit 143 / 130): it holds nothing worth saving,
-and the trainer's preemption handler, which only sets a flag, is replaced while it waits.
+SIGTERM and SIGINT end a waiting process at once (exit 143 / 130), a waiting rank and the
+copier waiting for another job's lock alike: it holds nothing worth saving, and the trainer's
+preemption handler, which only sets a flag, is replaced while it waits.
 """
 
 from __future__ import annotations
@@ -49,15 +50,35 @@ class LockTimeout(DataError):
 
 
 @contextlib.contextmanager
-def stage_lock(dst: Path, timeout: float | None, *, announce: str | None) -> Iterator[None]:
-    """Hold the node-wide staging lock of DST; print ANNOUNCE once when it has to wait."""
-    from filelock import FileLock, Timeout
+def stage_lock(dst: Path, timeout: float | None, *, announce: str | None,
+               exit_on_signal: bool = True) -> Iterator[bool]:
+    """Hold the node-wide staging lock of DST; print ANNOUNCE once when it has to wait
+    (yields whether it did).
+
+    SIGTERM/SIGINT while waiting for the lock exit at once with 143/130 (EXIT_ON_SIGNAL; a
+    caller that handles the signals itself passes False): under `train` the preemption
+    handler only sets a flag, and the holder may keep the lock for an hour.
+    """
+    from filelock import FileLock
 
     state_dir(dst).mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(lock_path(dst)))
+    waiting = f"waiting for the staging lock {lock_path(dst)}"
+    with _exit_on_signals(waiting) if exit_on_signal else contextlib.nullcontext():
+        announced = _acquire(lock, dst, timeout, announce)
+    try:
+        yield announced
+    finally:
+        lock.release()
+
+
+def _acquire(lock, dst: Path, timeout: float | None, announce: str | None) -> bool:
+    from filelock import Timeout
+
     quiet = QUIET_S if timeout is None else min(QUIET_S, max(timeout, 0.0))
     try:  # waiting ranks hold the lock for a moment per poll: not worth a message
         lock.acquire(timeout=quiet)
+        return False
     except Timeout:
         if announce:
             print(announce, file=sys.stderr, flush=True)
@@ -66,10 +87,7 @@ def stage_lock(dst: Path, timeout: float | None, *, announce: str | None) -> Ite
         except Timeout:
             raise LockTimeout(f"timed out after {timeout:g}s waiting for the staging lock "
                               f"{lock_path(dst)} (another process is staging into {dst})") from None
-    try:
-        yield
-    finally:
-        lock.release()
+    return bool(announce)
 
 
 def is_complete(dst: Path, manifest: dict, shards: list[Shard]) -> bool:
@@ -143,33 +161,46 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+@contextlib.contextmanager
+def _exit_on_signals(what: str, who: str = "stage") -> Iterator[None]:
+    """SIGTERM/SIGINT during the block: WHO says WHAT was interrupted and exits 143/130 at once."""
+    try:
+        with _stop_on_signals():
+            yield
+    except _Stopped as e:
+        print(f"{who}: {signal.Signals(e.signum).name} while {what}; exiting", file=sys.stderr,
+              flush=True)
+        sys.stdout.flush()
+        # Not SystemExit: tearing down an interpreter that imported torch takes seconds on a
+        # busy node (4 s measured under load), and a waiting process holds nothing to save
+        # (the kernel drops its flock; staging writes only under the lock it never got).
+        os._exit(128 + e.signum)
+
+
 def wait_for_stage(src: Path, dst: Path, manifest: dict, shards: list[Shard], timeout: float,
                    *, local_rank: int) -> None:
     """Block until local rank 0 has staged SRC into DST; DataError on timeout or its failure.
 
     SIGTERM/SIGINT exit at once with status 143/130.
     """
-    try:
-        with _stop_on_signals():
-            _wait(src, dst, manifest, shards, timeout, local_rank)
-    except _Stopped as e:
-        name = signal.Signals(e.signum).name
-        print(f"local rank {local_rank}: {name} while waiting for local rank 0 to stage {dst}; "
-              "exiting", file=sys.stderr, flush=True)
-        raise SystemExit(128 + e.signum) from None
+    with _exit_on_signals(f"waiting for local rank 0 to stage {dst}", f"local rank {local_rank}"):
+        _wait(src, dst, manifest, shards, timeout, local_rank)
 
 
 def _wait(src: Path, dst: Path, manifest: dict, shards: list[Shard], timeout: float,
           local_rank: int) -> None:
     token, since = job_token(), time.time()
     deadline = time.monotonic() + timeout
+    note = f"local rank {local_rank}: waiting for local rank 0 to stage {src} into {dst}"
     announced = False
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _timeout_error(src, dst, timeout)
-        try:
-            with stage_lock(dst, remaining, announce=None):
+        try:  # a copy in progress holds the lock: say why we wait once it takes a while
+            with stage_lock(dst, remaining, announce=None if announced else note,
+                            exit_on_signal=False) as said:
+                announced = announced or said
                 if is_complete(dst, manifest, shards):
                     return
                 failure = _failure_of_this_job(dst, token, since)
@@ -178,7 +209,6 @@ def _wait(src: Path, dst: Path, manifest: dict, shards: list[Shard], timeout: fl
         if failure:
             raise DataError(f"local rank 0 failed to stage {src} into {dst}: {failure}")
         if not announced:
-            print(f"local rank {local_rank}: waiting for local rank 0 to stage {src} into {dst}",
-                  file=sys.stderr, flush=True)
+            print(note, file=sys.stderr, flush=True)
             announced = True
         time.sleep(min(POLL_S, max(deadline - time.monotonic(), 0.0)))
