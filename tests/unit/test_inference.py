@@ -11,7 +11,8 @@ from torch import nn
 
 from tests.eval_helpers import make_best_dir, tiny_config, tiny_model
 from unetdist.errors import UserError
-from unetdist.eval.inference import load_for_inference, sliding_window_predict, tile_starts
+from unetdist.eval.inference import load_for_inference, sliding_window_predict
+from unetdist.eval.windows import tile_starts
 from unetdist.sections import EvalConfig
 
 
