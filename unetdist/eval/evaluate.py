@@ -32,7 +32,7 @@ from unetdist.eval.inference import (
 )
 from unetdist.eval.metrics import MetricState
 from unetdist.eval.windows import forward_count, inference_size
-from unetdist.log import say
+from unetdist.log import say, world_size
 from unetdist.sections import EvalConfig
 
 
@@ -62,7 +62,7 @@ def _timed_predict(model: nn.Module, s: dict, cfg: EvalConfig, policy: Inference
 
 
 def estimate_line(model: nn.Module, images: int, shape: tuple[int, int], cfg: EvalConfig,
-                  seconds: float) -> str:
+                  seconds: float, processes: int = 1) -> str:
     """What this process's share will cost: images x windows x views, timed on one image."""
     tiles, n_views, forwards = forward_count(*shape, cfg, model)
     per_forward = seconds / forwards
@@ -71,7 +71,8 @@ def estimate_line(model: nn.Module, images: int, shape: tuple[int, int], cfg: Ev
     return (f"estimate: {images} images x {tiles} windows ({how}) x {n_views} views = "
             f"{images * tiles * n_views} windows in {images * forwards} forwards of <= "
             f"{cfg.batch_size}; {per_forward:.2f} s per forward on the first image -> about "
-            f"{total:.0f} s ({seconds:.2f} s per image)")
+            f"{total:.0f} s ({seconds:.2f} s per image)"
+            + (f", each of {processes} processes scoring its share" if processes > 1 else ""))
 
 
 def evaluate_split(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *,
@@ -99,7 +100,8 @@ def evaluate_split(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *
         prob, seconds = _timed_predict(model, s, cfg, policy, scale)
         if estimate and not rows:
             shape = inference_size(*s["image"].shape[-2:], cfg, scale)
-            say(estimate_line(model, len(samples), shape, cfg, seconds))
+            # rank 0 speaks for the job (it holds a share whenever there are enough images)
+            say(estimate_line(model, len(samples), shape, cfg, seconds, world_size()))
         # The dataset defines everything outside the FOV as background and the loss never
         # sees it, so predictions there are zeroed (as `predict` does) rather than scored.
         prob = prob * s["fov"].to(prob.device, prob.dtype, non_blocking=True)
