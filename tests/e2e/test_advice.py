@@ -65,7 +65,7 @@ def test_evaluate_accepts_a_run_folder_and_latest(run, tmp_path):
     r = cli("evaluate", "--checkpoint", rd / "checkpoints" / "latest", "--data", run["shards"],
             "--split", "test", "--quiet")
     assert r.returncode == 0, r.stderr
-    latest = json.loads((rd / "eval-test-step-000004" / "metrics.json").read_text())
+    latest = json.loads((rd / "eval-shards-test-step-000004" / "metrics.json").read_text())
     if best["step"] == 4:  # the same weights through both paths
         assert latest["fov"] == via_run["fov"]
 

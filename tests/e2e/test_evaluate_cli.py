@@ -26,8 +26,11 @@ def data(tmp_path_factory) -> dict:
     raw = write_synthetic(root / "raw", n_train=2, n_test=3, size=SIZE, seed=0, progress=False)
     shards = root / "shards"
     shard_dataset(raw, shards, layout="drive", split_val=0.1)
+    raw2 = write_synthetic(root / "raw2", n_train=2, n_test=2, size=SIZE, seed=5, progress=False)
+    other = root / "other-shards"  # a second dataset: its results must not replace the first
+    shard_dataset(raw2, other, layout="drive", split_val=0.1)
     best = make_best_dir(root / "run" / "best", tiny_config(), seed=2)
-    return {"root": root, "raw": Path(raw), "shards": shards, "best": best}
+    return {"root": root, "raw": Path(raw), "shards": shards, "other": other, "best": best}
 
 
 def _run_ok(*args) -> str:
@@ -57,18 +60,25 @@ def _evaluate(data: dict, checkpoint, out: Path | None = None, *extra) -> dict:
     if out is not None:
         args += ["--out", out]
     _run_ok(*args)
-    return json.loads(((out or data["best"].parent / "eval-test") / "metrics.json").read_text())
+    default = data["best"].parent / "eval-shards-test"
+    return json.loads(((out or default) / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def folder_metrics(data) -> dict:
-    return _evaluate(data, data["best"])  # default --out: RUN/eval-test
+    return _evaluate(data, data["best"])  # default --out: RUN/eval-<data>-<split>
 
 
 def test_evaluate_writes_metrics_predictions_and_plots(data, folder_metrics):
-    out = data["best"].parent / "eval-test"
+    from unetdist.data.manifest import manifest_hash, read_manifest
+
+    out = data["best"].parent / "eval-shards-test"
     m = folder_metrics
     assert m["num_images"] == 3 and m["info"]["split"] == "test"
+    assert m["info"]["data"] == str(data["shards"].resolve())
+    assert m["info"]["manifest_hash"] == manifest_hash(read_manifest(data["shards"]))
+    assert m["info"]["checkpoint"] == str(data["best"].resolve()) and m["info"]["step"] == "7"
+    assert m["seconds_per_image"] > 0
     masks = sorted((data["raw"] / "test" / "mask").iterdir())
     fov_pixels = sum(int(_gif_mask(p).sum()) for p in masks)
     assert sum(m["fov"]["counts"].values()) == fov_pixels
@@ -93,8 +103,69 @@ def test_exported_safetensors_evaluates_to_the_same_metrics(data, folder_metrics
     m = _evaluate(data, alone, tmp_path / "ev")
     for region in ("fov", "image"):
         assert m[region] == folder_metrics[region]
-    assert (tmp_path / "ev" / "per_image.csv").read_text() == \
-        (data["best"].parent / "eval-test" / "per_image.csv").read_text()
+    assert _without_seconds(tmp_path / "ev" / "per_image.csv") == \
+        _without_seconds(data["best"].parent / "eval-shards-test" / "per_image.csv")
+
+
+def _without_seconds(path: Path) -> list[list[str]]:
+    """per_image.csv's rows without the timing column (timings differ between runs)."""
+    import csv
+
+    rows = list(csv.reader(path.read_text().splitlines()))
+    col = rows[0].index("seconds")
+    return [r[:col] + r[col + 1:] for r in rows]
+
+
+def test_second_dataset_gets_its_own_folder_and_the_report_shows_both(data, folder_metrics):
+    run = data["best"].parent
+    r = cli("evaluate", "--checkpoint", data["best"], "--data", data["other"], "--split", "test",
+            "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "estimate: 2 images x 4 windows" in r.stdout and "s per forward" in r.stdout
+    first = json.loads((run / "eval-shards-test" / "metrics.json").read_text())
+    second = json.loads((run / "eval-other-shards-test" / "metrics.json").read_text())
+    assert first == folder_metrics  # untouched
+    assert second["num_images"] == 2 and second["info"]["data"] == str(data["other"].resolve())
+    assert sorted(p.name for p in (run / "eval-shards-test" / "predictions").iterdir()) == \
+        sorted(f"{k}{s}.png" for k in _test_ids(data["raw"]) for s in ("", "_prob"))
+    (run / "metrics.jsonl").write_text("")  # makes RUN a run folder for `report`
+    assert cli("report", run).returncode == 0
+    html = (run / "report.html").read_text()
+    for folder in ("eval-shards-test", "eval-other-shards-test"):
+        assert f"<h2>Evaluation: {folder}</h2>" in html
+    assert str(data["other"].resolve()) in html and str(data["shards"].resolve()) in html
+    for key in _test_ids(data["raw"]):
+        assert f"<td>{key}</td>" in html  # the per-image table
+
+
+def _test_ids(raw: Path) -> list[str]:
+    return sorted(p.stem for p in (raw / "test" / "images").iterdir())
+
+
+def test_out_holding_another_datasets_results_is_refused_unless_overwrite(data, tmp_path):
+    out = tmp_path / "ev"
+    _evaluate(data, data["best"], out)
+    r = cli("evaluate", "--checkpoint", data["best"], "--data", data["other"], "--split", "test",
+            "--out", out, "--quiet")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+    assert "--overwrite" in r.stderr and str(data["shards"].resolve()) in r.stderr
+    assert json.loads((out / "metrics.json").read_text())["num_images"] == 3  # kept
+    r = cli("evaluate", "--checkpoint", data["best"], "--data", data["other"], "--split", "test",
+            "--out", out, "--overwrite", "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((out / "metrics.json").read_text())["num_images"] == 2
+    other_ids = _test_ids(data["root"] / "raw2")
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == \
+        sorted(f"{k}{s}.png" for k in other_ids for s in ("", "_prob"))  # no mixing
+
+
+def test_whole_image_evaluation_scores_every_pixel_once(data, folder_metrics, tmp_path):
+    m = _evaluate(data, data["best"], tmp_path / "whole", "eval.tile=0")
+    assert m["settings"]["tile"] == 0
+    assert m["fov"]["counts"] and sum(m["fov"]["counts"].values()) == \
+        sum(folder_metrics["fov"]["counts"].values())
+    assert abs(m["fov"]["auc_roc"] - folder_metrics["fov"]["auc_roc"]) < 0.1
 
 
 def test_eval_overrides_change_the_threshold(data, folder_metrics, tmp_path):

@@ -100,12 +100,12 @@ def test_the_walk_produces_what_the_readme_says(walk):
     assert len(walk["ran"]) >= 15, sorted(walk["ran"])
     run = home / "runs" / "mine"
     for path in ("config.yaml", "best/model.safetensors", "checkpoints/latest",
-                 "eval-test/metrics.json", "report.html"):
+                 "eval-shards-test/metrics.json", "report.html"):
         assert (run / path).exists(), path
-    assert json.loads((run / "eval-test" / "metrics.json").read_text())["num_images"] == 3
+    assert json.loads((run / "eval-shards-test" / "metrics.json").read_text())["num_images"] == 3
     assert (home / "runs" / "mine.safetensors").is_file() and (home / "runs" / "mine.onnx").is_file()
     assert sorted(p.name for p in (home / "predictions").glob("*_prob.png"))
-    assert (run / "eval-test-step-000004" / "metrics.json").is_file()  # evaluate .../latest
+    assert (run / "eval-shards-test-step-000004" / "metrics.json").is_file()  # evaluate .../latest
 
 
 @pytest.mark.slow

@@ -65,11 +65,21 @@ def _tiny_run(run_dir: Path) -> None:
     lines.append({"step": 30, "split": "val", "loss": 0.2, "dice": 0.61, "auc_roc": 0.9})
     (run_dir / "metrics.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in lines) + '{"step": 40, "spl')  # torn last line
-    ev = run_dir / "eval-test"
+    ev = run_dir / "eval-drive-shards-test"
     (ev / "plots").mkdir(parents=True)
+    info = {"data": "/data/drive-shards", "manifest_hash": "ab" * 32, "split": "test",
+            "checkpoint": "/runs/x/best", "step": "1234"}
     (ev / "metrics.json").write_text(json.dumps(
-        {"num_images": 2, "fov": _region(0.8123), "image": _region(0.7931),
-         "settings": {"threshold": 0.5}}))
+        {"info": info, "num_images": 2, "fov": _region(0.8123), "image": _region(0.7931),
+         "settings": {"threshold": 0.5}, "seconds_per_image": 0.25}))
+    (ev / "per_image.csv").write_text("key,height,width,fov_dice,fov_auc_roc,seconds\n"
+                                      "01_test,40,60,0.7777,0.95,0.2\n"
+                                      "02_test,40,60,0.6666,0.93,0.3\n")
+    other = run_dir / "eval-chase-shards-test"  # a second dataset: its own section
+    other.mkdir()
+    (other / "metrics.json").write_text(json.dumps(
+        {"info": {**info, "data": "/data/chase-shards"}, "num_images": 1,
+         "fov": _region(0.7001), "image": _region(0.6002)}))
     img = np.zeros((40, 60, 3), np.uint8)
     img[10:30, 20:40] = (0, 0, 255)
     cv2.imwrite(str(ev / "plots" / "roc_fov.png"), img)
@@ -97,18 +107,23 @@ def test_report_renders_self_contained_page(tmp_path):
     page.feed(text)
 
     assert page.external == []
-    assert page.h2 == ["Training curves", "Final evaluation", "Throughput", "Environment",
+    assert page.h2 == ["Training curves", "Evaluation: eval-chase-shards-test",
+                       "Evaluation: eval-drive-shards-test", "Throughput", "Environment",
                        "Config"]
-    # curves + other scalars + per-class bars (drawn) + the two PNGs of eval-test/plots
-    assert len(page.images) == 5
+    # curves + other scalars + per-class bars (drawn, twice) + the two PNGs of the drive folder
+    assert len(page.images) == 6
     shapes = [_decode(u).shape for u in page.images]
     assert (40, 60, 3) in shapes  # the copied PNGs come through unchanged
-    for want in ("0.8123", "0.7931", "img_per_s", "data_wait", "world_size", "2.14.1", "tiny",
+    for want in ("0.8123", "0.7931", "0.7001", "/data/drive-shards", "/data/chase-shards",
+                 "/runs/x/best", "1234", "01_test", "0.7777", "0.6666", "0.25", "img_per_s", "data_wait", "world_size", "2.14.1", "tiny",
                  "f" * 40):
         assert want in page.cells, want
-    # the one part the tiny run lacks: confusion-matrix PNGs
-    assert text.count("not available") == 1
-    assert text.index("Confusion matrices") < text.index("not available") < text.index("ROC")
+    # what the tiny run lacks: confusion-matrix PNGs (both folders); the chase folder's ROC,
+    # overlays and per_image.csv
+    assert text.count("not available") == 5
+    drive = text.index("Evaluation: eval-drive-shards-test")
+    assert text.index("Confusion matrices", drive) < text.index("not available", drive) < \
+        text.index("ROC", drive)
     assert FAKE_KEY not in text
     assert "broken.png: image does not decode" in text
     assert not list(run_dir.glob(".report.html.tmp*"))

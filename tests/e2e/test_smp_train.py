@@ -38,4 +38,4 @@ def test_smp_model_trains_checkpoints_and_evaluates(tmp_path):
     r = cli("evaluate", "--checkpoint", run / "best", "--data", tmp_path / "shards",
             "--split", "test", "--no-progress")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads((run / "eval-test" / "metrics.json").read_text())["num_images"] == 1
+    assert json.loads((run / "eval-shards-test" / "metrics.json").read_text())["num_images"] == 1

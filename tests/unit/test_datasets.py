@@ -263,9 +263,9 @@ def test_folds_partition_the_training_samples(fold_shards):
 
 
 def test_training_stream_never_sees_the_validation_fold(fold_shards):
-    from unetdist.config import load_config
     from itertools import islice
 
+    from unetdist.config import load_config
     from unetdist.data.pipeline import eval_samples, run_batches
 
     path, m = fold_shards

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from tests.util import synthetic_shards
-from unetdist.config import load_config
 from unetdist.bench.syncs import FakeSyncCounter
+from unetdist.config import load_config
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from torch import nn
 from tests.eval_helpers import make_best_dir, tiny_config, tiny_model
 from unetdist.config import EvalConfig
 from unetdist.errors import UserError
-from unetdist.eval.inference import load_for_inference, sliding_window_predict, tile_starts
+from unetdist.eval.inference import load_for_inference, sliding_window_predict
+from unetdist.eval.windows import tile_starts
 
 
 class Pointwise(nn.Module):
@@ -195,7 +196,9 @@ def test_evaluate_split_counts_files_and_original_size(tmp_path):
     for s in samples:
         prob = sliding_window_predict(model, s["image"], cfg.eval) * s["fov"]  # FOV-masked
         ref.update(prob, s["label"], s["fov"], s.get("label2"))
-    assert res == {**ref.compute(), "per_image": res["per_image"]}
+    assert res == {**ref.compute(), "per_image": res["per_image"],
+                   "seconds_per_image": res["seconds_per_image"]}
+    assert res["seconds_per_image"] > 0 and all(r["seconds"] > 0 for r in res["per_image"])
     # nothing is predicted outside the FOV: the whole image adds only true negatives there
     assert res["image"]["counts"]["fp"] == res["fov"]["counts"]["fp"]
     assert res["image"]["counts"]["tp"] == res["fov"]["counts"]["tp"]

@@ -8,7 +8,7 @@ import torch
 
 from unetdist.config import EvalConfig, load_config
 from unetdist.eval.inference import sliding_window_predict
-from unetdist.eval.tta import tta_average, tta_mode, views
+from unetdist.eval.tta import tta_mode, views
 
 
 @pytest.mark.parametrize("mode,n", [("none", 1), ("flip", 4), ("dihedral", 8)])
@@ -34,16 +34,6 @@ def test_dihedral_views_match_numpy_rotations_and_flips():
     got = [v.forward(x)[0, 0].numpy() for v in views("dihedral")]
     for e, g in zip(expected, got):
         np.testing.assert_array_equal(e, g)
-
-
-def test_average_maps_each_view_back_before_averaging():
-    x = torch.randn(1, 1, 6, 10)
-    # a predictor that only sees pixel values is equivariant: every view agrees exactly
-    assert torch.allclose(tta_average(torch.sigmoid, x, "dihedral"), torch.sigmoid(x),
-                          atol=1e-7)
-    # a column-index predictor: h-flipped views answer W-1-j, mapped back; the mean is (W-1)/2
-    ramp = lambda t: torch.arange(t.shape[-1], dtype=t.dtype).expand_as(t)
-    assert torch.equal(tta_average(ramp, x, "flip"), torch.full_like(x, 4.5))
 
 
 def test_sliding_window_tta_of_a_pointwise_model_equals_no_tta_on_a_non_square_image():

@@ -40,11 +40,10 @@ from pathlib import Path
 from unetdist.atomic import write_atomic
 from unetdist.bench.syncs import sync_counter
 from unetdist.bench.trainer import stream as trainer_stream
-from unetdist.config import load_config
+from unetdist.config import ModelConfig, load_config
 from unetdist.data.ingest.synth import write_synthetic
 from unetdist.data.ingest.writer import shard_dataset
 from unetdist.models.registry import build_model
-from unetdist.config import ModelConfig
 from unetdist.train.preempt import PreemptionFlag
 from unetdist.train.setup import setup_run, training_accelerator
 from unetdist.train.step import train_step

@@ -17,8 +17,8 @@ from pathlib import Path
 from unetdist.config import RunConfig, load_config
 from unetdist.data.pipeline import run_batches
 from unetdist.train.budget import TimeBudget
-from unetdist.train.losses import build_loss
 from unetdist.train.checkpoint import TrainState
+from unetdist.train.losses import build_loss
 from unetdist.train.preempt import PreemptionFlag
 from unetdist.train.setup import Run, build_training_objects, training_accelerator
 from unetdist.train.step import train_step

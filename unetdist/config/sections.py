@@ -225,7 +225,7 @@ class EvalConfig:
     """Sliding-window evaluation and metrics."""
 
     split: str = "val"  # split used for validation during training
-    tile: int = 256  # sliding-window tile size in px
+    tile: int = 256  # sliding-window tile size in px (0 = the whole image in one window)
     overlap: float = 0.25  # fraction of overlap between tiles
     threshold: float = 0.5  # probability threshold for the binary prediction
     tta: str = "none"  # none | flip (4 flips; true = flip) | dihedral (8: flips x 90 deg turns)
@@ -245,7 +245,8 @@ class EvalConfig:
         _one_of(f"{p}.split", self.split, ("train", "val", "test"))
         self.tta = tta_mode(self.tta)  # old configs: true/false
         _one_of(f"{p}.tta", self.tta, registered("tta"))
-        _require(self.tile >= 16, f"{p}.tile", self.tile, ">= 16")
+        _require(self.tile == 0 or self.tile >= 16, f"{p}.tile", self.tile,
+                 "0 (whole image) or >= 16")
         _require(0 <= self.overlap < 1, f"{p}.overlap", self.overlap, "in [0, 1)")
         _require(0 < self.threshold < 1, f"{p}.threshold", self.threshold, "in (0, 1)")
         _require(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, ">= 1")

@@ -1,12 +1,18 @@
 """Evaluation and inference.
 
-- `inference.py` — load a checkpoint, sliding-window prediction with TTA
+- `inference.py` — load a checkpoint; whole-image / sliding-window prediction with batched
+  TTA views under one `InferencePolicy` (device, autocast, memory format)
+- `windows.py` — window geometry: whole-image padding, tiles, Gaussian weights, forward counts
 - `tta.py` — TTA views (none | flip | dihedral) and their inverses
 - `ensemble.py` — several checkpoints averaging their probabilities
-- `evaluate.py` — exactly-once distributed scoring of a split, predictions, plots
+- `evaluate.py` — `evaluate_checkpoints` (the evaluate job) and exactly-once distributed
+  scoring of a split (`evaluate_split`)
+- `outputs.py` — the evaluation's output folder (one per data + split, never overwriting other
+  results), predictions, metrics.json, per_image.csv, plots
+- `speed.py` — the evaluation-speed benchmark: today's tiled recipe vs whole-image inference
 - `metrics.py` — reducible confusion counts + score histograms, metric formulas
 - `topology.py` — reducible topology counts per image: clDice, Betti errors, fragments
-- `predict.py` — predict a folder of raw images
+- `predict.py` — `predict_images` (the predict job): predict a folder of raw images
 - `export.py` — safetensors / ONNX export of a trained model
 - `plots.py` — curves, overlays and bar plots (PNG)
 """

@@ -1,37 +1,39 @@
 """Evaluate a model on a split, distributed: each rank scores its images, one all-reduce sums.
 
-`evaluate_split` is used both by the trainer (validation, no files) and by `unetdist evaluate`
-(with `out_dir`). Every rank writes the prediction PNGs of its own images (so `out_dir` must
-be on storage all ranks see when evaluating on several nodes); rank 0 writes metrics.json,
-per_image.csv and the plots. Overlays are drawn for the first `eval.num_overlays` sample ids
-of the split (sorted), whichever rank holds them, so they do not depend on the world size.
+`evaluate_checkpoints` is the whole `unetdist evaluate` job (the command only parses its
+arguments): load the model(s) once per process, pick and check the output folder, score the
+split, write the files. `evaluate_split` is the scoring itself, used by it and by the trainer
+(validation, no files). Every rank writes the prediction PNGs of its own images (so the output
+folder must be on storage all ranks see when evaluating on several nodes); rank 0 writes
+metrics.json, per_image.csv and the plots. Overlays are drawn for the first `eval.num_overlays`
+sample ids of the split (sorted), whichever rank holds them, so they do not depend on the
+world size.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from collections.abc import Iterable
+import dataclasses
+import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
-from unetdist.atomic import write_atomic
 from unetdist.config import EvalConfig
-from unetdist.data.codec import encode_png
 from unetdist.distributed import gather_objects, rank_of_process
-from unetdist.eval import plots
-from unetdist.eval.inference import image_scale, sliding_window_predict, unwrap
-from unetdist.eval.metrics import COUNT_KEYS, MetricState, pr_from_histograms, roc_from_histograms
-
-REGION_NOTES = {
-    "fov": "inside the field-of-view mask (the standard DRIVE protocol)",
-    "image": "whole image, every pixel; predictions outside the FOV are set to background",
-    "second_observer": "second manual annotation scored against the first, inside the FOV "
-                       "(a human reference for the model's FOV metrics)",
-}
+from unetdist.eval import outputs
+from unetdist.eval.inference import (
+    InferencePolicy,
+    image_scale,
+    inference_policy,
+    sliding_window_predict,
+    unwrap,
+)
+from unetdist.eval.metrics import MetricState
+from unetdist.eval.windows import forward_count, inference_size
+from unetdist.log import say, world_size
 
 
 def _barrier(accelerator) -> None:
@@ -43,114 +45,6 @@ def _barrier(accelerator) -> None:
         dist.barrier()
 
 
-# ----------------------------------------------------------------------------- file writing
-
-
-def write_prediction_pngs(out_dir: Path, key: str, prob: np.ndarray, threshold: float,
-                          size: tuple[int, int] | None = None) -> np.ndarray:
-    """predictions/<key>.png (0/255) and <key>_prob.png (8-bit) at `size` (H, W).
-
-    Returns the binary prediction at that size.
-    """
-    import cv2
-
-
-    if size is not None and tuple(prob.shape) != tuple(size):
-        prob = cv2.resize(prob, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    binary = prob >= threshold
-    write_atomic(out_dir / f"{key}.png", encode_png(binary.astype(np.uint8) * 255))
-    prob8 = np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
-    write_atomic(out_dir / f"{key}_prob.png", encode_png(prob8))
-    return binary
-
-
-def _csv_row(row: dict) -> dict:
-    flat = {"key": row["key"], "height": row["height"], "width": row["width"],
-            "scale": row.get("scale", 1.0)}
-    for k in COUNT_KEYS:
-        flat[f"fov_{k}"] = row["counts"][k]
-    for k in ("dice", "iou_vessel", "iou_background", "miou", "precision", "recall",
-              "specificity", "accuracy", "mcc", "auc_roc", "auc_pr"):
-        flat[f"fov_{k}"] = row[k]
-    for k in COUNT_KEYS:
-        flat[f"image_{k}"] = row["image_counts"][k]
-    flat["image_dice"] = row["image_dice"]
-    flat["second_observer_fov_dice"] = row.get("second_observer_dice")
-    return flat
-
-
-def write_per_image_csv(rows: list[dict], path: Path) -> None:
-    buf = io.StringIO()
-    flat = [_csv_row(r) for r in rows]
-    fields = list(flat[0]) if flat else ["key"]
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    for r in flat:
-        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    write_atomic(path, buf.getvalue().encode())
-
-
-def write_metrics_json(result: dict, cfg: EvalConfig, path: Path, info: dict | None) -> None:
-    doc = {"info": info or {},
-           "settings": {k: getattr(cfg, k) for k in ("threshold", "tile", "overlap", "tta",
-                                                    "auc_bins", "scale", "ref_fov_diameter")},
-           "regions": {k: v for k, v in REGION_NOTES.items() if k in result},
-           **{k: v for k, v in result.items() if k != "per_image"}}
-    write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())
-
-
-def write_plots(result: dict, state: MetricState, plot_dir: Path) -> None:
-    fov = result["fov"]
-    plots.plot_class_bars(fov, plot_dir / "class_metrics.png",
-                          f"{result['num_images']} images, inside FOV (mIoU {fov['miou']:.3f})")
-    plots.plot_confusion(fov["counts"], plot_dir / "confusion_fov.png",
-                         "confusion matrix, inside FOV")
-    plots.plot_confusion(result["image"]["counts"], plot_dir / "confusion_image.png",
-                         "confusion matrix, whole image")
-    obs = result.get("second_observer", {}).get("fov")
-    roc = roc_from_histograms(state.hist("fov_pos"), state.hist("fov_neg"))
-    if roc is not None:
-        ref = (1 - obs["specificity"], obs["recall"]) if obs else None
-        plots.plot_roc(*roc, fov["auc_roc"], plot_dir / "roc_fov.png", ref, "ROC, inside FOV")
-    pr = pr_from_histograms(state.hist("fov_pos"), state.hist("fov_neg"))
-    if pr is not None:
-        ref = (obs["recall"], obs["precision"]) if obs else None
-        plots.plot_pr(*pr, fov["auc_pr"], plot_dir / "pr_fov.png", ref,
-                      "precision-recall, inside FOV")
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-class _OverlayCache:
-    """Keeps the inputs of this rank's first n sample ids (candidates for the overlays)."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.items = n, {}
-
-    def offer(self, key: str, sample: dict, pred: np.ndarray) -> None:
-        if self.n == 0:
-            return
-        self.items[key] = (sample["rgb"], sample["label"], sample["fov"], pred)
-        if len(self.items) > self.n:
-            del self.items[max(self.items)]
-
-    def write(self, keys: list[str], plot_dir: Path) -> None:
-        import cv2
-
-
-        for key in keys:
-            if key not in self.items:
-                continue
-            rgb, label, fov, pred = self.items[key]
-            label = label.reshape(label.shape[-2:]).cpu().numpy() > 0.5
-            fov = fov.reshape(fov.shape[-2:]).cpu().numpy() > 0.5
-            if rgb.shape[:2] != label.shape:  # metrics were computed at a resized resolution
-                rgb = cv2.resize(rgb, label.shape[::-1], interpolation=cv2.INTER_AREA)
-            plots.plot_overlay(rgb, label, pred, plot_dir / f"overlay_{key}.png", fov,
-                               f"{key}: TP / FP / FN")
-
-
 def _original_size(sample: dict) -> tuple[int, int]:
     meta = sample.get("meta") or {}
     if "height" in meta and "width" in meta:
@@ -158,48 +52,80 @@ def _original_size(sample: dict) -> tuple[int, int]:
     return tuple(sample["rgb"].shape[:2])
 
 
+def _timed_predict(model: nn.Module, s: dict, cfg: EvalConfig, policy: InferencePolicy,
+                   scale: float) -> tuple[torch.Tensor, float]:
+    t0 = time.perf_counter()
+    prob = sliding_window_predict(model, s["image"], cfg, policy=policy, scale=scale)
+    if prob.device.type == "cuda":
+        torch.cuda.synchronize(prob.device)
+    return prob, time.perf_counter() - t0
+
+
+def estimate_line(model: nn.Module, images: int, shape: tuple[int, int], cfg: EvalConfig,
+                  seconds: float, processes: int = 1) -> str:
+    """What this process's share will cost: images x windows x views, timed on one image."""
+    tiles, n_views, forwards = forward_count(*shape, cfg, model)
+    per_forward = seconds / forwards
+    total = images * seconds
+    how = "whole image" if cfg.tile == 0 else f"{cfg.tile} px tiles, overlap {cfg.overlap}"
+    return (f"estimate: {images} images x {tiles} windows ({how}) x {n_views} views = "
+            f"{images * tiles * n_views} windows in {images * forwards} forwards of <= "
+            f"{cfg.batch_size}; {per_forward:.2f} s per forward on the first image -> about "
+            f"{total:.0f} s ({seconds:.2f} s per image)"
+            + (f", each of {processes} processes scoring its share" if processes > 1 else ""))
+
+
 def evaluate_split(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *,
                    accelerator=None, out_dir: Path | None = None,
-                   info: dict | None = None, progress: bool = True) -> dict:
+                   info: dict | None = None, progress: bool = True,
+                   estimate: bool = False) -> dict:
     """Score every sample (each rank its share), all-reduce once, return identical results.
 
-    Returns {"num_images", "fov": {...}, "image": {...}, ["second_observer"], "per_image":
-    [rows sorted by key]}. With out_dir, writes predictions (each rank its images), overlays,
-    and on rank 0 metrics.json (with `info` under "info"), per_image.csv and plots/.
+    Returns {"num_images", "fov": {...}, "image": {...}, ["second_observer"],
+    "seconds_per_image", "per_image": [rows sorted by key]}. With out_dir, writes predictions
+    (each rank its images), overlays, and on rank 0 metrics.json (with `info` under "info"),
+    per_image.csv and plots/. `estimate` prints what the rest will cost after the first image.
     """
     from tqdm import tqdm
 
     model = unwrap(model)
+    policy = inference_policy(model, accelerator=accelerator)  # once for every image
     rank = rank_of_process()
     out_dir = Path(out_dir) if out_dir is not None else None
     state = MetricState(cfg.auc_bins, cfg.threshold)
-    rows, overlays = [], _OverlayCache(cfg.num_overlays if out_dir else 0)
+    rows, overlays = [], outputs.OverlayCache(cfg.num_overlays if out_dir else 0)
     for s in tqdm(samples, desc="evaluate", unit="img", disable=not progress or rank != 0,
                   leave=False):
         scale = image_scale(cfg, s["fov"])  # eval.scale: 1.0 unless asked
-        prob = sliding_window_predict(model, s["image"], cfg, accelerator=accelerator,
-                                      scale=scale)
+        prob, seconds = _timed_predict(model, s, cfg, policy, scale)
+        if estimate and not rows:
+            shape = inference_size(*s["image"].shape[-2:], cfg, scale)
+            # rank 0 speaks for the job (it holds a share whenever there are enough images)
+            say(estimate_line(model, len(samples), shape, cfg, seconds, world_size()))
         # The dataset defines everything outside the FOV as background and the loss never
         # sees it, so predictions there are zeroed (as `predict` does) rather than scored.
         prob = prob * s["fov"].to(prob.device, prob.dtype, non_blocking=True)
         row = state.update(prob, s["label"], s["fov"], s.get("label2"))
         rows.append({"key": s["key"], "height": int(prob.shape[-2]),
-                     "width": int(prob.shape[-1]), "scale": round(scale, 4), **row})
+                     "width": int(prob.shape[-1]), "scale": round(scale, 4),
+                     "seconds": round(seconds, 4), **row})
         if out_dir is not None:
             p = prob[0, 0].float().cpu().numpy()
-            write_prediction_pngs(out_dir / "predictions", s["key"], p, cfg.threshold,
-                                  _original_size(s))
+            outputs.write_prediction_pngs(out_dir / "predictions", s["key"], p, cfg.threshold,
+                                          _original_size(s))
             overlays.offer(s["key"], s, p >= cfg.threshold)
     state.reduce(accelerator)
     per_image = sorted((r for part in gather_objects(rows) for r in part),
                        key=lambda r: r["key"])
-    result = {**state.compute(), "per_image": per_image}
+    seconds = [r["seconds"] for r in per_image]
+    result = {**state.compute(), "per_image": per_image,
+              "seconds_per_image": round(float(np.mean(seconds)), 4) if seconds else None}
     if out_dir is not None:
         overlays.write([r["key"] for r in per_image[:cfg.num_overlays]], out_dir / "plots")
         if rank == 0:
-            write_metrics_json(result, cfg, out_dir / "metrics.json", info)
-            write_per_image_csv(per_image, out_dir / "per_image.csv")
-            write_plots(result, state, out_dir / "plots")
+            outputs.write_metrics_json(result, cfg, out_dir / "metrics.json", info)
+            outputs.write_per_image_csv(per_image, out_dir / "per_image.csv")
+            outputs.write_plots(result, state, out_dir / "plots")
         _barrier(accelerator)
     return result
 
@@ -211,3 +137,83 @@ def summary_line(result: dict) -> str:
     return (f"{result['num_images']} images | FOV dice {f['dice']:.4f} mIoU {f['miou']:.4f} "
             f"recall {f['recall']:.4f} precision {f['precision']:.4f} "
             f"specificity {f['specificity']:.4f} acc {f['accuracy']:.4f} AUC-ROC {auc}")
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """What `evaluate_checkpoints` did: the results and the folder holding its files."""
+
+    result: dict
+    out_dir: Path
+
+
+def _shard_dir(data: str, split: str, local_dir: str | None, cfg) -> str:
+    from unetdist.data.manifest import shard_paths
+
+    shard_dir = data
+    if local_dir:
+        from unetdist.data.stage.node import resolve_data_dir
+
+        shard_dir = resolve_data_dir(dataclasses.replace(cfg.data, shared_dir=data,
+                                                         local_dir=local_dir, stage=True))
+    # DataError naming the folder or split, before any work (data.fold: a k-fold model's val)
+    shard_paths(shard_dir, split, cfg.data.fold)
+    return str(Path(shard_dir).resolve())
+
+
+def _info(checkpoints: list[Path], metas: list[dict], data: str, shard_dir: str, split: str,
+          fold: int) -> dict:
+    """metrics.json's "info": what was evaluated on what (world size etc. added later)."""
+    from unetdist.data.manifest import manifest_hash, read_manifest
+
+    paths = [str(p) for p in checkpoints]
+    one = len(paths) == 1
+    return {"checkpoint": paths[0] if one else paths,
+            "step": metas[0].get("step") if one else [m.get("step") for m in metas],
+            "ensemble": len(paths), "data": str(Path(data).resolve()), "shards": shard_dir,
+            "manifest_hash": manifest_hash(read_manifest(shard_dir), fold), "split": split}
+
+
+def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str | Path,
+                         split: str = "test", *, out: str | Path | None = None,
+                         overrides: Sequence[str] = (), local_dir: str | None = None,
+                         overwrite: bool = False, progress: bool = True) -> Evaluation:
+    """Score a model (several: an ensemble) on SPLIT of the shards in DATA, write its files.
+
+    The output folder is OUT, by default `outputs.default_out_dir` (one per data + split);
+    either is refused when it holds another evaluation's results, unless OVERWRITE.
+    `overrides` are `eval.key=value` settings. Runs on every process of a launch.
+    """
+    from unetdist.config import config_from_dict, to_dict
+    from unetdist.data.pipeline import eval_samples
+    from unetdist.distributed import make_accelerator, resolve_precision
+    from unetdist.errors import UserError
+    from unetdist.eval.ensemble import load_models
+    from unetdist.eval.inference import apply_inference_format, resolve_checkpoint
+
+    if len(checkpoints) > 1 and out is None:
+        raise UserError("--out is required when several --checkpoint values form an ensemble")
+    model, cfg, metas = load_models(checkpoints)  # each model once per process
+    cfg = config_from_dict(to_dict(cfg), list(overrides), only="eval")
+    shard_dir = _shard_dir(str(data), split, local_dir, cfg)  # before the process group
+    resolved = [resolve_checkpoint(c).resolve() for c in checkpoints]
+    info = _info(resolved, metas, str(data), shard_dir, split, cfg.data.fold)
+    out_dir = Path(out) if out is not None else outputs.default_out_dir(resolved[0], data, split)
+    stale = outputs.check_out_dir(out_dir, info, overwrite)  # every rank: one error each
+    acc = make_accelerator(resolve_precision(cfg.train.precision, inference=True))
+    if stale:  # --overwrite: the other evaluation's files go before any rank writes
+        if acc.is_main_process:
+            outputs.clear_results(out_dir)
+        acc.wait_for_everyone()
+    model = apply_inference_format(model.to(acc.device), cfg)  # training memory format
+    samples = eval_samples(cfg.data, shard_dir, split, rank=acc.process_index,
+                           world_size=acc.num_processes)
+    info.update(world_size=acc.num_processes, device=acc.device.type,
+                precision=acc.mixed_precision)
+    result = evaluate_split(model, samples, cfg.eval, accelerator=acc, out_dir=out_dir,
+                            info=info, progress=progress, estimate=True)
+    acc.end_training()
+    return Evaluation(result, out_dir)

@@ -1,19 +1,26 @@
-"""Full-resolution inference: Gaussian-blended sliding window, TTA, loading a best model.
+"""Full-resolution inference: whole image or Gaussian-blended sliding window, TTA, loading.
 
-The window covers the image with tiles of `eval.tile` px overlapping by `eval.overlap`; the
-last tile of a row/column is shifted back to end at the border so no tile needs padding except
-when the image itself is smaller than a tile (then its border is replicated: a fundus image's
-border is its dark surround, so the padding looks like more of it). Tile probabilities are blended with a
-Gaussian weight (sigma = tile/8, as nnU-Net does) so tile borders, where the network sees
-little context, count least.
+`eval.tile=0` predicts each image in one window: the image padded (replicating its border) to
+the network's multiple (`network_multiple`), so no pixel lacks context and nothing is computed
+twice. With `eval.tile` > 0 the window covers the image with tiles of that many px overlapping
+by `eval.overlap`; the last tile of a row/column is shifted back to end at the border so no tile
+needs padding except when the image itself is smaller than a tile (then its border is
+replicated: a fundus image's border is its dark surround, so the padding looks like more of
+it). Tile probabilities are blended with a Gaussian weight (sigma = tile/8, as nnU-Net does) so
+tile borders, where the network sees little context, count least.
+
+The windows of every TTA view go through the network together, `eval.batch_size` per forward,
+so flip TTA of a whole image is one forward. How each forward runs (device, autocast, memory
+format) is an `InferencePolicy`, decided once per job by `inference_policy`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Iterator
-from functools import lru_cache
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,28 +31,33 @@ from unetdist.config import EvalConfig, RunConfig, config_from_dict
 from unetdist.data.ingest.fov import fov_diameter
 from unetdist.distributed import inference_autocast
 from unetdist.errors import ConfigError, UserError
-from unetdist.eval.tta import tta_average
+from unetdist.eval.tta import views
+from unetdist.eval.windows import gaussian_on, inference_size, network_multiple, window_plan
 from unetdist.models.registry import build_model
 from unetdist.models.weights import clean_state_dict, load_weights
 from unetdist.runfolder import resolve_checkpoint, stored_config, weights_file
 
-
-@lru_cache(maxsize=8)
-def _gaussian(tile: int) -> torch.Tensor:
-    sigma = tile / 8.0
-    x = torch.arange(tile, dtype=torch.float64) - (tile - 1) / 2.0
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    w = torch.outer(g, g)
-    return (w / w.max()).float()
+# eval.tile=0 on a GPU too small for one whole image falls back to tiles of this size
+FALLBACK_TILE = 512
 
 
-def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
-    """Tile offsets along one axis of `length` >= tile; the last tile ends at the border."""
-    stride = max(1, round(tile * (1.0 - overlap)))
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] != length - tile:
-        starts.append(length - tile)
-    return starts
+@dataclasses.dataclass(frozen=True)
+class InferencePolicy:
+    """How every inference forward runs; built once per job by `inference_policy`."""
+
+    device: torch.device  # where the model's weights are
+    autocast: Callable[[], contextlib.AbstractContextManager]  # a fresh autocast context
+    memory_format: torch.memory_format  # the weights' format (channels_last when trained so)
+
+
+def inference_policy(model: nn.Module, *, accelerator=None,
+                     precision: str = "no") -> InferencePolicy:
+    """The policy for MODEL: the accelerator's mixed precision when one is given, else
+    `precision` (the training precision; fp16 only on CUDA), fp32 by default."""
+    model = unwrap(model)
+    device = _param_device(model)
+    return InferencePolicy(device, partial(inference_autocast, accelerator, precision, device),
+                           _memory_format(model))
 
 
 def _vessel_prob(logits: torch.Tensor) -> torch.Tensor:
@@ -54,13 +66,6 @@ def _vessel_prob(logits: torch.Tensor) -> torch.Tensor:
     if logits.shape[1] == 1:
         return torch.sigmoid(logits)
     return torch.softmax(logits, dim=1)[:, 1:2]
-
-
-@lru_cache(maxsize=8)
-def _gaussian_on(tile: int, device: torch.device) -> torch.Tensor:
-    return _gaussian(tile).to(device)  # one host-to-device copy per tile size, not per image
-
-
 
 
 def _memory_format(model: nn.Module) -> torch.memory_format:
@@ -82,36 +87,58 @@ def apply_inference_format(model: nn.Module, cfg: RunConfig) -> nn.Module:
     return model
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+def _forward(model: nn.Module, batch: torch.Tensor, policy: InferencePolicy) -> torch.Tensor:
+    batch = batch.contiguous(memory_format=policy.memory_format)
+    with policy.autocast():
+        ensemble = getattr(model, "vessel_prob", None)  # eval.ensemble.Ensemble
+        return ensemble(batch, _vessel_prob) if ensemble else _vessel_prob(model(batch))
 
 
-def _window(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, accelerator,
-            precision: str = "no") -> torch.Tensor:
-    """One sliding-window pass; image (1,C,H,W) on the model's device -> (1,1,H,W)."""
-    _, _, h, w = image.shape
-    t = cfg.tile
-    ph, pw = max(0, t - h), max(0, t - w)
-    if ph or pw:
-        image = F.pad(image, (0, pw, 0, ph), mode="replicate")
-    H, W = image.shape[-2:]
-    weight = _gaussian_on(t, image.device)
-    fmt = _memory_format(model)
-    acc = torch.zeros((1, 1, H, W), dtype=torch.float32, device=image.device)
-    norm = torch.zeros_like(acc)
-    ys, xs = tile_starts(H, t, cfg.overlap), tile_starts(W, t, cfg.overlap)
-    coords = [(y, x) for y in ys for x in xs]
-    for chunk in _batches(coords, cfg.batch_size):
-        tiles = torch.cat([image[..., y:y + t, x:x + t] for y, x in chunk])
-        tiles = tiles.contiguous(memory_format=fmt)
-        with inference_autocast(accelerator, precision, image.device):
-            ensemble = getattr(model, "vessel_prob", None)  # eval.ensemble.Ensemble
-            probs = ensemble(tiles, _vessel_prob) if ensemble else _vessel_prob(model(tiles))
-        for (y, x), p in zip(chunk, probs):
-            acc[0, :, y:y + t, x:x + t] += p * weight
-            norm[0, :, y:y + t, x:x + t] += weight
-    return (acc / norm)[..., :h, :w]
+def _views_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, tile: int,
+                   policy: InferencePolicy) -> torch.Tensor:
+    """Mean over the TTA views of the blended window probabilities, (1,1,h,w).
+
+    The windows of all views are batched together: same-size windows share forwards.
+    """
+    vs, m = views(cfg.tta), network_multiple(model)
+    inputs, plans, accs, norms = [], [], [], []
+    for v in vs:
+        x = v.forward(image)
+        plan = window_plan(*x.shape[-2:], tile, cfg.overlap, m)
+        ph, pw = plan.padded[0] - x.shape[-2], plan.padded[1] - x.shape[-1]
+        inputs.append(F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x)
+        plans.append(plan)
+        accs.append(torch.zeros((1, 1, *plan.padded), dtype=torch.float32, device=x.device))
+        norms.append(torch.zeros_like(accs[-1]) if tile else None)
+    groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+    for i, plan in enumerate(plans):
+        groups.setdefault(plan.window, []).extend((i, y, x) for y, x in plan.starts)
+    for window, jobs in groups.items():
+        for n in range(0, len(jobs), cfg.batch_size):
+            _blend_chunk(model, window, jobs[n:n + cfg.batch_size], inputs, accs, norms,
+                         tile, policy)
+    total = None
+    for v, x, acc, norm in zip(vs, inputs, accs, norms):
+        vh, vw = (image.shape[-1], image.shape[-2]) if v.k % 2 else image.shape[-2:]
+        p = v.inverse((acc / norm if norm is not None else acc)[..., :vh, :vw])
+        total = p if total is None else total + p
+    return total / len(vs)
+
+
+def _blend_chunk(model: nn.Module, window: tuple[int, int], chunk: list, inputs: list,
+                 accs: list, norms: list, tile: int, policy: InferencePolicy) -> None:
+    """One forward over CHUNK's (view, y, x) windows of size WINDOW, added into the views'
+    probability maps (Gaussian-weighted tiles, or the whole view as it is)."""
+    th, tw = window
+    batch = torch.cat([inputs[i][..., y:y + th, x:x + tw] for i, y, x in chunk])
+    probs = _forward(model, batch, policy)
+    weight = gaussian_on(tile, batch.device) if tile else None
+    for (i, y, x), p in zip(chunk, probs):
+        if weight is None:  # the whole view in one window
+            accs[i][0] = p
+            continue
+        accs[i][0, :, y:y + th, x:x + tw] += p * weight
+        norms[i][0, :, y:y + th, x:x + tw] += weight
 
 
 def _param_device(model: nn.Module) -> torch.device:
@@ -136,56 +163,55 @@ def image_scale(cfg: EvalConfig, fov: torch.Tensor) -> float:
     return cfg.ref_fov_diameter / d if d > 0 else 1.0
 
 
-def _rescaled(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, accelerator,
-              size: tuple[int, int], antialias: bool = False,
-              precision: str = "no") -> torch.Tensor:
-    """Predict at `size` (H, W), probabilities resized back to the image's size."""
-    native = tuple(image.shape[-2:])
-    small = F.interpolate(image, size=size, mode="bilinear", align_corners=False,
-                          antialias=antialias)
-    prob = _tta_averaged(model, small, cfg, accelerator, precision)
-    return F.interpolate(prob, size=native, mode="bilinear", align_corners=False)
+def _predict_at(model: nn.Module, image: torch.Tensor, cfg: EvalConfig,
+                policy: InferencePolicy) -> torch.Tensor:
+    """The views' probabilities for IMAGE as given; tile 0 falls back to tiles on a CUDA
+    out-of-memory (the whole image did not fit)."""
+    if cfg.tile or policy.device.type != "cuda":
+        return _views_predict(model, image, cfg, cfg.tile, policy)
+    try:
+        return _views_predict(model, image, cfg, 0, policy)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        from unetdist.log import rank_warn
+
+        rank_warn(f"eval.tile=0: a whole {tuple(image.shape[-2:])} image does not fit in GPU "
+                  f"memory; using tiles of {FALLBACK_TILE} px for it")
+        return _views_predict(model, image, cfg, FALLBACK_TILE, policy)
 
 
 @torch.no_grad()
 def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, *,
-                           accelerator=None, scale: float = 1.0,
-                           precision: str = "no") -> torch.Tensor:
+                           policy: InferencePolicy | None = None, scale: float = 1.0,
+                           accelerator=None, precision: str = "no") -> torch.Tensor:
     """Vessel probabilities (1,1,H,W) float32 on the model's device for image (1,C,H,W).
 
     With cfg.tta (flip | dihedral, see unetdist.eval.tta) the result is the mean over the
-    views, each a full sliding-window pass on the transformed image, mapped back.
-    Autocasts when the accelerator uses mixed precision, or without one under `precision`
-    (pass the training precision, train.precision). Tiles take the model's memory format
-    (channels_last when its weights are). The model's train/eval mode is restored.
-    `scale` (see `image_scale`) resizes the image by that factor first; the result is always
-    at the input's size.
+    views, mapped back. `policy` says how forwards run (build it once per job with
+    `inference_policy`); without one, it is built here from `accelerator` / `precision`
+    (fp32 when neither is given). The model's train/eval mode is restored. `scale` (see
+    `image_scale`) resizes the image by that factor first; the result is always at the
+    input's size.
     """
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"expected an image of shape (1,C,H,W), got {tuple(image.shape)}")
     model = unwrap(model)
+    policy = policy or inference_policy(model, accelerator=accelerator, precision=precision)
     was_training = model.training
     model.eval()
     try:
-        image = image.to(_param_device(model), dtype=torch.float32, non_blocking=True)
-        h, w = image.shape[-2:]
-        if cfg.resize > 0:
-            return _rescaled(model, image, cfg, accelerator, (cfg.resize, cfg.resize),
-                             precision=precision)
-        if scale != 1.0:
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            # antialias when shrinking: an 8 MP HRF image scaled to DRIVE's vessel calibre
-            return _rescaled(model, image, cfg, accelerator, size, antialias=scale < 1,
-                             precision=precision)
-        return _tta_averaged(model, image, cfg, accelerator, precision)
+        image = image.to(policy.device, dtype=torch.float32, non_blocking=True)
+        native = tuple(image.shape[-2:])
+        size = inference_size(*native, cfg, scale)
+        if size == native:
+            return _predict_at(model, image, cfg, policy)
+        # antialias when shrinking: an 8 MP HRF image scaled to DRIVE's vessel calibre
+        small = F.interpolate(image, size=size, mode="bilinear", align_corners=False,
+                              antialias=cfg.resize <= 0 and scale < 1)
+        prob = _predict_at(model, small, cfg, policy)
+        return F.interpolate(prob, size=native, mode="bilinear", align_corners=False)
     finally:
         model.train(was_training)
-
-
-def _tta_averaged(model: nn.Module, image: torch.Tensor, cfg: EvalConfig,
-                  accelerator, precision: str) -> torch.Tensor:
-    return tta_average(lambda x: _window(model, x, cfg, accelerator, precision), image,
-                       cfg.tta)
 
 
 # ----------------------------------------------------------------------------- loading

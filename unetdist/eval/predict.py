@@ -16,6 +16,7 @@ with its `<stem>_prob.png`) are not taken for inputs.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,13 @@ from unetdist.config import RunConfig
 from unetdist.data.ingest.fov import estimate_fov
 from unetdist.data.preprocess import preprocess
 from unetdist.errors import DataError, FileSystemError, UserError
-from unetdist.eval.evaluate import write_prediction_pngs
-from unetdist.eval.inference import image_scale, sliding_window_predict
+from unetdist.eval.inference import (
+    InferencePolicy,
+    image_scale,
+    inference_policy,
+    sliding_window_predict,
+)
+from unetdist.eval.outputs import write_prediction_pngs
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".webp")
 
@@ -100,14 +106,17 @@ def find_mask(fov_dir: Path, stem: str) -> Path | None:
 
 
 @torch.no_grad()
-def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunConfig
-                  ) -> np.ndarray:
-    """(H, W) float32 vessel probability, zero outside the FOV."""
+def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunConfig,
+                  policy: InferencePolicy | None = None) -> np.ndarray:
+    """(H, W) float32 vessel probability, zero outside the FOV.
+
+    Without a `policy`, forwards autocast to the training precision (train.precision)."""
 
     x = preprocess(rgb, fov.astype(np.uint8), cfg.data)
     scale = image_scale(cfg.eval, torch.from_numpy(fov))
+    policy = policy or inference_policy(model, precision=cfg.train.precision)
     prob = sliding_window_predict(model, torch.from_numpy(np.ascontiguousarray(x))[None],
-                                  cfg.eval, scale=scale, precision=cfg.train.precision)
+                                  cfg.eval, scale=scale, policy=policy)
     prob = prob[0, 0].float().cpu().numpy()
     if prob.shape != fov.shape:
         import cv2
@@ -185,6 +194,7 @@ def predict_folder(model: nn.Module, cfg: RunConfig, images_dir: Path, out_dir: 
 
 
     report, stems = PredictReport(), {}
+    policy = inference_policy(model, precision=cfg.train.precision)  # once for every image
     inputs, earlier = split_outputs(list_images(images_dir))
     report.ignored = [p.name for p in earlier]
     protected = _protected(inputs, fov_dir)
@@ -200,7 +210,7 @@ def predict_folder(model: nn.Module, cfg: RunConfig, images_dir: Path, out_dir: 
         try:
             rgb = read_image(path)
             fov = _fov_for(path, rgb, fov_dir, report)
-            prob = predict_image(model, rgb, fov, cfg)
+            prob = predict_image(model, rgb, fov, cfg, policy)
         except (DataError, ValueError) as e:
             report.failed.append((path.name, str(e)))
             continue
@@ -210,3 +220,33 @@ def predict_folder(model: nn.Module, cfg: RunConfig, images_dir: Path, out_dir: 
             raise FileSystemError.of(e, out_dir, "write predictions into", "--out") from None
         report.done.append(path.name)
     return report
+
+
+def predict_images(checkpoints: Sequence[str | Path], images: str | Path, out: str | Path, *,
+                   fov_dir: str | Path | None = None, overwrite: bool = False,
+                   device: str = "auto", overrides: Sequence[str] = (),
+                   progress: bool = True) -> PredictReport:
+    """The whole `unetdist predict` job: check the folders, load the model(s) once, predict.
+
+    DataError/UserError (one line) for a missing or empty image folder, a missing FOV folder
+    or an output folder that would mix with the inputs; per-file failures are in the report.
+    """
+    from unetdist.config import config_from_dict, to_dict
+    from unetdist.distributed import pick_device
+    from unetdist.eval.ensemble import load_models
+
+    images, out = Path(images), Path(out)
+    if not split_outputs(list_images(images))[0]:
+        raise DataError(f"no image files (png/jpg/tif/...) in {images}")
+    fov = Path(fov_dir) if fov_dir is not None else None
+    if fov is not None and not fov.is_dir():
+        raise DataError(f"FOV mask folder not found: {fov}")
+    check_output_folder(out, images, fov, overwrite)
+    model, cfg, _ = load_models(checkpoints)
+    cfg = config_from_dict(to_dict(cfg), list(overrides), only="eval")
+    model = model.to(pick_device(device))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileSystemError.of(e, out, "create the output folder", "--out") from None
+    return predict_folder(model, cfg, images, out, fov_dir=fov, progress=progress)

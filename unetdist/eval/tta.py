@@ -14,7 +14,6 @@ pixel grid, so view predictions can be averaged pixel by pixel.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -59,14 +58,3 @@ def views(mode: object) -> tuple[View, ...]:
     if m == "dihedral":
         return tuple(View(d, k) for d in ((), (-1,)) for k in range(4))
     raise ValueError(f"eval.tta must be one of {'|'.join(MODES)}, got {mode!r}")
-
-
-def tta_average(predict: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
-                mode: object) -> torch.Tensor:
-    """Mean over the mode's views of `predict(view(image))` mapped back by the inverse."""
-    total = None
-    vs = views(mode)
-    for v in vs:
-        p = v.inverse(predict(v.forward(image)))
-        total = p if total is None else total + p
-    return total / len(vs) if len(vs) > 1 else total

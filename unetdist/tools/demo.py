@@ -189,7 +189,8 @@ def evaluate(opts: DemoOptions, topo: Topology) -> None:
     """`unetdist evaluate` on the staged test split (one process: 20 small images)."""
     run = opts.workdir.absolute() / "run"
     cmd = [sys.executable, "-m", "unetdist", "evaluate", "--checkpoint", str(run / "best"),
-           "--data", str(opts.workdir.absolute() / "local"), "--split", "test"]
+           "--data", str(opts.workdir.absolute() / "local"), "--split", "test",
+           "--out", str(run / "eval-test")]  # one dataset: the README's eval-test/
     if not opts.progress:
         cmd.append("--quiet")
     run_child(cmd, child_env(topo, training=False), "evaluation")

@@ -4,5 +4,6 @@
 - `wandb_tracker.py` — Weights & Biases behind the Tracker protocol
 - `runinfo.py` — run_dir/config.yaml + versions, git hash, hosts
 - `report.py` — the run's report.html
+- `report_eval.py` — the report's sections, one per evaluation folder (eval-*/)
 - `report_html.py` — HTML building blocks of the report
 """

@@ -1,13 +1,13 @@
 """One self-contained HTML page for a run directory (plots embedded as base64 PNG).
 
-Reads only files: config.yaml, runinfo.json, metrics.jsonl, eval-*/metrics.json and the PNGs
-under eval-*/plots/. Every part that is missing or unreadable is shown as "not available"
+Reads only files: config.yaml, runinfo.json, metrics.jsonl, and of each evaluation folder
+(eval-*/, one section each, see unetdist.track.report_eval) metrics.json, per_image.csv and
+the PNGs under plots/. Every part that is missing or unreadable is shown as "not available"
 rather than failing, because reports are often built for runs that crashed half-way.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -19,6 +19,7 @@ from unetdist.atomic import write_atomic
 from unetdist.errors import UserError
 from unetdist.eval.plots import plot_training_curves
 from unetdist.track.jsonl import read_records
+from unetdist.track.report_eval import eval_sections, load
 from unetdist.track.report_html import CSS
 from unetdist.track.report_html import esc as _esc
 from unetdist.track.report_html import fig_bytes as _fig_bytes
@@ -33,9 +34,6 @@ from unetdist.track.report_html import table as _table
 from unetdist.track.wandb_tracker import scrub
 
 REPORT_FILE = "report.html"
-METRIC_ROWS = ("dice", "iou_vessel", "iou_background", "miou", "precision", "recall",
-               "specificity", "accuracy", "mcc", "auc_roc", "auc_pr")
-REGIONS = (("fov", "inside FOV"), ("image", "whole image"))
 _THROUGHPUT = re.compile(r"(img|images?|samples?)[_/]?(per_?s|ps|s)$|throughput",
                          re.IGNORECASE)
 _WAIT = re.compile(r"(data_?wait|wait_?frac)", re.IGNORECASE)
@@ -44,18 +42,6 @@ _MEM = re.compile(r"mem", re.IGNORECASE)
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def _load(path: Path) -> dict | None:
-    """A JSON or YAML mapping, or None when missing or unreadable."""
-    import yaml
-
-    try:
-        text = path.read_text()
-        d = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
-    return d if isinstance(d, dict) else None
 
 
 def _records(path: Path) -> list[dict]:
@@ -167,7 +153,7 @@ def _kv_rows(d: dict, prefix: str = "") -> list[list[Any]]:
 
 
 def _environment(run_dir: Path, config: dict | None) -> str:
-    info = _load(run_dir / "runinfo.json")
+    info = load(run_dir / "runinfo.json")
     if info is None and config and isinstance(config.get("runinfo"), dict):
         info = config["runinfo"]
     if not info:
@@ -200,101 +186,6 @@ def _config(config: dict | None) -> str:
     return f'{top}<div class="grid">{"".join(parts)}</div>'
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-
-def _class_bars_png(m: dict) -> bytes:
-    """Per-class IoU / precision / recall, inside the FOV and on the whole image."""
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9.5, 3.2))
-    for i, (region, title) in enumerate(REGIONS):
-        ax = fig.add_subplot(1, 2, i + 1)
-        r = m.get(region) or {}
-        c = r.get("counts") or {}
-        npv = c["tn"] / (c["tn"] + c["fn"]) if c and c.get("tn", 0) + c.get("fn", 0) else None
-        groups = {"vessel": (r.get("iou_vessel"), r.get("precision"), r.get("recall")),
-                  "background": (r.get("iou_background"), npv, r.get("specificity"))}
-        x = np.arange(3)
-        for j, (cls, vals) in enumerate(groups.items()):
-            ys = [v if _number(v) else 0.0 for v in vals]
-            bars = ax.bar(x + (j - 0.5) * 0.38, ys, 0.38, label=cls,
-                          color=("#c0392b", "#8a93a6")[j])
-            ax.bar_label(bars, [f"{v:.3f}" if _number(v) else "n/a" for v in vals], fontsize=7)
-        ax.set_xticks(x, ["IoU", "precision", "recall"])
-        ax.set_ylim(0, 1.12)
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    return _fig_bytes(fig)
-
-
-def _eval_pngs(eval_dir: Path) -> dict[str, list[Path]]:
-    """The evaluation's PNGs by kind, from their names (evaluate writes them to plots/)."""
-    found: dict[str, list[Path]] = {k: [] for k in ("bars", "curves", "confusion", "overlays",
-                                                    "other")}
-    for p in sorted((eval_dir / "plots").rglob("*.png")) + sorted(eval_dir.glob("*.png")):
-        n = p.stem.lower()
-        found["overlays" if "overlay" in n else "curves" if re.search(r"roc|(^|_)pr(_|$)", n)
-              else "confusion" if "confusion" in n else "bars" if re.search(r"class|bar", n)
-              else "other"].append(p)
-    return found
-
-
-def _figs(paths: list[Path], width: int | None = None) -> str:
-    if not paths:
-        return ""
-    out = []
-    for p in paths:
-        try:
-            out.append(_figure(p.read_bytes(), p.name, width))
-        except OSError:
-            out.append(_na(f"{p.name}: unreadable"))
-    return '<div class="figs">' + "".join(out) + "</div>"
-
-
-def _eval_block(eval_dir: Path) -> str:
-    split = eval_dir.name[len("eval-"):]
-    m = _load(eval_dir / "metrics.json")
-    title = f"<h3>Split {_esc(split)}"
-    if m is None:
-        return title + "</h3>" + _na("metrics.json not available")
-    title += f" &middot; {_fmt(m.get('num_images'))} images</h3>"
-    regions = [(k, t) for k, t in REGIONS if isinstance(m.get(k), dict)]
-    obs = (m.get("second_observer") or {}).get("fov")
-    cols = [t for _, t in regions] + (["2nd observer (FOV)"] if obs else [])
-    rows = [[name] + [m[k].get(name) for k, _ in regions] + ([obs.get(name)] if obs else [])
-            for name in METRIC_ROWS]
-    parts = [title, _table(["metric"] + cols, rows) if regions else _na("no region metrics")]
-    counts = [[t] + [(m[k].get("counts") or {}).get(c) for c in ("tp", "fp", "fn", "tn")]
-              for k, t in regions]
-    if counts:
-        parts.append(_table(["pixels", "TP", "FP", "FN", "TN"], counts))
-    if isinstance(m.get("settings"), dict):
-        parts.append("<p>Settings: " + _esc(", ".join(f"{k}={v}" for k, v in
-                                                       m["settings"].items())) + "</p>")
-    pngs = _eval_pngs(eval_dir)
-    # Drawn here for both regions; evaluate's own bar figure (FOV only) would repeat it.
-    bars = ('<div class="figs">' + _figure(_class_bars_png(m), "per-class IoU, precision, "
-                                           "recall (background: NPV, specificity)") + "</div>"
-            if regions else _figs(pngs["bars"]) if pngs["bars"] else _na())
-    for name, body in (("Per-class results", bars),
-                       ("Confusion matrices", _figs(pngs["confusion"], 380)),
-                       ("ROC and precision-recall", _figs(pngs["curves"], 420)),
-                       ("Overlays", _figs(pngs["overlays"], 540)),
-                       ("Other figures", _figs(pngs["other"], 420))):
-        if body or name != "Other figures":
-            parts.append(f"<h3>{name}</h3>{body or _na()}")
-    return "".join(parts)
-
-
-def _evaluation(run_dir: Path) -> str:
-    dirs = sorted(d for d in run_dir.glob("eval-*") if d.is_dir())
-    return "".join(_eval_block(d) for d in dirs) if dirs else _na(
-        "not available (no eval-<split>/ folder: run `unetdist evaluate`)")
-
-
 def _cards(records: list[dict], run_dir: Path) -> str:
     cards = []
     train = [r["step"] for r in records if r.get("split", "train") == "train"]
@@ -310,7 +201,7 @@ def _cards(records: list[dict], run_dir: Path) -> str:
     if vals:
         cards.append((f"median {ips[0]}", statistics.median(vals)))
     for d in sorted(run_dir.glob("eval-*")):
-        m = _load(d / "metrics.json") or {}
+        m = load(d / "metrics.json") or {}
         if _number((m.get("fov") or {}).get("dice")):
             cards.append((f"{d.name[5:]} dice (FOV)", m["fov"]["dice"]))
     if not cards:
@@ -325,14 +216,14 @@ def _cards(records: list[dict], run_dir: Path) -> str:
 
 def render_report(run_dir: Path) -> str:
     run_dir = Path(run_dir)
-    config = _load(run_dir / "config.yaml")
+    config = load(run_dir / "config.yaml")
     records = _records(run_dir / "metrics.jsonl")
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     head = (f"<header><h1>unetdist run: {_esc(run_dir.resolve().name)}</h1>"
             f'<div class="sub">{_esc(run_dir.resolve())} &middot; report generated {stamp}'
             "</div></header>")
     body = [_cards(records, run_dir), _section("Training curves", _curves, records),
-            _section("Final evaluation", _evaluation, run_dir),
+            *eval_sections(run_dir),
             _section("Throughput", _throughput, records),
             _section("Environment", _environment, run_dir, config),
             _section("Config", _config, config)]
