@@ -105,16 +105,16 @@ class Fingerprint:
         ws = [s.width for s in self.images]
         fovs = [s.fov_diameter for s in self.images]
         fr = self.class_fractions
+        measured = sum(s.calibre is not None for s in self.images)
         out = [f"fingerprint of {self.root} ({self.split}: {len(self.images)} images)",
-               f"  image size: median {self.size[0]}x{self.size[1]} px (h x w), heights "
-               f"{min(hs)}-{max(hs)}, widths {min(ws)}-{max(ws)}",
-               f"  FOV diameter: median {self.fov_diameter:.0f} px ({min(fovs):.0f}-"
-               f"{max(fovs):.0f}), FOV source: {self.fov_source}",
+               (f"  image size: median {self.size[0]}x{self.size[1]} px (h x w), heights "
+                f"{min(hs)}-{max(hs)}, widths {min(ws)}-{max(ws)}"),
+               (f"  FOV diameter: median {self.fov_diameter:.0f} px ({min(fovs):.0f}-"
+                f"{max(fovs):.0f}), FOV source: {self.fov_source}"),
                "  label fraction inside the FOV: " + ", ".join(f"{c} {fr[c]:.3f}"
                                                                for c in CLASSES),
-               f"  vessel calibre: median {self.calibre:.2f} px (2 x median distance "
-               f"transform on the skeleton, {sum(s.calibre is not None for s in self.images)}"
-               f" images)"]
+               (f"  vessel calibre: median {self.calibre:.2f} px (2 x median distance "
+                f"transform on the skeleton, {measured} images)")]
         for c, (mean, std, con) in self.channel_stats().items():
             out.append(f"  {c:5s} inside the FOV: mean {mean:6.1f}, std {std:5.1f}, vessel "
                        f"contrast {con:.2f}")
