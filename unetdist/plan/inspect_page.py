@@ -3,7 +3,7 @@
 Per split: counts, sizes, vessel fraction; the FOV source; the training fingerprint (the same
 `fingerprint` that `plan` decides from); a montage of thumbnails with the label overlaid; and
 the images that stand out: size, brightness or label fraction beyond OUTLIER_MADS robust
-standard deviations (1.4826 x MAD) from the median over all splits.
+standard deviations (1.4826 x MAD) and MIN_RELATIVE from the median over all splits.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from unetdist.data.manifest import read_manifest, split_names
 from unetdist.plan.fingerprint import Fingerprint, ImageStats, fingerprint, scan_split
 
 OUTLIER_MADS = 2.5
+MIN_RELATIVE = 0.1
 THUMB = 112  # px, the longer side of a thumbnail
 COLUMNS = 8
 MAX_THUMBS = 48  # montage cells, spread over the splits
@@ -67,7 +68,8 @@ def outliers(stats: list[ImageStats]) -> list[Outlier]:
         v = np.asarray(values, np.float64)
         med = float(np.median(v))
         spread = 1.4826 * float(np.median(np.abs(v - med)))
-        tol = OUTLIER_MADS * spread if spread > 0 else 1e-9 * max(abs(med), 1.0)
+        # and 10% off the median: in a uniform set a tiny MAD would flag noise
+        tol = max(OUTLIER_MADS * spread, MIN_RELATIVE * abs(med))
         found += [Outlier(s.key, s.split, what, float(x), med)
                   for s, x in zip(stats, v) if abs(x - med) > tol]
     return found
@@ -108,7 +110,8 @@ def page(root: str, fov_line: str, rows: list[list[str]], fp: Fingerprint,
              "collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:"
              "right}th{background:#eee}img{max-width:100%}")
     outlier_html = (_table("outliers", OUTLIER_HEAD, _outlier_rows(found)) if found else
-                    f"<p id='outliers'>none beyond {OUTLIER_MADS} MAD of the median</p>")
+                    f"<p id='outliers'>none beyond {OUTLIER_MADS} MAD and {MIN_RELATIVE:.0%} of the "
+                    "median</p>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>inspect {name}</title>"
             f"<style>{style}</style></head><body><h1>Shards {name}</h1>"
             f"<p>{html.escape(str(Path(root).absolute()))}</p>"
@@ -172,6 +175,7 @@ def _print_summary(root: str, rows: list[list[str]], fov_line: str, fp: Fingerpr
     print(f"  {fov_line}")
     for line in fp.lines():
         print(line)
-    print(f"images that stand out (> {OUTLIER_MADS} MAD from the median): {len(found)}")
+    print(f"images that stand out (> {OUTLIER_MADS} MAD and {MIN_RELATIVE:.0%} from the median): "
+          f"{len(found)}")
     for o in found:
         print(f"  {o.split}/{o.key}: {o.what} {o.value:.4g} (median {o.median:.4g})")

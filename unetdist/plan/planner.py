@@ -150,12 +150,14 @@ def decide_channels(plan: Plan, fp: Fingerprint) -> None:
     else:
         best = max(stats, key=lambda c: stats[c][2])
         green = stats["green"][2]
+        others = ", ".join(f"{c} {v[2]:.2f}" for c, v in stats.items() if c != "green")
         if best == "green" or green >= 0.9 * stats[best][2]:
-            plan.set("data.channels", "green", f"green has the vessel contrast ({green:.2f}; "
-                     f"best {best} {stats[best][2]:.2f})")
+            plan.set("data.channels", "green", f"green shows the vessels best (contrast "
+                     f"{green:.2f}; {others})")
         else:
-            plan.set("data.channels", "rgb", f"{best} shows vessels best ({stats[best][2]:.2f}"
-                     f" vs green {green:.2f}): give the network every channel")
+            plan.set("data.channels", "rgb", f"{best} shows the vessels best (contrast "
+                     f"{stats[best][2]:.2f} vs green {green:.2f}): give the network every "
+                     "channel")
     spread = max(s.brightness for s in fp.images) - min(s.brightness for s in fp.images)
     plan.set("data.normalize", "zscore", f"per image inside the FOV: brightness spans "
              f"{spread:.0f} gray levels between images")
