@@ -9,6 +9,7 @@ measurement stands in, so four layouts do not cost four CPU probes.
 
 from __future__ import annotations
 
+import csv
 import re
 import shutil
 import subprocess
@@ -72,7 +73,7 @@ def fake_probe(monkeypatch):
 
 def _decisions(out: str) -> dict[str, str]:
     block = out.split("plan (from ")[1].split("differences from")[0]
-    return dict(re.match(r"\s+(\S+) = (.*)", line).groups()
+    return dict(re.match(r"\s+(.+?) = (.*)", line).groups()
                 for line in block.splitlines()[1:] if line.strip())
 
 
@@ -115,6 +116,25 @@ def test_plan_drive_probes_and_trains(shards, tmp_path, monkeypatch):
     stored = yaml.safe_load((run / "best" / "config.yaml").read_text())
     assert stored["data"]["scale"] == cfg.data.scale != 1.0
     assert stored["eval"]["scale"] == cfg.data.scale  # evaluate/predict rescale like training
+    _ok("evaluate", "--checkpoint", run / "best", "--data", shards["drive"], "--split", "test",
+        "--quiet")
+    rows = list(csv.DictReader((run / "eval-test" / "per_image.csv").open()))
+    assert rows and {float(r["scale"]) for r in rows} == {cfg.data.scale}
+    assert {(int(r["height"]), int(r["width"])) for r in rows} == {(96, 88)}  # native size out
+
+
+def test_plan_for_cuda_from_the_gpu_recipe(shards, tmp_path, fake_probe):
+    import torch
+
+    out = _ok("plan", shards["chase"], "--device", "cuda", "--gpus", "4", "--minutes", "5",
+              "--out", tmp_path / "c.yaml")
+    assert "plan (from configs/drive_unet.yaml, --device cuda, --gpus 4" in out
+    decided = _decisions(out)
+    cfg = load_config(tmp_path / "c.yaml")
+    assert decided["global batch"].startswith(f"{4 * cfg.data.batch_size}: 4 GPUs x ")
+    assert cfg.optim.schedule_by == "time" and cfg.train.max_minutes == 5.0
+    if not torch.cuda.is_available():  # nothing to measure: the recipe's batch, said so
+        assert cfg.data.batch_size == 8 and "no CUDA device here" in decided["data.batch_size"]
 
 
 def _upscaled_tree(src, dst, factor: int) -> None:
