@@ -8,9 +8,10 @@ import pytest
 
 from unetdist.config import config_from_dict
 from unetdist.data.preprocess import rescaled
-from unetdist.errors import ConfigError
+from unetdist.errors import ConfigError, UserError
 from unetdist.plan.fingerprint import ImageStats, vessel_calibre
 from unetdist.plan.inspect_page import outliers
+from unetdist.plan.make import check_options
 from unetdist.plan.planner import REF_CALIBRE, Plan, decide_scale, differences
 
 
@@ -96,3 +97,13 @@ def test_outliers_are_beyond_the_robust_spread():
     stats.append(_stats("huge", 104, size=400))
     found = {(o.key, o.what) for o in outliers(stats)}
     assert found == {("dark", "brightness"), ("huge", "size (px)")}
+
+
+@pytest.mark.parametrize("args, flag", [(("tpu", 1, None, "vessels"), "--device"),
+                                        (("cpu", 0, None, "vessels"), "--gpus"),
+                                        (("cpu", 1, -1.0, "vessels"), "--minutes"),
+                                        (("cpu", 1, None, "av"), "--task")])
+def test_plan_options_are_checked_before_any_work(args, flag):
+    with pytest.raises(UserError, match=flag):
+        check_options(*args)
+    check_options("cuda", 8, 30.0, "vessels")

@@ -16,6 +16,7 @@ from unetdist.config import config_from_dict
 from unetdist.errors import UserError
 from unetdist.plan.fingerprint import Fingerprint, fingerprint
 from unetdist.plan.planner import (
+    Decision,
     Plan,
     decide_batch_cpu,
     decide_batch_cuda,
@@ -46,16 +47,22 @@ def _probe(plan: Plan, device: str, batch_size: int | None = None) -> Probe | No
     return measure_step(config_from_dict(plan.config), device, batch_size=batch_size)
 
 
-def make_plan(fp: Fingerprint, *, device: str = "cpu", gpus: int = 1,
-              minutes: float | None = None, task: str = "vessels",
-              probe: bool = True) -> tuple[Plan, dict]:
-    """The planned config for FP's shards, and the recipe it started from (both as dicts)."""
+def check_options(device: str, gpus: int, minutes: float | None, task: str) -> None:
     if device not in DEVICES:
         raise UserError(f"--device must be one of {'|'.join(DEVICES)}, got {device!r}")
     if task not in TASKS:
         raise UserError(f"--task must be one of {'|'.join(TASKS)}, got {task!r}")
-    if gpus < 1 or (minutes is not None and minutes <= 0):
-        raise UserError(f"--gpus must be >= 1 and --minutes > 0, got {gpus} and {minutes}")
+    if gpus < 1:
+        raise UserError(f"--gpus must be >= 1, got {gpus}")
+    if minutes is not None and minutes <= 0:
+        raise UserError(f"--minutes must be > 0, got {minutes:g}")
+
+
+def make_plan(fp: Fingerprint, *, device: str = "cpu", gpus: int = 1,
+              minutes: float | None = None, task: str = "vessels",
+              probe: bool = True) -> tuple[Plan, dict]:
+    """The planned config for FP's shards, and the recipe it started from (both as dicts)."""
+    check_options(device, gpus, minutes, task)
     recipe_name, recipe = load_recipe(device)
     plan = Plan(recipe_name, copy.deepcopy(recipe), [])
     plan.set("data.shared_dir", str(Path(fp.root).absolute()), "the fingerprinted shards")
@@ -80,9 +87,7 @@ def make_plan(fp: Fingerprint, *, device: str = "cpu", gpus: int = 1,
     return plan, recipe
 
 
-def _global_batch(plan: Plan, gpus: int):
-    from unetdist.plan.planner import Decision
-
+def _global_batch(plan: Plan, gpus: int) -> Decision:
     b = int(plan.get("data.batch_size"))
     return Decision("global batch", gpus * b, f"{gpus} GPUs x {b} per process; launch with "
                     f"`accelerate launch --multi_gpu --num_processes {gpus} -m unetdist train`")
@@ -101,6 +106,7 @@ def default_out(root: str) -> Path:
 def run_plan(root: str, *, device: str = "cpu", gpus: int = 1, minutes: float | None = None,
              task: str = "vessels", out: str | None = None) -> Path:
     """Print the fingerprint and every decision, write the config; returns its path."""
+    check_options(device, gpus, minutes, task)
     fp = fingerprint(root)
     for line in fp.lines():
         print(line)
