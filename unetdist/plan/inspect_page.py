@@ -17,7 +17,7 @@ import numpy as np
 
 from unetdist.atomic import write_atomic
 from unetdist.data.codec import encode_png
-from unetdist.data.manifest import read_manifest, split_names
+from unetdist.data.manifest import read_manifest, split_entries, split_names
 from unetdist.plan.fingerprint import Fingerprint, ImageStats, fingerprint, scan_split
 
 OUTLIER_MADS = 2.5
@@ -75,20 +75,22 @@ def outliers(stats: list[ImageStats]) -> list[Outlier]:
     return found
 
 
-def split_rows(stats: dict[str, list[ImageStats]]) -> list[list[str]]:
+def split_rows(stats: dict[str, list[ImageStats]], manifest: dict) -> list[list[str]]:
     rows = []
     for split, ss in stats.items():
+        shards = split_entries(manifest, split)
         hs, ws = [s.height for s in ss], [s.width for s in ss]
         vessel = sum(s.label_fraction * s.fov_pixels for s in ss) / max(
             sum(s.fov_pixels for s in ss), 1)
         rows.append([split, str(len(ss)), f"{min(hs)}-{max(hs)} x {min(ws)}-{max(ws)}",
                      f"{np.median([s.fov_diameter for s in ss]):.0f}", f"{vessel:.3f}",
-                     f"{1 - vessel:.3f}"])
+                     f"{1 - vessel:.3f}", str(len(shards)),
+                     f"{sum(sh['bytes'] for sh in shards) / 2**20:.1f}"])
     return rows
 
 
 SPLIT_HEAD = ["split", "images", "size (h x w px)", "FOV diameter (px)", "vessel fraction",
-              "background fraction"]
+              "background fraction", "shards", "MiB"]
 OUTLIER_HEAD = ["image", "split", "what", "value", "median"]
 
 
@@ -159,7 +161,7 @@ def run_inspect(root: str, out: str | None = None) -> Path:
         fp = Fingerprint(str(root), splits[0], str(manifest.get("fov_source")), stats[splits[0]])
     found = outliers([s for ss in stats.values() for s in ss])
     folder = Path(out) if out else Path.cwd() / f"inspect-{Path(str(root).rstrip('/')).name}"
-    rows, fov_line = split_rows(stats), _fov_line(manifest)
+    rows, fov_line = split_rows(stats, manifest), _fov_line(manifest)
     write_atomic(folder / "montage.png", encode_png(montage(thumbs)))
     write_atomic(folder / "index.html", page(root, fov_line, rows, fp, found))
     _print_summary(root, rows, fov_line, fp, found)
@@ -171,7 +173,8 @@ def _print_summary(root: str, rows: list[list[str]], fov_line: str, fp: Fingerpr
                    found: list[Outlier]) -> None:
     print(f"shards {Path(root).absolute()}")
     for r in rows:
-        print(f"  {r[0]:5s} {r[1]:>4s} images, {r[2]} px, FOV {r[3]} px, vessel {r[4]}")
+        print(f"  {r[0]:5s} {r[1]:>4s} images, {r[2]} px, FOV {r[3]} px, vessel {r[4]}, "
+              f"{r[6]} shards, {r[7]} MiB")
     print(f"  {fov_line}")
     for line in fp.lines():
         print(line)
