@@ -14,8 +14,8 @@ import sys
 from unetdist import __version__
 from unetdist.errors import UserError
 
-COMMANDS = ("config", "doctor", "synth", "shard", "stage", "train", "evaluate", "predict",
-            "export", "report", "bench", "demo", "sweep")
+COMMANDS = ("config", "doctor", "synth", "shard", "inspect", "plan", "stage", "train",
+            "evaluate", "predict", "export", "report", "bench", "demo", "sweep")
 
 
 def _available_commands() -> dict:

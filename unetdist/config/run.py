@@ -51,6 +51,8 @@ class RunConfig:
                  "(a time schedule needs a time budget)")
         if self.model.in_channels == 0:
             self.model.in_channels = self.data.in_channels
+        if self.eval.scale == 1.0 and self.data.scale != 1.0:  # score at the trained scale
+            self.eval.scale = self.data.scale
         if self.eval.resize == -1:  # a model trained on resized images is scored at that scale
             self.eval.resize = self.data.resize
         _require(self.eval.resize == 0 or self.eval.scale == 1.0, "eval.scale", self.eval.scale,

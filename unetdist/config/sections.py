@@ -57,6 +57,9 @@ class DataConfig:
     crop: int = 128  # training crop size in px (0 = full image)
     crop_in_fov: float = 0.9  # fraction of crops whose centre is forced inside the FOV
     resize: int = 0  # seed mode: resize whole images to N x N instead of cropping (0 = off)
+    # resize every image by this factor at load, in training and (as eval.scale) evaluation:
+    # `unetdist plan` sets it to bring the vessel calibre to the recipe's (1 = native)
+    scale: float = 1.0
     batch_size: int = 4  # samples per process per step
     num_workers: int = 2  # DataLoader workers per process
     steps_per_epoch: int = 50  # batches per epoch, the same on every rank
@@ -74,6 +77,9 @@ class DataConfig:
         _require(self.gamma > 0, f"{p}.gamma", self.gamma, "> 0")
         _require(self.crop >= 0, f"{p}.crop", self.crop, ">= 0")
         _require(self.resize >= 0, f"{p}.resize", self.resize, ">= 0")
+        _require(0.05 < self.scale <= 4, f"{p}.scale", self.scale, "a factor in (0.05, 4]")
+        _require(self.resize == 0 or self.scale == 1.0, f"{p}.scale", self.scale,
+                 f"1.0 with data.resize={self.resize} (choose one way to rescale)")
         _require(0 <= self.crop_in_fov <= 1, f"{p}.crop_in_fov", self.crop_in_fov, "in [0, 1]")
         _require(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, ">= 1")
         _require(self.num_workers >= 0, f"{p}.num_workers", self.num_workers, ">= 0")

@@ -122,8 +122,26 @@ def preprocess(rgb: np.ndarray, fov: np.ndarray | None, cfg: DataConfig) -> np.n
     return to_chw(apply_lut(x, norm_lut(mean, std)), cfg.in_channels)
 
 
+def rescaled(decoded: dict, factor: float) -> dict:
+    """The sample resized by data.scale (area-averaged when shrinking); masks stay binary.
+
+    Evaluation applies the same factor through eval.scale (see config.run), on the tensor.
+    """
+    if factor == 1.0:
+        return decoded
+    h, w = decoded["image"].shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    out = dict(decoded, image=cv2.resize(decoded["image"], size, interpolation=interp))
+    for m in ("label", "fov"):
+        soft = cv2.resize(decoded[m].astype(np.float32), size, interpolation=interp)
+        out[m] = (soft >= 0.5).astype(np.uint8)
+    return out
+
+
 def prepare(decoded: dict, cfg: DataConfig) -> Prepared:
     """A decoded sample (codec.decode_sample) -> the compact form training views start from."""
+    decoded = rescaled(decoded, cfg.scale)
     x = intensity(decoded["image"], cfg)
     mean, std, level = norm_stats(x, decoded["fov"], cfg.normalize)
     if x.ndim == 3:  # OpenCV warps 4-channel uint8 images several times faster than 3-channel
