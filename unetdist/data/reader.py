@@ -166,7 +166,7 @@ def decode_checked(raw: dict, on_corrupt: str) -> tuple[dict | None, str]:
 
 def prep_key(cfg: DataConfig) -> tuple:
     """The config fields a `Prepared` sample depends on (part of the cache key)."""
-    return cfg.channels, cfg.clahe, cfg.gamma, cfg.normalize
+    return cfg.channels, cfg.clahe, cfg.gamma, cfg.normalize, cfg.scale
 
 
 @dataclass

@@ -24,7 +24,7 @@ from unetdist.eval.inference import load_checkpoint
 
 # what a model's input depends on: members that differ here would each need another input
 INPUT_FIELDS = ("data.channels", "data.clahe", "data.gamma", "data.normalize", "data.resize",
-                "eval.resize")
+                "data.scale", "eval.resize")
 
 
 class Ensemble(nn.Module):

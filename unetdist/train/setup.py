@@ -124,7 +124,8 @@ def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
     manifest = read_manifest(shard_dir)
     check_fold(manifest, cfg.data.fold, Path(shard_dir) / MANIFEST)
     if not cfg.eval.ref_fov_diameter:  # stored with the model, for eval.scale=auto later
-        ref = float(manifest.get("fov_diameter", {}).get("train", 0.0))
+        # the model sees training images at data.scale: that is the diameter it learnt at
+        ref = float(manifest.get("fov_diameter", {}).get("train", 0.0)) * cfg.data.scale
         cfg = replace(cfg, eval=replace(cfg.eval, ref_fov_diameter=ref))
     run_dir = Path(cfg.train.run_dir)
     mhash = manifest_hash(manifest, cfg.data.fold)
