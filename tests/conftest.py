@@ -1,4 +1,12 @@
+"""Test-wide fixtures: an isolated environment, the fast-tier guard, one shared tiny run.
+
+The tiny dataset and the tiny trained run are built once per session and shared by the trust,
+advice, predict and tracking tests. They are read-only: a test that changes a run folder or a
+shard copies it first (`shutil.copytree(tiny_run, tmp_path / "run")`).
+"""
+
 import os
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +24,45 @@ def _isolated_env(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    """Fixtures count: a module fixture that trains fails the unmarked test that needs it."""
+    from tests.guard import training_guard
+
+    with training_guard(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    from tests.guard import training_guard
+
+    with training_guard(item):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    """6 train (4 train + 2 val after the split) and 2 test 64x64 synthetic images, sharded.
+
+    The raw DRIVE-layout images are beside it, in `tiny_shards.parent / "raw"`.
+    """
+    from tests.util import synthetic_shards
+
+    return synthetic_shards(tmp_path_factory.mktemp("tiny"), n_train=6, n_test=2, seed=0,
+                            split_val=0.34)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_shards, tmp_path_factory) -> Path:
+    """A 2-step single-process run on `tiny_shards` (`trust_helpers.train_args`): checkpoint
+    step-000002 and best/. Training: only tests marked slow may use it (the guard checks)."""
+    from tests.e2e.trust_helpers import train_args
+    from tests.util import cli
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    r = cli(*train_args(tiny_shards, run, "train.max_steps=2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run
