@@ -10,6 +10,12 @@ from pathlib import Path
 
 import pytest
 
+# One torch thread in the test process, as subprocess_env gives every child: on a shared 2-core
+# box OpenMP threads waiting for each other doubled the suite's CPU time (test_inference.py +
+# test_models.py: 52 s user with the default, 25 s with one). Set before torch is imported; a
+# user's own OMP_NUM_THREADS wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_env(tmp_path_factory):
@@ -18,6 +24,11 @@ def _isolated_env(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in ("HF_HOME", "WANDB_MODE", "WANDB_DIR")}
     os.environ["HF_HOME"] = str(home)
     os.environ.setdefault("WANDB_MODE", "disabled")
+    import torch
+
+    threads = os.environ["OMP_NUM_THREADS"]
+    if threads.isdigit() and int(threads) > 0:  # in case torch was imported before this file
+        torch.set_num_threads(int(threads))
     yield
     for k, v in saved.items():
         if v is None:

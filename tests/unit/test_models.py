@@ -146,6 +146,7 @@ def test_seed_unet_equals_the_tutorial_code(bilinear):
         assert torch.equal(ours(x), ref(x))
 
 
+@pytest.mark.slow  # the full-width seed UNet on a whole 584x565 image
 def test_seed_unet_keeps_drive_size():
     model = UNet(1, 1, bilinear=True).eval()
     with torch.inference_mode():

@@ -72,6 +72,7 @@ def test_bad_arch_and_encoder_are_named():
         build_model(_cfg("model.encoder=no_such_encoder").model)
 
 
+@pytest.mark.slow  # resnet18 forward and backward, 8 steps: seconds of CPU
 def test_an_smp_model_trains_a_few_steps_and_its_loss_falls():
     from unetdist.models.registry import build_model
     from unetdist.train.losses import build_loss

@@ -87,6 +87,7 @@ def test_decoder_width_sets_channels():
     assert [b.conv.double_conv[3].out_channels for b in model.decoder] == [64, 32, 16, 8, 4]
 
 
+@pytest.mark.slow  # resnet18 forward and backward, 8 steps: seconds of CPU
 def test_a_few_steps_lower_the_loss():
     model = seeded(timm_cfg("resnet18", 1, decoder_width=4))
     g = torch.Generator().manual_seed(0)
