@@ -300,6 +300,7 @@ def test_sync_bn_converts_under_ddp(monkeypatch):
     assert nn.SyncBatchNorm not in {type(m) for m in single.modules()}
 
 
+@pytest.mark.slow  # torch.compile: seconds of CPU
 def test_compile_wraps_the_model():
     # torch.compile is lazy: nothing is compiled until the first forward (about 30 s on
     # this CPU), so this checks the wrapper without paying for inductor

@@ -39,6 +39,7 @@ def test_smp_models_build_and_keep_any_input_size(arch, encoder):
     assert out.shape == (1, 1, 50, 70)
 
 
+@pytest.mark.slow  # builds resnet18 twice and copies its weights
 def test_encoder_weights_load_from_a_local_timm_file_only(tmp_path):
     import timm
     from safetensors.torch import save_file
