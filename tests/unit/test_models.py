@@ -331,6 +331,7 @@ def test_safetensors_round_trip_gives_identical_outputs(tmp_path):
         assert torch.equal(fresh(x), model(x))
 
 
+@pytest.mark.slow  # torch.compile: seconds of CPU
 def test_compiled_and_channels_last_model_saves_clean_keys(tmp_path):
     cfg = small_cfg(channels_last=True, compile=True)
     model = apply_runtime_options(seeded(cfg), cfg, distributed=False)

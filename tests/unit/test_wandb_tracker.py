@@ -149,6 +149,7 @@ def test_offline_run_folder_id_and_metric_names(wb_env):
     assert t.sync_command() == f"wandb sync {folders[0]}"
 
 
+@pytest.mark.slow  # two real wandb offline runs
 def test_resume_reuses_run_id_and_skips_replayed_steps(wb_env, capfd):
     run_dir = wb_env / "run"
     cfg = WandbConfig(mode="offline")
