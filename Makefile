@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint clean-venv
+.PHONY: test test-fast demo lint clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Unit tests and in-process CLI tests: nothing that trains or launches (tests/guard.py checks).
+FAST_MARKS := not slow and not dist and not slurm and not gpu
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "$(FAST_MARKS)" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/unetdist demo $(DEMO_ARGS)

@@ -1,6 +1,20 @@
+"""Test-wide fixtures: an isolated environment, the fast-tier guard, one shared tiny run.
+
+The tiny dataset and the tiny trained run are built once per session and shared by the trust,
+advice, predict and tracking tests. They are read-only: a test that changes a run folder or a
+shard copies it first (`shutil.copytree(tiny_run, tmp_path / "run")`).
+"""
+
 import os
+from pathlib import Path
 
 import pytest
+
+# One torch thread in the test process, as subprocess_env gives every child: on a shared 2-core
+# box OpenMP threads waiting for each other doubled the suite's CPU time (test_inference.py +
+# test_models.py: 52 s user with the default, 25 s with one). Set before torch is imported; a
+# user's own OMP_NUM_THREADS wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -10,9 +24,56 @@ def _isolated_env(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in ("HF_HOME", "WANDB_MODE", "WANDB_DIR")}
     os.environ["HF_HOME"] = str(home)
     os.environ.setdefault("WANDB_MODE", "disabled")
+    import torch
+
+    threads = os.environ["OMP_NUM_THREADS"]
+    if threads.isdigit() and int(threads) > 0:  # in case torch was imported before this file
+        torch.set_num_threads(int(threads))
     yield
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    """Fixtures count: a module fixture that trains fails the unmarked test that needs it."""
+    from tests.guard import training_guard
+
+    with training_guard(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    from tests.guard import training_guard
+
+    with training_guard(item):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    """6 train (4 train + 2 val after the split) and 2 test 64x64 synthetic images, sharded.
+
+    The raw DRIVE-layout images are beside it, in `tiny_shards.parent / "raw"`.
+    """
+    from tests.util import synthetic_shards
+
+    return synthetic_shards(tmp_path_factory.mktemp("tiny"), n_train=6, n_test=2, seed=0,
+                            split_val=0.34)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_shards, tmp_path_factory) -> Path:
+    """A 2-step single-process run on `tiny_shards` (`trust_helpers.train_args`): checkpoint
+    step-000002 and best/. Training: only tests marked slow may use it (the guard checks)."""
+    from tests.e2e.trust_helpers import train_args
+    from tests.util import cli
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    r = cli(*train_args(tiny_shards, run, "train.max_steps=2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run

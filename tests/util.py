@@ -41,7 +41,18 @@ def subprocess_env(**extra: str) -> dict:
 
 def cli(*args: str, env: dict | None = None, timeout: float = 300,
         cwd: str | Path | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m unetdist ARGS` and capture its output."""
+    """`unetdist ARGS` run in this process (see tests/inproc.py), output and status captured.
+
+    TIMEOUT is kept for call compatibility with `cli_subprocess`; pytest-timeout bounds the test.
+    """
+    from tests.inproc import run_main
+
+    return run_main([str(a) for a in args], env=env or subprocess_env(), cwd=cwd)
+
+
+def cli_subprocess(*args: str, env: dict | None = None, timeout: float = 300,
+                   cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m unetdist ARGS` in a new interpreter: for what needs a real process."""
     return subprocess.run([sys.executable, "-m", "unetdist", *map(str, args)], check=False,
                           capture_output=True, text=True, env=env or subprocess_env(),
                           timeout=timeout, cwd=cwd)

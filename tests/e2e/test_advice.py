@@ -13,8 +13,6 @@ import pytest
 
 from tests.util import cli, subprocess_env, wait_for
 
-pytestmark = pytest.mark.slow
-
 TINY = ["model.width=8", "model.depth=2", "data.crop=48", "data.batch_size=2",
         "data.num_workers=0", "data.steps_per_epoch=4", "train.max_steps=4",
         "train.eval_every=2", "train.progress=false", "checkpoint.every_steps=2",
@@ -22,17 +20,13 @@ TINY = ["model.width=8", "model.depth=2", "data.crop=48", "data.batch_size=2",
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict:
-    from unetdist.data.ingest.synth import write_synthetic
-    from unetdist.data.ingest.writer import shard_dataset
-
+def run(tiny_shards, tmp_path_factory) -> dict:
+    """A 4-step run with checkpoints at steps 2 and 4 (trains: only for slow tests)."""
     root = tmp_path_factory.mktemp("advice")
-    raw = write_synthetic(root / "raw", n_train=4, n_test=2, size=(64, 64), progress=False)
-    shard_dataset(raw, root / "shards", layout="drive", split_val=0.25, progress=False)
     run_dir = root / "run"
-    r = cli("train", f"data.shared_dir={root / 'shards'}", f"train.run_dir={run_dir}", *TINY)
+    r = cli("train", f"data.shared_dir={tiny_shards}", f"train.run_dir={run_dir}", *TINY)
     assert r.returncode == 0, r.stdout + r.stderr
-    return {"root": root, "shards": root / "shards", "run_dir": run_dir}
+    return {"root": root, "shards": tiny_shards, "run_dir": run_dir}
 
 
 def _evaluate(run: dict, checkpoint, out: Path) -> dict:
@@ -42,6 +36,7 @@ def _evaluate(run: dict, checkpoint, out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_checkpoint_forms_resolve_to_best_or_a_step(run):
     from unetdist.eval.inference import read_checkpoint, resolve_checkpoint
 
@@ -56,6 +51,7 @@ def test_checkpoint_forms_resolve_to_best_or_a_step(run):
                                                                  for k in state)
 
 
+@pytest.mark.slow
 def test_evaluate_accepts_a_run_folder_and_latest(run, tmp_path):
     rd = run["run_dir"]
     best = json.loads((rd / "best" / "metrics.json").read_text())
@@ -76,15 +72,16 @@ def test_report_on_a_folder_that_is_not_a_run_is_exit_2(tmp_path):
     assert not (tmp_path / "report.html").exists()
 
 
-def test_local_dir_alone_with_stage_false_is_valid(run):
-    args = ["train", "--check", f"data.local_dir={run['shards']}", "data.stage=false",
-            f"train.run_dir={run['root'] / 'other'}"]
+def test_local_dir_alone_with_stage_false_is_valid(tiny_shards, tmp_path):
+    args = ["train", "--check", f"data.local_dir={tiny_shards}", "data.stage=false",
+            f"train.run_dir={tmp_path / 'other'}"]
     r = cli(*args)
-    assert r.returncode == 0 and f"data {run['shards']}" in r.stdout, r.stderr
-    r = cli("train", "--check", f"data.local_dir={run['shards']}")  # stage=true needs a source
+    assert r.returncode == 0 and f"data {tiny_shards}" in r.stdout, r.stderr
+    r = cli("train", "--check", f"data.local_dir={tiny_shards}")  # stage=true needs a source
     assert r.returncode == 2 and "data.shared_dir must be set" in r.stderr
 
 
+@pytest.mark.slow
 def test_architecture_refusal_does_not_point_at_resume_none(run):
     r = cli("train", f"data.shared_dir={run['shards']}", f"train.run_dir={run['run_dir']}",
             *TINY, "model.width=16")
@@ -92,6 +89,7 @@ def test_architecture_refusal_does_not_point_at_resume_none(run):
     assert "train.resume=none" not in r.stderr and "new train.run_dir" in r.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(run, tmp_path):
     rd = tmp_path / "run"
     args = ["train", f"data.shared_dir={run['shards']}", f"train.run_dir={rd}", *TINY,

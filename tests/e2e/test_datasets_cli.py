@@ -2,9 +2,10 @@
 `unetdist shard` -> `shard --verify` -> `train` (a few steps, tiny model) -> `evaluate`;
 then cross-dataset evaluation (DRIVE-trained, CHASE test, eval.scale=auto) and k-fold training.
 
-The commands run through `unetdist.cli.main` in this process (the same argument parsing and
-code as the console script) because a dozen fresh interpreters importing torch would cost more
-than the work itself; `test_shard_cli.py` covers the console script's process boundary.
+The commands run through `unetdist.cli.main` in this process (tests.util.cli: the same argument
+parsing and code as the console script) because a dozen fresh interpreters importing torch would
+cost more than the work itself; tests/unit/test_cli_errors.py checks that what it captures is
+what the console script prints.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests import twins
+from tests.util import cli
 
 pytestmark = pytest.mark.slow
 
@@ -33,15 +35,8 @@ TRAIN = ["model.width=8", "model.depth=3", "data.crop=64", "data.batch_size=2",
 
 
 def _main(*args) -> tuple[int, str, str]:
-    import contextlib
-    import io
-
-    from unetdist.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
+    r = cli(*args)
+    return r.returncode, r.stdout, r.stderr
 
 
 def _ok(*args) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.util import REPO, cli
+from tests.util import REPO, cli, cli_subprocess
 
 N_TRAIN, N_TEST, SIZE = 6, 3, 80
 TINY = ["model.width=8", "data.crop=48", "data.batch_size=4", "data.num_workers=0",
@@ -20,7 +20,8 @@ TINY = ["model.width=8", "data.crop=48", "data.batch_size=4", "data.num_workers=
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("demo") / "work"
-    r = cli("demo", "--workdir", work, "--size", str(SIZE), "--n-train", str(N_TRAIN),
+    # a real process: the demo starts `accelerate launch`, whose output is part of what it shows
+    r = cli_subprocess("demo", "--workdir", work, "--size", str(SIZE), "--n-train", str(N_TRAIN),
             "--n-test", str(N_TEST), "--steps", "8", "--nproc", "2", "--quiet", *TINY,
             timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -10,8 +10,6 @@ import pytest
 from tests.eval_helpers import make_best_dir, tiny_config
 from tests.util import cli
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
@@ -27,6 +25,7 @@ def data(tmp_path_factory) -> dict:
     return {"root": root, "raw": raw, "models": models}
 
 
+@pytest.mark.slow  # several full-image TTA passes per checkpoint
 def test_predict_with_two_checkpoints_averages_their_probabilities(data):
     import cv2
 
@@ -45,6 +44,7 @@ def test_predict_with_two_checkpoints_averages_their_probabilities(data):
         assert np.abs(got - mean).max() <= 1.0  # 8-bit rounding of each map
 
 
+@pytest.mark.slow  # several full-image TTA passes per checkpoint
 def test_evaluate_ensemble_records_its_members(data):
     out = data["root"] / "ens_eval"
     r = cli("evaluate", "--checkpoint", *data["models"], "--data", data["root"] / "shards",

@@ -11,8 +11,6 @@ import yaml
 
 from tests.util import REPO, cli, launch, subprocess_env
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
@@ -36,6 +34,7 @@ def test_version():
     assert r.returncode == 0 and r.stdout.strip() == f"unetdist {unetdist.__version__}"
 
 
+@pytest.mark.slow
 @pytest.mark.dist
 def test_only_rank_0_prints_the_error_under_accelerate_launch(shards, tmp_path):
     r = launch(["train", f"data.shared_dir={shards}", "optim.lr=-1",
@@ -55,6 +54,7 @@ def _bash(script, tmp_path, *args, **knobs) -> subprocess.CompletedProcess:
                           check=False, env=env, cwd=tmp_path, timeout=120)
 
 
+@pytest.mark.slow  # the scripts start a Python interpreter to validate
 @pytest.mark.parametrize("script", ["launch/train.sh", "slurm/train.sbatch"])
 @pytest.mark.parametrize("override, message", [
     ("optim.lrr=1", "unknown config key"),
@@ -70,6 +70,7 @@ def test_launch_scripts_validate_before_launching(shards, tmp_path, script, over
     assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_train_sh_names_a_missing_data_folder(tmp_path):
     (tmp_path / "tiny.yaml").write_text("{}\n")
     r = _bash("launch/train.sh", tmp_path, f"data.shared_dir={tmp_path / 'nope'}", NPROC="2",

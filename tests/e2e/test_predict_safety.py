@@ -1,4 +1,6 @@
-"""`unetdist predict` never overwrites its inputs nor reads its own outputs back as inputs."""
+"""`unetdist predict` never overwrites its inputs nor reads its own outputs back as inputs.
+
+The checkpoint is the session's tiny trained run: slow tier."""
 
 from __future__ import annotations
 
@@ -9,20 +11,22 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.e2e.trust_helpers import one_error_line, trained_run
+from tests.e2e.trust_helpers import one_error_line
 from tests.util import cli
 
+pytestmark = pytest.mark.slow
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    return trained_run(tmp_path_factory.mktemp("predict-safety"))
+
+@pytest.fixture
+def trained(tiny_shards, tiny_run) -> tuple[Path, Path]:
+    return tiny_shards, tiny_run
 
 
 def _images(trained, tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
     shards, run = trained
     src = tmp_path / "imgs"
     src.mkdir()
-    raw = Path(str(shards).replace("shards", "raw"))
+    raw = shards.parent / "raw"
     for p in (raw / "training" / "images").glob("*.tif"):
         shutil.copy(p, src / p.name)
     rgb = cv2.imread(str(next(src.glob("*.tif"))))

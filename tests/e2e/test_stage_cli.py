@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.unit.test_stage import assert_complete_copy, make_shard_dir, names
 from tests.util import REPO, cli, subprocess_env
 
@@ -73,6 +75,7 @@ def test_bad_threads_exits_2(tmp_path):
     assert r.returncode == 2 and "--threads" in r.stderr
 
 
+@pytest.mark.slow  # two real interpreters racing for the same stage lock
 def test_two_cli_processes_stage_once(tmp_path):
     src, dst = tmp_path / "shared", tmp_path / "local"
     m = make_shard_dir(src, n=8, size=2_000_000)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.util import cli, subprocess_env, synthetic_shards, wait_for
+from tests.util import cli, cli_subprocess, subprocess_env, synthetic_shards, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +25,7 @@ BASE = {"model": {"width": 8, "depth": 2},
         "track": {"wandb": {"mode": "disabled"}}}
 
 
+@pytest.mark.slow
 def test_local_grid_sweep_trains_each_trial_and_summarises(tmp_path):
     assert cli("synth", tmp_path / "raw", "--n-train", 3, "--n-test", 1, "--size", "64x64",
                "--quiet").returncode == 0
@@ -35,7 +36,8 @@ def test_local_grid_sweep_trains_each_trial_and_summarises(tmp_path):
             "overrides": [f"data.shared_dir={tmp_path / 'shards'}"],
             "parameters": {"optim.lr": [1.0e-3, 1.0e-2]}}
     (tmp_path / "lr.yaml").write_text(yaml.safe_dump(spec))
-    r = cli("sweep", "lr.yaml", cwd=tmp_path)
+    # a real process: the trials it starts write to the same stdout/stderr as the summary
+    r = cli_subprocess("sweep", "lr.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "runs" / "lr"
     for i, lr in enumerate((1.0e-3, 1.0e-2)):
@@ -51,7 +53,7 @@ def test_local_grid_sweep_trains_each_trial_and_summarises(tmp_path):
     r = cli("sweep", out, "--trial", "1", cwd=tmp_path)
     assert r.stdout.split("\n")[:2] == ["--config", str(tmp_path / "base.yaml")]
     assert "optim.lr=0.01" in r.stdout.split("\n")
-    r = cli("sweep", "lr.yaml", cwd=tmp_path)
+    r = cli_subprocess("sweep", "lr.yaml", cwd=tmp_path)
     assert r.returncode == 0 and (out / "best.txt").read_text().strip().endswith("/best")
 
 

@@ -1,4 +1,5 @@
-"""A real (tiny, single-process) training run seen through its trackers and its report."""
+"""A real (tiny, single-process) training run seen through its trackers and its report. Trains:
+slow tier."""
 
 from html.parser import HTMLParser
 from pathlib import Path
@@ -7,20 +8,18 @@ import pytest
 
 from tests.util import cli, subprocess_env
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
-def offline_run(tmp_path_factory):
+def offline_run(tiny_shards, tmp_path_factory):
     root = tmp_path_factory.mktemp("trackrun")
-    assert cli("synth", root / "raw", "--n-train", 6, "--n-test", 2, "--size", "64x64",
-               "--quiet").returncode == 0
-    assert cli("shard", root / "raw", root / "shards", "--layout", "drive", "--split-val",
-               "0.34", "--quiet").returncode == 0
     env = subprocess_env(WANDB_MODE="offline", WANDB_API_KEY="f" * 40)
     r = cli("train", "model.width=8", "model.depth=3", "data.crop=48", "data.batch_size=2",
             "data.num_workers=0", "data.steps_per_epoch=3", "train.max_steps=6",
             "train.eval_every=3", "train.log_every=2", "eval.tile=64",
             "track.wandb.mode=offline", "track.wandb.log_images=2",
-            f"data.shared_dir={root / 'shards'}", f"train.run_dir={root / 'run'}", env=env)
+            f"data.shared_dir={tiny_shards}", f"train.run_dir={root / 'run'}", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return root / "run", r
 

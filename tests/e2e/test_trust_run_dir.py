@@ -1,7 +1,8 @@
 """A run folder is data, not code: planted pickles never run, refused files are one line.
 
-Each test trains a tiny single-process run (2 steps, one checkpoint), tampers with a copy of it
-as someone with write access to shared storage could, and resumes with `train.resume=auto`.
+Each test takes the session's tiny single-process run (2 steps, one checkpoint), tampers with a
+copy of it as someone with write access to shared storage could, and resumes with
+`train.resume=auto`. They all train: slow tier.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.trust_helpers import one_error_line, plant, train_args, trained_run
+from tests.e2e.trust_helpers import one_error_line, plant, train_args
 from tests.util import cli
 
+pytestmark = pytest.mark.slow
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    return trained_run(tmp_path_factory.mktemp("trust"))
+
+@pytest.fixture
+def trained(tiny_shards, tiny_run) -> tuple[Path, Path]:
+    return tiny_shards, tiny_run
 
 
 def _copy_run(trained, tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -142,7 +145,7 @@ def test_exported_models_and_predictions_are_readable_by_others(trained, tmp_pat
     import os
 
     shards, run = trained
-    raw = Path(str(shards).replace("shards", "raw"))
+    raw = shards.parent / "raw"
     old = os.umask(0o022)
     try:
         out = tmp_path / "shared" / "model.safetensors"
@@ -159,7 +162,8 @@ def test_exported_models_and_predictions_are_readable_by_others(trained, tmp_pat
                 tmp_path / "blocker" / f"model.{fmt}")
         assert r.returncode == 2, r.stderr[-3000:]
         assert "a file is in the way" in one_error_line(r)
-    written = [out, run / "best" / "model.safetensors", *(tmp_path / "pred").iterdir()]
-    assert len(written) == 4
+    preds = sorted((tmp_path / "pred").iterdir())
+    assert len(preds) == 2 * len(list((raw / "test" / "images").iterdir()))  # mask + prob
+    written = [out, run / "best" / "model.safetensors", *preds]
     for p in written:
         assert p.stat().st_mode & 0o777 == 0o644, (p, oct(p.stat().st_mode))

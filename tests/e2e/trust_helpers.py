@@ -1,11 +1,11 @@
-"""Shared by the trust tests (issue 15): a tiny trained run, planted pickles, error lines."""
+"""Shared by the trust tests (issue 15): the tiny run's arguments, planted pickles, error lines.
+
+The trained run itself is the session fixture `tiny_run` (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
-
-from tests.util import cli
 
 
 class _Payload:
@@ -37,14 +37,3 @@ def one_error_line(r) -> str:
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1, r.stderr[-3000:]
     return errors[0]
-
-
-def trained_run(root: Path) -> tuple[Path, Path]:
-    """(shards, run_dir) of a 2-step single-process run with checkpoint step-000002 and best/."""
-    assert cli("synth", root / "raw", "--n-train", 4, "--n-test", 1, "--size", "64x64",
-               "--quiet").returncode == 0
-    assert cli("shard", root / "raw", root / "shards", "--layout", "drive",
-               "--quiet").returncode == 0
-    r = cli(*train_args(root / "shards", root / "run", "train.max_steps=2"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    return root / "shards", root / "run"

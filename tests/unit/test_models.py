@@ -145,6 +145,7 @@ def test_seed_unet_equals_the_tutorial_code(bilinear):
         assert torch.equal(ours(x), ref(x))
 
 
+@pytest.mark.slow  # the full-width seed UNet on a whole 584x565 image
 def test_seed_unet_keeps_drive_size():
     model = UNet(1, 1, bilinear=True).eval()
     with torch.inference_mode():
@@ -298,6 +299,7 @@ def test_sync_bn_converts_under_ddp(monkeypatch):
     assert nn.SyncBatchNorm not in {type(m) for m in single.modules()}
 
 
+@pytest.mark.slow  # torch.compile: seconds of CPU
 def test_compile_wraps_the_model():
     # torch.compile is lazy: nothing is compiled until the first forward (about 30 s on
     # this CPU), so this checks the wrapper without paying for inductor
@@ -328,6 +330,7 @@ def test_safetensors_round_trip_gives_identical_outputs(tmp_path):
         assert torch.equal(fresh(x), model(x))
 
 
+@pytest.mark.slow  # torch.compile: seconds of CPU
 def test_compiled_and_channels_last_model_saves_clean_keys(tmp_path):
     cfg = small_cfg(channels_last=True, compile=True)
     model = apply_runtime_options(seeded(cfg), cfg, distributed=False)

@@ -39,6 +39,7 @@ def test_smp_models_build_and_keep_any_input_size(arch, encoder):
     assert out.shape == (1, 1, 50, 70)
 
 
+@pytest.mark.slow  # builds resnet18 twice and copies its weights
 def test_encoder_weights_load_from_a_local_timm_file_only(tmp_path):
     import timm
     from safetensors.torch import save_file
@@ -72,6 +73,7 @@ def test_bad_arch_and_encoder_are_named():
         build_model(_cfg("model.encoder=no_such_encoder").model)
 
 
+@pytest.mark.slow  # resnet18 forward and backward, 8 steps: seconds of CPU
 def test_an_smp_model_trains_a_few_steps_and_its_loss_falls():
     from unetdist.models.registry import build_model
     from unetdist.train.losses import build_loss

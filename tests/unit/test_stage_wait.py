@@ -25,6 +25,7 @@ def shared(tmp_path):
     return src
 
 
+@pytest.mark.slow  # a real `unetdist train` process (it never gets to train)
 @pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_ends_a_waiting_rank_at_once(shared, tmp_path, sig, status):
     """The real path: `unetdist train` on local rank 1, whose local rank 0 never stages."""

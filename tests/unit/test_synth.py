@@ -109,6 +109,7 @@ def _best_threshold_dice(values: list[np.ndarray], labels: list[np.ndarray]) -> 
     return best
 
 
+@pytest.mark.slow  # full-size synthetic images and filters: seconds of CPU
 def test_green_threshold_is_poor_but_vessels_are_locally_visible():
     """One global threshold on green scores FOV Dice <= 0.55 on the test split at DRIVE size,
     while a simple local-contrast filter separates the vessels well: a model must learn

@@ -87,6 +87,7 @@ def test_decoder_width_sets_channels():
     assert [b.conv.double_conv[3].out_channels for b in model.decoder] == [64, 32, 16, 8, 4]
 
 
+@pytest.mark.slow  # resnet18 forward and backward, 8 steps: seconds of CPU
 def test_a_few_steps_lower_the_loss():
     model = seeded(timm_cfg("resnet18", 1, decoder_width=4))
     g = torch.Generator().manual_seed(0)
@@ -104,8 +105,11 @@ def test_a_few_steps_lower_the_loss():
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-@pytest.mark.parametrize("encoder,fmt", [("resnet18", "safetensors"), ("resnet18", "pth"),
-                                          ("efficientnet_b0", "safetensors")])
+@pytest.mark.parametrize("encoder,fmt", [
+    ("resnet18", "safetensors"),
+    pytest.param("resnet18", "pth", marks=pytest.mark.slow),  # the same path, another format
+    pytest.param("efficientnet_b0", "safetensors", marks=pytest.mark.slow),
+])
 def test_pretrained_weights_from_a_local_file(encoder, fmt, tmp_path, no_network):
     path = tmp_path / f"weights.{fmt}"
     src = source_weights(encoder, path, fmt)

@@ -117,6 +117,7 @@ def test_disabled_writes_nothing(wb_env):
     assert not run_dir.exists()
 
 
+@pytest.mark.slow  # a real wandb offline run and its service process
 def test_offline_run_folder_id_and_metric_names(wb_env):
     run_dir = wb_env / "run"
     t = WandbTracker(WandbConfig(mode="offline", log_images=2), run_dir,
@@ -148,6 +149,7 @@ def test_offline_run_folder_id_and_metric_names(wb_env):
     assert t.sync_command() == f"wandb sync {folders[0]}"
 
 
+@pytest.mark.slow  # two real wandb offline runs
 def test_resume_reuses_run_id_and_skips_replayed_steps(wb_env, capfd):
     run_dir = wb_env / "run"
     cfg = WandbConfig(mode="offline")
