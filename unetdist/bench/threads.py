@@ -14,7 +14,8 @@ cache, augmentation, model, precision) on 18 synthetic DRIVE-sized images, the t
 Reported per policy: steps/s, img/s and the data-wait share (time blocked in the stream over
 step time); then new/old. Both run in this one invocation, in alternating order over ROUNDS
 rounds, each keeping its best round, so a burst of other work on the machine skews the ratio
-less. Full run: about 3 minutes on a quiet 2-core box. --quick: tiny crops and model, one
+less. Full run: about 3 minutes on a quiet 2-core box (an estimate: ~100 recipe steps
+per round at 1-1.7 steps/s, plus writing the shards). --quick: tiny crops and model, one
 round, a shortened tuner window (a smoke run: figures not meaningful).
 """
 
@@ -99,10 +100,11 @@ def run_policy(name: str, cfg, shard_dir: str, quick: bool, steps: int, warmup: 
     return r
 
 
-def run_benchmark(quick: bool = False, rounds: int | None = None) -> dict:
+def run_benchmark(quick: bool = False, rounds: int | None = None,
+                  steps: int | None = None) -> dict:
     import torch
 
-    steps, warmup = (4, 1) if quick else (60, 5)
+    steps, warmup = steps or (4 if quick else 40), 1 if quick else 5
     rounds = rounds or (1 if quick else 2)
     before = torch.get_num_threads()
     best: dict[str, dict] = {}
