@@ -76,6 +76,7 @@ def test_start_up_choice(env, cuda, workers, usable, cpus, threads, share, see_o
 def test_tuned_threads(share, helpers, others, expected):
     n, why = tuned_threads(share, helpers, others)
     assert n == expected
+    assert (f"keeps all {share}" if n == share else f"keeps {n} of {share}") in why
     assert f"{helpers:.2f}" in why and (others is None or f"{others:.2f}" in why)
 
 
@@ -144,12 +145,15 @@ def test_tuner_decides_once_after_the_window(monkeypatch):
         for _ in range(10):
             step()  # never samples again (the iterator would raise)
         assert len(hook_calls) == 15 and len(lines) == 1
-        assert lines[0].startswith("torch threads per process: 2 (loader workers used 0.05")
+        assert lines[0].startswith("torch threads per process: 2 (loader workers (child "
+                                   "processes) used 0.05")
     finally:
         torch.set_num_threads(before)
 
 
 def test_fixed_choice_is_never_retuned():
+    def hook() -> None:
+        pass
+
     tuner = ThreadTuner(ThreadChoice(3, "OMP_NUM_THREADS"))
-    hook = lambda: None  # noqa: E731
     assert tuner.done and tuner.chain(hook) is hook

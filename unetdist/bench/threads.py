@@ -29,8 +29,8 @@ import time
 from itertools import islice
 from pathlib import Path
 
-from unetdist.bench.trainer import stream, timed_step, trainer_run
 from unetdist.bench.train import write_shards
+from unetdist.bench.trainer import stream, timed_step, trainer_run
 from unetdist.train.preempt import PreemptionFlag
 from unetdist.train.threads import ThreadTuner, affinity, choose_threads, usable_cpus
 
@@ -72,8 +72,9 @@ def timed_policy(cfg, shard_dir: str, tuner: ThreadTuner | None, steps: int,
             timed_step(run, micro, flag)
             i += 1
             if i > warmup and (tuner is None or tuner.done):
-                wait, compute, timed = wait + t1 - t0, compute + time.perf_counter() - t1, \
-                    timed + 1
+                wait += t1 - t0
+                compute += time.perf_counter() - t1
+                timed += 1
     finally:
         batches.close()  # stops the loader's workers
     secs = wait + compute
@@ -91,7 +92,7 @@ def run_policy(name: str, cfg, shard_dir: str, quick: bool, steps: int, warmup: 
     else:
         choice = choose_threads(False, workers, env={}, usable=usable)  # the policy, not $OMP
         torch.set_num_threads(choice.threads)
-        window = dict(start=2, steps=3, seconds=0.5) if quick else {}
+        window = {"start": 2, "steps": 3, "seconds": 0.5} if quick else {}
         tuner = ThreadTuner(choice, affinity(), report=lambda s: None, **window)
     r = timed_policy(cfg, shard_dir, tuner, steps, warmup)
     r.update(policy=name, threads=torch.get_num_threads())

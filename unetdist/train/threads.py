@@ -119,10 +119,9 @@ def tuned_threads(share: int, helpers: float, others: float | None) -> tuple[int
     load = helpers + (others or 0.0)
     keep = max(0, math.ceil(load - SPARE))
     n = max(1, share - keep)
-    seen = f"loader workers used {helpers:.2f} core(s)" + (
+    seen = f"loader workers (child processes) used {helpers:.2f} core(s)" + (
         "" if others is None else f", other programs {others:.2f}")
-    verdict = (f"torch keeps all {share}" if keep == 0 else
-               f"{keep} of {share} core(s) left to them")
+    verdict = f"torch keeps all {share}" if n == share else f"torch keeps {n} of {share}"
     return n, f"{seen}: {verdict} (a core is kept only past {SPARE} of one)"
 
 
