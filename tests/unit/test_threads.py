@@ -1,13 +1,29 @@
-"""Issue 18.6: torch threads fit the usable cores (affinity and cgroup), unless OMP_NUM_THREADS."""
+"""Issues 18.6 and 23.5: torch threads fit the usable cores (affinity and cgroup) and follow what
+the loader workers and other programs really use, unless OMP_NUM_THREADS or a GPU fixes them."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import time
 
 import pytest
+import torch
 
-from unetdist.bench.threads import thread_choices
-from unetdist.train.threads import cgroup_cpu_limit, choose_threads, usable_cpus
+from unetdist.bench.threads import old_threads
+from unetdist.train import threads
+from unetdist.train.threads import (
+    SPARE,
+    CpuSample,
+    ThreadChoice,
+    ThreadTuner,
+    cgroup_cpu_limit,
+    choose_threads,
+    loads_between,
+    sample_cpu,
+    tuned_threads,
+    usable_cpus,
+)
 
 
 def test_cgroup_v2_and_v1_quotas(tmp_path):
@@ -32,22 +48,112 @@ def test_usable_cpus_is_capped_by_the_quota(tmp_path):
     assert usable_cpus(tmp_path) == 1
 
 
-@pytest.mark.parametrize("env, cuda, workers, usable, expected", [
-    ({}, False, 0, 8, 8),
-    ({}, False, 2, 8, 6),  # loader workers get cores of their own (bench section threads)
-    ({}, False, 1, 2, 1),
-    ({}, False, 6, 2, 1),
-    ({"LOCAL_WORLD_SIZE": "2"}, False, 1, 8, 3),
-    ({"LOCAL_WORLD_SIZE": "4"}, False, 0, 2, 1),
-    ({"OMP_NUM_THREADS": "3", "LOCAL_WORLD_SIZE": "4"}, False, 2, 2, 3),
-    ({}, True, 2, 8, 1),
+@pytest.mark.parametrize("env, cuda, workers, usable, cpus, threads, share, see_others", [
+    ({}, False, 2, 2, 2, 2, 2, True),  # the CPU recipe's box: every core until measured
+    ({}, False, 0, 8, 8, 8, 8, True),
+    ({}, False, 2, 2, 8, 2, 2, False),  # a quota of 2 of 8 cores: the 8's load is not ours
+    ({"LOCAL_WORLD_SIZE": "2"}, False, 1, 8, 8, 4, 4, False),  # sibling ranks look like load
+    ({"LOCAL_WORLD_SIZE": "4"}, False, 0, 2, 2, 1, 1, False),
+    ({"OMP_NUM_THREADS": "3", "LOCAL_WORLD_SIZE": "4"}, False, 2, 2, 2, 3, None, False),
+    ({}, True, 2, 8, 8, 1, None, False),
 ])
-def test_policy(env, cuda, workers, usable, expected):
-    assert choose_threads(cuda, workers, env, usable=usable)[0] == expected
+def test_start_up_choice(env, cuda, workers, usable, cpus, threads, share, see_others):
+    c = choose_threads(cuda, workers, env, usable=usable, cpus=cpus)
+    assert (c.threads, c.share, c.see_others) == (threads, share, see_others)
 
 
-def test_bench_choices_compare_with_and_without_cores_for_workers():
-    assert thread_choices(2, 1) == {"usable cores": 2,
-                                    "usable cores - loader workers": 1}
-    assert thread_choices(8, 2) == {"usable cores": 8,
-                                    "usable cores - loader workers": 6, "one thread": 1}
+@pytest.mark.parametrize("share, helpers, others, expected", [
+    (2, 0.01, 0.02, 2),  # cached data: the workers idle, the box is quiet -> every core
+    (2, 0.01, None, 2),
+    (2, 0.30, 0.05, 2),  # 0.35 core of other work: still worth a second thread
+    (2, 0.30, 0.20, 1),  # past SPARE: one core is theirs
+    (2, 1.90, None, 1),  # at least one thread
+    (2, 0.05, 9.00, 1),  # a loaded box: other programs keep every core busy
+    (8, 2.00, 0.00, 6),  # two busy decoding workers take two cores
+    (8, 2.50, 0.00, 5),
+    (1, 0.00, 0.00, 1),
+])
+def test_tuned_threads(share, helpers, others, expected):
+    n, why = tuned_threads(share, helpers, others)
+    assert n == expected
+    assert (f"keeps all {share}" if n == share else f"keeps {n} of {share}") in why
+    assert f"{helpers:.2f}" in why and (others is None or f"{others:.2f}" in why)
+
+
+def test_spare_is_where_a_second_thread_stops_paying():
+    # two threads that each keep 1 - SPARE of a core, at 1.8x two-thread scaling, beat one
+    assert 2 * (1 - SPARE) * 0.9 > 1 > 2 * (1 - SPARE - 0.1) * 0.9
+
+
+def test_old_policy_for_the_bench():
+    assert old_threads(2, 2) == 1 and old_threads(8, 2) == 6 and old_threads(2, 0) == 2
+
+
+def test_loads_between_counts_helpers_and_other_programs():
+    a = CpuSample(wall=10.0, own=5.0, helpers={11: 1.0, 12: 2.0}, node=20.0)
+    b = CpuSample(wall=14.0, own=9.0, helpers={11: 1.4, 13: 0.4}, node=30.0)
+    helpers, others = loads_between(a, b)
+    # 11 used 0.4 s, 12 exited (dropped), 13 is new (all 0.4 s counted): 0.8 s over 4 s
+    assert helpers == pytest.approx(0.2)
+    # 10 busy core-seconds on our cores, 4 ours, 0.8 our helpers': 5.2 s over 4 s
+    assert others == pytest.approx(1.3)
+    assert loads_between(a, CpuSample(14.0, 9.0, {}, None)) == (0.0, None)
+    assert loads_between(a, CpuSample(14.0, 40.0, {}, 30.0))[1] == 0.0  # never negative
+
+
+def _spin(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    time.sleep(30)  # stay alive until the test ends it
+
+
+def test_sample_cpu_sees_a_forkserver_worker():
+    """Loader workers started through a forkserver are grandchildren: they must still count."""
+    ctx = multiprocessing.get_context("forkserver")
+    p = ctx.Process(target=_spin, args=(0.3,), daemon=True)
+    p.start()
+    try:
+        deadline, s = time.monotonic() + 60, sample_cpu(None)
+        while s.helpers.get(p.pid, 0.0) < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            s = sample_cpu(None)
+        assert s.helpers.get(p.pid, 0.0) >= 0.25
+        assert s.node is None
+        assert sample_cpu(sorted(os.sched_getaffinity(0))).node > 0
+    finally:
+        p.terminate()
+        p.join()
+
+
+def test_tuner_decides_once_after_the_window(monkeypatch):
+    samples = iter([CpuSample(0.0, 0.0, {7: 0.0}, 0.0), CpuSample(10.0, 19.0, {7: 0.5}, 20.0)])
+    monkeypatch.setattr(threads, "sample_cpu", lambda cpus: next(samples))
+    lines: list[str] = []
+    tuner = ThreadTuner(ThreadChoice(2, "test", share=2, see_others=True), [0, 1],
+                        lines.append, start=2, steps=3, seconds=0.0)
+    before = torch.get_num_threads()
+    try:
+        hook_calls = []
+        step = tuner.chain(lambda: hook_calls.append(1))
+        for _ in range(4):
+            step()
+            assert not tuner.done
+        step()  # call 5 = start + steps: decides from the two samples
+        assert tuner.done and tuner.loads == (pytest.approx(0.05), pytest.approx(0.05))
+        assert tuner.threads == 2 == torch.get_num_threads()
+        for _ in range(10):
+            step()  # never samples again (the iterator would raise)
+        assert len(hook_calls) == 15 and len(lines) == 1
+        assert lines[0].startswith("torch threads per process: 2 (loader workers (child "
+                                   "processes) used 0.05")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_fixed_choice_is_never_retuned():
+    def hook() -> None:
+        pass
+
+    tuner = ThreadTuner(ThreadChoice(3, "OMP_NUM_THREADS"))
+    assert tuner.done and tuner.chain(hook) is hook

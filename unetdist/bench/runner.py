@@ -196,8 +196,9 @@ def headline_figures(name: str, res: dict) -> dict[str, float]:
             out[f"data wait fraction, {w} worker(s)"] = r["wait_fraction"]
     elif name == "threads":
         for r in res.get("rows", []):
-            out[f"train img/s, {r['threads']} thread(s) + {res['workers']} loader worker(s)"] = \
-                r["img_per_s"]
+            what = f"{res['recipe']}, {r['policy']} policy ({r['threads']} thread(s))"
+            out[f"steps/s, {what}"] = r["steps_per_s"]
+            out[f"data wait fraction, {what}"] = r["wait_fraction"]
     elif name == "inference":
         for r in res.get("rows", []):
             what = (f"{r['model']} UNet {r['precision']}" + (" channels_last" if

@@ -66,7 +66,7 @@ def fit(cfg: RunConfig) -> TrainResult:
     # staging): config.yaml, checkpoints and the Accelerator all get this answer
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, precision=resolve_precision(cfg.train.precision)))
-    threads = apply_thread_policy(torch.cuda.is_available(), cfg.data.num_workers)
+    threads, tuner = apply_thread_policy(torch.cuda.is_available(), cfg.data.num_workers, say)
     if cfg.data.num_workers:
         single_threaded_opencv()  # before any OpenCV work here: workers are forked later
     with PreemptionFlag() as flag:  # from the start: a signal while staging is not fatal either
@@ -74,6 +74,7 @@ def fit(cfg: RunConfig) -> TrainResult:
         acc = training_accelerator(cfg)
         run = setup_run(cfg, acc, shard_dir)
         install_faults(run, flag)  # test-only; a no-op unless UNETDIST_FAULT is set
+        run.before_step = tuner.chain(run.before_step)  # re-chooses threads after a few steps
         announce(run)
         say(threads)
         try:
