@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "manifest.json (exit 1 on a mismatch) instead of writing")
     p.add_argument("--layout", choices=LAYOUTS, default="drive",
                    help="drive, chase (CHASE_DB1), stare, hrf: each dataset's official tree "
-                   "(see README, Datasets); seed: Train_Images/Train_Labels/Test_*; "
+                   "(see docs/datasets.md); seed: Train_Images/Train_Labels/Test_*; "
                    "folders: --images/--labels [--fov] (default drive)")
     g = p.add_argument_group("folders layout (folders relative to SRC; pairing by file stem)")
     for name, what in (("images", "images (default: images)"),

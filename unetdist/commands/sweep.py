@@ -11,7 +11,7 @@ HELP = "offline hyperparameter sweep / k-fold: trials into run folders, a summar
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="SPEC_OR_DIR",
-                   help="sweep spec YAML (see README), or an expanded sweep folder")
+                   help="sweep spec YAML (see docs/commands.md, unetdist sweep), or an expanded sweep folder")
     p.add_argument("--launch", choices=("local", "slurm", "none"), default="local",
                    help="local: train the trials one after another here (default); slurm: "
                         "submit slurm/kfold.sbatch as an array, one trial per task; none: "
