@@ -299,7 +299,7 @@ def load_accelerate_state(accelerator, path: str | Path) -> None:
 
 def corrupt_weights(path: Path, name: str, e: BaseException) -> DataError:
     """'checkpoint P: NAME is corrupt (why); how to resume from the checkpoint before P'."""
-    return DataError(f"checkpoint {path}: {name} is corrupt or truncated ({first_line(e)}); "
+    return DataError(f"{path / name} is corrupt or truncated ({first_line(e)}); "
                      + resume_before(path))
 
 
@@ -311,9 +311,9 @@ def resume_before(path: Path) -> str:
     if not older:
         return ("no earlier checkpoint is left: start again with train.resume=none in a new "
                 "train.run_dir")
-    return (f"to resume from the one before, train.resume={older[-1]} with a new "
-            f"train.run_dir, or move {path.name} out of {path.parent} and keep "
-            "train.resume=auto")
+    return (f"to resume from the one before: train.resume={older[-1]} with a new "
+            f"train.run_dir (or move {path.name} out of {path.parent} and keep "
+            "train.resume=auto)")
 
 
 def verify_rng_restored(path: str | Path, rank: int) -> bool:
