@@ -147,7 +147,8 @@ def _model_file(path: Path, config) -> Path:
     from unetdist.models.weights import save_weights
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_weights({"w": torch.zeros(2)}, path, {"config": json.dumps(config)})
+    meta = {} if config is None else {"config": json.dumps(config)}
+    save_weights({"w": torch.zeros(2)}, path, meta)
     return path
 
 
@@ -181,18 +182,13 @@ def test_a_hostile_stored_config_is_one_line_before_any_model_is_built(data, tmp
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_a_config_yaml_beside_the_weights_is_bounded_too(tmp_path, capsys):
+def test_a_config_yaml_beside_the_weights_is_bounded_too(tmp_path):
     import yaml
 
     from unetdist.errors import UserError
     from unetdist.eval.inference import read_checkpoint
 
-    f = _model_file(tmp_path / "best" / "model.safetensors", {})
-    from unetdist.models.weights import save_weights
-
-    import torch
-
-    save_weights({"w": torch.zeros(2)}, f, {})  # no config in the metadata
+    f = _model_file(tmp_path / "best" / "model.safetensors", None)  # no config in metadata
     (f.parent / "config.yaml").write_text(yaml.safe_dump(_stored(depth=5, width=4096)))
     with pytest.raises(UserError, match=r"model.safetensors: stored config: model.width"):
         read_checkpoint(f.parent)
@@ -232,6 +228,21 @@ def test_check_refuses_what_train_refuses_with_the_same_line(data, tmp_path, cap
     assert expected in check, check
     assert blocker.read_text() == "a file"
     assert not (tmp_path / "run").exists()
+
+
+def test_launch_script_stops_at_the_check_before_any_worker_starts(data, tmp_path):
+    from tests.util import REPO
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  shared_dir: {data['folds']}\n  fold: 5\n")
+    env = subprocess_env(PYTHON=sys.executable, CONFIG=str(cfg), NPROC="2")
+    env.pop("MAIN_PORT", None)
+    r = subprocess.run(["bash", str(REPO / "launch" / "train.sh"),
+                        f"train.run_dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                       env=env, cwd=tmp_path, timeout=300, check=False)
+    line = _one_error(r.returncode, r.stderr)
+    assert "data.fold must be in [0, 3), got 5" in line, line
+    assert "process(es) on" not in r.stderr  # the launcher never started
 
 
 def test_check_says_ok_for_a_valid_fold(data, tmp_path, capsys):
