@@ -104,7 +104,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_metrics_jsonl_on_dev_full_is_one_line_with_bounded_memory(data, tmp_path):
+def test_metrics_jsonl_on_dev_full_is_one_line_with_bounded_memory(data, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").symlink_to("/dev/full")
@@ -117,6 +117,7 @@ def test_metrics_jsonl_on_dev_full_is_one_line_with_bounded_memory(data, tmp_pat
     assert "metrics.jsonl" in line and "/dev/full" in line, line
     assert time.monotonic() - t0 < 120
     assert (run / "metrics.jsonl").is_symlink()  # refused, not replaced
+    assert _one_error(*_main(capsys, "train", "--check", *args[1:])) == line  # every rank checks
 
 
 def test_records_reader_refuses_a_fifo_without_waiting(tmp_path):

@@ -31,7 +31,8 @@ from unetdist.distributed import gather_objects, make_accelerator, resolve_preci
 from unetdist.errors import ConfigError, DataError, FileSystemError, UserError
 from unetdist.log import say, warn
 from unetdist.models.registry import apply_runtime_options, build_model, compile_model
-from unetdist.track.jsonl import Tracker, open_tracker
+from unetdist.runfolder import RECORDS_CAP, open_run_file
+from unetdist.track.jsonl import METRICS_FILE, Tracker, open_tracker
 from unetdist.track.runinfo import run_info, write_run_config
 from unetdist.train import checkpoint as ckpt
 from unetdist.train.budget import TimeBudget
@@ -143,6 +144,9 @@ def validate_run(cfg: RunConfig) -> tuple[RunConfig, str]:
                                      precision=resolve_precision(cfg.train.precision)))
     _check_grad_compression(cfg)
     _check_folder(cfg.train.run_dir, "train.run_dir", "write to the run folder")
+    records = Path(cfg.train.run_dir) / METRICS_FILE  # rank 0 reads it later, alone: all check
+    if records.exists() or records.is_symlink():
+        open_run_file(records, RECORDS_CAP).close()
     if cfg.data.local_dir and cfg.data.stage:
         _check_folder(cfg.data.local_dir, "data.local_dir", "stage into")
     folder = check_data_paths(cfg.data)
