@@ -65,7 +65,14 @@ def _merge(base: Path | dict | None, overrides: list[str] | tuple) -> RunConfig:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> RunConfig:
     """Defaults < YAML file < dotted overrides, then validate. Raises ConfigError."""
     _check_overrides(overrides, None)
-    cfg = _merge(None if path is None else Path(path), overrides)
+    try:
+        cfg = _merge(None if path is None else Path(path), overrides)
+    except ConfigError as e:  # a bad value the file holds (not an override): name the file
+        field = str(e).split(" ", 1)[0]
+        if path is None or str(path) in str(e) or any(o.split("=", 1)[0] == field
+                                                      for o in overrides):
+            raise
+        raise ConfigError(f"{path}: {e}") from None
     if cfg.train.run_dir:
         return cfg
     stem = Path(path).stem if path is not None else "default"

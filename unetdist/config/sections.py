@@ -14,6 +14,17 @@ from dataclasses import dataclass, field
 from unetdist.config.checks import _FALSE_SPELLINGS, _enum, _one_of, _require
 from unetdist.config.names import check_smp_arch, registered, tta_mode
 
+# Upper bounds on what sizes memory: generous for real use, but a config (a user's YAML, or one
+# stored in a weights file someone else wrote) cannot ask for terabytes before the model exists.
+MAX_SIDE = 8192  # px: crops, resizes, tiles (a whole 8 MP fundus image is 3504 x 2336)
+MAX_WIDTH = 1024  # channels: model.width, model.decoder_width
+MAX_BOTTLENECK = 8192  # channels of the classic UNet's deepest stage, width * 2**depth
+MAX_BATCH = 4096  # samples or tiles per forward pass
+
+
+def _at_most(name: str, value, bound: int) -> None:
+    _require(value <= bound, name, value, f"<= {bound} (an upper bound on memory use)")
+
 
 @dataclass
 class AugConfig:
@@ -88,6 +99,9 @@ class DataConfig:
         _require(self.stage_timeout > 0, f"{p}.stage_timeout", self.stage_timeout, "> 0")
         _require(self.fold >= -1, f"{p}.fold", self.fold, "-1 (off) or a fold index >= 0")
         self.aug.check(f"{p}.aug")
+        for f, bound in (("crop", MAX_SIDE), ("resize", MAX_SIDE), ("batch_size", MAX_BATCH),
+                         ("num_workers", 256), ("shuffle_buffer", 100_000)):
+            _at_most(f"{p}.{f}", getattr(self, f), bound)
 
     @property
     def in_channels(self) -> int:
@@ -134,6 +148,13 @@ class ModelConfig:
             check_smp_arch(self.arch)
         _require(self.decoder_width >= 1, f"{p}.decoder_width", self.decoder_width, ">= 1")
         _one_of(f"{p}.compile_backend", self.compile_backend, ("inductor", "aot_eager", "eager"))
+        for f, bound in (("width", MAX_WIDTH), ("decoder_width", MAX_WIDTH), ("in_channels", 16),
+                         ("num_classes", 256), ("encoder_levels", 8)):
+            _at_most(f"{p}.{f}", getattr(self, f), bound)
+        _require(self.name != "unet" or self.width * 2**self.depth <= MAX_BOTTLENECK,
+                 f"{p}.width", self.width, f"<= {MAX_BOTTLENECK // 2**self.depth} with "
+                 f"model.depth={self.depth} (the UNet's deepest stage has width * 2**depth "
+                 f"channels, at most {MAX_BOTTLENECK})")
 
     def architecture(self) -> dict:
         """The fields that define the weights' shapes; a resume must match them."""
@@ -159,6 +180,7 @@ class LossConfig:
         _require(self.dice_weight >= 0, f"{p}.dice_weight", self.dice_weight, ">= 0")
         _require(self.cldice_weight >= 0, f"{p}.cldice_weight", self.cldice_weight, ">= 0")
         _require(self.cldice_iters >= 1, f"{p}.cldice_iters", self.cldice_iters, ">= 1")
+        _at_most(f"{p}.cldice_iters", self.cldice_iters, 100)
 
 
 @dataclass
@@ -262,6 +284,9 @@ class EvalConfig:
                  self.resize, "-1 (as data.resize), 0 (native) or >= 16")
         _require(self.ref_fov_diameter >= 0, f"{p}.ref_fov_diameter", self.ref_fov_diameter,
                  ">= 0")
+        for f, bound in (("tile", MAX_SIDE), ("resize", MAX_SIDE), ("batch_size", MAX_BATCH),
+                         ("auc_bins", 10**7), ("ref_fov_diameter", MAX_SIDE)):
+            _at_most(f"{p}.{f}", getattr(self, f), bound)
 
     def _check_scale(self, p: str) -> None:
         """Normalise eval.scale to a float or "auto" (YAML may hand over "0.5" or 2)."""

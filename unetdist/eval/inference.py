@@ -227,9 +227,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict, RunConfig]:
     wf = weights_file(resolve_checkpoint(path))
     state, meta = load_weights(wf)  # UserError on an unreadable file
     meta = dict(meta or {})
-    cfg_dict = stored_config(wf, meta)
+    cfg_dict = stored_config(wf, meta)  # DataError unless a mapping
+    try:  # typed and bounded before anything is built from it (a file is untrusted)
+        cfg = config_from_dict(cfg_dict)
+    except ConfigError as e:
+        raise ConfigError(f"{wf}: stored config: {e}") from None
     meta["config"] = json.dumps(cfg_dict)
-    return state, meta, config_from_dict(cfg_dict)
+    return state, meta, cfg
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, RunConfig, dict]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from unetdist.atomic import write_atomic
 from unetdist.config import to_dict
+from unetdist.runfolder import RECORDS_CAP, read_run_text
 from unetdist.track.wandb_tracker import WandbTracker
 
 if TYPE_CHECKING:
@@ -81,28 +82,42 @@ def _jsonable(v):
     return v
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """All records of a metrics.jsonl; a torn last line (crash mid-write) is skipped."""
-    p = Path(path)
-    if not p.exists():
-        return []
+def _lines(p: Path) -> list[str]:
+    # through the run-folder reader: a FIFO, a device or a link out of the folder is refused
+    return read_run_text(p, RECORDS_CAP).splitlines()
+
+
+def _parse(lines: list[str]) -> list[dict]:
     out = []
-    for line in p.read_text().splitlines():
+    for line in lines:
         try:
             out.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
     return out
 
 
-def truncate_records(path: str | Path, last_step: int) -> int:
-    """Drop records with step > last_step (atomically); returns how many were dropped."""
+def read_records(path: str | Path) -> list[dict]:
+    """All records of a metrics.jsonl; a torn last line (crash mid-write) is skipped."""
     p = Path(path)
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():
+        return []
+    return _parse(_lines(p))
+
+
+def truncate_records(path: str | Path, last_step: int) -> int:
+    """Drop records with step > last_step (atomically); returns how many were dropped.
+
+    Lines that are not a record with an integer step (torn, or not written by us) go too.
+    """
+    p = Path(path)
+    if not p.exists() and not p.is_symlink():
         return 0
-    records = read_records(p)
-    keep = [r for r in records if int(r.get("step", 0)) <= last_step]
-    if len(keep) == len(records) and len(records) == len(p.read_text().splitlines()):
+    lines = _lines(p)
+    records = _parse(lines)
+    keep = [r for r in records if isinstance(r, dict) and isinstance(r.get("step", 0), int)
+            and r.get("step", 0) <= last_step]
+    if len(keep) == len(lines):
         return 0  # nothing to drop (a torn last line still gets rewritten away)
     write_atomic(p, "".join(json.dumps(r) + "\n" for r in keep))
     return len(records) - len(keep)

@@ -40,10 +40,13 @@ from unetdist.runfolder import (
     PREEMPTED,
     STATE_FILE,
     TMP_PREFIX,
+    WEIGHTS_NAME,
     checkpoints_dir,
     list_checkpoints,
     read_latest,
+    read_run_json,
     step_name,
+    step_of,
     write_latest,
 )
 from unetdist.train.faults import fault
@@ -135,16 +138,10 @@ def json_documents(parts: list[Part]) -> dict[str, dict]:
 
 
 def read_json(path: str | Path, file: str) -> dict:
-    """A JSON object file of checkpoint `path`; DataError when missing or not one."""
-    f = Path(path) / file
-    try:
-        state = json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"checkpoint {path} has no readable {file} ({e}); it was written by "
-                        "another unetdist version or is incomplete") from None
-    if not isinstance(state, dict):
-        raise DataError(f"{f}: expected a JSON object")
-    return state
+    """A JSON object file of checkpoint `path` (a regular file of the folder, size-capped);
+    DataError when missing or not one."""
+    return read_run_json(Path(path) / file, f"checkpoint {path} was written by another "
+                         "unetdist version or is incomplete")
 
 
 def read_trainer_state(path: str | Path) -> dict:
@@ -284,6 +281,8 @@ def first_line(e: BaseException) -> str:
 
 def load_accelerate_state(accelerator, path: str | Path) -> None:
     """accelerator.load_state with a refused or corrupt file as one DataError."""
+    from safetensors import SafetensorError
+
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol warning is noise here
             warnings.simplefilter("ignore", UserWarning)
@@ -292,8 +291,29 @@ def load_accelerate_state(accelerator, path: str | Path) -> None:
         raise DataError(f"checkpoint {path}: refused a file that is not plain tensor data "
                         f"({first_line(e)}); tampered or corrupt: resume from another "
                         "checkpoint") from None
+    except SafetensorError as e:
+        raise corrupt_weights(Path(path), WEIGHTS_NAME, e) from None
     except (OSError, RuntimeError) as e:
         raise DataError(f"checkpoint {path} could not be loaded: {first_line(e)}") from None
+
+
+def corrupt_weights(path: Path, name: str, e: BaseException) -> DataError:
+    """'checkpoint P: NAME is corrupt (why); how to resume from the checkpoint before P'."""
+    return DataError(f"{path / name} is corrupt or truncated ({first_line(e)}); "
+                     + resume_before(path))
+
+
+def resume_before(path: Path) -> str:
+    """How to resume from the complete checkpoint before PATH, in words a user can paste."""
+    step = step_of(path)
+    run_dir = path.parent.parent
+    older = [p for s, p in list_checkpoints(run_dir) if step is not None and s < step]
+    if not older:
+        return ("no earlier checkpoint is left: start again with train.resume=none in a new "
+                "train.run_dir")
+    return (f"to resume from the one before: train.resume={older[-1]} with a new "
+            f"train.run_dir (or move {path.name} out of {path.parent} and keep "
+            "train.resume=auto)")
 
 
 def verify_rng_restored(path: str | Path, rank: int) -> bool:

@@ -11,7 +11,6 @@ validation and before every checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from collections.abc import Iterator
@@ -22,10 +21,9 @@ import torch
 
 from unetdist.config import RunConfig, to_dict, to_yaml
 from unetdist.data.pipeline import eval_samples, run_batches, single_threaded_opencv
-from unetdist.data.stage.node import check_data_paths, resolve_data_dir
+from unetdist.data.stage.node import resolve_data_dir
 from unetdist.distributed import (
     broadcast_buffers,
-    resolve_precision,
     sum_across,
 )
 from unetdist.eval.evaluate import evaluate_split
@@ -41,6 +39,7 @@ from unetdist.train.setup import (
     announce,
     setup_run,
     training_accelerator,
+    validate_run,
 )
 from unetdist.train.step import StepStats, train_step
 from unetdist.train.threads import apply_thread_policy
@@ -62,10 +61,9 @@ class TrainResult:
 
 def fit(cfg: RunConfig) -> TrainResult:
     """Train `cfg` to `train.max_steps` (or until preempted); resume per `train.resume`."""
-    # the job's one precision decision (auto -> bf16|no; fp16 without CUDA is an error, before
-    # staging): config.yaml, checkpoints and the Accelerator all get this answer
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, precision=resolve_precision(cfg.train.precision)))
+    # the checks `train --check` makes, and the job's one precision decision: config.yaml,
+    # checkpoints and the Accelerator all get its answer
+    cfg, _ = validate_run(cfg)
     threads, tuner = apply_thread_policy(torch.cuda.is_available(), cfg.data.num_workers, say)
     if cfg.data.num_workers:
         single_threaded_opencv()  # before any OpenCV work here: workers are forked later
@@ -89,9 +87,9 @@ def fit(cfg: RunConfig) -> TrainResult:
 
 
 def check_only(cfg: RunConfig) -> str:
-    """`train --check`: what a launch script validates in one process before starting workers."""
-    resolve_precision(cfg.train.precision)
-    folder = check_data_paths(cfg.data)
+    """`train --check`: exactly the validation `fit` runs before staging (`validate_run`), in
+    one process, so that a launch script refuses what every rank would refuse."""
+    cfg, folder = validate_run(cfg)
     return f"ok: config valid; data {folder}; run_dir {cfg.train.run_dir}"
 
 

@@ -19,8 +19,8 @@ from unetdist.config import RunConfig, to_dict
 from unetdist.distributed import gather_objects
 from unetdist.errors import DataError, UserError
 from unetdist.log import warn
-from unetdist.runfolder import SCHEDULER_FILE, STATE_FILE, find_resume
-from unetdist.train.checkpoint import first_line, read_json
+from unetdist.runfolder import SCHEDULER_FILE, STATE_FILE, find_resume, open_run_file
+from unetdist.train.checkpoint import corrupt_weights, first_line, read_json
 
 _CUSTOM_PICKLE = re.compile(r"^custom_checkpoint_\d+\.pkl$")  # accelerate's pattern
 
@@ -45,9 +45,10 @@ def plan_resume(cfg: RunConfig, acc, run_dir: Path, mhash: str) -> Path | None:
     if value is None:
         return None
     path = Path(value)
-    saved = read_json(path, STATE_FILE)
+    saved = checked_identity(read_json(path, STATE_FILE), path)
     notes = check_compatible(saved, cfg.model.architecture(), mhash, acc.num_processes, path)
     refuse_code(path)
+    check_files(path)
     check_rng_files(path, int(saved["world_size"]), acc.num_processes)
     read_json(path, SCHEDULER_FILE)  # fail before rank 0 writes to the run folder
     changed = changed_hyperparameters(saved["config"], to_dict(cfg))
@@ -69,6 +70,35 @@ def refuse_code(path: str | Path) -> None:
         raise DataError(f"checkpoint {path} contains {found[0]}, a pickle that loading would "
                         "execute; refusing it (unetdist writes none): remove the file only if "
                         "you made it yourself, or resume from another checkpoint")
+
+
+def checked_identity(saved: dict, path: Path) -> dict:
+    """trainer_state.json's identity fields, typed: a tampered one is one DataError, not a
+    KeyError or TypeError in the checks that read them."""
+    model = saved.get("config", {}).get("model") if isinstance(saved.get("config"), dict) else None
+    ws = saved.get("world_size")
+    if not isinstance(model, dict) or not isinstance(ws, int) or isinstance(ws, bool) or ws < 1:
+        raise DataError(f"{path / STATE_FILE} lacks a valid config.model mapping or world_size: "
+                        "not a checkpoint unetdist wrote (tampered or from another program)")
+    return saved
+
+
+def check_files(path: Path) -> None:
+    """Every file of the checkpoint is a regular file of its own (no FIFO, device or link out
+    of it: loading one would block or never end) and every safetensors header parses, so a
+    corrupt weights file stops all ranks here, before anything is built or written."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in sorted(path.iterdir()):
+        if f.is_dir() and not f.is_symlink():
+            continue
+        open_run_file(f, None, root=path).close()
+        if f.suffix == ".safetensors":
+            try:
+                with safe_open(str(f), framework="pt") as handle:
+                    handle.keys()
+            except SafetensorError as e:
+                raise corrupt_weights(path, f.name, e) from None
 
 
 def check_rng_files(path: str | Path, saved_world_size: int, world_size: int) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from unetdist.atomic import write_atomic
 from unetdist.errors import FileSystemError, UserError
+from unetdist.runfolder import read_run_text
 
 LOCK_FILE = ".unetdist.lock"
 HOLDER_FILE = ".unetdist.lock.json"
@@ -31,9 +32,9 @@ def _describe(holder: dict | None) -> str:
 
 
 def _read_holder(run_dir: Path) -> dict | None:
-    try:
-        holder = json.loads((run_dir / HOLDER_FILE).read_text())
-    except (OSError, ValueError):
+    try:  # a run-folder file: a FIFO or a device there must not hang the start
+        holder = json.loads(read_run_text(run_dir / HOLDER_FILE, 4096))
+    except (UserError, ValueError, RecursionError):
         return None
     return holder if isinstance(holder, dict) else None
 

@@ -7,6 +7,7 @@ reach the same decision (or raise the same error) without a collective.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -17,12 +18,21 @@ from pathlib import Path
 import torch
 
 from unetdist.config import DataConfig, RunConfig, TrainConfig, to_dict, to_yaml
-from unetdist.data.manifest import MANIFEST, check_fold, manifest_hash, read_manifest, split_names
-from unetdist.distributed import gather_objects, make_accelerator
-from unetdist.errors import ConfigError, FileSystemError, UserError
+from unetdist.data.manifest import (
+    MANIFEST,
+    check_fold,
+    manifest_hash,
+    read_manifest,
+    split_entries,
+    split_names,
+)
+from unetdist.data.stage.node import check_data_paths
+from unetdist.distributed import gather_objects, make_accelerator, resolve_precision
+from unetdist.errors import ConfigError, DataError, FileSystemError, UserError
 from unetdist.log import say, warn
 from unetdist.models.registry import apply_runtime_options, build_model, compile_model
-from unetdist.track.jsonl import Tracker, open_tracker
+from unetdist.runfolder import RECORDS_CAP, open_run_file
+from unetdist.track.jsonl import METRICS_FILE, Tracker, open_tracker
 from unetdist.track.runinfo import run_info, write_run_config
 from unetdist.train import checkpoint as ckpt
 from unetdist.train.budget import TimeBudget
@@ -107,17 +117,57 @@ def accelerator_kwargs(cfg: RunConfig) -> dict:
     return {"kwargs_handlers": [ddp, pg]}
 
 
+def _check_grad_compression(cfg: RunConfig) -> None:
+    if cfg.dist.grad_compression != "none" and not torch.cuda.is_available():
+        raise ConfigError(f"dist.grad_compression must be none without CUDA (a NCCL hook), "
+                          f"got {cfg.dist.grad_compression!r}")
+
+
 def training_accelerator(cfg: RunConfig):
     """The trainer's Accelerator: the shared factory plus the DDP/process-group settings.
 
     cfg.train.precision must be resolved already (`fit` does it once, before staging).
     """
-    if cfg.dist.grad_compression != "none" and not torch.cuda.is_available():
-        raise ConfigError(f"dist.grad_compression must be none without CUDA (a NCCL hook), "
-                          f"got {cfg.dist.grad_compression!r}")
+    _check_grad_compression(cfg)
     apply_backend_switches(cfg.train)
     return make_accelerator(cfg.train.precision, cfg.train.grad_accum,
                             **accelerator_kwargs(cfg))
+
+
+def validate_run(cfg: RunConfig) -> tuple[RunConfig, str]:
+    """Every check `train` makes before staging, and all that `train --check` makes (launch
+    scripts run it in one process, so it must refuse whatever a rank would refuse).
+
+    Returns the config with its precision resolved (the job's one decision: auto -> bf16|no;
+    fp16 without CUDA is an error) and the shard folder training will read.
+    """
+    cfg = replace(cfg, train=replace(cfg.train,
+                                     precision=resolve_precision(cfg.train.precision)))
+    _check_grad_compression(cfg)
+    _check_folder(cfg.train.run_dir, "train.run_dir", "write to the run folder")
+    records = Path(cfg.train.run_dir) / METRICS_FILE  # rank 0 reads it later, alone: all check
+    if records.exists() or records.is_symlink():
+        open_run_file(records, RECORDS_CAP).close()
+    if cfg.data.local_dir and cfg.data.stage:
+        _check_folder(cfg.data.local_dir, "data.local_dir", "stage into")
+    folder = check_data_paths(cfg.data)
+    source = Path(cfg.data.shared_dir if cfg.data.local_dir and cfg.data.stage else folder)
+    manifest = read_manifest(source)  # what staging copies: the same folds and splits
+    check_fold(manifest, cfg.data.fold, source / MANIFEST)
+    if not split_entries(manifest, "train", cfg.data.fold):  # resampling serves any rank count
+        have = ", ".join(split_names(manifest, cfg.data.fold)) or "none"
+        fold = f" with data.fold={cfg.data.fold}" if cfg.data.fold >= 0 else ""
+        raise DataError(f"{source / MANIFEST}: no shards for split 'train'{fold} (it has: {have})")
+    return cfg, folder
+
+
+def _check_folder(path: str, setting: str, doing: str) -> None:
+    """A folder SETTING names can be made: neither it nor a parent is a file."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise FileSystemError.of(OSError(errno.EEXIST, "File exists"), path, doing, setting)
 
 
 def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
