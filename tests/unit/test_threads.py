@@ -157,3 +157,33 @@ def test_fixed_choice_is_never_retuned():
 
     tuner = ThreadTuner(ThreadChoice(3, "OMP_NUM_THREADS"))
     assert tuner.done and tuner.chain(hook) is hook
+
+
+def test_a_resumed_run_computes_with_the_thread_count_its_run_settled_on():
+    """The tuner is a checkpoint part: another count after a resume would not be bitwise."""
+    before = torch.get_num_threads()
+    choice = ThreadChoice(2, "test", share=2)
+    try:
+        original = ThreadTuner(choice, report=lambda line: None)
+        original.decide((1.6, None))  # busy workers: torch keeps 1 of 2
+        saved = original.state_dict()
+        assert saved == {"threads": 1, "settled": True}
+
+        torch.set_num_threads(2)  # what a fresh process starts with
+        lines: list[str] = []
+        resumed = ThreadTuner(choice, report=lines.append)
+        resumed.load_state_dict(saved)
+        assert resumed.done and resumed.threads == 1 == torch.get_num_threads()
+        assert "before this resume" in lines[0]
+
+        def hook() -> None:
+            pass
+
+        assert resumed.chain(hook) is hook  # never re-measured
+
+        unsettled = ThreadTuner(choice, report=lines.append)
+        unsettled.load_state_dict({"threads": 1, "settled": False})  # saved inside the window
+        unsettled.load_state_dict({})  # a checkpoint from before the tuner was a part
+        assert not unsettled.done and unsettled.threads == 2
+    finally:
+        torch.set_num_threads(before)

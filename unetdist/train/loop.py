@@ -70,7 +70,7 @@ def fit(cfg: RunConfig) -> TrainResult:
     with PreemptionFlag() as flag:  # from the start: a signal while staging is not fatal either
         shard_dir = resolve_data_dir(cfg.data)  # staging before the process group: no timeouts
         acc = training_accelerator(cfg)
-        run = setup_run(cfg, acc, shard_dir)
+        run = setup_run(cfg, acc, shard_dir, threads=tuner)
         install_faults(run, flag)  # test-only; a no-op unless UNETDIST_FAULT is set
         run.before_step = tuner.chain(run.before_step)  # re-chooses threads after a few steps
         announce(run)

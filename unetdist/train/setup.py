@@ -43,6 +43,7 @@ from unetdist.train.losses import build_loss
 from unetdist.train.optim import SchedulerState, build_optimizer, build_scheduler
 from unetdist.train.resume import plan_resume
 from unetdist.train.runlock import RunLock
+from unetdist.train.threads import ThreadTuner
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Run:
     tracker: Tracker | None = None
     forward: torch.nn.Module | None = None  # what the step calls: compiled(DDP(model)) or model
     lock: RunLock | None = None  # rank 0's hold on run_dir (None on other ranks)
+    threads: ThreadTuner | None = None  # fit's thread policy, restored on resume
     last_save_time: float = field(default_factory=time.monotonic)
     last_saved_step: int = -1
     parts: list[ckpt.Part] = field(default_factory=list)  # what a checkpoint holds: see setup
@@ -170,7 +172,7 @@ def _check_folder(path: str, setting: str, doing: str) -> None:
         raise FileSystemError.of(OSError(errno.EEXIST, "File exists"), path, doing, setting)
 
 
-def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
+def setup_run(cfg: RunConfig, acc, shard_dir: str, threads: ThreadTuner | None = None) -> Run:
     manifest = read_manifest(shard_dir)
     check_fold(manifest, cfg.data.fold, Path(shard_dir) / MANIFEST)
     if not cfg.eval.ref_fov_diameter:  # stored with the model, for eval.scale=auto later
@@ -181,7 +183,7 @@ def setup_run(cfg: RunConfig, acc, shard_dir: str) -> Run:
     mhash = manifest_hash(manifest, cfg.data.fold)
     lock = take_run_lock(acc, run_dir)  # before anything reads or writes the run folder
     try:
-        run = _setup_locked(cfg, acc, shard_dir, manifest, run_dir, mhash)
+        run = _setup_locked(cfg, acc, shard_dir, manifest, run_dir, mhash, threads)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -208,7 +210,7 @@ def take_run_lock(acc, run_dir: Path) -> RunLock | None:
 
 
 def _setup_locked(cfg: RunConfig, acc, shard_dir: str, manifest: dict, run_dir: Path,
-                  mhash: str) -> Run:
+                  mhash: str, threads: ThreadTuner | None) -> Run:
     resume_from = plan_resume(cfg, acc, run_dir, mhash)
     acc.wait_for_everyone()  # every rank has read the run dir before rank 0 writes to it
     if acc.is_main_process:
@@ -218,7 +220,7 @@ def _setup_locked(cfg: RunConfig, acc, shard_dir: str, manifest: dict, run_dir: 
     has_val = cfg.eval.split in split_names(manifest, cfg.data.fold)
     run = Run(cfg, acc, run_dir, shard_dir, mhash, has_val, model, optimizer, scheduler,
               build_loss(cfg.loss), TrainState(steps_per_epoch=cfg.data.steps_per_epoch),
-              forward=forward, budget=budget)
+              forward=forward, budget=budget, threads=threads)
     if cfg.train.ema_decay > 0:
         run.ema = ModelEma(acc.unwrap_model(model), cfg.train.ema_decay)
     run.parts = checkpoint_parts(run)
@@ -235,9 +237,11 @@ def _setup_locked(cfg: RunConfig, acc, shard_dir: str, manifest: dict, run_dir: 
 
 def checkpoint_parts(run: Run) -> list[ckpt.Part]:
     """What a checkpoint holds besides accelerate's state, one entry per piece of state (the
-    budget is None in hand-built test runs, the EMA without train.ema_decay)."""
+    budget is None in hand-built test runs, the EMA without train.ema_decay, the thread tuner
+    outside `fit`)."""
     identity = ckpt.RunIdentity(run.manifest_hash, run.acc.num_processes, to_dict(run.cfg))
-    parts = [run.state, identity, run.budget, SchedulerState(run.scheduler), run.ema]
+    parts = [run.state, identity, run.budget, SchedulerState(run.scheduler), run.ema,
+             run.threads]
     return [p for p in parts if p is not None]
 
 

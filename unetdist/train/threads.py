@@ -37,6 +37,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from unetdist.runfolder import STATE_FILE
+
 CGROUP = Path("/sys/fs/cgroup")
 SPARE = 0.4  # cores of other load a torch thread can share its core with and still pay off
 WINDOW_START, WINDOW_STEPS, WINDOW_SECONDS = 5, 10, 5.0  # after the workers' start and cache
@@ -204,6 +206,24 @@ class ThreadTuner:
         self.threads, why = tuned_threads(self.choice.share or 1, *loads)
         torch.set_num_threads(self.threads)
         self.report(f"torch threads per process: {self.threads} ({why})")
+
+    # a checkpoint part (trainer_state.json "threads"): CPU kernels split their reductions by
+    # thread, so a resumed run must compute with the count the run settled on to stay bitwise
+    name, file = "threads", STATE_FILE
+
+    def state_dict(self) -> dict:
+        return {"threads": self.threads, "settled": self.done}
+
+    def load_state_dict(self, state: dict) -> None:
+        n = state.get("threads")
+        if self.choice.share is None or state.get("settled") is not True or type(n) is not int:
+            return  # fixed (OMP_NUM_THREADS, GPU), or saved before settling: measure again
+        import torch
+
+        self.threads, self.done = max(1, min(n, self.choice.share)), True
+        torch.set_num_threads(self.threads)
+        self.report(f"torch threads per process: {self.threads} (the count the run settled on "
+                    "before this resume, so that it continues bitwise)")
 
     def chain(self, hook: Callable[[], None]) -> Callable[[], None]:
         """HOOK (the loop's `before_step`), then this tuner."""
