@@ -43,6 +43,21 @@ def raw_json(draw) -> bytes:
     return draw(st.binary(max_size=200))
 
 
+@st.composite
+def hostile_meta(draw, meta: dict) -> bytes:
+    """A sample's meta.json made hostile: sizes of the wrong type or size, bombs, any edit."""
+    kind = draw(st.sampled_from(["sizes", "raw", "edited"]))
+    if kind == "raw":
+        return draw(raw_json())
+    if kind == "edited":
+        return draw(json_document(meta))
+    meta = dict(meta)
+    sizes = st.sampled_from(HOSTILE + [60000, meta["width"] + 1, 8000])
+    for key in draw(st.sampled_from([("width",), ("height",), ("width", "height")])):
+        meta[key] = draw(sizes)
+    return json.dumps(meta).encode()
+
+
 def paths(doc: object, prefix: tuple = ()) -> list[tuple]:
     """Every path (tuple of keys/indices) into DOC, the root included."""
     out = [prefix]

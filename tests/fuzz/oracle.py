@@ -20,7 +20,7 @@ import signal
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from unetdist.errors import UserError
@@ -123,47 +123,43 @@ def _bounded(folder: Path):
         signal.signal(signal.SIGALRM, old_handler)
 
 
-def run_case(call: Callable[[], object], folder: Path, what: str) -> str:
+def run_case(call: Callable[[], object], folder: Path, what: str, tally: Tally = TALLY) -> str:
     """Run CALL under the bounds; 'ok' or 'user error', or AssertionError saying what broke."""
-    TALLY.cases += 1
+    tally.cases += 1
     _violations.clear()
     try:
         with _bounded(folder):
             call()
     except UserError as e:
         if _violations:  # refused by the hook, then reported as a clean error: still a write
-            TALLY.writes_outside += 1
+            tally.writes_outside += 1
             raise AssertionError(f"{what}: wrote outside its folder: {_violations}") from e
         msg = str(e)
         if not msg.strip() or "\n" in msg or "\r" in msg:
-            TALLY.other += 1
+            tally.other += 1
             raise AssertionError(f"{what}: UserError is not one line: {msg!r}") from e
-        TALLY.user_errors += 1
+        tally.user_errors += 1
         return "user error"
     except Hang as e:
-        TALLY.hangs += 1
+        tally.hangs += 1
         raise AssertionError(f"{what}: hang: {e}") from None
     except WriteOutside as e:
-        TALLY.writes_outside += 1
+        tally.writes_outside += 1
         raise AssertionError(f"{what}: wrote outside its folder: {e}") from None
     except MemoryError as e:
-        TALLY.memory += 1
+        tally.memory += 1
         raise AssertionError(f"{what}: more than {MEMORY_BYTES >> 20} MB asked") from e
     except Exception as e:
         if _violations:
-            TALLY.writes_outside += 1
+            tally.writes_outside += 1
             raise AssertionError(f"{what}: wrote outside its folder: {_violations}") from e
         if "Insufficient memory" in str(e) or "Failed to allocate" in str(e):
-            TALLY.memory += 1
+            tally.memory += 1
         else:
-            TALLY.other += 1
+            tally.other += 1
         raise AssertionError(f"{what}: {type(e).__name__}: {e}") from e
     if _violations:
-        TALLY.writes_outside += 1
+        tally.writes_outside += 1
         raise AssertionError(f"{what}: wrote outside its folder: {_violations}")
-    TALLY.ok += 1
+    tally.ok += 1
     return "ok"
-
-
-def tally_fields() -> dict:
-    return {f.name: getattr(TALLY, f.name) for f in fields(TALLY)}

@@ -64,6 +64,13 @@ def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
+def split_of(folder: Path, name: str) -> str:
+    """The split whose shard list holds NAME."""
+    manifest = read_manifest_dict(folder)
+    return next(s for s, e in manifest["splits"].items() if any(sh["name"] == name
+                                                                for sh in e["shards"]))
+
+
 def refresh_entry(folder: Path, name: str) -> None:
     """Make the manifest's bytes/sha256 of shard NAME match the file again (when it lists it),
     so that readers get past the copy checks to the members themselves."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,20 +54,30 @@ def cli_call(*argv: str) -> int:
     return rc
 
 
-def hostile_shards(case: Path, data: st.DataObject, *, refresh: bool | None = None) -> Path:
-    """A copy of a sound shard folder with one shard's tar (or its bytes) edited; by default the
-    manifest is usually re-hashed to match, so readers get past the copy checks."""
+def hostile_shards(case: Path, data: st.DataObject) -> tuple[Path, str]:
+    """A copy of a sound shard folder with one shard's tar (or its bytes) edited, and the split
+    that shard is in. The manifest is usually re-hashed to match, so readers get past the copy
+    checks to the members."""
     folder = shardkit.copy_of(data.draw(st.sampled_from(shardkit.KINDS)), case / "shards")
     name = data.draw(st.sampled_from(shardkit.shard_names(folder)))
     tar = folder / name
-    if data.draw(st.booleans()):
-        members = data.draw(mutate.edited_members(shardkit.read_members(tar)))
-        tar.write_bytes(shardkit.tar_bytes(members))
-    else:
+    kind = data.draw(st.sampled_from(["members", "bytes", "meta"]))
+    if kind == "bytes":
         tar.write_bytes(data.draw(mutate.edited_bytes(tar.read_bytes())))
-    if refresh if refresh is not None else data.draw(st.sampled_from([True, True, False])):
+    else:
+        members = shardkit.read_members(tar)
+        if kind == "meta":  # one sample's meta.json: case 6 (sizes) and JSON bombs
+            metas = [i for i, (n, _) in enumerate(members) if n.endswith(".meta.json")]
+            i = data.draw(st.sampled_from(metas))
+            doc = json.loads(members[i][1])
+            members[i] = (members[i][0], data.draw(mutate.hostile_meta(doc)))
+        else:
+            members = data.draw(mutate.edited_members(members))
+        tar.write_bytes(shardkit.tar_bytes(members))
+    split = shardkit.split_of(folder, name)
+    if data.draw(st.sampled_from([True, True, True, False])):
         shardkit.refresh_entry(folder, name)
-    return folder
+    return folder, split
 
 
 def hostile_manifest(case: Path, data: st.DataObject) -> Path:
@@ -86,8 +97,10 @@ def data_config(data: st.DataObject):
 
 @target("shard-verify")
 def shard_verify(case: Path, data: st.DataObject) -> Callable[[], object]:
-    edit = data.draw(st.sampled_from([hostile_shards, hostile_manifest]))
-    folder = edit(case, data)
+    if data.draw(st.booleans()):
+        folder, _ = hostile_shards(case, data)
+    else:
+        folder = hostile_manifest(case, data)
     return lambda: cli_call("shard", "--verify", str(folder), "--quiet")
 
 
@@ -113,8 +126,7 @@ def eval_reader(case: Path, data: st.DataObject) -> Callable[[], object]:
     from unetdist.data.pipeline import eval_samples
     from unetdist.eval.evaluate import _original_size
 
-    folder, cfg = hostile_shards(case, data), data_config(data)
-    split = data.draw(st.sampled_from(["train", "test"]))
+    (folder, split), cfg = hostile_shards(case, data), data_config(data)
 
     def call() -> None:
         for s in eval_samples(cfg, str(folder), split, rank=0, world_size=1):
@@ -127,5 +139,5 @@ def eval_reader(case: Path, data: st.DataObject) -> Callable[[], object]:
 def train_reader(case: Path, data: st.DataObject) -> Callable[[], object]:
     from unetdist.data.reader import SampleCache, fill_cache, split_shards
 
-    folder, cfg = hostile_shards(case, data), data_config(data)
-    return lambda: fill_cache(split_shards(str(folder), "train"), cfg, SampleCache())
+    (folder, split), cfg = hostile_shards(case, data), data_config(data)
+    return lambda: fill_cache(split_shards(str(folder), split), cfg, SampleCache())
