@@ -52,7 +52,7 @@ def hostile_meta(draw, meta: dict) -> bytes:
     if kind == "edited":
         return draw(json_document(meta))
     meta = dict(meta)
-    sizes = st.sampled_from(HOSTILE + [60000, meta["width"] + 1, 8000])
+    sizes = st.sampled_from(HOSTILE + [60000, 36 + 1, 8000])
     for key in draw(st.sampled_from([("width",), ("height",), ("width", "height")])):
         meta[key] = draw(sizes)
     return json.dumps(meta).encode()
@@ -153,7 +153,10 @@ def edited_members(draw, members: list[tuple[str, bytes]]) -> list[tuple[str, by
         elif op == "content":
             members[i] = (name, draw(edited_bytes(data)))
         elif op == "meta" and name.endswith(".meta.json"):
-            members[i] = (name, draw(json_document(json.loads(data))))
+            try:
+                members[i] = (name, draw(hostile_meta(json.loads(data))))
+            except (ValueError, KeyError, TypeError):  # an earlier edit broke it already
+                members[i] = (name, draw(raw_json()))
         elif op == "bomb" and name.endswith(".png"):
             side = draw(st.sampled_from([0, 1, 30000, 2**31 - 1, 2**32 - 1]))
             members[i] = (name, png_declaring(data, side, draw(st.sampled_from([1, 20, side]))))

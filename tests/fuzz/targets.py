@@ -29,11 +29,13 @@ from unetdist.errors import UserError
 
 Target = Callable[[Path, st.DataObject], Callable[[], object]]
 TARGETS: dict[str, Target] = {}
+SHARES: dict[str, float] = {}  # a target's share of FUZZ_CASES, relative to the others
 
 
-def target(name: str) -> Callable[[Target], Target]:
+def target(name: str, share: float = 1.0) -> Callable[[Target], Target]:
+    """Register a target; SHARE < 1 gives a slow one (e.g. fsyncing) fewer of the cases."""
     def register(fn: Target) -> Target:
-        TARGETS[name] = fn
+        TARGETS[name], SHARES[name] = fn, share
         return fn
     return register
 
@@ -141,3 +143,22 @@ def train_reader(case: Path, data: st.DataObject) -> Callable[[], object]:
 
     (folder, split), cfg = hostile_shards(case, data), data_config(data)
     return lambda: fill_cache(split_shards(str(folder), split), cfg, SampleCache())
+
+
+@target("stage", share=0.25)  # fsyncs every copy: ~1 s a case
+def stage_copy(case: Path, data: st.DataObject) -> Callable[[], object]:
+    """Stage a hostile source, or re-stage over a previous copy whose files were edited."""
+    from unetdist.data.stage.node import stage
+
+    dst = case / "local"
+    if data.draw(st.booleans()):
+        src, _ = hostile_shards(case, data)
+    else:
+        src = shardkit.copy_of(data.draw(st.sampled_from(shardkit.KINDS)), case / "shards")
+        stage(src, dst, progress=False)
+        files = sorted(p for p in dst.rglob("*") if p.is_file())
+        victim = data.draw(st.sampled_from(files))
+        victim.write_bytes(data.draw(mutate.edited_bytes(victim.read_bytes()))
+                           if data.draw(st.booleans()) else data.draw(mutate.raw_json()))
+    rehash = ["--rehash"] if data.draw(st.booleans()) else []
+    return lambda: cli_call("stage", str(src), str(dst), "--quiet", "--timeout", "5", *rehash)

@@ -17,20 +17,27 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz.oracle import run_case
-from tests.fuzz.targets import TARGETS
+from tests.fuzz.targets import SHARES, TARGETS
 
-CASES = int(os.environ.get("FUZZ_CASES", "240"))
-PER_TARGET = max(1, math.ceil(CASES / len(TARGETS)))
+CASES = int(os.environ.get("FUZZ_CASES", "200"))
 
 
-@pytest.mark.parametrize("name", sorted(TARGETS))
-@settings(max_examples=PER_TARGET, derandomize=True, database=None, deadline=None,
-          suppress_health_check=list(HealthCheck), print_blob=False)
-@given(data=st.data())
-def test_fuzz_target(name: str, data: st.DataObject) -> None:
+def _cases(name: str) -> int:
+    return max(1, math.ceil(CASES * SHARES[name] / sum(SHARES.values())))
+
+
+def _fuzz(name: str, data: st.DataObject) -> None:
     case = Path(tempfile.mkdtemp(prefix=f"fuzz-{name}-"))
     try:
         call = TARGETS[name](case, data)
         run_case(call, case, name)
     finally:
         shutil.rmtree(case, ignore_errors=True)
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_fuzz_target(name: str) -> None:
+    run = settings(max_examples=_cases(name), derandomize=True, database=None, deadline=None,
+                   suppress_health_check=list(HealthCheck), print_blob=False)(
+        given(data=st.data())(lambda data: _fuzz(name, data)))
+    run()
