@@ -75,7 +75,8 @@ def edited_json(draw, doc: object) -> object:
     """DOC (not modified) with 1-3 nodes replaced, deleted or given an extra key."""
     doc = json.loads(json.dumps(doc))
     for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(paths(doc)))
+        inner = paths(doc)[1:]  # the root last: hypothesis favours the first choices
+        path = draw(st.sampled_from(inner + [()]))
         if not path:
             doc = draw(json_values)
             continue

@@ -32,6 +32,12 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+\.tar$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
+def _short(v: object) -> str:
+    """repr of a value from the file, cut short: a hostile one may be megabytes long."""
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
 def _is_count(v: object, minimum: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
 
@@ -41,7 +47,7 @@ def _check_shard(sh: object, where: str) -> None:
         raise DataError(f"{where}: shard entry is not an object")
     name = sh.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name) or name.startswith("."):
-        raise DataError(f"{where}: bad shard name {name!r} (expected a plain *.tar file name)")
+        raise DataError(f"{where}: bad shard name {_short(name)} (expected a plain *.tar file name)")
     if not _is_count(sh.get("bytes"), 0) or not _is_count(sh.get("samples"), 1):
         raise DataError(f"{where}: shard {name}: bytes/samples missing or invalid")
     if not isinstance(sh.get("sha256"), str) or not _SHA_RE.match(sh["sha256"]):
@@ -52,25 +58,25 @@ def _check_manifest(m: object, where: str) -> None:
     if not isinstance(m, dict):
         raise DataError(f"{where}: not a JSON object")
     if type(m.get("format")) is not int or m["format"] != FORMAT:
-        raise DataError(f"{where}: unsupported format {m.get('format')!r} (expected {FORMAT})")
+        raise DataError(f"{where}: unsupported format {_short(m.get('format'))} (expected {FORMAT})")
     splits = m.get("splits")
     if not isinstance(splits, dict) or not splits:
         raise DataError(f"{where}: no splits")
     total = 0
     for split, entry in splits.items():
         if split not in SPLITS:
-            raise DataError(f"{where}: unknown split {split!r} (expected {', '.join(SPLITS)})")
+            raise DataError(f"{where}: unknown split {_short(split)} (expected {', '.join(SPLITS)})")
         if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list):
             raise DataError(f"{where}: split {split!r} has no shard list")
         for sh in entry["shards"]:
             _check_shard(sh, where)
         counted = sum(sh["samples"] for sh in entry["shards"])
         if not _is_count(entry.get("samples"), 1) or entry["samples"] != counted:
-            raise DataError(f"{where}: split {split!r} says {entry.get('samples')!r} samples, "
+            raise DataError(f"{where}: split {split!r} says {_short(entry.get('samples'))} samples, "
                             f"its shards hold {counted}")
         total += sum(sh["bytes"] for sh in entry["shards"])
     if not _is_count(m.get("total_bytes"), 0) or m["total_bytes"] != total:
-        raise DataError(f"{where}: total_bytes {m.get('total_bytes')!r} != sum of shards {total}")
+        raise DataError(f"{where}: total_bytes {_short(m.get('total_bytes'))} != sum of shards {total}")
     names = [sh["name"] for e in splits.values() for sh in e["shards"]]
     if len(set(names)) != len(names):
         raise DataError(f"{where}: a shard name appears twice")
