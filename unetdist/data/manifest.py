@@ -47,7 +47,8 @@ def _check_shard(sh: object, where: str) -> None:
         raise DataError(f"{where}: shard entry is not an object")
     name = sh.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name) or name.startswith("."):
-        raise DataError(f"{where}: bad shard name {_short(name)} (expected a plain *.tar file name)")
+        raise DataError(f"{where}: bad shard name {_short(name)} "
+                        "(expected a plain *.tar file name)")
     if not _is_count(sh.get("bytes"), 0) or not _is_count(sh.get("samples"), 1):
         raise DataError(f"{where}: shard {name}: bytes/samples missing or invalid")
     if not isinstance(sh.get("sha256"), str) or not _SHA_RE.match(sh["sha256"]):
@@ -58,25 +59,28 @@ def _check_manifest(m: object, where: str) -> None:
     if not isinstance(m, dict):
         raise DataError(f"{where}: not a JSON object")
     if type(m.get("format")) is not int or m["format"] != FORMAT:
-        raise DataError(f"{where}: unsupported format {_short(m.get('format'))} (expected {FORMAT})")
+        raise DataError(f"{where}: unsupported format {_short(m.get('format'))} "
+                        f"(expected {FORMAT})")
     splits = m.get("splits")
     if not isinstance(splits, dict) or not splits:
         raise DataError(f"{where}: no splits")
     total = 0
     for split, entry in splits.items():
         if split not in SPLITS:
-            raise DataError(f"{where}: unknown split {_short(split)} (expected {', '.join(SPLITS)})")
+            raise DataError(f"{where}: unknown split {_short(split)} "
+                            f"(expected {', '.join(SPLITS)})")
         if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list):
             raise DataError(f"{where}: split {split!r} has no shard list")
         for sh in entry["shards"]:
             _check_shard(sh, where)
         counted = sum(sh["samples"] for sh in entry["shards"])
         if not _is_count(entry.get("samples"), 1) or entry["samples"] != counted:
-            raise DataError(f"{where}: split {split!r} says {_short(entry.get('samples'))} samples, "
-                            f"its shards hold {counted}")
+            raise DataError(f"{where}: split {split!r} says {_short(entry.get('samples'))} "
+                            f"samples, its shards hold {counted}")
         total += sum(sh["bytes"] for sh in entry["shards"])
     if not _is_count(m.get("total_bytes"), 0) or m["total_bytes"] != total:
-        raise DataError(f"{where}: total_bytes {_short(m.get('total_bytes'))} != sum of shards {total}")
+        raise DataError(f"{where}: total_bytes {_short(m.get('total_bytes'))} != sum of shards "
+                        f"{total}")
     names = [sh["name"] for e in splits.values() for sh in e["shards"]]
     if len(set(names)) != len(names):
         raise DataError(f"{where}: a shard name appears twice")
