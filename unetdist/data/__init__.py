@@ -3,6 +3,7 @@
 - `manifest.py` — the shard set's manifest.json: splits, k-fold lists, sizes, hashes, verification
 - `codec.py` — PNG/JSON members of a sample: our own decoders, never pickles
 - `tario.py` — reproducible tar shard writing and hashing
+- `jsonsafe.py` — JSON from shards and run folders, parsed with size and depth limits
 - `reader.py` — one shard's samples, decoded and checked
 - `stream.py` — explicitly seeded, resumable per-rank/worker sample streams
 - `pipeline.py` — train batches and exactly-once evaluation samples (DataLoader glue)

@@ -2,18 +2,20 @@
 
 Shards come from shared storage that others can write, so we decode only the members we know
 (`image.png`, `label.png`, `fov.png`, `label2.png`, `meta.json`) and ignore everything else.
+A meta.json is typed before use (`read_meta`): its sizes reach OpenCV (evaluate resizes
+predictions back to them), so a size that is not a positive int within MAX_PIXELS is refused.
 """
 
 from __future__ import annotations
 
-import json
-
 import cv2
 import numpy as np
 
+from unetdist.data import jsonsafe
 from unetdist.errors import DataError
 
 MASK_MEMBERS = ("label", "fov", "label2")
+MAX_PIXELS = 64_000_000  # per image, read and written: HRF's 8 MP fit; a 100k x 100k bomb does not
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -59,8 +61,26 @@ def decode_sample(sample: dict) -> dict:
             out[m] = out[m].astype(np.uint8)
     if out["label"].shape != out["image"].shape[:2] or out["fov"].shape != out["image"].shape[:2]:
         raise DataError(f"{where}: image/label/fov sizes differ")
-    try:
-        out["meta"] = json.loads(sample["meta.json"]) if "meta.json" in sample else {}
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"{where}: bad meta.json ({e})") from None
+    out["meta"] = read_meta(sample["meta.json"], where) if "meta.json" in sample else {}
     return out
+
+
+def _is_side(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_PIXELS
+
+
+def read_meta(data: bytes, where: str) -> dict:
+    """A sample's meta.json as a dict whose `height`/`width`, when present, are both there and
+    positive ints of at most MAX_PIXELS pixels together (DataError naming WHERE otherwise)."""
+    meta = jsonsafe.loads(data, f"{where}: meta.json", max_bytes=jsonsafe.META_BYTES)
+    if not isinstance(meta, dict):
+        raise DataError(f"{where}: meta.json is not a JSON object")
+    if "height" in meta or "width" in meta:
+        h, w = meta.get("height"), meta.get("width")
+        if not (_is_side(h) and _is_side(w)):
+            raise DataError(f"{where}: meta.json width {repr(w)[:24]}, height {repr(h)[:24]}: "
+                            "expected positive integers")
+        if h * w > MAX_PIXELS:
+            raise DataError(f"{where}: meta.json records {w}x{h} pixels, more than the "
+                            f"{MAX_PIXELS} allowed; not decoded")
+    return meta

@@ -1,7 +1,8 @@
 """manifest.json of a shard folder: read and check it, list shards, hash, verify.
 
 Shard folders live on shared storage that others can write, so a manifest is checked before
-use: known format, known splits, plain file names (no paths), consistent counts.
+use: bounded JSON (`jsonsafe`), known format, known splits, plain file names (no paths),
+consistent counts, and every member the readers use typed (ints are ints, lists hold strings).
 
 K-fold manifests (`shard --folds K`) also hold `folds`: {"k", "seed", "ids": [[id, ...] per
 fold], "shards": [[shard name, ...] per fold]}. Each training shard holds one fold only, so
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 
+from unetdist.data import jsonsafe
 from unetdist.data.tario import file_sha256
 from unetdist.errors import ConfigError, DataError
 
@@ -29,6 +32,12 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+\.tar$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
+def _short(v: object) -> str:
+    """repr of a value from the file, cut short: a hostile one may be megabytes long."""
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
 def _is_count(v: object, minimum: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
 
@@ -38,7 +47,8 @@ def _check_shard(sh: object, where: str) -> None:
         raise DataError(f"{where}: shard entry is not an object")
     name = sh.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name) or name.startswith("."):
-        raise DataError(f"{where}: bad shard name {name!r} (expected a plain *.tar file name)")
+        raise DataError(f"{where}: bad shard name {_short(name)} "
+                        "(expected a plain *.tar file name)")
     if not _is_count(sh.get("bytes"), 0) or not _is_count(sh.get("samples"), 1):
         raise DataError(f"{where}: shard {name}: bytes/samples missing or invalid")
     if not isinstance(sh.get("sha256"), str) or not _SHA_RE.match(sh["sha256"]):
@@ -48,31 +58,50 @@ def _check_shard(sh: object, where: str) -> None:
 def _check_manifest(m: object, where: str) -> None:
     if not isinstance(m, dict):
         raise DataError(f"{where}: not a JSON object")
-    if m.get("format") != FORMAT:
-        raise DataError(f"{where}: unsupported format {m.get('format')!r} (expected {FORMAT})")
+    if type(m.get("format")) is not int or m["format"] != FORMAT:
+        raise DataError(f"{where}: unsupported format {_short(m.get('format'))} "
+                        f"(expected {FORMAT})")
     splits = m.get("splits")
     if not isinstance(splits, dict) or not splits:
         raise DataError(f"{where}: no splits")
     total = 0
     for split, entry in splits.items():
         if split not in SPLITS:
-            raise DataError(f"{where}: unknown split {split!r} (expected {', '.join(SPLITS)})")
+            raise DataError(f"{where}: unknown split {_short(split)} "
+                            f"(expected {', '.join(SPLITS)})")
         if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list):
             raise DataError(f"{where}: split {split!r} has no shard list")
         for sh in entry["shards"]:
             _check_shard(sh, where)
         counted = sum(sh["samples"] for sh in entry["shards"])
-        if entry.get("samples") != counted or not entry["shards"]:
-            raise DataError(f"{where}: split {split!r} says {entry.get('samples')!r} samples, "
-                            f"its shards hold {counted}")
+        if not _is_count(entry.get("samples"), 1) or entry["samples"] != counted:
+            raise DataError(f"{where}: split {split!r} says {_short(entry.get('samples'))} "
+                            f"samples, its shards hold {counted}")
         total += sum(sh["bytes"] for sh in entry["shards"])
-    if m.get("total_bytes") != total:
-        raise DataError(f"{where}: total_bytes {m.get('total_bytes')!r} != sum of shards {total}")
+    if not _is_count(m.get("total_bytes"), 0) or m["total_bytes"] != total:
+        raise DataError(f"{where}: total_bytes {_short(m.get('total_bytes'))} != sum of shards "
+                        f"{total}")
     names = [sh["name"] for e in splits.values() for sh in e["shards"]]
     if len(set(names)) != len(names):
         raise DataError(f"{where}: a shard name appears twice")
     if m.get("folds") is not None:
         _check_folds(m["folds"], splits, where)
+    _check_fov_diameter(m.get("fov_diameter", {}), where)
+
+
+def _check_fov_diameter(value: object, where: str) -> None:
+    """Training reads fov_diameter["train"] as a float (eval.scale=auto's reference)."""
+    ok = isinstance(value, dict) and all(
+        isinstance(d, int | float) and not isinstance(d, bool) and math.isfinite(d) and d >= 0
+        for d in value.values())
+    if not ok:
+        raise DataError(f"{where}: fov_diameter must map splits to non-negative numbers")
+
+
+def _str_lists(value: object, k: int) -> bool:
+    """VALUE is a list of K lists of strings."""
+    return (isinstance(value, list) and len(value) == k
+            and all(isinstance(x, list) and all(isinstance(s, str) for s in x) for x in value))
 
 
 def _check_folds(folds: object, splits: dict, where: str) -> None:
@@ -80,8 +109,8 @@ def _check_folds(folds: object, splits: dict, where: str) -> None:
     if not isinstance(folds, dict) or not _is_count(folds.get("k"), 2):
         raise DataError(f"{where}: folds must be an object with k >= 2")
     k, ids, names = folds["k"], folds.get("ids"), folds.get("shards")
-    if not (isinstance(ids, list) and isinstance(names, list) and len(ids) == len(names) == k):
-        raise DataError(f"{where}: folds need {k} id lists and {k} shard lists")
+    if not (_str_lists(ids, k) and _str_lists(names, k)):
+        raise DataError(f"{where}: folds need {k} lists of ids and {k} lists of shard names")
     train = sorted(sh["name"] for sh in splits.get("train", {}).get("shards", []))
     if sorted(n for fold in names for n in fold) != train or "val" in splits:
         raise DataError(f"{where}: fold shards must partition the train split's shards "
@@ -96,10 +125,12 @@ def read_manifest(root: str | Path) -> dict:
     path = Path(root) / MANIFEST
     if not path.is_file():
         raise DataError(f"no {MANIFEST} in {root} (make a shard folder with `unetdist shard`)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: unreadable or invalid JSON ({e})") from None
+    return parse_manifest(jsonsafe.read_bytes(path, jsonsafe.MANIFEST_BYTES), path)
+
+
+def parse_manifest(raw: bytes, path: str | Path) -> dict:
+    """The checked manifest in RAW, the bytes of PATH (DataError naming PATH if invalid)."""
+    manifest = jsonsafe.loads(raw, str(path), max_bytes=jsonsafe.MANIFEST_BYTES)
     _check_manifest(manifest, str(path))
     return manifest
 

@@ -19,7 +19,6 @@ the workers by fork, so every epoch's fresh workers start with it and never open
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import tarfile
@@ -28,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from unetdist.data.codec import decode_sample
+from unetdist.data.codec import MAX_PIXELS, decode_sample, read_meta
 from unetdist.data.manifest import MANIFEST, check_fold, read_manifest, split_entries, split_names
 from unetdist.data.preprocess import Prepared, prepare
 from unetdist.errors import DataError
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 
 DECODE_THREADS = 4
 DECODE_CHUNK = 32  # raw samples held in memory at once while filling the cache
-MAX_PIXELS = 64_000_000  # per image: `shard --max-pixels` default; HRF's 8 MP fits
 PNG_MEMBERS = ("image.png", "label.png", "fov.png", "label2.png")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STAGE_STATE = ".stage"  # the folder `unetdist stage` keeps in a staged copy (stage/copy.py)
@@ -108,15 +106,12 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     return struct.unpack(">II", data[16:24])
 
 
-def _recorded_size(raw: dict) -> tuple[int, int] | None:
-    """(width, height) that `shard` wrote into meta.json, when it is there and well-formed."""
-    try:
-        meta = json.loads(raw["meta.json"])
-        w, h = meta["width"], meta["height"]
-    except (KeyError, TypeError, ValueError):
+def _recorded_size(raw: dict, where: str) -> tuple[int, int] | None:
+    """(width, height) that `shard` wrote into meta.json, when there (DataError if malformed)."""
+    if "meta.json" not in raw:
         return None
-    ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (w, h))
-    return (w, h) if ok else None
+    meta = read_meta(raw["meta.json"], where)
+    return (meta["width"], meta["height"]) if "width" in meta else None
 
 
 def check_png_headers(raw: dict, max_pixels: int = MAX_PIXELS) -> None:
@@ -126,7 +121,7 @@ def check_png_headers(raw: dict, max_pixels: int = MAX_PIXELS) -> None:
     """
     where = f"sample {raw.get('__key__', '?')!r}" + (f" in {raw['__url__']}"
                                                      if "__url__" in raw else "")
-    expected = _recorded_size(raw)
+    expected = _recorded_size(raw, where)
     for member in PNG_MEMBERS:
         if member not in raw:
             continue

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from unetdist.data.codec import MAX_PIXELS
 from unetdist.data.ingest.readers import RawFileError, image_size, read_image, read_mask
 from unetdist.data.ingest.records import Problem, RawSample
 
 MAX_SHOWN = 20  # problems listed in an error message; the rest are counted
-DEFAULT_MAX_PIXELS = 64_000_000  # --max-pixels: HRF's 8 MP fit; a 100k x 100k bomb does not
+DEFAULT_MAX_PIXELS = MAX_PIXELS  # --max-pixels: the readers refuse larger images too
 
 
 @dataclass(frozen=True)

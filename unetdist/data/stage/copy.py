@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unetdist.atomic import atomic_file, write_atomic
+from unetdist.data import jsonsafe
 from unetdist.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -59,10 +60,10 @@ def failure_path(dst: Path) -> Path:
 
 
 def read_json_or_none(path: Path) -> dict | None:
-    """A JSON object at PATH, or None when absent or unreadable (treated as stale)."""
+    """A JSON object at PATH, or None when absent, unreadable, too big or too deep (stale)."""
     try:
-        value = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        value = jsonsafe.read(path, max_bytes=jsonsafe.MANIFEST_BYTES)
+    except DataError:
         return None
     return value if isinstance(value, dict) else None
 

@@ -9,7 +9,6 @@ wait for it (see stage_wait).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from unetdist.atomic import fsync_path as fsync_dir  # a folder fsync makes renames durable
 from unetdist.atomic import write_atomic
-from unetdist.data.manifest import read_manifest
+from unetdist.data.manifest import parse_manifest, read_manifest
 from unetdist.data.stage.copy import (
     MANIFEST,
     Shard,
@@ -78,8 +77,8 @@ def load_source(src: Path) -> tuple[bytes, dict, list[Shard]]:
     checked = read_manifest(src)
     raw = (src / MANIFEST).read_bytes()  # what is copied and compared: exactly these bytes
     try:
-        manifest = json.loads(raw)
-    except ValueError:
+        manifest = parse_manifest(raw, src / MANIFEST)
+    except DataError:
         manifest = None
     if manifest != checked:
         raise DataError(f"{src / MANIFEST} changed while it was being read; try again")
