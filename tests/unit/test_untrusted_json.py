@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from unetdist.sections import DataConfig
 
 from tests.fuzz import shardkit
 from tests.fuzz.mutate import nesting_bomb
@@ -16,7 +17,6 @@ from unetdist.data.manifest import read_manifest
 from unetdist.data.pipeline import eval_samples
 from unetdist.data.reader import SampleCache, fill_cache, split_shards
 from unetdist.errors import DataError
-from unetdist.sections import DataConfig
 
 BOMB = nesting_bomb(200_000)  # the drill's manifest
 META_BOMB = nesting_bomb(20_000)  # within meta.json's size limit, far past the depth limit
