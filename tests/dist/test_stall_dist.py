@@ -31,8 +31,9 @@ def test_a_stalled_worker_on_one_rank_stops_both_with_the_previous_checkpoint(tm
                       r"data\.num_workers=0", out)
     assert len(said) == 1, out[-3000:]
     errors = [x for x in out.splitlines() if x.startswith("error:")]
-    assert errors == ["error: a data loader stalled (its rank said which); checkpoint of step 2 "
-                      "saved; run the same command to resume"], out[-3000:]
+    expected = ("error: a data loader stalled (its rank said which); checkpoint of step 2 "
+                "saved; run the same command to resume")
+    assert errors == [expected], out[-3000:]
     step2 = run_dir / "checkpoints" / "step-000002"
     assert (step2 / "random_states_0.pkl").is_file() and (step2 / "random_states_1.pkl").is_file()
     assert not (run_dir / "checkpoints" / "step-000003").exists()
