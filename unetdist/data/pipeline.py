@@ -25,9 +25,11 @@ Workers are started by a forkserver, never forked from the trainer: a fork copie
 locks (OpenCV's and OpenMP's thread pools, the cache fill's threads) in whatever state they are,
 and a worker once blocked for ever on a futex inside `cv2.warpAffine`, forked from a trainer
 whose OpenCV pool was running. The forkserver is a fresh single-threaded interpreter that has
-only imported the data modules (no pool has run in it), so each worker starts in a few tens of
-milliseconds instead of spawn's second of imports; OpenCV's pool is switched off inside each
-worker before its first call (one core per worker). A stalled worker is not waited on for ever:
+only imported the data modules (no pool has run in it). Its imports are paid once per process
+(the trainer starts it early, so they overlap setup: `start_worker_server`), not once per worker
+as with spawn: on a loaded 2-core box a first batch took 0.4-0.6 s forked, 0.9 s from a running
+forkserver, 6 s with the forkserver's start, 15-17 s spawned. OpenCV's pool is switched off
+inside each worker before its first call (one core per worker). A stalled worker is not waited on for ever:
 after `data.stall_seconds` without a batch the stream raises `DataStall`, naming its pid.
 
 Corrupt samples: with data.on_corrupt=skip each one is logged once (main process) and counted;
