@@ -62,7 +62,7 @@ class DataConfig:
     stall_seconds: float = 120.0  # no batch from the workers for this long: stop, naming them
     steps_per_epoch: int = 50  # batches per epoch, the same on every rank
     shuffle_buffer: int = 64  # webdataset sample shuffle buffer
-    cache: bool = True  # keep decoded samples in memory (filled once per rank, copied to its workers)
+    cache: bool = True  # keep decoded samples in memory (one copy per rank and one per worker)
     on_corrupt: str = "error"  # error | skip: what a bad sample does
     fold: int = -1  # k-fold shards: validate on fold i, train on the others (-1 = off)
     aug: AugConfig = field(default_factory=AugConfig)  # training augmentation
