@@ -5,7 +5,8 @@ non-finite flag, the preemption flag, the data-stall flag, rank 0's checkpoint c
 0's training time (train.max_minutes), so all ranks take the same decisions at the same step.
 A rank whose loader stalled (`data.stall_seconds`) still joins the step's collectives with a
 stand-in batch (`stand_in`); every rank then discards the step (no update, batches not counted)
-so the checkpoint written next is the previous step's. Reading that vector back is the step's only host sync (bf16/fp32;
+so the checkpoint written next is the previous step's (only the BatchNorm running statistics of a
+healthy rank 0 keep that one discarded batch). Reading that vector back is the step's only host sync (bf16/fp32;
 fp16's GradScaler adds its own): loss and norm stay on the device until then, and host values
 travel to the device through pinned memory without blocking (tests/unit/test_host_syncs.py
 counts them).
