@@ -73,9 +73,10 @@ class DataConfig:
     scale: float = 1.0
     batch_size: int = 4  # samples per process per step
     num_workers: int = 2  # DataLoader workers per process
+    stall_seconds: float = 120.0  # no batch from the workers for this long: stop, naming them
     steps_per_epoch: int = 50  # batches per epoch, the same on every rank
     shuffle_buffer: int = 64  # webdataset sample shuffle buffer
-    cache: bool = True  # keep decoded samples in memory (one copy per rank, shared by its workers)
+    cache: bool = True  # keep decoded samples in memory (one copy per rank and one per worker)
     on_corrupt: str = "error"  # error | skip: what a bad sample does
     fold: int = -1  # k-fold shards: validate on fold i, train on the others (-1 = off)
     aug: AugConfig = field(default_factory=AugConfig)  # training augmentation
@@ -94,6 +95,7 @@ class DataConfig:
         _require(0 <= self.crop_in_fov <= 1, f"{p}.crop_in_fov", self.crop_in_fov, "in [0, 1]")
         _require(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, ">= 1")
         _require(self.num_workers >= 0, f"{p}.num_workers", self.num_workers, ">= 0")
+        _require(self.stall_seconds > 0, f"{p}.stall_seconds", self.stall_seconds, "> 0")
         _require(self.steps_per_epoch >= 1, f"{p}.steps_per_epoch", self.steps_per_epoch, ">= 1")
         _require(self.shuffle_buffer >= 1, f"{p}.shuffle_buffer", self.shuffle_buffer, ">= 1")
         _require(self.stage_timeout > 0, f"{p}.stage_timeout", self.stage_timeout, "> 0")

@@ -17,11 +17,20 @@ key order, full resolution, no augmentation, each sample exactly once across ran
 be empty. No collectives happen here, so ranks with fewer samples never block.
 
 Cache (data.cache): the cache is filled in the process that starts the loader (the trainer),
-with a thread pool, before the workers start; forked workers inherit it copy-on-write (one
-copy per rank, not per worker) and never open a tar; under spawn/forkserver it is pickled to
-each worker instead. `run_batches` fills every training shard the rank may draw from in any
-epoch (shares are reshuffled per epoch). Forking workers is also why OpenCV's thread pool is
-switched off in this process once a loader has workers (see `single_threaded_opencv`).
+with a thread pool, before the workers start, and pickled to each worker (once per worker, at
+its start). `run_batches` fills every training shard the rank may draw from in any epoch
+(shares are reshuffled per epoch).
+
+Workers are started by a forkserver, never forked from the trainer: a fork copies the trainer's
+locks (OpenCV's and OpenMP's thread pools, the cache fill's threads) in whatever state they are,
+and a worker once blocked for ever on a futex inside `cv2.warpAffine`, forked from a trainer
+whose OpenCV pool was running. The forkserver is a fresh single-threaded interpreter that has
+only imported the data modules (no pool has run in it). Its imports are paid once per process
+(the trainer starts it early, so they overlap setup: `start_worker_server`), not once per worker
+as with spawn: on a loaded 2-core box a first batch took 0.4-0.6 s forked, 0.9 s from a running
+forkserver, 6 s with the forkserver's start, 15-17 s spawned. OpenCV's pool is switched off
+inside each worker before its first call (one core per worker). A stalled worker is not waited on for ever:
+after `data.stall_seconds` without a batch the stream raises `DataStall`, naming its pid.
 
 Corrupt samples: with data.on_corrupt=skip each one is logged once (main process) and counted;
 the count is logged at the end of every epoch.
@@ -30,6 +39,8 @@ the count is logged at the end of every epoch.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -83,35 +94,34 @@ def _identity(x):
     return x
 
 
-def single_threaded_opencv() -> None:
-    """Turn OpenCV's thread pool off in this process before forking DataLoader workers.
+START_METHOD = "forkserver"  # see the module docstring: workers never inherit a thread pool
+_PRELOAD = ["torch", "cv2", "unetdist.data.pipeline"]  # imported once, in the forkserver
 
-    A forked worker inherits the parent's pool without its threads, and touching it there
-    (`setNumThreads`, or a parallel warp) can block forever on a condition variable; mmcv and
-    mmdet do the same for the same reason. Each worker then uses one core, as it should.
-    Call it before the process does any OpenCV work: shutting a pool down that already ran
-    can itself leave a mutex locked for a later fork (seen once in ~6 demo runs).
-    """
+
+class DataStall(RuntimeError):
+    """No batch for `data.stall_seconds`; the message names the stuck worker and what to do."""
+
+
+def _worker_init(_: int) -> None:
+    """Each worker: OpenCV single-threaded before its first call (one core per worker)."""
     import cv2
 
-    if cv2.getNumThreads() > 1:
-        cv2.setNumThreads(0)
+    cv2.setNumThreads(0)
 
 
-def _forks() -> bool:
-    """Whether DataLoader workers will be forked (the default start method, not fixing it)."""
-    import multiprocessing
-
-    method = multiprocessing.get_start_method(allow_none=True)
-    return (method or multiprocessing.get_all_start_methods()[0]) == "fork"
+def _hang_here(g: int, hang_at: int | None) -> None:
+    """Test-only (train.faults' `worker_stall`): the worker making batch HANG_AT never returns."""
+    if g == hang_at:
+        threading.Event().wait()
 
 
 class _RunDataset(torch.utils.data.IterableDataset):
     """Every epoch of one rank from global batch `start`; worker w makes start+w, start+w+W..."""
 
     def __init__(self, spec: StreamSpec, start: int, use_cache: bool,
-                 cache: SampleCache | None) -> None:
+                 cache: SampleCache | None, hang_at: int | None = None) -> None:
         self.spec, self.start, self.use_cache, self.cache = spec, start, use_cache, cache
+        self.hang_at = hang_at
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -123,20 +133,50 @@ class _RunDataset(torch.utils.data.IterableDataset):
                 epoch, step = divmod(g, per_epoch)
                 count = len(range(step, per_epoch, n))  # this worker's steps of the epoch
                 spec = dataclasses.replace(self.spec, epoch=epoch, start_step=step)
-                yield from stream_batches(spec, step % n, step // n, count, cache)
+                for i, batch in enumerate(stream_batches(spec, step % n, step // n, count, cache)):
+                    _hang_here(g + i * n, self.hang_at)
+                    yield batch
                 g += count * n
         except DataError as e:
             yield {"_error": str(e)}
 
 
-def _make_loader(dataset, workers: int, seed: int) -> torch.utils.data.DataLoader:
-    if workers:
-        single_threaded_opencv()
+def _context() -> multiprocessing.context.BaseContext:
+    context = multiprocessing.get_context(START_METHOD)
+    if START_METHOD == "forkserver":
+        context.set_forkserver_preload(_PRELOAD)  # no effect once the server runs
+    return context
+
+
+def start_worker_server() -> None:
+    """Start the forkserver now (not at the first loader): its imports then overlap the
+    trainer's staging and setup instead of delaying step 1."""
+    if START_METHOD == "forkserver":
+        _context()
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
+def _make_loader(dataset, workers: int, seed: int, stall_seconds: float = 0.0):
     gen = torch.Generator().manual_seed(seed)  # never advances the trainer's global RNG
+    context = _context() if workers else None
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
         prefetch_factor=2 if workers else None, pin_memory=torch.cuda.is_available(),
-        generator=gen)
+        generator=gen, multiprocessing_context=context,
+        worker_init_fn=_worker_init if workers else None,
+        timeout=stall_seconds if workers else 0)
+
+
+def _stall_message(it, waited_for: int, workers: int, stall_seconds: float) -> str:
+    """One line: which worker owes batch WAITED_FOR (round-robin from the loader's start)."""
+    procs = getattr(it, "_workers", [])  # torch's worker processes, in worker-id order
+    pid = procs[waited_for % workers].pid if len(procs) == workers else None
+    who = f"pid {pid}" if pid else "pid unknown"
+    stack = f"py-spy dump --pid {pid}" if pid else "py-spy dump --pid <worker pid>"
+    return (f"no batch for {stall_seconds:g} s from loader worker {who} "
+            f"(data.num_workers={workers}); stack: {stack}; try data.num_workers=0")
 
 
 def _checked(batch: dict, skipped: _SkipLog) -> dict:
@@ -148,30 +188,37 @@ def _checked(batch: dict, skipped: _SkipLog) -> dict:
 
 
 def run_batches(cfg: DataConfig, shard_dir: str, *, seed: int, rank: int, world_size: int,
-                start_batch: int = 0) -> Iterator[dict]:
+                start_batch: int = 0, hang_at: int | None = None) -> Iterator[dict]:
     """This rank's batches from global batch START_BATCH on, epoch after epoch, endlessly.
 
     Batches are dicts of CPU tensors: image float32 (B,C,h,w), label/fov uint8 (B,1,h,w) in
     {0,1}, key list[str]. Batch g is step `g % steps_per_epoch` of epoch `g // steps_per_epoch`,
     deterministic in (seed, epoch, rank, data.num_workers); started at START_BATCH=k it yields
     what the uninterrupted stream yields after k batches. Close the generator to stop the
-    workers.
+    workers. Raises `DataStall` when workers make no batch for `data.stall_seconds`; HANG_AT
+    (test-only) makes the worker owing that global batch hang.
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} out of range for world size {world_size}")
-    if cfg.num_workers:
-        single_threaded_opencv()  # before the cache fill runs OpenCV in this process
     shards = tuple(split_shards(shard_dir, "train", cfg.fold))
     spec = StreamSpec(cfg, shards, seed, 0, rank, world_size, 0, max(1, cfg.num_workers))
     skipped = _SkipLog("training")
     if cfg.cache:
         for key, shard, why in fill_cache(sorted(shards, key=lambda s: s.name), cfg):
             skipped.add(key, shard, why)
-    ship = CACHE if cfg.num_workers and cfg.cache and not _forks() else None
-    loader = _make_loader(_RunDataset(spec, start_batch, cfg.cache, ship), cfg.num_workers,
-                          spec.seed_for(0xDA7A))
+    ship = CACHE if cfg.num_workers and cfg.cache else None  # workers are never forked
+    dataset = _RunDataset(spec, start_batch, cfg.cache, ship, hang_at)
+    loader = _make_loader(dataset, cfg.num_workers, spec.seed_for(0xDA7A), cfg.stall_seconds)
+    it = iter(loader)
     g = start_batch
-    for batch in loader:
+    while True:
+        try:
+            batch = next(it)
+        except RuntimeError as e:
+            if "DataLoader timed out" not in str(e):
+                raise
+            raise DataStall(_stall_message(it, g - start_batch, cfg.num_workers,
+                                           cfg.stall_seconds)) from None
         yield _checked(batch, skipped)
         g += 1
         if g % cfg.steps_per_epoch == 0:
@@ -246,4 +293,5 @@ def eval_samples(cfg: DataConfig, shard_dir: str, split: str, *, rank: int,
     return EvalStream(cfg, shard_dir, split, rank=rank, world_size=world_size)
 
 
-__all__ = ["EvalStream", "ShardInfo", "count_samples", "eval_samples", "run_batches"]
+__all__ = ["DataStall", "EvalStream", "ShardInfo", "count_samples", "eval_samples", "run_batches",
+           "start_worker_server"]

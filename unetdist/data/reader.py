@@ -13,8 +13,8 @@ can declare 30000 x 30000 pixels: a decompression bomb).
 
 The cache keeps `Prepared` samples (decoded, channel-selected, CLAHE'd, with their normalisation
 statistics) per shard. It lives in the process that builds the training stream, is filled there
-before the DataLoader workers start (threads: OpenCV's PNG decoder releases the GIL) and reaches
-the workers by fork, so every epoch's fresh workers start with it and never open a tar again.
+before the DataLoader workers start (threads: OpenCV's PNG decoder releases the GIL) and is
+pickled to each worker as it starts (`pipeline.py`), so workers never open a tar again.
 """
 
 from __future__ import annotations

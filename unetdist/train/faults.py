@@ -7,7 +7,8 @@ Examples: `nan_loss:rank=1:step=3` (that rank's loss becomes NaN at optimizer st
 `save_crash:step=4` (the checkpoint of step 4 raises after every rank wrote its files),
 `inf_grad:step=2` (every rank's gradients overflow after a finite loss),
 `stall:step=5` (every rank sleeps before step 5 until a preemption signal arrives, so a test can
-signal or kill a run at a known point). Several faults are separated by commas. Unset in
+signal or kill a run at a known point), `worker_stall:batch=2` (the loader worker making global
+batch 2 sleeps for ever, for the data.stall_seconds watchdog). Several faults are separated by commas. Unset in
 normal use: then every query is a cheap dictionary miss.
 """
 
@@ -50,6 +51,14 @@ def fault(kind: str, *, step: int, rank: int = 0) -> bool:
         if name == kind and where.get("step", step) == step and where.get("rank", rank) == rank:
             return True
     return False
+
+
+def worker_stall_batch(rank: int = 0) -> int | None:
+    """The global batch whose loader worker `worker_stall` hangs on this rank (None: none)."""
+    for name, where in _parse(os.environ.get(ENV) or ""):
+        if name == "worker_stall" and where.get("rank", rank) == rank:
+            return where["batch"]
+    return None
 
 
 def install_faults(run: Faultable, flag: PreemptionFlag) -> None:

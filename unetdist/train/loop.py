@@ -20,19 +20,20 @@ from pathlib import Path
 import torch
 
 from unetdist.config import RunConfig, to_dict, to_yaml
-from unetdist.data.pipeline import eval_samples, run_batches, single_threaded_opencv
+from unetdist.data.pipeline import DataStall, eval_samples, run_batches, start_worker_server
 from unetdist.data.stage.node import resolve_data_dir
 from unetdist.distributed import (
     broadcast_buffers,
     sum_across,
 )
+from unetdist.errors import UserError
 from unetdist.eval.evaluate import evaluate_split
 from unetdist.eval.inference import sliding_window_predict
 from unetdist.eval.plots import plot_training_curves
 from unetdist.log import progress, rank_say, say
 from unetdist.track.jsonl import METRICS_FILE, read_records
 from unetdist.train import checkpoint as ckpt
-from unetdist.train.faults import install_faults
+from unetdist.train.faults import install_faults, worker_stall_batch
 from unetdist.train.preempt import PreemptionFlag
 from unetdist.train.setup import (
     Run,
@@ -41,8 +42,14 @@ from unetdist.train.setup import (
     training_accelerator,
     validate_run,
 )
-from unetdist.train.step import StepStats, train_step
+from unetdist.train.step import StepStats, stand_in, train_step
 from unetdist.train.threads import apply_thread_policy
+
+
+class DataStallError(UserError):
+    """A loader made no batch for data.stall_seconds: stopped like a preemption, but exit 3."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -66,7 +73,7 @@ def fit(cfg: RunConfig) -> TrainResult:
     cfg, _ = validate_run(cfg)
     threads, tuner = apply_thread_policy(torch.cuda.is_available(), cfg.data.num_workers, say)
     if cfg.data.num_workers:
-        single_threaded_opencv()  # before any OpenCV work here: workers are forked later
+        start_worker_server()  # its imports overlap staging and setup
     with PreemptionFlag() as flag:  # from the start: a signal while staging is not fatal either
         shard_dir = resolve_data_dir(cfg.data)  # staging before the process group: no timeouts
         acc = training_accelerator(cfg)
@@ -97,16 +104,22 @@ def train_loop(run: Run, flag: PreemptionFlag) -> TrainResult:
     cfg, st = run.cfg, run.state
     bar = progress_bar(run)
     window: list[StepStats] = []
-    stream = batch_stream(run)
+    stream, last = batch_stream(run), None
     try:
         while not is_last(run):
             run.before_step()
             if run.budget:
                 run.budget.start_step()
             t0 = time.perf_counter()
-            micro = [next(stream) for _ in range(cfg.train.grad_accum)]
+            micro, stall = next_batches(stream, cfg.train.grad_accum)
             waited = time.perf_counter() - t0
-            stats = train_step(run, micro, flag)
+            if stall and run.acc.num_processes == 1:
+                stop_for_stall(run, stall)
+            micro = [*micro, *[stand_in(run, last)] * (cfg.train.grad_accum - len(micro))]
+            last = micro[-1]
+            stats = train_step(run, micro, flag, stalled=stall is not None)
+            if stats.stalled:
+                stop_for_stall(run, stall)
             stats.data_wait, stats.seconds = waited, stats.seconds + waited
             st.step += 1
             if run.budget:
@@ -154,7 +167,34 @@ def batch_stream(run: Run) -> Iterator[dict]:
 
     cfg, acc = run.cfg, run.acc
     return run_batches(cfg.data, run.shard_dir, seed=cfg.seed, rank=acc.process_index,
-                       world_size=acc.num_processes, start_batch=run.state.batches)
+                       world_size=acc.num_processes, start_batch=run.state.batches,
+                       hang_at=worker_stall_batch(acc.process_index))  # test-only fault
+
+
+def next_batches(stream: Iterator[dict], n: int) -> tuple[list[dict], str | None]:
+    """The step's N micro-batches, or those that came and the stall's one line."""
+    micro: list[dict] = []
+    try:
+        while len(micro) < n:
+            micro.append(next(stream))
+    except DataStall as e:
+        return micro, str(e)
+    return micro, None
+
+
+def stop_for_stall(run: Run, line: str | None) -> None:
+    """Every rank: checkpoint the last completed step (if any), then one error line, exit 3.
+
+    A stalled rank of several says its own line first: only rank 0 prints the error."""
+    step, several = run.state.step, run.acc.num_processes > 1
+    if line and several:
+        rank_say(line, file=sys.stderr)
+    if step > 0:
+        save(run)  # a no-op when this step is saved already (a resumed run)
+    done = (f"checkpoint of step {step} saved; run the same command to resume" if step
+            else "no step taken, nothing saved")
+    raise DataStallError(f"{line}; {done}" if line and not several
+                         else f"a data loader stalled (its rank said which); {done}")
 
 
 # ----------------------------------------------------------------------------- bookkeeping

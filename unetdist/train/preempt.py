@@ -7,7 +7,9 @@ through a collective before they save the same step. Signals that arrive while t
 is being written just set the flag again: they are ignored, never fatal.
 
 Ctrl-C (SIGINT) is the user's stop and works the same way: checkpoint at the next step
-boundary, then exit 130 telling how to resume. A second Ctrl-C aborts at once (KeyboardInterrupt:
+boundary, then exit 130 telling how to resume. The first Ctrl-C says so at once, from the
+handler itself (one `os.write` to stderr, async-signal safe; global rank 0 only, so a launcher
+forwarding it to every rank prints one line). A second Ctrl-C aborts at once (KeyboardInterrupt:
 the half-written checkpoint stays under its temporary name and is removed at the next start).
 Under `accelerate launch` the terminal's Ctrl-C reaches the launcher, which sends SIGINT to
 every worker and kills them `TORCH_ELASTIC_SHUTDOWN_TIMEOUT` seconds later.
@@ -20,10 +22,12 @@ be written within that time (slurm/train.sbatch sets both).
 
 from __future__ import annotations
 
+import os
 import signal
 from types import FrameType
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+FIRST_CTRL_C = b"stopping at the next step; Ctrl-C again to abort\n"
 
 
 class PreemptionFlag:
@@ -33,6 +37,7 @@ class PreemptionFlag:
         self.signals = signals
         self.received: list[str] = []  # names of the signals received, in order
         self._previous: dict = {}
+        self._says = os.environ.get("RANK", "0") in ("", "0")  # read now: not in the handler
 
     @property
     def requested(self) -> bool:
@@ -47,6 +52,11 @@ class PreemptionFlag:
         if signum == signal.SIGINT and self.interrupted:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt  # the second Ctrl-C: abort now
+        if signum == signal.SIGINT and self._says:
+            try:
+                os.write(2, FIRST_CTRL_C)
+            except OSError:  # stderr closed: the stop itself must still happen
+                pass
         self.received.append(signal.Signals(signum).name)
 
     def __enter__(self) -> PreemptionFlag:  # noqa: PYI034 (py3.10: no typing.Self)

@@ -144,6 +144,7 @@ def check_compatible(state: dict, architecture: dict, manifest_hash: str, world_
 # Settings that may change between a run and its resume without changing what is learned:
 # where data and outputs live, worker counts, logging, evaluation and tracking.
 RUNTIME_KEYS = ("data.shared_dir", "data.local_dir", "data.stage", "data.stage_timeout",
+                "data.stall_seconds",
                 "data.num_workers", "data.cache", "model.channels_last", "model.compile",
                 "train.run_dir", "train.resume", "train.progress", "train.log_every",
                 "train.eval_every", "eval.", "track.", "checkpoint.")
