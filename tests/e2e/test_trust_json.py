@@ -4,11 +4,16 @@ line, and meta.json sizes that are not ints never reach evaluate's resize."""
 from __future__ import annotations
 
 import json
+import shutil
 
-from tests.e2e.trust_helpers import one_error_line, train_args, trained_run
+import pytest
+
+from tests.e2e.trust_helpers import one_error_line, train_args
 from tests.fuzz import shardkit
 from tests.fuzz.mutate import nesting_bomb
 from tests.util import cli
+
+pytestmark = pytest.mark.slow  # trains, and evaluates the shared tiny run
 
 
 def test_train_refuses_a_manifest_bomb_with_one_line(tmp_path):
@@ -19,8 +24,9 @@ def test_train_refuses_a_manifest_bomb_with_one_line(tmp_path):
     assert "manifest.json: JSON nested more than" in one_error_line(r)
 
 
-def test_evaluate_refuses_meta_sizes_given_as_strings_or_floats(tmp_path):
-    shards, run = trained_run(tmp_path)
+def test_evaluate_refuses_meta_sizes_given_as_strings_or_floats(tmp_path, tiny_shards, tiny_run):
+    shards, run = tmp_path / "shards", tiny_run
+    shutil.copytree(tiny_shards, shards)
     name = shardkit.read_manifest_dict(shards)["splits"]["test"]["shards"][0]["name"]
     members = shardkit.read_members(shards / name)
     for width in ("60000", 1e300):

@@ -7,11 +7,11 @@ import json
 import os
 
 import pytest
-from unetdist.sections import DataConfig
 
 from tests.fuzz import shardkit
 from tests.fuzz.mutate import nesting_bomb
 from unetdist.cli import main
+from unetdist.config import DataConfig
 from unetdist.data import jsonsafe
 from unetdist.data.manifest import read_manifest
 from unetdist.data.pipeline import eval_samples
