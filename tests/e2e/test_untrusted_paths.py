@@ -227,6 +227,21 @@ def test_report_replaces_a_planted_symlink_instead_of_writing_through_it(tmp_pat
     assert (run_dir / "report.html").read_text().startswith("<!DOCTYPE html>")
 
 
+def test_report_embeds_no_figure_linked_from_outside_the_run(tmp_path, capsys):
+    run_dir = _run_dir(tmp_path)
+    outside = tmp_path / "private.png"
+    _, buf = cv2.imencode(".png", np.full((8, 8, 3), 200, np.uint8))
+    outside.write_bytes(buf.tobytes())
+    plots = run_dir / "eval-d-test" / "plots"
+    plots.mkdir(parents=True)
+    (plots.parent / "metrics.json").write_text(json.dumps({"num_images": 1}))
+    (plots / "overlay_a.png").symlink_to(outside)
+    shutil.copy(outside, plots / "overlay_b.png")
+    assert run(capsys, "report", run_dir)[0] == 0
+    page = (run_dir / "report.html").read_text()
+    assert "overlay_b.png" in page and "overlay_a.png" not in page
+
+
 # ----------------------------------------------------------------------------- predict
 
 
