@@ -14,7 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, nargs="+",
                    help="RUN/best folder or exported .safetensors file; several = an ensemble "
                         "averaging their probabilities")
-    p.add_argument("--images", required=True, help="folder of PNG/JPEG/TIFF images, any size")
+    p.add_argument("--images", required=True,
+                   help="an image file or a folder of PNG/JPEG/TIFF images, any size")
     p.add_argument("--out", required=True, help="output folder for <stem>.png, <stem>_prob.png")
     p.add_argument("--fov", help="folder of FOV masks named <stem> or <stem>_mask "
                                  "(default: estimated from the dark border, else whole image)")
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     if args.fov and report.estimated_fov:
         warn(f"no FOV mask in {args.fov} for {', '.join(report.estimated_fov)}; estimated from "
              "the image")
+    for name in report.bad_names:
+        warn(f"skipped {name} in {args.images}: its name is not valid UTF-8; rename it")
     if report.ignored:
         print(f"note: ignored {len(report.ignored)} earlier prediction file(s) in {args.images} "
               "(<stem>.png beside <stem>_prob.png)", file=sys.stderr)

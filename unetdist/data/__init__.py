@@ -5,6 +5,7 @@
 - `tario.py` — reproducible tar shard writing and hashing
 - `jsonsafe.py` — JSON from shards and run folders, parsed with size and depth limits
 - `reader.py` — one shard's samples, decoded and checked
+- `keys.py` — the sample id rule (shard keys become file names): checked on write and read
 - `stream.py` — explicitly seeded, resumable per-rank/worker sample streams
 - `pipeline.py` — train batches and exactly-once evaluation samples (DataLoader glue)
 - `preprocess.py` — channels, CLAHE, gamma, normalisation (train = eval = predict)

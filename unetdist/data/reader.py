@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from unetdist.data.codec import MAX_PIXELS, decode_sample, read_meta
+from unetdist.data.keys import checked_keys
 from unetdist.data.manifest import MANIFEST, check_fold, read_manifest, split_entries, split_names
 from unetdist.data.preprocess import Prepared, prepare
 from unetdist.errors import DataError
@@ -87,7 +88,7 @@ def iter_raw(shard: ShardInfo) -> Iterator[dict]:
     try:
         with open(shard.path, "rb") as f:
             files = tar_file_expander([{"url": shard.path, "stream": f}])
-            for raw in group_by_keys(files):
+            for raw in checked_keys(group_by_keys(files), shard.name):
                 count += 1
                 yield raw
     except (tarfile.TarError, OSError, ValueError, EOFError) as e:

@@ -33,7 +33,7 @@ from unetdist.eval.inference import (
 )
 from unetdist.eval.metrics import MetricState
 from unetdist.eval.windows import forward_count, inference_size
-from unetdist.log import say, world_size
+from unetdist.log import progress_iter, say, world_size
 
 
 def _barrier(accelerator) -> None:
@@ -86,16 +86,14 @@ def evaluate_split(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *
     (each rank its images), overlays, and on rank 0 metrics.json (with `info` under "info"),
     per_image.csv and plots/. `estimate` prints what the rest will cost after the first image.
     """
-    from tqdm import tqdm
-
     model = unwrap(model)
     policy = inference_policy(model, accelerator=accelerator)  # once for every image
     rank = rank_of_process()
     out_dir = Path(out_dir) if out_dir is not None else None
     state = MetricState(cfg.auc_bins, cfg.threshold)
     rows, overlays = [], outputs.OverlayCache(cfg.num_overlays if out_dir else 0)
-    for s in tqdm(samples, desc="evaluate", unit="img", disable=not progress or rank != 0,
-                  leave=False):
+    total = len(samples) if hasattr(samples, "__len__") else None
+    for s in progress_iter(samples, total, desc="evaluate", unit="img", enabled=progress):
         scale = image_scale(cfg, s["fov"])  # eval.scale: 1.0 unless asked
         prob, seconds = _timed_predict(model, s, cfg, policy, scale)
         if estimate and not rows:
@@ -187,6 +185,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str | Path,
     either is refused when it holds another evaluation's results, unless OVERWRITE.
     `overrides` are `eval.key=value` settings. Runs on every process of a launch.
     """
+    from unetdist.atomic import user_writes, writable_folder
     from unetdist.config import config_from_dict, to_dict
     from unetdist.data.pipeline import eval_samples
     from unetdist.distributed import make_accelerator, resolve_precision
@@ -202,6 +201,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str | Path,
     resolved = [resolve_checkpoint(c).resolve() for c in checkpoints]
     info = _info(resolved, metas, str(data), shard_dir, split, cfg.data.fold)
     out_dir = Path(out) if out is not None else outputs.default_out_dir(resolved[0], data, split)
+    writable_folder(out_dir, "--out")  # a file, a link to one, read-only: before any work
     stale = outputs.check_out_dir(out_dir, info, overwrite)  # every rank: one error each
     acc = make_accelerator(resolve_precision(cfg.train.precision, inference=True))
     if stale:  # --overwrite: the other evaluation's files go before any rank writes
@@ -213,7 +213,8 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str | Path,
                            world_size=acc.num_processes)
     info.update(world_size=acc.num_processes, device=acc.device.type,
                 precision=acc.mixed_precision)
-    result = evaluate_split(model, samples, cfg.eval, accelerator=acc, out_dir=out_dir,
-                            info=info, progress=progress, estimate=True)
+    with user_writes(out_dir, "write evaluation results into", "--out"):  # e.g. disk full
+        result = evaluate_split(model, samples, cfg.eval, accelerator=acc, out_dir=out_dir,
+                                info=info, progress=progress, estimate=True)
     acc.end_training()
     return Evaluation(result, out_dir)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetdist.atomic import write_atomic
+from unetdist.atomic import inside, write_atomic
 from unetdist.config import EvalConfig
 from unetdist.data.codec import encode_png
 from unetdist.errors import UserError
@@ -44,9 +44,9 @@ def write_prediction_pngs(out_dir: Path, key: str, prob: np.ndarray, threshold: 
     if size is not None and tuple(prob.shape) != tuple(size):
         prob = cv2.resize(prob, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     binary = prob >= threshold
-    write_atomic(out_dir / f"{key}.png", encode_png(binary.astype(np.uint8) * 255))
+    write_atomic(inside(out_dir, f"{key}.png"), encode_png(binary.astype(np.uint8) * 255))
     prob8 = np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
-    write_atomic(out_dir / f"{key}_prob.png", encode_png(prob8))
+    write_atomic(inside(out_dir, f"{key}_prob.png"), encode_png(prob8))
     return binary
 
 
@@ -133,7 +133,7 @@ class OverlayCache:
             fov = fov.reshape(fov.shape[-2:]).cpu().numpy() > 0.5
             if rgb.shape[:2] != label.shape:  # metrics were computed at a resized resolution
                 rgb = cv2.resize(rgb, label.shape[::-1], interpolation=cv2.INTER_AREA)
-            plots.plot_overlay(rgb, label, pred, plot_dir / f"overlay_{key}.png", fov,
+            plots.plot_overlay(rgb, label, pred, inside(plot_dir, f"overlay_{key}.png"), fov,
                                f"{key}: TP / FP / FN")
 
 
@@ -143,8 +143,8 @@ def default_out_dir(checkpoint: Path, data: str | Path, split: str) -> Path:
     p = Path(checkpoint).resolve()
     name = f"eval-{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(data).resolve().name)}-{split}"
     if p.parent.name == "checkpoints":
-        return p.parent.parent / f"{name}-{p.name}"
-    return p.parent / name
+        return inside(p.parent.parent, f"{name}-{p.name}")
+    return inside(p.parent, name)
 
 
 def _earlier_info(out_dir: Path) -> dict | None:

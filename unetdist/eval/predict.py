@@ -1,11 +1,13 @@
-"""Predict vessel maps for a folder of arbitrary images (no labels needed).
+"""Predict vessel maps for an image file or a folder of arbitrary images (no labels needed).
 
 Any PNG/JPEG/TIFF/BMP/GIF image, any size, RGB or gray (16-bit images are scaled to 8 bits).
 The FOV comes from a mask folder when given (matched by stem, `<stem>` or `<stem>_mask`), else
 it is estimated from the dark border around a fundus photograph, else it is the whole image.
 Outputs `<stem>.png` (0/255) and `<stem>_prob.png` (8-bit probability), both at the input's
 size and zero outside the FOV. Files that cannot be used are reported by name; the rest are
-still processed.
+still processed. Files are read as bytes and decoded from memory: OpenCV never gets a path (it
+crashes on names that are not UTF-8), and such a name is skipped with a warning that shows it
+as escaped bytes.
 
 Inputs are never overwritten: an output folder equal to or inside the image (or FOV) folder is
 refused unless asked for (`check_output_folder`), and even then an output that would replace an
@@ -15,6 +17,8 @@ with its `<stem>_prob.png`) are not taken for inputs.
 
 from __future__ import annotations
 
+import io
+import os
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unetdist.atomic import inside, writable_folder
 from unetdist.config import RunConfig
 from unetdist.data.ingest.fov import estimate_fov
 from unetdist.data.preprocess import preprocess
@@ -36,6 +41,7 @@ from unetdist.eval.inference import (
     sliding_window_predict,
 )
 from unetdist.eval.outputs import write_prediction_pngs
+from unetdist.log import progress_iter
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".webp")
 
@@ -46,6 +52,7 @@ class PredictReport:
     ignored: list[str] = field(default_factory=list)  # earlier outputs found among the images
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
     estimated_fov: list[str] = field(default_factory=list)  # names whose FOV was estimated
+    bad_names: list[str] = field(default_factory=list)  # names not UTF-8, as escaped bytes
 
 
 @contextmanager
@@ -65,17 +72,23 @@ def _quiet_decoders():
 
 
 def _read(path: Path, color: bool) -> np.ndarray:
-    """cv2 first (handles 16-bit and TIFF), Pillow for what cv2 cannot read (GIF)."""
+    """cv2 first (handles 16-bit and TIFF), Pillow for what cv2 cannot read (GIF); both decode
+    bytes read here, never a path."""
     import cv2
     from PIL import Image
 
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read image {path.name}: {e.strerror or type(e).__name__}"
+                        ) from None
     flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
     with _quiet_decoders():
-        img = cv2.imread(str(path), flag)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flag) if data else None
         if img is not None:
             return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if color else img
         try:
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 return np.asarray(im.convert("RGB" if color else "L"))
         except Exception as e:  # noqa: BLE001 -- Pillow raises many types for bad files
             raise DataError(f"cannot read image {path.name}: not a readable image file "
@@ -125,11 +138,39 @@ def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunCo
     return prob * fov
 
 
-def list_images(images_dir: Path) -> list[Path]:
-    if not images_dir.is_dir():
-        raise DataError(f"image folder not found: {images_dir}")
-    return sorted(p for p in images_dir.iterdir()
+def list_images(images: Path) -> list[Path]:
+    """The image files of folder IMAGES, or IMAGES itself when it is an image file."""
+    if images.is_file():
+        if images.suffix.lower() not in IMAGE_EXTS:
+            raise DataError(f"--images {images} is not an image file (expected "
+                            f"{'/'.join(e[1:] for e in IMAGE_EXTS)}) nor a folder")
+        return [images]
+    if not images.is_dir():
+        raise DataError(f"image file or folder not found: {images}")
+    return sorted(p for p in images.iterdir()
                   if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def input_folder(images: Path) -> Path:
+    """The folder the inputs live in: IMAGES, or the folder of an image file."""
+    return images.parent if images.is_file() else images
+
+
+def escaped(name: str) -> str:
+    """A file name as Python shows its bytes, e.g. b'bad\\xff.png' (printable whatever it holds)."""
+    return repr(os.fsencode(name))
+
+
+def split_bad_names(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """(paths whose names are valid UTF-8, the other names as escaped bytes)."""
+    good, bad = [], []
+    for p in paths:
+        try:
+            p.name.encode("utf-8")
+            good.append(p)
+        except UnicodeEncodeError:  # undecodable bytes, kept by Python as lone surrogates
+            bad.append(escaped(p.name))
+    return good, bad
 
 
 def split_outputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
@@ -144,7 +185,7 @@ def check_output_folder(out_dir: Path, images_dir: Path, fov_dir: Path | None,
                         overwrite: bool) -> None:
     """Refuse --out equal to or inside --images/--fov unless OVERWRITE (inputs stay safe)."""
     out = out_dir.resolve()
-    for flag, folder in (("--images", images_dir), ("--fov", fov_dir)):
+    for flag, folder in (("--images", input_folder(images_dir)), ("--fov", fov_dir)):
         if folder is None or overwrite:
             continue
         src = folder.resolve()
@@ -160,7 +201,7 @@ def check_output_folder(out_dir: Path, images_dir: Path, fov_dir: Path | None,
 
 def _clash(out_dir: Path, stem: str, protected: set[Path]) -> str | None:
     """Why STEM's outputs must not be written (one would replace an input), or None."""
-    for target in (out_dir / f"{stem}.png", out_dir / f"{stem}_prob.png"):
+    for target in (inside(out_dir, f"{stem}.png"), inside(out_dir, f"{stem}_prob.png")):
         if target.resolve() in protected:
             return f"its output {target} would replace an input file; not written (choose " \
                    "another --out)"
@@ -189,16 +230,15 @@ def _fov_for(path: Path, rgb: np.ndarray, fov_dir: Path | None, report: PredictR
 
 def predict_folder(model: nn.Module, cfg: RunConfig, images_dir: Path, out_dir: Path, *,
                    fov_dir: Path | None = None, progress: bool = True) -> PredictReport:
-    """Predict every image of images_dir into out_dir; failures are collected, not raised."""
-    from tqdm import tqdm
-
-
+    """Predict every image of images_dir (or that one image file) into out_dir; failures are
+    collected, not raised."""
     report, stems = PredictReport(), {}
     policy = inference_policy(model, precision=cfg.train.precision)  # once for every image
-    inputs, earlier = split_outputs(list_images(images_dir))
+    paths, report.bad_names = split_bad_names(list_images(images_dir))
+    inputs, earlier = split_outputs(paths)
     report.ignored = [p.name for p in earlier]
     protected = _protected(inputs, fov_dir)
-    for path in tqdm(inputs, desc="predict", unit="img", disable=not progress):
+    for path in progress_iter(inputs, len(inputs), desc="predict", unit="img", enabled=progress):
         if path.stem in stems:
             report.failed.append((path.name, f"same name stem as {stems[path.stem]}"))
             continue
@@ -228,8 +268,9 @@ def predict_images(checkpoints: Sequence[str | Path], images: str | Path, out: s
                    progress: bool = True) -> PredictReport:
     """The whole `unetdist predict` job: check the folders, load the model(s) once, predict.
 
-    DataError/UserError (one line) for a missing or empty image folder, a missing FOV folder
-    or an output folder that would mix with the inputs; per-file failures are in the report.
+    IMAGES is a folder or one image file. DataError/UserError (one line) for a missing or empty
+    image folder, a missing FOV folder or an output folder that would mix with the inputs or
+    cannot be written; per-file failures are in the report.
     """
     from unetdist.config import config_from_dict, to_dict
     from unetdist.distributed import pick_device
@@ -245,8 +286,5 @@ def predict_images(checkpoints: Sequence[str | Path], images: str | Path, out: s
     model, cfg, _ = load_models(checkpoints)
     cfg = config_from_dict(to_dict(cfg), list(overrides), only="eval")
     model = model.to(pick_device(device))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FileSystemError.of(e, out, "create the output folder", "--out") from None
+    writable_folder(out, "--out", "write predictions into")
     return predict_folder(model, cfg, images, out, fov_dir=fov, progress=progress)

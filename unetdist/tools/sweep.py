@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from unetdist.atomic import write_atomic
+from unetdist.atomic import user_writes, write_atomic
 from unetdist.config import load_config
 from unetdist.errors import ConfigError, FileSystemError, UserError
 from unetdist.log import say
@@ -304,7 +304,8 @@ def summarize(folder: Path, doc: dict) -> tuple[str, list[dict]]:
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in [*columns, "best"]})
-    write_atomic(folder / "summary.csv", buf.getvalue())
-    write_atomic(folder / "summary.md", text + "\n")
-    write_atomic(folder / "best.txt", "".join(r["best"] + "\n" for r in best))
+    with user_writes(folder, "write the sweep summary into", "the sweep spec's out"):
+        write_atomic(folder / "summary.csv", buf.getvalue())
+        write_atomic(folder / "summary.md", text + "\n")
+        write_atomic(folder / "best.txt", "".join(r["best"] + "\n" for r in best))
     return text, best

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unetdist.atomic import write_atomic
-from unetdist.errors import UserError
+from unetdist.atomic import inside, user_writes, write_atomic
+from unetdist.errors import FileSystemError, UserError
 from unetdist.eval.plots import plot_training_curves
 from unetdist.track.jsonl import read_records
 from unetdist.track.report_eval import eval_sections, load
@@ -238,14 +238,21 @@ RUN_MARKERS = ("config.yaml", "runinfo.json", "metrics.jsonl")
 
 
 def build_report(run_dir: Path) -> Path:
-    """Write RUN_DIR/report.html (temp name + rename) and return its path."""
+    """Write RUN_DIR/report.html (temp name + rename) and return its path.
+
+    A folder in the way, a read-only or full file system: one FileSystemError line. A symlink
+    at report.html is replaced by the file, never written through."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
     if not any((run_dir / n).is_file() for n in RUN_MARKERS):
         raise UserError(f"{run_dir} is not a run directory (none of {', '.join(RUN_MARKERS)}); "
                         "pass the train.run_dir of a run, e.g. runs/<config stem>")
+    out = inside(run_dir, REPORT_FILE)
+    if out.is_dir() and not out.is_symlink():
+        raise FileSystemError(f"cannot write the report {out}: a folder is in the way; remove "
+                              "or rename it")
     text = render_report(run_dir)
-    out = run_dir / REPORT_FILE
-    write_atomic(out, text)
+    with user_writes(out, "write the report"):
+        write_atomic(out, text)
     return out

@@ -71,10 +71,16 @@ def _class_bars_png(m: dict) -> bytes:
 
 
 def _eval_pngs(eval_dir: Path) -> dict[str, list[Path]]:
-    """The evaluation's PNGs by kind, from their names (evaluate writes them to plots/)."""
+    """The evaluation's PNGs by kind, from their names (evaluate writes them to plots/).
+
+    Only files that really are in the folder: a link out of it would put another file's
+    pixels into a page that people share."""
     found: dict[str, list[Path]] = {k: [] for k in ("bars", "curves", "confusion", "overlays",
                                                     "other")}
+    home = eval_dir.resolve()
     for p in sorted((eval_dir / "plots").rglob("*.png")) + sorted(eval_dir.glob("*.png")):
+        if home not in p.resolve().parents:
+            continue
         n = p.stem.lower()
         found["overlays" if "overlay" in n else "curves" if re.search(r"roc|(^|_)pr(_|$)", n)
               else "confusion" if "confusion" in n else "bars" if re.search(r"class|bar", n)

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from unetdist.atomic import write_atomic
+from unetdist.atomic import inside, write_atomic
 from unetdist.config import WandbConfig
 from unetdist.errors import ConfigError, UserError
 from unetdist.log import say
@@ -344,7 +344,9 @@ class WandbTracker:
         except (OSError, ValueError):
             meta = {}
         art = wandb.Artifact(f"model-{self._run_id}", type="model", metadata=scrub(meta))
-        art.add_dir(str(best_dir))
+        for p in sorted(best_dir.iterdir()):  # regular files only: a link out is not uploaded
+            if p.is_file() and not p.is_symlink():
+                art.add_file(str(inside(best_dir, p.name)), name=p.name)
         names = ["best", "latest"] + ([f"step-{meta['step']}"] if "step" in meta else [])
         self._run.log_artifact(art, aliases=aliases or names)
 

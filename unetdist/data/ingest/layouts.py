@@ -14,18 +14,17 @@ Discovery only pairs files; `unetdist.data.ingest.checks` decodes and validates 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from unetdist.data.ingest.datasets import DATASETS
 from unetdist.data.ingest.readers import image_stem
 from unetdist.data.ingest.records import Discovery, Problem, RawSample, relative
+from unetdist.data.keys import ID_RULE, is_sample_id
 from unetdist.data.manifest import LAYOUTS
 from unetdist.errors import DataError
 
 __all__ = ["LAYOUTS", "FolderSpec", "assign_val", "discover"]
-ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 @dataclass(frozen=True)
@@ -154,9 +153,9 @@ def _folder_split(root: Path, split: str, dirs: tuple, spec: FolderSpec, found: 
 def _check_ids(found: Discovery) -> None:
     seen: dict[str, RawSample] = {}
     for s in found.samples:
-        if not ID_RE.match(s.id):
+        if not is_sample_id(s.id):
             found.problems.append(Problem(str(s.image), f"file stem {s.id!r} is not a valid "
-                                          "sample id (use only A-Z a-z 0-9 _ -)"))
+                                          f"sample id (use {ID_RULE})"))
         elif s.id in seen:
             other = seen[s.id]
             where = (f"in both the {other.split} and the {s.split} split"
