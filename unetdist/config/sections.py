@@ -235,7 +235,7 @@ class EvalConfig:
     overlap: float = 0.25  # fraction of overlap between tiles
     # probability threshold for the binary prediction; auto: the F1-optimal threshold on the
     # validation split, chosen by training and stored in best/metrics.json (0.5 until then)
-    threshold: float | str = 0.5
+    threshold: float | int | str = 0.5
     tta: str = "none"  # none | flip (4 flips; true = flip) | dihedral (8: flips x 90 deg turns)
     batch_size: int = 4  # tiles per forward pass
     auc_bins: int = 10000  # histogram bins for AUC-ROC / AUC-PR

@@ -135,13 +135,20 @@ def evaluate_split(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *
     if chosen is not None:
         result["at_threshold"] = state.at_threshold(chosen)
     if out_dir is not None:
-        overlays.write([r["key"] for r in per_image[:cfg.num_overlays]], out_dir / "plots")
-        if rank == 0:
-            outputs.write_metrics_json(result, cfg, out_dir / "metrics.json", info)
-            outputs.write_per_image_csv(per_image, out_dir / "per_image.csv")
-            outputs.write_plots(result, state, out_dir / "plots")
-        _barrier(accelerator)
+        _write_files(result, state, cfg, out_dir, info, overlays, accelerator)
     return result
+
+
+def _write_files(result: dict, state: MetricState, cfg: EvalConfig, out_dir: Path,
+                 info: dict | None, overlays: outputs.OverlayCache, accelerator) -> None:
+    """Every rank its overlays; rank 0 metrics.json, per_image.csv and the plots."""
+    per_image = result["per_image"]
+    overlays.write([r["key"] for r in per_image[:cfg.num_overlays]], out_dir / "plots")
+    if rank_of_process() == 0:
+        outputs.write_metrics_json(result, cfg, out_dir / "metrics.json", info)
+        outputs.write_per_image_csv(per_image, out_dir / "per_image.csv")
+        outputs.write_plots(result, state, out_dir / "plots")
+    _barrier(accelerator)
 
 
 def summary_line(result: dict) -> str:

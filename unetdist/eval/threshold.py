@@ -31,9 +31,21 @@ def _valid(value) -> float | None:
     return t if math.isfinite(t) and 0 < t < 1 else None
 
 
+def _metadata(weights: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 -- unreadable here means no stored threshold
+        return {}
+
+
 def stored_threshold(weights: str | Path, meta: dict | None = None) -> float | None:
-    """The threshold training chose for the weights file WEIGHTS (metadata META), or None."""
-    if meta and _valid(meta.get("threshold")) is not None:
+    """The threshold training chose for the weights file WEIGHTS (its metadata META, read from
+    the file when not given), or None."""
+    meta = _metadata(Path(weights)) if meta is None else meta
+    if _valid(meta.get("threshold")) is not None:
         return _valid(meta["threshold"])
     path = Path(weights).parent / "metrics.json"
     try:
