@@ -1,5 +1,5 @@
-"""The README's and docs/*.md's fenced shell blocks as commands, and their relative links, so
-tests break when the documentation drifts."""
+"""The README's and docs/*.md's fenced shell blocks as commands, the README's Python blocks as
+scripts, and their relative links, so tests break when the documentation drifts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from tests.util import REPO
 
 FENCE = re.compile(r"^```(bash|sh|shell)\n(.*?)^```", re.DOTALL | re.MULTILINE)
+PYTHON_FENCE = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 ANY_FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^#{1,6} +(.+?) *#*$", re.MULTILINE)
@@ -32,6 +33,12 @@ def readme_commands(text: str | None = None) -> list[str]:
             if line and not line.startswith("#"):
                 out.append(line)
     return out
+
+
+def python_blocks(text: str | None = None) -> list[str]:
+    """The source of every ```python block of a Markdown text (default: the README), in order."""
+    text = (REPO / "README.md").read_text() if text is None else text
+    return [block.group(1) for block in PYTHON_FENCE.finditer(text)]
 
 
 def doc_commands() -> list[str]:

@@ -20,6 +20,20 @@ Packages: `config/` (`RunConfig` and its sections, YAML + dotted overrides, vali
 merger), `commands/` (one module per subcommand), `data/` (shards, streaming; `data/ingest/`
 raw dataset -> shards, `data/stage/` shared -> node-local), `models/`, `train/`, `eval/`,
 `track/`, `tools/`, `resources/` (configs and launch files shipped in the wheel).
+
+The public Python API: `load_model` (`eval/api.py`), imported on first use so that
+`import unetdist` and `unetdist --help` stay fast.
 """
 
+from __future__ import annotations
+
 __version__ = "0.1.0"
+__all__ = ["__version__", "load_model"]
+
+
+def __getattr__(name: str):
+    if name == "load_model":
+        from unetdist.eval.api import load_model
+
+        return load_model
+    raise AttributeError(f"module 'unetdist' has no attribute {name!r}")

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from tests.readme import broken_links, doc_commands, doc_files, readme_commands
+from tests.readme import broken_links, doc_commands, doc_files, python_blocks, readme_commands
 from tests.util import REPO, free_port, subprocess_env
 
 SKIP = {  # pattern (re.search on the command line) -> why it cannot run in a test
@@ -85,7 +85,13 @@ def walk(tmp_path_factory) -> dict:
         ok = r.returncode == 0 or (line.startswith("unetdist doctor --path")
                                    and "path does not exist" in r.stderr)
         assert ok, f"documented command failed: {line}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
-    return {"home": home, "ran": ran, "skipped": skipped}
+    # the README's Python examples, against the run and images its commands made
+    python = [subprocess.run([sys.executable, "-c", code], cwd=home, env=env,
+                             capture_output=True, text=True, timeout=600, check=False)
+              for code in python_blocks()]
+    for code, r in zip(python_blocks(), python):
+        assert r.returncode == 0, f"documented Python failed:\n{code}\n{r.stderr[-3000:]}"
+    return {"home": home, "ran": ran, "skipped": skipped, "python": python}
 
 
 def _train(walk) -> subprocess.CompletedProcess:
@@ -106,6 +112,9 @@ def test_the_walk_produces_what_the_readme_says(walk):
     assert (home / "runs" / "mine.safetensors").is_file() and (home / "runs" / "mine.onnx").is_file()
     assert sorted(p.name for p in (home / "predictions").glob("*_prob.png"))
     assert (run / "eval-shards-test-step-000004" / "metrics.json").is_file()  # evaluate .../latest
+    (example,) = walk["python"]  # the API on the walk's own run: a probability map and a mask
+    assert re.match(r"^\(\d+, \d+\) float32 [01]\.\d{3} vessel Model\(", example.stdout), example.stdout
+    assert "topology" in json.loads((run / "eval-shards-test" / "metrics.json").read_text())
 
 
 @pytest.mark.slow
@@ -135,6 +144,16 @@ def test_every_skip_is_needed():
 def test_helpers_see_continuations_and_comments():
     text = "```bash\na \\\n   b  # note\n# only a comment\nc\n```\n```python\nx\n```\n"
     assert readme_commands(text) == ["a b", "c"]
+    assert python_blocks(text) == ["x\n"]
+
+
+def test_the_readme_python_example_uses_the_api():
+    """Issue 26.5: the README shows `load_model`, `predict` and `segment` in one runnable block
+    (the walk runs it: test_the_walk_produces_what_the_readme_says)."""
+    (code,) = python_blocks()
+    compile(code, "README.md", "exec")
+    for call in ("from unetdist import load_model", "load_model(", ".predict(", ".segment("):
+        assert call in code, call
 
 
 def test_every_relative_link_resolves():

@@ -196,6 +196,8 @@ def test_evaluate_split_counts_files_and_original_size(tmp_path):
     for s in samples:
         prob = sliding_window_predict(model, s["image"], cfg.eval) * s["fov"]  # FOV-masked
         ref.update(prob, s["label"], s["fov"], s.get("label2"))
+        ref.add_topology(prob[0, 0].numpy() >= cfg.eval.threshold, s["label"][0, 0].numpy() > 0,
+                         s["fov"][0, 0].numpy() > 0)
     assert res == {**ref.compute(), "per_image": res["per_image"],
                    "seconds_per_image": res["seconds_per_image"]}
     assert res["seconds_per_image"] > 0 and all(r["seconds"] > 0 for r in res["per_image"])

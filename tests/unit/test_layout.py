@@ -89,6 +89,9 @@ LAZY_UPWARD = {
     ("unetdist.config.names", "unetdist.train.losses"),
     ("unetdist.config.names", "unetdist.train.optim"),
     ("unetdist.config.names", "unetdist.eval.tta"),
+    # the package's public API (`from unetdist import load_model`), imported on first use so
+    # that `import unetdist` (and the CLI) does not load torch
+    ("unetdist", "unetdist.eval.api"),
 }
 
 

@@ -257,7 +257,9 @@ class EvalConfig:
     split: str = "val"  # split used for validation during training
     tile: int = 256  # sliding-window tile size in px (0 = the whole image in one window)
     overlap: float = 0.25  # fraction of overlap between tiles
-    threshold: float = 0.5  # probability threshold for the binary prediction
+    # probability threshold for the binary prediction; auto: the F1-optimal threshold on the
+    # validation split, chosen by training and stored in best/metrics.json (0.5 until then)
+    threshold: float | int | str = 0.5
     tta: str = "none"  # none | flip (4 flips; true = flip) | dihedral (8: flips x 90 deg turns)
     batch_size: int = 4  # tiles per forward pass
     auc_bins: int = 10000  # histogram bins for AUC-ROC / AUC-PR
@@ -278,7 +280,7 @@ class EvalConfig:
         _require(self.tile == 0 or self.tile >= 16, f"{p}.tile", self.tile,
                  "0 (whole image) or >= 16")
         _require(0 <= self.overlap < 1, f"{p}.overlap", self.overlap, "in [0, 1)")
-        _require(0 < self.threshold < 1, f"{p}.threshold", self.threshold, "in (0, 1)")
+        self._check_threshold(p)
         _require(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, ">= 1")
         _require(self.auc_bins >= 100, f"{p}.auc_bins", self.auc_bins, ">= 100")
         _require(self.num_overlays >= 0, f"{p}.num_overlays", self.num_overlays, ">= 0")
@@ -289,6 +291,19 @@ class EvalConfig:
         for f, bound in (("tile", MAX_SIDE), ("resize", MAX_SIDE), ("batch_size", MAX_BATCH),
                          ("auc_bins", 10**7), ("ref_fov_diameter", MAX_SIDE)):
             _at_most(f"{p}.{f}", getattr(self, f), bound)
+
+    def _check_threshold(self, p: str) -> None:
+        """Normalise eval.threshold to a float in (0, 1) or "auto"."""
+        value = self.threshold
+        if isinstance(value, str) and value != "auto":
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                 and 0 < value < 1)
+        _require(ok, f"{p}.threshold", self.threshold, "in (0, 1) or 'auto'")
+        self.threshold = value if value == "auto" else float(value)
 
     def _check_scale(self, p: str) -> None:
         """Normalise eval.scale to a float or "auto" (YAML may hand over "0.5" or 2)."""

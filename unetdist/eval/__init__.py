@@ -13,6 +13,9 @@
 - `metrics.py` — reducible confusion counts + score histograms, metric formulas
 - `topology.py` — reducible topology counts per image: clDice, Betti errors, fragments
 - `predict.py` — `predict_images` (the predict job): predict a folder of raw images
+- `threshold.py` — the threshold binary masks use: eval.threshold, or the one `auto` chose on
+  validation (stored with the best model)
+- `api.py` — the Python API (`unetdist.load_model`): `predict`'s loading and per-image path
 - `export.py` — safetensors / ONNX export of a trained model
 - `plots.py` — curves, overlays and bar plots (PNG)
 """

@@ -32,6 +32,7 @@ from unetdist.eval.inference import (
     unwrap,
 )
 from unetdist.eval.metrics import MetricState
+from unetdist.eval.threshold import fixed_threshold
 from unetdist.eval.windows import forward_count, inference_size
 from unetdist.log import progress_iter, say, world_size
 
@@ -75,22 +76,30 @@ def estimate_line(model: nn.Module, images: int, shape: tuple[int, int], cfg: Ev
             + (f", each of {processes} processes scoring its share" if processes > 1 else ""))
 
 
+def _host_mask(t: torch.Tensor) -> np.ndarray:
+    return t.reshape(t.shape[-2:]).cpu().numpy() > 0.5
+
+
 def evaluate_split(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *,
                    accelerator=None, out_dir: Path | None = None,
                    info: dict | None = None, progress: bool = True,
-                   estimate: bool = False) -> dict:
+                   estimate: bool = False, chosen: float | None = None) -> dict:
     """Score every sample (each rank its share), all-reduce once, return identical results.
 
-    Returns {"num_images", "fov": {...}, "image": {...}, ["second_observer"],
-    "seconds_per_image", "per_image": [rows sorted by key]}. With out_dir, writes predictions
+    Returns {"num_images", "fov": {...}, "image": {...}, "topology": {...},
+    ["second_observer"], "f1_threshold", ["at_threshold"], "seconds_per_image",
+    "per_image": [rows sorted by key]}. Metrics and topology are at eval.threshold (0.5 under
+    auto); with `chosen` (the threshold auto chose), "at_threshold" holds the FOV and image
+    metrics there too, and the masks written are at `chosen`. With out_dir, writes predictions
     (each rank its images), overlays, and on rank 0 metrics.json (with `info` under "info"),
     per_image.csv and plots/. `estimate` prints what the rest will cost after the first image.
     """
     model = unwrap(model)
     policy = inference_policy(model, accelerator=accelerator)  # once for every image
-    rank = rank_of_process()
     out_dir = Path(out_dir) if out_dir is not None else None
-    state = MetricState(cfg.auc_bins, cfg.threshold)
+    fixed = fixed_threshold(cfg)
+    mask_threshold = fixed if chosen is None else chosen
+    state = MetricState(cfg.auc_bins, fixed)
     rows, overlays = [], outputs.OverlayCache(cfg.num_overlays if out_dir else 0)
     total = len(samples) if hasattr(samples, "__len__") else None
     for s in progress_iter(samples, total, desc="evaluate", unit="img", enabled=progress):
@@ -104,37 +113,58 @@ def evaluate_split(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *
         # sees it, so predictions there are zeroed (as `predict` does) rather than scored.
         prob = prob * s["fov"].to(prob.device, prob.dtype, non_blocking=True)
         row = state.update(prob, s["label"], s["fov"], s.get("label2"))
+        p = prob[0, 0].float().cpu().numpy()
+        row["topology"] = state.add_topology(p >= fixed, _host_mask(s["label"]),
+                                             _host_mask(s["fov"]))
         rows.append({"key": s["key"], "height": int(prob.shape[-2]),
                      "width": int(prob.shape[-1]), "scale": round(scale, 4),
                      "seconds": round(seconds, 4), **row})
         if out_dir is not None:
-            p = prob[0, 0].float().cpu().numpy()
-            outputs.write_prediction_pngs(out_dir / "predictions", s["key"], p, cfg.threshold,
+            outputs.write_prediction_pngs(out_dir / "predictions", s["key"], p, mask_threshold,
                                           _original_size(s))
-            overlays.offer(s["key"], s, p >= cfg.threshold)
-    state.reduce(accelerator)
+            overlays.offer(s["key"], s, p >= mask_threshold)
+    state.reduce(accelerator)  # the one all-reduce: confusion, topology and histogram sums
     per_image = sorted((r for part in gather_objects(rows) for r in part),
                        key=lambda r: r["key"])
     seconds = [r["seconds"] for r in per_image]
     result = {**state.compute(), "per_image": per_image,
               "seconds_per_image": round(float(np.mean(seconds)), 4) if seconds else None}
+    if chosen is not None:
+        result["at_threshold"] = state.at_threshold(chosen)
     if out_dir is not None:
-        overlays.write([r["key"] for r in per_image[:cfg.num_overlays]], out_dir / "plots")
-        if rank == 0:
-            outputs.write_metrics_json(result, cfg, out_dir / "metrics.json", info)
-            outputs.write_per_image_csv(per_image, out_dir / "per_image.csv")
-            outputs.write_plots(result, state, out_dir / "plots")
-        _barrier(accelerator)
+        _write_files(result, state, cfg, out_dir, info, overlays, accelerator)
     return result
 
 
+def _write_files(result: dict, state: MetricState, cfg: EvalConfig, out_dir: Path,
+                 info: dict | None, overlays: outputs.OverlayCache, accelerator) -> None:
+    """Every rank its overlays; rank 0 metrics.json, per_image.csv and the plots."""
+    per_image = result["per_image"]
+    overlays.write([r["key"] for r in per_image[:cfg.num_overlays]], out_dir / "plots")
+    if rank_of_process() == 0:
+        outputs.write_metrics_json(result, cfg, out_dir / "metrics.json", info)
+        outputs.write_per_image_csv(per_image, out_dir / "per_image.csv")
+        outputs.write_plots(result, state, out_dir / "plots")
+    _barrier(accelerator)
+
+
 def summary_line(result: dict) -> str:
-    """One line for logs: the FOV metrics that papers report."""
+    """One line for logs: the FOV metrics that papers report, topology, the chosen threshold."""
     f = result["fov"]
     auc = "n/a" if f["auc_roc"] is None else f"{f['auc_roc']:.4f}"
-    return (f"{result['num_images']} images | FOV dice {f['dice']:.4f} mIoU {f['miou']:.4f} "
+    line = (f"{result['num_images']} images | FOV dice {f['dice']:.4f} mIoU {f['miou']:.4f} "
             f"recall {f['recall']:.4f} precision {f['precision']:.4f} "
             f"specificity {f['specificity']:.4f} acc {f['accuracy']:.4f} AUC-ROC {auc}")
+    t = result.get("topology")
+    if t is not None:
+        line += (f" | clDice {t['cldice']:.4f} beta0 err {t['beta0_error']:.2f} "
+                 f"beta1 err {t['beta1_error']:.2f} fragments {t['fragments_per_image']:.1f}")
+    at = result.get("at_threshold")
+    if at is not None:
+        a = at["fov"]
+        line += (f" | at the chosen threshold {at['threshold']:.4g}: FOV dice {a['dice']:.4f} "
+                 f"recall {a['recall']:.4f} precision {a['precision']:.4f}")
+    return line
 
 
 # ----------------------------------------------------------------------------- the job
@@ -173,6 +203,15 @@ def _info(checkpoints: list[Path], metas: list[dict], data: str, shard_dir: str,
             "step": metas[0].get("step") if one else [m.get("step") for m in metas],
             "ensemble": len(paths), "data": str(Path(data).resolve()), "shards": shard_dir,
             "manifest_hash": manifest_hash(read_manifest(shard_dir), fold), "split": split}
+
+
+def _chosen(cfg: EvalConfig, checkpoint: Path, meta: dict) -> float | None:
+    """Under eval.threshold=auto, the threshold stored with the (first) model, else 0.5."""
+    from unetdist.eval.threshold import chosen_threshold, threshold_of
+
+    if cfg.threshold != "auto":
+        return None
+    return chosen_threshold(cfg, threshold_of(checkpoint, meta))
 
 
 def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str | Path,
@@ -215,6 +254,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str | Path,
                 precision=acc.mixed_precision)
     with user_writes(out_dir, "write evaluation results into", "--out"):  # e.g. disk full
         result = evaluate_split(model, samples, cfg.eval, accelerator=acc, out_dir=out_dir,
-                                info=info, progress=progress, estimate=True)
+                                info=info, progress=progress, estimate=True,
+                                chosen=_chosen(cfg.eval, resolved[0], metas[0]))
     acc.end_training()
     return Evaluation(result, out_dir)

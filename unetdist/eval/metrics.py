@@ -2,9 +2,10 @@
 
 Every metric here is a function of sums that can be added across images and ranks: the binary
 confusion counts (tp, fp, fn, tn, int64) inside the field of view (FOV) and over the whole
-image, and per-bin counts of the vessel probability for positive and negative pixels. Each rank
-accumulates them in a `MetricState`; `reduce()` adds all ranks' sums with ONE all-reduce of a
-single int64 tensor; `compute()` then applies the formulas. AUC-ROC and average precision come
+image, per-bin counts of the vessel probability for positive and negative pixels, and the
+topology counts of `topology.py` (clDice skeletons, Betti numbers). Each rank accumulates them in
+a `MetricState`; `reduce()` adds all ranks' sums with ONE all-reduce of a single int64 tensor;
+`compute()` then applies the formulas. AUC-ROC and average precision come
 from the histograms: scores in the same bin count as tied, which is exactly how sklearn treats
 tied scores, so the only approximation is the bin width (10000 bins agree with sklearn's exact
 values to ~1e-4 on probability maps).
@@ -15,6 +16,11 @@ Undefined ratios (0/0) never produce NaN:
   1.0 if there was also nothing to find (no false negatives / false positives), else 0.0.
 - accuracy: 1.0 for an empty region; MCC: 0.0 when its denominator is 0 (as sklearn does).
 - AUC-ROC: None without both positive and negative pixels; AUC-PR: None without positives.
+
+The F1-optimal threshold (`eval.threshold=auto`) comes from the same histograms: F1 at every
+bin edge k/bins from cumulative sums (a score p counts as in bin floor(p·bins)), the highest F1
+wins, the edge nearest 0.5 among ties. Metrics at such a threshold (`at_threshold`) come from the
+histograms too, so they need no second pass over the images.
 """
 
 from __future__ import annotations
@@ -25,6 +31,12 @@ import numpy as np
 import torch
 
 from unetdist.distributed import collective_device
+from unetdist.eval.topology import (
+    TOPOLOGY_KEYS,
+    per_image_topology,
+    topology_counts,
+    topology_metrics,
+)
 
 COUNT_KEYS = ("tp", "fp", "fn", "tn")
 # Layout of the scalar part of the reduced tensor (histograms follow).
@@ -114,6 +126,33 @@ def auc_from_histograms(pos_hist, neg_hist) -> tuple[float | None, float | None]
     return auc_roc, auc_pr
 
 
+def f1_optimal_threshold(pos_hist, neg_hist) -> tuple[float, float] | None:
+    """(threshold, F1) maximising F1 = 2tp / (2tp + fp + fn) over the bin edges k/bins,
+    k = 1..bins-1 (predicted vessel: bin >= k); None without positive pixels."""
+    pos = np.asarray(pos_hist, dtype=np.int64)
+    neg = np.asarray(neg_hist, dtype=np.int64)
+    bins = pos.size
+    if pos.sum() == 0:
+        return None
+    # predicted positive at edge k: bins k..bins-1 (reverse cumulative sums)
+    tp = np.cumsum(pos[::-1])[::-1][1:]
+    fp = np.cumsum(neg[::-1])[::-1][1:]
+    fn = pos.sum() - tp
+    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    edges = np.arange(1, bins) / bins
+    best = np.flatnonzero(f1 == f1.max())
+    k = best[np.argmin(np.abs(edges[best] - 0.5))]
+    return float(edges[k]), float(f1[k])
+
+
+def counts_at_threshold(pos_hist, neg_hist, threshold: float) -> list[int]:
+    """[tp, fp, fn, tn] at THRESHOLD from the histograms (exact at a bin edge)."""
+    pos = np.asarray(pos_hist, dtype=np.int64)
+    neg = np.asarray(neg_hist, dtype=np.int64)
+    k = round(threshold * pos.size)
+    return [int(pos[k:].sum()), int(neg[k:].sum()), int(pos[:k].sum()), int(neg[:k].sum())]
+
+
 def region_metrics(counts, pos_hist, neg_hist) -> dict:
     """Threshold metrics plus the two AUCs for one region (FOV or whole image)."""
     out = metrics_from_counts(*counts)
@@ -154,6 +193,7 @@ class MetricState:
         self.threshold = threshold
         self.scalars = torch.zeros(len(_SCALARS), dtype=torch.int64)
         self.hists = torch.zeros(len(_HISTS), bins, dtype=torch.int64)
+        self.topology = torch.zeros(len(TOPOLOGY_KEYS), dtype=torch.int64)
         self.reduced = False
 
     def _add(self, name: str, values: list[int]) -> None:
@@ -200,15 +240,25 @@ class MetricState:
             row["second_observer_dice"] = metrics_from_counts(*obs2_c)["dice"]
         return row
 
+    def add_topology(self, pred: np.ndarray, label: np.ndarray, fov: np.ndarray) -> dict:
+        """Add one image's topology counts (H×W host masks, the prediction already binary);
+        returns its per_image.csv columns. Each image must be added on exactly one rank."""
+        if self.reduced:
+            raise RuntimeError("MetricState already reduced")
+        counts = topology_counts(pred, label, fov)
+        self.topology += torch.tensor([counts[k] for k in TOPOLOGY_KEYS], dtype=torch.int64)
+        return per_image_topology(counts)
+
     def as_tensor(self) -> torch.Tensor:
         """All sums as one flat int64 tensor (what is all-reduced)."""
-        return torch.cat([self.scalars, self.hists.flatten()])
+        return torch.cat([self.scalars, self.topology, self.hists.flatten()])
 
     def load_tensor(self, flat: torch.Tensor) -> None:
         flat = flat.detach().cpu().to(torch.int64)
-        n = len(_SCALARS)
+        n, t = len(_SCALARS), len(TOPOLOGY_KEYS)
         self.scalars = flat[:n].clone()
-        self.hists = flat[n:].reshape(len(_HISTS), self.bins).clone()
+        self.topology = flat[n:n + t].clone()
+        self.hists = flat[n + t:].reshape(len(_HISTS), self.bins).clone()
 
     def reduce(self, accelerator=None) -> MetricState:
         """Sum the state over all ranks with one all-reduce (a no-op in one process)."""
@@ -234,15 +284,35 @@ class MetricState:
     def hist(self, name: str) -> np.ndarray:
         return self.hists[_HISTS.index(name)].numpy()
 
+    def at_threshold(self, threshold: float) -> dict:
+        """FOV and whole-image threshold metrics at another THRESHOLD (rounded to the nearest
+        bin edge, the "threshold" returned), from the histograms."""
+        edge = round(threshold * self.bins) / self.bins
+        out: dict = {"threshold": edge}
+        for region in ("fov", "image"):
+            out[region] = metrics_from_counts(*counts_at_threshold(
+                self.hist(f"{region}_pos"), self.hist(f"{region}_neg"), edge))
+        return out
+
+    def f1_threshold(self) -> dict | None:
+        """The F1-optimal threshold inside the FOV and its F1 (Dice), or None without vessels."""
+        best = f1_optimal_threshold(self.hist("fov_pos"), self.hist("fov_neg"))
+        return None if best is None else {"threshold": best[0], "dice": best[1]}
+
     def compute(self) -> dict:
-        """Global metrics of the (reduced) sums: num_images, fov, image, [second_observer]."""
+        """Global metrics of the (reduced) sums: num_images, fov, image, [topology],
+        [second_observer], f1_threshold."""
         out = {
             "num_images": self.scalar("num_images"),
             "fov": region_metrics(self.counts("fov"), self.hist("fov_pos"), self.hist("fov_neg")),
             "image": region_metrics(self.counts("image"), self.hist("image_pos"),
                                     self.hist("image_neg")),
         }
+        topo = dict(zip(TOPOLOGY_KEYS, self.topology.tolist()))
+        if topo["images"] > 0:
+            out["topology"] = topology_metrics(topo)
         if self.scalar("obs2_images") > 0:
             out["second_observer"] = {"num_images": self.scalar("obs2_images"),
                                       "fov": metrics_from_counts(*self.counts("obs2"))}
+        out["f1_threshold"] = self.f1_threshold()
         return out

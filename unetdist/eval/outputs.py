@@ -29,6 +29,12 @@ REGION_NOTES = {
     "image": "whole image, every pixel; predictions outside the FOV are set to background",
     "second_observer": "second manual annotation scored against the first, inside the FOV "
                        "(a human reference for the model's FOV metrics)",
+    "topology": "inside the FOV: clDice from skeletons summed over images, beta0/beta1 errors "
+                "|b(pred) - b(label)| and fragments (b0 of the prediction) as means per image",
+    "f1_threshold": "the threshold maximising FOV F1 on this split (optimistic on a test split: "
+                    "eval.threshold=auto chooses it on the validation split instead)",
+    "at_threshold": "FOV and whole-image metrics at the threshold eval.threshold=auto chose on "
+                    "the validation split (from the score histograms)",
 }
 
 
@@ -62,6 +68,9 @@ def _csv_row(row: dict) -> dict:
         flat[f"image_{k}"] = row["image_counts"][k]
     flat["image_dice"] = row["image_dice"]
     flat["second_observer_fov_dice"] = row.get("second_observer_dice")
+    # clDice, Tprec, Tsens, beta0/beta1 of prediction and label and their errors (beta0_pred:
+    # the prediction's fragments), inside the FOV at eval.threshold
+    flat.update(row.get("topology") or {})
     flat["seconds"] = row.get("seconds")
     return flat
 

@@ -4,10 +4,11 @@ Any PNG/JPEG/TIFF/BMP/GIF image, any size, RGB or gray (16-bit images are scaled
 The FOV comes from a mask folder when given (matched by stem, `<stem>` or `<stem>_mask`), else
 it is estimated from the dark border around a fundus photograph, else it is the whole image.
 Outputs `<stem>.png` (0/255) and `<stem>_prob.png` (8-bit probability), both at the input's
-size and zero outside the FOV. Files that cannot be used are reported by name; the rest are
-still processed. Files are read as bytes and decoded from memory: OpenCV never gets a path (it
-crashes on names that are not UTF-8), and such a name is skipped with a warning that shows it
-as escaped bytes.
+size and zero outside the FOV; the binary mask is at eval.threshold, under `auto` the threshold
+chosen on the validation split when the model was trained. Files that cannot be used are
+reported by name; the rest are still processed. Files are read as bytes and decoded from
+memory: OpenCV never gets a path (it crashes on names that are not UTF-8), and such a name is
+skipped with a warning that shows it as escaped bytes.
 
 Inputs are never overwritten: an output folder equal to or inside the image (or FOV) folder is
 refused unless asked for (`check_output_folder`), and even then an output that would replace an
@@ -41,6 +42,7 @@ from unetdist.eval.inference import (
     sliding_window_predict,
 )
 from unetdist.eval.outputs import write_prediction_pngs
+from unetdist.eval.threshold import fixed_threshold
 from unetdist.log import progress_iter
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".webp")
@@ -224,6 +226,12 @@ def _fov_for(path: Path, rgb: np.ndarray, fov_dir: Path | None, report: PredictR
                             f"image {path.name} is {rgb.shape[1]}x{rgb.shape[0]}")
         return fov
     report.estimated_fov.append(path.name)
+    return default_fov(rgb)
+
+
+def default_fov(rgb: np.ndarray) -> np.ndarray:
+    """The FOV of an image without a mask: estimated from a fundus photograph's dark border,
+    else the whole image."""
     est = estimate_fov(rgb)
     return est if est is not None else np.ones(rgb.shape[:2], dtype=bool)
 
@@ -255,11 +263,31 @@ def predict_folder(model: nn.Module, cfg: RunConfig, images_dir: Path, out_dir: 
             report.failed.append((path.name, str(e)))
             continue
         try:
-            write_prediction_pngs(out_dir, path.stem, prob, cfg.eval.threshold)
+            write_prediction_pngs(out_dir, path.stem, prob, fixed_threshold(cfg.eval))
         except OSError as e:  # the same for every file: stop, naming the folder
             raise FileSystemError.of(e, out_dir, "write predictions into", "--out") from None
         report.done.append(path.name)
     return report
+
+
+def load_predictor(checkpoints: Sequence[str | Path], device: str = "auto",
+                   overrides: Sequence[str] = ()) -> tuple[nn.Module, RunConfig]:
+    """(model or ensemble on DEVICE, its config) as `predict` and the Python API use them:
+    `eval.key=value` overrides applied, and eval.threshold=auto replaced by the threshold
+    chosen on validation (stored with the first model; 0.5 without one)."""
+    import dataclasses
+
+    from unetdist.config import config_from_dict, to_dict
+    from unetdist.distributed import pick_device
+    from unetdist.eval.ensemble import load_models
+    from unetdist.eval.threshold import chosen_threshold, threshold_of
+
+    model, cfg, metas = load_models(checkpoints)
+    cfg = config_from_dict(to_dict(cfg), list(overrides), only="eval")
+    if cfg.eval.threshold == "auto":
+        t = chosen_threshold(cfg.eval, threshold_of(checkpoints[0], metas[0]))
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, threshold=t))
+    return model.to(pick_device(device)), cfg
 
 
 def predict_images(checkpoints: Sequence[str | Path], images: str | Path, out: str | Path, *,
@@ -272,10 +300,6 @@ def predict_images(checkpoints: Sequence[str | Path], images: str | Path, out: s
     image folder, a missing FOV folder or an output folder that would mix with the inputs or
     cannot be written; per-file failures are in the report.
     """
-    from unetdist.config import config_from_dict, to_dict
-    from unetdist.distributed import pick_device
-    from unetdist.eval.ensemble import load_models
-
     images, out = Path(images), Path(out)
     if not split_outputs(list_images(images))[0]:
         raise DataError(f"no image files (png/jpg/tif/...) in {images}")
@@ -283,8 +307,6 @@ def predict_images(checkpoints: Sequence[str | Path], images: str | Path, out: s
     if fov is not None and not fov.is_dir():
         raise DataError(f"FOV mask folder not found: {fov}")
     check_output_folder(out, images, fov, overwrite)
-    model, cfg, _ = load_models(checkpoints)
-    cfg = config_from_dict(to_dict(cfg), list(overrides), only="eval")
-    model = model.to(pick_device(device))
+    model, cfg = load_predictor(checkpoints, device, overrides)
     writable_folder(out, "--out", "write predictions into")
     return predict_folder(model, cfg, images, out, fov_dir=fov, progress=progress)

@@ -345,6 +345,8 @@ def export_best(state_dict: dict, config_dict: dict, config_yaml: str, metrics: 
     tmp = Path(run_dir) / f"{TMP_PREFIX}{BEST}"
     shutil.rmtree(tmp, ignore_errors=True)
     meta = {"format": "unetdist-1", "config": json.dumps(config_dict), "step": str(step)}
+    if "threshold" in metrics:  # eval.threshold=auto's choice travels with the weights file
+        meta["threshold"] = repr(float(metrics["threshold"]))
     try:
         tmp.mkdir(parents=True)
         save_weights(state_dict, tmp / "model.safetensors", meta)

@@ -30,6 +30,7 @@ from unetdist.errors import UserError
 from unetdist.eval.evaluate import evaluate_split
 from unetdist.eval.inference import sliding_window_predict
 from unetdist.eval.plots import plot_training_curves
+from unetdist.eval.threshold import fixed_threshold
 from unetdist.log import progress, rank_say, say
 from unetdist.track.jsonl import METRICS_FILE, read_records
 from unetdist.train import checkpoint as ckpt
@@ -283,7 +284,8 @@ def validate(run: Run, flag: PreemptionFlag | None = None) -> dict | None:
     improved = st.best_dice is None or dice > st.best_dice
     if improved:
         st.best_dice, st.best_step = dice, st.step
-        export_best(run, {**best, "split": "val", "weights": which}, module)
+        export_best(run, {**best, "split": "val", "weights": which,
+                          **chosen_threshold_entry(run.cfg.eval, best)}, module)
     if acc.is_main_process:
         plot_training_curves(read_records(run.run_dir / METRICS_FILE),
                              run.run_dir / "plots" / "loss.png")
@@ -309,7 +311,16 @@ def score(run: Run, model: torch.nn.Module, split: str,
                          progress=False)  # the uncompiled module: no recompiles for eval
     if flag is not None and preempt_agreed(run, flag):
         return None
-    return {"split": split, "num_images": res["num_images"], **res["fov"]}
+    return {"split": split, "num_images": res["num_images"], **res["fov"],
+            "f1_threshold": res["f1_threshold"]}
+
+
+def chosen_threshold_entry(cfg, metrics: dict) -> dict:
+    """eval.threshold=auto: best/metrics.json's `threshold`, the F1-optimal one on validation."""
+    best = metrics.get("f1_threshold")
+    if cfg.threshold != "auto" or best is None:
+        return {}
+    return {"threshold": best["threshold"], "threshold_dice": best["dice"]}
 
 
 def log_val_masks(run: Run) -> None:
@@ -326,7 +337,7 @@ def log_val_masks(run: Run) -> None:
                                  world_size=1), n):
         prob = sliding_window_predict(model, s["image"].to(run.acc.device), run.cfg.eval,
                                       accelerator=run.acc)  # the training precision
-        pred = (prob[0, 0].float().cpu().numpy() >= run.cfg.eval.threshold)
+        pred = (prob[0, 0].float().cpu().numpy() >= fixed_threshold(run.cfg.eval))
         images.append({"key": s["key"], "rgb": s["rgb"], "pred": pred.astype("uint8"),
                        "label": s["label"][0, 0].numpy().astype("uint8"),
                        "fov": s["fov"][0, 0].numpy().astype("uint8")})
