@@ -14,7 +14,7 @@ from tests.util import cli
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "sub" / "bench.json"
-    r = cli("bench", "--quick", "--out", out, timeout=300)
+    r = cli("bench", "--quick", "--out", out, timeout=420)  # evaluation trains ~1 min
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return {"doc": json.loads(out.read_text()), "stdout": r.stdout}
 
