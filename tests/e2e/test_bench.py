@@ -14,7 +14,7 @@ from tests.util import cli
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "sub" / "bench.json"
-    r = cli("bench", "--quick", "--out", out, timeout=300)
+    r = cli("bench", "--quick", "--out", out, timeout=420)  # evaluation trains ~1 min
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return {"doc": json.loads(out.read_text()), "stdout": r.stdout}
 
@@ -66,7 +66,8 @@ def test_quick_bench_prints_ratios_first(quick):
 def test_every_section_module_imports_and_runs_alone():
     import importlib
 
-    for name in ("pipeline", "models", "ddp", "staging", "inference", "threads", "gpu"):
+    for name in ("pipeline", "models", "ddp", "staging", "inference", "threads", "gpu",
+                 "evaluation"):
         mod = importlib.import_module(f"unetdist.bench.{name}")
         assert callable(mod.run_benchmark) and callable(mod.main), name
     train = importlib.import_module("unetdist.bench.train")
@@ -78,3 +79,25 @@ def test_bench_rejects_unknown_sections(tmp_path):
     r = cli("bench", "--only", "nope", "--out", tmp_path / "x.json")
     assert r.returncode == 2 and "nope" in r.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow
+def test_quick_evaluation_section_trains_times_both_windows_and_reports_the_goal(tmp_path):
+    """`--only evaluation --quick`: the recipe is trained, both windows score the same test
+    images, and the headline keys are what the section's figures say."""
+    out = tmp_path / "bench.json"
+    r = cli("bench", "--only", "evaluation", "--quick", "--out", out, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == {} and set(doc["sections"]) == {"evaluation"}
+    s = doc["sections"]["evaluation"]
+    tiled, whole = s["tiled"], s["whole"]
+    assert (tiled["tile"], whole["tile"]) == (256, 0) and tiled["tta"] == whole["tta"] == "flip"
+    assert s["meta"]["image"] == [584, 565] and s["meta"]["test_images"] == 2
+    assert all(0.0 <= x["fov_dice"] <= 1.0 and x["sec_per_image"] > 0 for x in (tiled, whole))
+    speedup = doc["ratios"]["evaluation: whole image vs tiled, s/image (flip TTA)"]
+    assert speedup == pytest.approx(tiled["sec_per_image"] / whole["sec_per_image"])
+    assert s["dice_difference"] == pytest.approx(abs(tiled["fov_dice"] - whole["fov_dice"]))
+    assert s["goal_met"] == (speedup >= 2.0 and s["dice_difference"] <= 0.001)
+    assert doc["figures"]["evaluation s/image, whole, flip TTA"] == whole["sec_per_image"]
+    assert "evaluation: whole image vs tiled" in r.stdout

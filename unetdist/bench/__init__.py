@@ -15,6 +15,8 @@ docs/RESULTS.md. Each section module also runs alone with `python -m unetdist.be
 - `ddp.py` — the trainer's step img/s with 1 vs 2 DDP processes, fp32 vs bf16
 - `staging.py` — staging copy+hash throughput vs a plain copy
 - `inference.py` — sliding-window inference: precision, channels_last, TTA
+- `evaluation.py` — evaluation s/image on DRIVE-size images with the CPU recipe's trained
+  model and flip TTA: tiled (eval.tile 256) vs whole image (eval.tile 0), at equal Dice
 - `threads.py` — torch threads vs loader workers on this machine's cores
 - `gpu.py` — `unetdist bench --gpu`: per-GPU img/s, MFU, data wait, syncs, scaling; the
   results row for docs/RESULTS.md

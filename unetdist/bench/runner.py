@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 SECTIONS = ("pipeline", "train_step", "compile", "ddp", "data_wait", "threads", "staging",
-            "inference")
+            "inference", "evaluation")
 FORMAT = 1
 
 
@@ -118,10 +118,16 @@ def bench_inference(quick: bool) -> dict:
     return inference.run_benchmark(quick=quick, progress=not quick)
 
 
+def bench_evaluation(quick: bool) -> dict:
+    from unetdist.bench import evaluation
+
+    return evaluation.run_benchmark(quick=quick, progress=not quick)
+
+
 RUNNERS: dict[str, Callable[[bool], dict]] = {
     "pipeline": bench_pipeline, "train_step": bench_train_step, "compile": bench_compile,
     "ddp": bench_ddp, "data_wait": bench_data_wait, "threads": bench_threads,
-    "staging": bench_staging, "inference": bench_inference,
+    "staging": bench_staging, "inference": bench_inference, "evaluation": bench_evaluation,
 }
 
 
@@ -205,6 +211,11 @@ def headline_figures(name: str, res: dict) -> dict[str, float]:
                     r["channels_last"] else "") + (" +TTA" if r["tta"] else ""))
             out[f"s per {res['meta']['image'][0]}x{res['meta']['image'][1]} image, {what}"] = \
                 r["sec_per_image"]
+    elif name == "evaluation" and "tiled" in res:
+        for k in ("tiled", "whole"):
+            out[f"evaluation s/image, {k}, flip TTA"] = res[k]["sec_per_image"]
+            out[f"evaluation FOV dice, {k}"] = res[k]["fov_dice"]
+        out["evaluation |dice difference|, whole vs tiled"] = res["dice_difference"]
     elif name == "staging":
         for k, v in res.get("variants", {}).items():
             out[f"staging MB/s, {k}"] = v["mb_s"]

@@ -9,7 +9,6 @@
   scoring of a split (`evaluate_split`)
 - `outputs.py` — the evaluation's output folder (one per data + split, never overwriting other
   results), predictions, metrics.json, per_image.csv, plots
-- `speed.py` — the evaluation-speed benchmark: today's tiled recipe vs whole-image inference
 - `metrics.py` — reducible confusion counts + score histograms, metric formulas
 - `topology.py` — reducible topology counts per image: clDice, Betti errors, fragments
 - `predict.py` — `predict_images` (the predict job): predict a folder of raw images
