@@ -13,6 +13,7 @@ import csv
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import cv2
 import pytest
@@ -118,7 +119,8 @@ def test_plan_drive_probes_and_trains(shards, tmp_path, monkeypatch):
     assert stored["eval"]["scale"] == cfg.data.scale  # evaluate/predict rescale like training
     _ok("evaluate", "--checkpoint", run / "best", "--data", shards["drive"], "--split", "test",
         "--quiet")
-    rows = list(csv.DictReader((run / "eval-test" / "per_image.csv").open()))
+    out_dir = run / f"eval-{Path(shards['drive']).name}-test"  # one folder per data + split
+    rows = list(csv.DictReader((out_dir / "per_image.csv").open()))
     assert rows and {float(r["scale"]) for r in rows} == {cfg.data.scale}
     assert {(int(r["height"]), int(r["width"])) for r in rows} == {(96, 88)}  # native size out
 
