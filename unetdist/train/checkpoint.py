@@ -22,6 +22,7 @@ safetensors (never a pickle), and `unetdist.train.resume` refuses a `custom_chec
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import shutil
@@ -103,10 +104,31 @@ class TrainState:
                 "skipped_in_a_row": self.skipped_in_a_row, "tracker_run_id": self.run_id}
 
     def load_state_dict(self, d: dict) -> None:
-        self.step, self.batches = int(d["step"]), int(d["stream"]["batches"])
-        self.best_dice, self.best_step = d["best"]["value"], d["best"]["step"]
-        self.skipped_in_a_row = int(d["skipped_in_a_row"])
+        stream, best = d.get("stream"), d.get("best")
+        if not isinstance(stream, dict) or not isinstance(best, dict):
+            raise TypeError("stream and best must be objects")
+        self.step, self.batches = _count(d, "step"), _count(stream, "batches")
+        self.best_dice = _number(best, "value")
+        self.best_step = None if best.get("step") is None else _count(best, "step")
+        self.skipped_in_a_row = _count(d, "skipped_in_a_row")
+        if not isinstance(d.get("tracker_run_id"), str):
+            raise TypeError("tracker_run_id must be a string")
         self.run_id = d["tracker_run_id"]
+
+
+def _count(d: dict, key: str) -> int:
+    """D[KEY] as a step-like count: an int in [0, 2**62] (bools, floats and strings refused)."""
+    v = d.get(key)
+    if type(v) is not int or not 0 <= v <= 2**62:
+        raise ValueError(f"{key} must be a count (an integer >= 0), got {str(v)[:40]!r}")
+    return v
+
+
+def _number(d: dict, key: str) -> float | None:
+    v = d.get(key)
+    if v is not None and (type(v) not in (int, float) or not math.isfinite(v)):
+        raise ValueError(f"{key} must be a number or null, got {str(v)[:40]!r}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -200,13 +222,36 @@ def load_checkpoint(accelerator, path: str | Path, parts: list[Part]) -> None:
     failed = [r for r, good in enumerate(gather_objects(ok)) if not good]
     if failed:
         raise DataError(f"checkpoint {path}: the random state of rank(s) {failed} did not load")
+    load_json_parts(path, parts)
+    for p in parts:
+        if isinstance(p, FilePart) and not p.load(Path(path)):
+            warn(f"{path} holds no {p.name}; {p.missing}")
+
+
+def load_json_parts(path: str | Path, parts: list[Part]) -> None:
+    """Load every JsonPart from its file of checkpoint PATH. The files are untrusted: a part
+    whose state is not the shape it wrote (a missing key, a wrong type) is one DataError
+    naming the file and the part, never a KeyError or TypeError from inside it."""
     docs = {p.file: read_json(path, p.file) for p in parts if isinstance(p, JsonPart)}
     for p in parts:
-        if isinstance(p, JsonPart):
-            doc = docs[p.file]
-            p.load_state_dict(doc if p.name == "" else doc.get(p.name, {}))
-        elif not p.load(Path(path)):
-            warn(f"{path} holds no {p.name}; {p.missing}")
+        if not isinstance(p, JsonPart):
+            continue
+        state = docs[p.file] if p.name == "" else docs[p.file].get(p.name, {})
+        where = Path(path) / p.file
+        try:
+            if not isinstance(state, dict):
+                raise TypeError(f"a {type(state).__name__}, not an object")
+            p.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+            what = f"its {p.name!r} state" if p.name else f"its {type(p).__name__} state"
+            raise DataError(f"{where}: {what} is not what unetdist writes ({_short(e)}): "
+                            "tampered or from another version; resume from another "
+                            "checkpoint") from None
+
+
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:200]
 
 
 def prune(run_dir: str | Path, keep_last: int) -> list[Path]:
