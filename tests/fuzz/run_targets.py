@@ -109,7 +109,7 @@ def run_resume(case: Path, data: st.DataObject) -> Callable[[], object]:
     return call
 
 
-@target("run-report", share=0.5, needs_run=True)
+@target("run-report", share=0.1, needs_run=True)  # matplotlib: ~5 s a case
 def run_report(case: Path, data: st.DataObject) -> Callable[[], object]:
     run = hostile_run(case, data)
     return lambda: cli_call("report", str(run))
@@ -119,7 +119,7 @@ def _checkpoint_arg(run: Path, data: st.DataObject) -> str:
     return str(run / data.draw(st.sampled_from(["", "best", "checkpoints/latest", runkit.STEP])))
 
 
-@target("run-evaluate", share=0.5, needs_run=True)
+@target("run-evaluate", share=0.25, needs_run=True)  # ~1 s a case
 def run_evaluate(case: Path, data: st.DataObject) -> Callable[[], object]:
     run = hostile_run(case, data)
     ck = _checkpoint_arg(run, data)
