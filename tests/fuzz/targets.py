@@ -96,7 +96,7 @@ def hostile_manifest(case: Path, data: st.DataObject) -> Path:
 
 
 def data_config(data: st.DataObject):
-    from unetdist.sections import DataConfig
+    from unetdist.config import DataConfig
 
     return DataConfig(on_corrupt=data.draw(st.sampled_from(["error", "skip"])),
                       channels=data.draw(st.sampled_from(["green", "rgb"])), fold=-1)
