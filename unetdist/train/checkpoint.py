@@ -244,14 +244,10 @@ def load_json_parts(path: str | Path, parts: list[Part]) -> None:
             p.load_state_dict(state)
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             what = f"its {p.name!r} state" if p.name else f"its {type(p).__name__} state"
-            raise DataError(f"{where}: {what} is not what unetdist writes ({_short(e)}): "
+            why = " ".join(str(e).split())[:200] or type(e).__name__
+            raise DataError(f"{where}: {what} is not what unetdist writes ({why}): "
                             "tampered or from another version; resume from another "
                             "checkpoint") from None
-
-
-def _short(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text[:200]
 
 
 def prune(run_dir: str | Path, keep_last: int) -> list[Path]:
