@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from unetdist.atomic import write_atomic
 from unetdist.config import to_dict
+from unetdist.data import jsonsafe
+from unetdist.errors import DataError
 from unetdist.runfolder import RECORDS_CAP, read_run_text
 from unetdist.track.wandb_tracker import WandbTracker
 
@@ -88,12 +90,16 @@ def _lines(p: Path) -> list[str]:
 
 
 def _parse(lines: list[str]) -> list[dict]:
+    """The records among LINES: JSON objects, bounded like every run-folder JSON (no NaN, no
+    deep nesting); a torn line or one that is not an object (not ours) is skipped."""
     out = []
     for line in lines:
         try:
-            out.append(json.loads(line))
-        except (json.JSONDecodeError, RecursionError):
+            record = jsonsafe.loads(line, "metrics.jsonl", max_bytes=RECORDS_CAP)
+        except DataError:
             continue
+        if isinstance(record, dict):
+            out.append(record)
     return out
 
 
