@@ -19,6 +19,7 @@ never follows a symlink out of the folder, and refuses a file over its size cap 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from unetdist.atomic import write_atomic
-from unetdist.data import jsonsafe
 from unetdist.errors import DataError, UserError
 
 CHECKPOINTS = "checkpoints"
@@ -207,9 +207,10 @@ def stored_config(wf: Path, meta: dict) -> dict:
     from; the caller validates the values (`config_from_dict`) before building anything.
     """
     if "config" in meta:
-        text = meta["config"]
-        return _mapping(jsonsafe.loads(text, f"{wf}: the config in its metadata",
-                                       max_bytes=JSON_CAP), f"{wf}: the config in its metadata")
+        try:
+            return _mapping(json.loads(meta["config"]), f"{wf}: the config in its metadata")
+        except (ValueError, RecursionError) as e:
+            raise DataError(f"{wf}: bad config in metadata ({str(e)[:200]})") from None
     if (wf.parent / "config.yaml").is_file():
         import yaml
 
@@ -240,10 +241,10 @@ def read_run_json(path: str | Path, hint: str, max_bytes: int = JSON_CAP) -> dic
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         raise DataError(f"{path} is missing: {hint}")
-    try:  # bounded: no NaN/Infinity, no nesting deeper than jsonsafe.MAX_DEPTH
-        value = jsonsafe.loads(read_run_text(path, max_bytes), str(path), max_bytes=max_bytes)
-    except DataError as e:
-        raise DataError(f"{e}: {hint}") from None
+    try:
+        value = json.loads(read_run_text(path, max_bytes))
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"{path} is unreadable (not valid JSON: {str(e)[:200]}): {hint}") from None
     if not isinstance(value, dict):
         raise DataError(f"{path} is unreadable (a {type(value).__name__}, not a JSON object): "
                         f"{hint}")

@@ -22,7 +22,6 @@ safetensors (never a pickle), and `unetdist.train.resume` refuses a `custom_chec
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 import shutil
@@ -32,12 +31,14 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from unetdist.atomic import fsync_path, replace_dir, write_atomic
+from unetdist.data import jsonsafe
 from unetdist.distributed import gather_objects
 from unetdist.errors import DataError, FileSystemError
 from unetdist.log import warn
 from unetdist.models.weights import save_weights
 from unetdist.runfolder import (
     BEST,
+    JSON_CAP,
     PREEMPTED,
     STATE_FILE,
     TMP_PREFIX,
@@ -45,7 +46,7 @@ from unetdist.runfolder import (
     checkpoints_dir,
     list_checkpoints,
     read_latest,
-    read_run_json,
+    read_run_text,
     step_name,
     step_of,
     write_latest,
@@ -108,7 +109,9 @@ class TrainState:
         if not isinstance(stream, dict) or not isinstance(best, dict):
             raise TypeError("stream and best must be objects")
         self.step, self.batches = _count(d, "step"), _count(stream, "batches")
-        self.best_dice = _number(best, "value")
+        self.best_dice = best.get("value")  # finite: read_json refuses NaN and Infinity
+        if self.best_dice is not None and type(self.best_dice) not in (int, float):
+            raise TypeError(f"best.value must be a number or null, got {self.best_dice!r:.40}")
         self.best_step = None if best.get("step") is None else _count(best, "step")
         self.skipped_in_a_row = _count(d, "skipped_in_a_row")
         if not isinstance(d.get("tracker_run_id"), str):
@@ -116,18 +119,10 @@ class TrainState:
         self.run_id = d["tracker_run_id"]
 
 
-def _count(d: dict, key: str) -> int:
-    """D[KEY] as a step-like count: an int in [0, 2**62] (bools, floats and strings refused)."""
+def _count(d: dict, key: str) -> int:  # an int in [0, 2**62]: no bool, float or string
     v = d.get(key)
     if type(v) is not int or not 0 <= v <= 2**62:
         raise ValueError(f"{key} must be a count (an integer >= 0), got {str(v)[:40]!r}")
-    return v
-
-
-def _number(d: dict, key: str) -> float | None:
-    v = d.get(key)
-    if v is not None and (type(v) not in (int, float) or not math.isfinite(v)):
-        raise ValueError(f"{key} must be a number or null, got {str(v)[:40]!r}")
     return v
 
 
@@ -162,8 +157,15 @@ def json_documents(parts: list[Part]) -> dict[str, dict]:
 def read_json(path: str | Path, file: str) -> dict:
     """A JSON object file of checkpoint `path` (a regular file of the folder, size-capped);
     DataError when missing or not one."""
-    return read_run_json(Path(path) / file, f"checkpoint {path} was written by another "
-                         "unetdist version or is incomplete")
+    f = Path(path) / file
+    hint = f"checkpoint {path} was written by another unetdist version or is incomplete"
+    try:  # bounded: no NaN/Infinity, no nesting deep enough to break what walks it
+        value = jsonsafe.loads(read_run_text(f), str(f), max_bytes=JSON_CAP)
+    except DataError as e:
+        raise DataError(f"{e}: {hint}") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{f}: a {type(value).__name__}, not a JSON object: {hint}")
+    return value
 
 
 def read_trainer_state(path: str | Path) -> dict:
