@@ -89,16 +89,16 @@ def _lines(p: Path) -> list[str]:
     return read_run_text(p, RECORDS_CAP).splitlines()
 
 
-def _parse(lines: list[str]) -> list[dict]:
-    """The records among LINES: JSON objects, bounded like every run-folder JSON (no NaN, no
-    deep nesting); a torn line or one that is not an object (not ours) is skipped."""
+def _parse(lines: list[str], objects_only: bool = True) -> list:
+    """The records among LINES: JSON objects (any JSON value without OBJECTS_ONLY), bounded
+    like every run-folder JSON (no NaN, no deep nesting); a torn line is skipped."""
     out = []
     for line in lines:
         try:
             record = jsonsafe.loads(line, "metrics.jsonl", max_bytes=RECORDS_CAP)
         except DataError:
             continue
-        if isinstance(record, dict):
+        if isinstance(record, dict) or not objects_only:
             out.append(record)
     return out
 
@@ -120,7 +120,7 @@ def truncate_records(path: str | Path, last_step: int) -> int:
     if not p.exists() and not p.is_symlink():
         return 0
     lines = _lines(p)
-    records = _parse(lines)
+    records = _parse(lines, objects_only=False)  # a line not an object is a dropped record
     keep = [r for r in records if isinstance(r, dict) and isinstance(r.get("step", 0), int)
             and r.get("step", 0) <= last_step]
     if len(keep) == len(lines):
