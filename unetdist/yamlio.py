@@ -133,7 +133,10 @@ def load_yaml(path: str | Path, what: str = "YAML file") -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
-    loader = _Loader(text)
+    try:  # the reader refuses control characters as soon as it is built
+        loader = _Loader(text)
+    except yaml.YAMLError as e:
+        raise _one_line(path, e) from None
     try:
         return loader.get_single_data()
     except yaml.YAMLError as e:

@@ -162,3 +162,27 @@ def edited_members(draw, members: list[tuple[str, bytes]]) -> list[tuple[str, by
             side = draw(st.sampled_from([0, 1, 30000, 2**31 - 1, 2**32 - 1]))
             members[i] = (name, png_declaring(data, side, draw(st.sampled_from([1, 20, side]))))
     return members
+
+
+YAML_BOMBS = [
+    (b"a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+    b"c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+    b"e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n"),
+    b"model:\n  width: 8\nmodel:\n  width: 9\n",  # a duplicated key
+    b"model: {width: 8\n", b"\t- x\n  y: [\n", b"!!python/object/apply:os.system ['true']\n",
+    b"[" * 5000, b"model: " + b"[" * 20000 + b"]" * 20000 + b"\n", b"- 1\n- 2\n", b"just text\n",
+    b"model:\n  width: 1e400\n", b"optim: {lr: .nan}\n", b"train: {max_steps: 99999999999999999999}\n",
+    b"\xff\xfe\x00bad utf\n", b"",
+]
+
+
+@st.composite
+def yaml_document(draw, doc: object) -> bytes:
+    """Bytes of a hostile YAML version of DOC: edited (as YAML), flipped text, or a bomb."""
+    import yaml
+
+    kind = draw(st.sampled_from(["edited", "edited", "bytes", "bomb"]))
+    if kind == "bomb":
+        return draw(st.sampled_from(YAML_BOMBS))
+    text = yaml.safe_dump(draw(edited_json(doc)) if kind == "edited" else doc).encode()
+    return draw(edited_bytes(text)) if kind == "bytes" else text

@@ -8,7 +8,8 @@ whose message is one line. Anything else fails the case:
 - memory: the address space may grow by FUZZ_MEMORY_MB at most (RLIMIT_AS, set around the
   call only), so a 14 GB allocation fails at once as MemoryError and is reported as such;
 - a write outside the case's folder: an audit hook sees every open-for-writing, rename,
-  removal and folder creation Python makes and refuses the ones outside it.
+  removal and folder creation Python makes and refuses the ones outside it (`tempfile`'s
+  private temporaries are pointed inside the case's folder for the call).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import resource
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -110,6 +112,8 @@ def _bounded(folder: Path):
     outer, started = signal.setitimer(signal.ITIMER_REAL, CASE_SECONDS), time.monotonic()
     cwd = os.getcwd()
     os.chdir(folder)  # relative paths land in the case's folder
+    old_tmp, tempfile.tempdir = tempfile.tempdir, str(folder / ".tmp")
+    os.makedirs(tempfile.tempdir, exist_ok=True)  # private temporaries (tempfile) stay inside
     _allowed[:] = [os.path.realpath(folder)]
     limit = _address_space() + MEMORY_BYTES
     resource.setrlimit(resource.RLIMIT_AS, (limit if hard < 0 else min(limit, hard), hard))
@@ -118,6 +122,7 @@ def _bounded(folder: Path):
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
         _allowed.clear()
+        tempfile.tempdir = old_tmp
         os.chdir(cwd)
         signal.setitimer(signal.ITIMER_REAL, 0)
         faulthandler.cancel_dump_traceback_later()

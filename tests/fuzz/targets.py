@@ -30,12 +30,17 @@ from unetdist.errors import UserError
 Target = Callable[[Path, st.DataObject], Callable[[], object]]
 TARGETS: dict[str, Target] = {}
 SHARES: dict[str, float] = {}  # a target's share of FUZZ_CASES, relative to the others
+NEEDS_RUN: set[str] = set()  # targets that copy the session's tiny trained run (`runkit`)
 
 
-def target(name: str, share: float = 1.0) -> Callable[[Target], Target]:
-    """Register a target; SHARE < 1 gives a slow one (e.g. fsyncing) fewer of the cases."""
+def target(name: str, share: float = 1.0, needs_run: bool = False
+           ) -> Callable[[Target], Target]:
+    """Register a target; SHARE < 1 gives a slow one (e.g. fsyncing) fewer of the cases.
+    NEEDS_RUN: it mutates a copy of a trained run, so its test trains once (marked slow)."""
     def register(fn: Target) -> Target:
         TARGETS[name], SHARES[name] = fn, share
+        if needs_run:
+            NEEDS_RUN.add(name)
         return fn
     return register
 

@@ -14,12 +14,22 @@ from unetdist.config.run import RunConfig
 from unetdist.errors import ConfigError
 
 
+def _escaped(text: str) -> str:
+    """TEXT with its control characters escaped: a key from a file may hold a CR or a line
+    separator, and an error must stay one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _first_line(e: Exception) -> str:
+    return _escaped(str(e).split("\n")[0])
+
+
 def _wrap_omegaconf_error(e: Exception) -> ConfigError:
     key = getattr(e, "full_key", None) or ""
-    msg = str(e).split("\n")[0]
+    msg = _first_line(e)
     if type(e).__name__ == "ConfigKeyError" or "not in" in msg:
         return ConfigError(f"unknown config key {key!r} ({msg})")
-    return ConfigError(f"{key}: {msg}" if key else msg)
+    return ConfigError(f"{_escaped(str(key))}: {msg}" if key else msg)
 
 
 def _check_overrides(overrides: list[str] | tuple, only: str | None) -> None:
@@ -59,7 +69,7 @@ def _merge(base: Path | dict | None, overrides: list[str] | tuple) -> RunConfig:
     except OmegaConfBaseException as e:
         raise _wrap_omegaconf_error(e) from None
     except ValueError as e:  # yaml errors and the like
-        raise ConfigError(str(e).split("\n")[0]) from None
+        raise ConfigError(_first_line(e)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> RunConfig:

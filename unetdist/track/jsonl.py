@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from unetdist.atomic import write_atomic
 from unetdist.config import to_dict
+from unetdist.data import jsonsafe
+from unetdist.errors import DataError
 from unetdist.runfolder import RECORDS_CAP, read_run_text
 from unetdist.track.wandb_tracker import WandbTracker
 
@@ -87,13 +89,17 @@ def _lines(p: Path) -> list[str]:
     return read_run_text(p, RECORDS_CAP).splitlines()
 
 
-def _parse(lines: list[str]) -> list[dict]:
+def _parse(lines: list[str], objects_only: bool = True) -> list:
+    """The records among LINES: JSON objects (any JSON value without OBJECTS_ONLY), bounded
+    like every run-folder JSON (no NaN, no deep nesting); a torn line is skipped."""
     out = []
     for line in lines:
         try:
-            out.append(json.loads(line))
-        except (json.JSONDecodeError, RecursionError):
+            record = jsonsafe.loads(line, "metrics.jsonl", max_bytes=RECORDS_CAP)
+        except DataError:
             continue
+        if isinstance(record, dict) or not objects_only:
+            out.append(record)
     return out
 
 
@@ -114,7 +120,7 @@ def truncate_records(path: str | Path, last_step: int) -> int:
     if not p.exists() and not p.is_symlink():
         return 0
     lines = _lines(p)
-    records = _parse(lines)
+    records = _parse(lines, objects_only=False)  # a line not an object is a dropped record
     keep = [r for r in records if isinstance(r, dict) and isinstance(r.get("step", 0), int)
             and r.get("step", 0) <= last_step]
     if len(keep) == len(lines):

@@ -31,12 +31,14 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from unetdist.atomic import fsync_path, replace_dir, write_atomic
+from unetdist.data import jsonsafe
 from unetdist.distributed import gather_objects
 from unetdist.errors import DataError, FileSystemError
 from unetdist.log import warn
 from unetdist.models.weights import save_weights
 from unetdist.runfolder import (
     BEST,
+    JSON_CAP,
     PREEMPTED,
     STATE_FILE,
     TMP_PREFIX,
@@ -44,7 +46,7 @@ from unetdist.runfolder import (
     checkpoints_dir,
     list_checkpoints,
     read_latest,
-    read_run_json,
+    read_run_text,
     step_name,
     step_of,
     write_latest,
@@ -103,10 +105,25 @@ class TrainState:
                 "skipped_in_a_row": self.skipped_in_a_row, "tracker_run_id": self.run_id}
 
     def load_state_dict(self, d: dict) -> None:
-        self.step, self.batches = int(d["step"]), int(d["stream"]["batches"])
-        self.best_dice, self.best_step = d["best"]["value"], d["best"]["step"]
-        self.skipped_in_a_row = int(d["skipped_in_a_row"])
+        stream, best = d.get("stream"), d.get("best")
+        if not isinstance(stream, dict) or not isinstance(best, dict):
+            raise TypeError("stream and best must be objects")
+        self.step, self.batches = _count(d, "step"), _count(stream, "batches")
+        self.best_dice = best.get("value")  # finite: read_json refuses NaN and Infinity
+        if self.best_dice is not None and type(self.best_dice) not in (int, float):
+            raise TypeError(f"best.value must be a number or null, got {self.best_dice!r:.40}")
+        self.best_step = None if best.get("step") is None else _count(best, "step")
+        self.skipped_in_a_row = _count(d, "skipped_in_a_row")
+        if not isinstance(d.get("tracker_run_id"), str):
+            raise TypeError("tracker_run_id must be a string")
         self.run_id = d["tracker_run_id"]
+
+
+def _count(d: dict, key: str) -> int:  # an int in [0, 2**62]: no bool, float or string
+    v = d.get(key)
+    if type(v) is not int or not 0 <= v <= 2**62:
+        raise ValueError(f"{key} must be a count (an integer >= 0), got {str(v)[:40]!r}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -140,8 +157,15 @@ def json_documents(parts: list[Part]) -> dict[str, dict]:
 def read_json(path: str | Path, file: str) -> dict:
     """A JSON object file of checkpoint `path` (a regular file of the folder, size-capped);
     DataError when missing or not one."""
-    return read_run_json(Path(path) / file, f"checkpoint {path} was written by another "
-                         "unetdist version or is incomplete")
+    f = Path(path) / file
+    hint = f"checkpoint {path} was written by another unetdist version or is incomplete"
+    try:  # bounded: no NaN/Infinity, no nesting deep enough to break what walks it
+        value = jsonsafe.loads(read_run_text(f), str(f), max_bytes=JSON_CAP)
+    except DataError as e:
+        raise DataError(f"{e}: {hint}") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{f}: a {type(value).__name__}, not a JSON object: {hint}")
+    return value
 
 
 def read_trainer_state(path: str | Path) -> dict:
@@ -200,13 +224,32 @@ def load_checkpoint(accelerator, path: str | Path, parts: list[Part]) -> None:
     failed = [r for r, good in enumerate(gather_objects(ok)) if not good]
     if failed:
         raise DataError(f"checkpoint {path}: the random state of rank(s) {failed} did not load")
+    load_json_parts(path, parts)
+    for p in parts:
+        if isinstance(p, FilePart) and not p.load(Path(path)):
+            warn(f"{path} holds no {p.name}; {p.missing}")
+
+
+def load_json_parts(path: str | Path, parts: list[Part]) -> None:
+    """Load every JsonPart from its file of checkpoint PATH. The files are untrusted: a part
+    whose state is not the shape it wrote (a missing key, a wrong type) is one DataError
+    naming the file and the part, never a KeyError or TypeError from inside it."""
     docs = {p.file: read_json(path, p.file) for p in parts if isinstance(p, JsonPart)}
     for p in parts:
-        if isinstance(p, JsonPart):
-            doc = docs[p.file]
-            p.load_state_dict(doc if p.name == "" else doc.get(p.name, {}))
-        elif not p.load(Path(path)):
-            warn(f"{path} holds no {p.name}; {p.missing}")
+        if not isinstance(p, JsonPart):
+            continue
+        state = docs[p.file] if p.name == "" else docs[p.file].get(p.name, {})
+        where = Path(path) / p.file
+        try:
+            if not isinstance(state, dict):
+                raise TypeError(f"a {type(state).__name__}, not an object")
+            p.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+            what = f"its {p.name!r} state" if p.name else f"its {type(p).__name__} state"
+            why = " ".join(str(e).split())[:200] or type(e).__name__
+            raise DataError(f"{where}: {what} is not what unetdist writes ({why}): "
+                            "tampered or from another version; resume from another "
+                            "checkpoint") from None
 
 
 def prune(run_dir: str | Path, keep_last: int) -> list[Path]:
