@@ -210,6 +210,7 @@ def test_a_users_yaml_over_a_bound_names_the_file_and_the_field(tmp_path, capsys
 # ----------------------------------------------------------------------------- case 9
 
 
+@pytest.mark.slow  # enters `fit` (refused in its validation): the fast tier's guard counts it
 @pytest.mark.parametrize("case", ["fold", "local_dir", "run_dir_parent"])
 def test_check_refuses_what_train_refuses_with_the_same_line(data, tmp_path, capsys, case):
     blocker = tmp_path / "blocker"
