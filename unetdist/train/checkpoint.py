@@ -3,15 +3,13 @@ loop over it. Also: pruning, the PREEMPTED marker, best-model export.
 
 A checkpoint folder (layout: `unetdist.runfolder`) holds accelerate's save_state (model,
 optimizer, scaler, one random_states_<rank>.pkl per rank) and our own parts, each owning its
-state: `JsonPart`s are stored in a JSON file of the folder (TrainState and RunIdentity at the
-top level of trainer_state.json, the time budget under its "budget" key, the LR scheduler as
-scheduler.json), `FilePart`s write their own safetensors file (the EMA). `setup` builds the
-list once; adding state to checkpoints is one more entry in it.
+state: `JsonPart`s in a JSON file (TrainState and RunIdentity at the top of trainer_state.json,
+the budget and thread count under their keys, the LR scheduler as scheduler.json), `FilePart`s
+in their own safetensors file (the EMA). `setup` builds the list once: one entry per state.
 
-Nothing is half-written after a crash: folders are written under a temporary name and renamed
-when complete, small files are written to a temporary name and os.replace'd, and old
-checkpoints are pruned only after the new one and `latest` are in place. accelerate's own
-`total_limit` deletes before writing, which is why it is not used.
+Nothing is half-written after a crash: folders and small files are written under temporary
+names and renamed when complete; old checkpoints are pruned only after the new one and
+`latest` are in place (accelerate's `total_limit` deletes before writing: not used).
 
 A run folder lives on storage others may write, so loading one must never run code: the
 pickles accelerate writes are loaded with `weights_only=True`, our own state is JSON or
