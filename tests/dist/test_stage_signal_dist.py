@@ -45,7 +45,10 @@ def _local_rank(pid: int) -> int | None:
     except OSError:
         return None
     ranks = [int(v.split(b"=", 1)[1]) for v in env if v.startswith(b"LOCAL_RANK=")]
-    return ranks[0] if ranks and b"unetdist" in cmd else None
+    # the rank itself, not the loader's forkserver it starts early (same env, `unetdist` in its
+    # preload list): that helper dies of SIGTERM by default, which says nothing about the rank
+    is_rank = b"unetdist" in cmd and b"forkserver" not in cmd
+    return ranks[0] if ranks and is_rank else None
 
 
 def _exit_status(pid: int) -> int | None:
