@@ -94,6 +94,15 @@ def test_unknown_key_in_yaml_is_rejected(tmp_path):
         load_config(write(tmp_path, "optim:\n  lrr: 0.1\n"))
 
 
+def test_a_mapping_for_a_list_names_the_field(tmp_path):
+    # OmegaConf raised a bare TypeError here (found by `make fuzz`)
+    with pytest.raises(ConfigError, match="track.wandb.tags must be a list"):
+        load_config(write(tmp_path, "track:\n  wandb:\n    tags: {a: 1}\n"))
+    with pytest.raises(ConfigError, match="track.wandb.tags must be a list"):
+        load_config(None, ["track.wandb.tags={a:1}"])
+    assert load_config(write(tmp_path, "track:\n  wandb:\n    tags: [a]\n")).track.wandb.tags == ["a"]
+
+
 def test_malformed_override_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="section.field=value"):
         load_config(None, ["optim.lr"])

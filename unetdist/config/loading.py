@@ -50,7 +50,21 @@ def _yaml_layer(path: Path):
     loaded = load_yaml(path, "config file")  # duplicate keys, syntax, alias bombs: one line
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    _check_containers(loaded, dataclasses.asdict(RunConfig()))
     return OmegaConf.create(loaded)
+
+
+def _check_containers(given: dict, schema: dict, prefix: str = "") -> None:
+    """A mapping where the schema has a list (or the reverse) makes OmegaConf raise a bare
+    TypeError that names no field; name it here."""
+    for key, value in given.items():
+        if not isinstance(key, str) or key not in schema:
+            continue  # OmegaConf names unknown keys itself
+        want, name = schema[key], _escaped(f"{prefix}{key}")
+        if isinstance(want, list) and isinstance(value, dict):
+            raise ConfigError(f"{name} must be a list, got a mapping")
+        if isinstance(want, dict) and isinstance(value, dict):
+            _check_containers(value, want, f"{name}.")
 
 
 def _merge(base: Path | dict | None, overrides: list[str] | tuple) -> RunConfig:
@@ -63,8 +77,11 @@ def _merge(base: Path | dict | None, overrides: list[str] | tuple) -> RunConfig:
         if isinstance(base, Path):
             layers.append(_yaml_layer(base))
         elif base is not None:
+            _check_containers(base, dataclasses.asdict(RunConfig()))
             layers.append(OmegaConf.create(base))
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        dotted = OmegaConf.from_dotlist(list(overrides))
+        _check_containers(OmegaConf.to_container(dotted), dataclasses.asdict(RunConfig()))
+        layers.append(dotted)
         return OmegaConf.to_object(OmegaConf.merge(*layers))  # __post_init__ validates
     except OmegaConfBaseException as e:
         raise _wrap_omegaconf_error(e) from None
