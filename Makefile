@@ -19,9 +19,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Unit tests and in-process CLI tests: nothing that trains or launches (tests/guard.py checks).
+# Two pytest-xdist workers: a third of the tier's time is waiting on subprocesses and files.
 FAST_MARKS := not slow and not dist and not slurm and not gpu
+FAST_WORKERS ?= 2
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "$(FAST_MARKS)" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "$(FAST_MARKS)" -n $(FAST_WORKERS) $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/unetdist demo $(DEMO_ARGS)
