@@ -251,3 +251,20 @@ def test_multi_label_channels_equal_sklearn_binary_metrics():
         assert abs(row["auc_roc"] - skm.roc_auc_score(y, p)) < 1e-3
     assert out["mean_dice"] == pytest.approx(
         np.mean([out["per_label"][n]["dice"] for n in ("disc", "cup")]))
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_update_copies_to_the_host_once_per_image(multi_label):
+    from unetdist.bench.syncs import FakeSyncCounter
+
+    prob, lab, fov = (torch.from_numpy(a) for a in _images(10, 4, sizes=[(40, 48)])[0])
+    if multi_label:
+        state, lab = MultiLabelMetricState(4, bins=100), prob > 0.3
+    else:
+        state = ClassMetricState(4, ignore_index=IGNORE, bins=100)
+    counter = FakeSyncCounter()
+    with counter.patched(), counter.counting():
+        row = state.update(prob, lab, fov)
+    # the first read is the one device-to-host copy; what follows reads that host copy
+    assert counter.last[0] == "cpu" and counter.last.count("cpu") == 1, counter.last
+    assert row["num_images"] == 1
