@@ -27,7 +27,8 @@ Dashtbozorg et al. 2014; Galdran et al. 2019 exclude crossing and uncertain pixe
 accuracy): a crossing is both an artery and a vein, so no A/V call on it is right or wrong. A
 predicted crossing on an artery or vein pixel is no A/V call either and is excluded too; the
 excluded vessel pixels are counted (`excluded_pixels`, `crossing_pixels`) so that a model
-cannot hide errors there unseen. Artery is the positive class.
+cannot hide errors there unseen. Artery is the positive class; without arteries (veins)
+sensitivity (specificity) follows the binary convention above.
 
 Multi-label (`MultiLabelMetricState`): per channel, the binary counts at a threshold and score
 histograms of `metrics.py`, for overlapping labels (disc ⊃ cup); each row is that module's
