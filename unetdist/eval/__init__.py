@@ -10,6 +10,8 @@
 - `outputs.py` — the evaluation's output folder (one per data + split, never overwriting other
   results), predictions, metrics.json, per_image.csv, plots
 - `metrics.py` — reducible confusion counts + score histograms, metric formulas
+- `multiclass.py` — reducible K×K confusion + one-vs-rest histograms (per-class metrics, mean
+  IoU, A/V numbers) and per-channel multi-label counts
 - `topology.py` — reducible topology counts per image: clDice, Betti errors, fragments
 - `predict.py` — `predict_images` (the predict job): predict a folder of raw images
 - `threshold.py` — the threshold binary masks use: eval.threshold, or the one `auto` chose on
