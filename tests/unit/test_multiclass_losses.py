@@ -239,6 +239,8 @@ def test_config_accepts_the_new_fields():
     ("loss.class_weights=[1,nan]", "loss.class_weights", "finite"),
     ("loss.class_weights=[1,inf]", "loss.class_weights", "finite"),
     ("loss.class_weights={a: 1}", "loss.class_weights", "list"),
+    ("loss.class_weights=[[1]]", "loss.class_weights", ">= 0"),
+    ("loss.class_weights=[{a: 1}]", "loss.class_weights", ">= 0"),
     ("loss.ignore_index=256", "loss.ignore_index", "255"),
     ("loss.ignore_index=-1", "loss.ignore_index", "null"),
     ("loss.ignore_index=x", "loss.ignore_index", ""),

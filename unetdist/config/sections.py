@@ -189,8 +189,9 @@ class LossConfig:
         _at_most(f"{p}.cldice_iters", self.cldice_iters, 100)
         w = list(self.class_weights)
         _at_most(f"{p}.class_weights length", len(w), 256)  # labels are 8-bit class indices
-        _require(all(0 <= v < math.inf for v in w), f"{p}.class_weights", w,
-                 "finite weights >= 0")
+        # OmegaConf lets a nested list or mapping through as an element: name the field anyway
+        _require(all(isinstance(v, (int, float)) and 0 <= v < math.inf for v in w),
+                 f"{p}.class_weights", w, "finite weights >= 0")
         _require(not w or any(v > 0 for v in w), f"{p}.class_weights", w, "a list with a weight > 0")
         if self.ignore_index is not None:
             _require(0 <= self.ignore_index <= 255, f"{p}.ignore_index", self.ignore_index,
