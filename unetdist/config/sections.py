@@ -9,6 +9,7 @@ is allowed (the helpers in `unetdist.config.checks`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from unetdist.config.checks import _FALSE_SPELLINGS, _enum, _one_of, _require
@@ -170,11 +171,14 @@ class ModelConfig:
 class LossConfig:
     """Training loss, computed inside the FOV."""
 
-    name: str = "bce_dice"  # bce | dice | bce_dice | cldice
+    name: str = "bce_dice"  # bce | dice | bce_dice | cldice | ce | ce_dice | multilabel_bce_dice
     pos_weight: float = 1.0  # BCE weight of the vessel class
-    dice_weight: float = 1.0  # weight of the Dice term in bce_dice / cldice
+    dice_weight: float = 1.0  # weight of the Dice term in bce_dice / cldice / ce_dice / multilabel
     cldice_weight: float = 0.5  # weight of the clDice term in cldice
     cldice_iters: int = 3  # soft-skeleton iterations
+    # ce/ce_dice: one weight per class; multilabel_bce_dice: per-channel pos_weight ([] = none)
+    class_weights: list[float] = field(default_factory=list)
+    ignore_index: int | None = None  # label value that adds no loss (e.g. 255; null = none)
 
     def check(self, p: str) -> None:
         _one_of(f"{p}.name", self.name, registered("loss"))
@@ -183,6 +187,15 @@ class LossConfig:
         _require(self.cldice_weight >= 0, f"{p}.cldice_weight", self.cldice_weight, ">= 0")
         _require(self.cldice_iters >= 1, f"{p}.cldice_iters", self.cldice_iters, ">= 1")
         _at_most(f"{p}.cldice_iters", self.cldice_iters, 100)
+        w = list(self.class_weights)
+        _at_most(f"{p}.class_weights length", len(w), 256)  # labels are 8-bit class indices
+        # OmegaConf lets a nested list or mapping through as an element: name the field anyway
+        _require(all(isinstance(v, (int, float)) and 0 <= v < math.inf for v in w),
+                 f"{p}.class_weights", w, "finite weights >= 0")
+        _require(not w or any(v > 0 for v in w), f"{p}.class_weights", w, "a list with a weight > 0")
+        if self.ignore_index is not None:
+            _require(0 <= self.ignore_index <= 255, f"{p}.ignore_index", self.ignore_index,
+                     "in [0, 255] (an 8-bit label value) or null")
 
 
 @dataclass

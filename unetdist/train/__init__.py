@@ -9,7 +9,9 @@
 - `optim.py` — optimizers and LR schedules (registries)
 - `budget.py` — the training-time budget (`train.max_minutes`), agreed across ranks
 - `ema.py` — the EMA of the weights (`train.ema_decay`), checkpointed as safetensors
-- `losses.py` — FOV-masked losses (registry)
+- `losses.py` — FOV-masked binary losses and the registry of every loss name
+- `multiclass_losses.py` — multi-class (softmax CE + Dice) and multi-label (per-channel BCE +
+  Dice) losses, with class weights and an ignore index
 - `compile_cache.py` — repairs torch.compile's kernel cache after a killed compile
 - `preempt.py` — the preemption flag set by signals (SIGINT too: Ctrl-C checkpoints)
 - `threads.py` — the CPU thread policy (affinity and cgroup aware)

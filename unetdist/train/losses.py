@@ -15,12 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# the multi-class module shares the Dice smoothing and the loss signature; the registry below
+# imports its builders, so these live there (importing back would be a circle)
+from unetdist.train.multiclass_losses import (
+    DICE_SMOOTH,
+    LossFn,
+    build_ce,
+    build_ce_dice,
+    build_multilabel_bce_dice,
+)
+
 if TYPE_CHECKING:  # the registry owns names the config asks for: typing only, no circle
     from unetdist.config import LossConfig
-
-LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-
-DICE_SMOOTH = 1.0  # additive smoothing of soft Dice: an empty crop predicted empty scores 0 loss
 
 
 def masked_bce(logits: Tensor, label: Tensor, fov: Tensor,
@@ -120,6 +126,8 @@ def _bce_dice_cldice(cfg: LossConfig) -> LossFn:
 # the allowed loss.name values (config validation asks this table)
 LOSSES: dict[str, Callable[[LossConfig], LossFn]] = {
     "bce": _bce, "dice": _dice, "bce_dice": _bce_dice, "cldice": _bce_dice_cldice,
+    # multi-class (label: class indices) and multi-label (label: one {0,1} channel per class)
+    "ce": build_ce, "ce_dice": build_ce_dice, "multilabel_bce_dice": build_multilabel_bce_dice,
 }
 
 
