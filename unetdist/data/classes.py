@@ -189,13 +189,14 @@ class ClassTable:
         if d is None:
             return cls.binary()
         if not isinstance(d, dict) or set(d) != {"mode", "entries", "ignore"}:
-            got = f"keys {_short(sorted(map(str, d))[:5])}" if isinstance(d, dict) else type(d).__name__
+            got = (f"keys {_short(sorted(map(str, d))[:5])}" if isinstance(d, dict)
+                   else type(d).__name__)
             raise DataError(f"{where}: classes must be an object with mode, entries and "
                             f"ignore, got {got}")
         entries, ignore = d["entries"], d["ignore"]
         if not isinstance(entries, list) or not 2 <= len(entries) <= MAX_CLASSES:
-            got = f"{len(entries)} entries" if isinstance(entries, list) else \
-                type(entries).__name__
+            got = (f"{len(entries)} entries" if isinstance(entries, list)
+                   else type(entries).__name__)
             raise DataError(f"{where}: classes.entries must be a list of 2 to {MAX_CLASSES} "
                             f"classes, got {got}")
         classes = [_manifest_entry(e, f"{where}: classes.entries[{i}]", i)
