@@ -7,7 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from tests.fuzz.mutate import edited_json
 from unetdist.data.classes import IGNORE_INDEX, MAX_CLASSES, ClassTable
 from unetdist.data.manifest import class_table, parse_manifest
 from unetdist.errors import ConfigError, DataError
@@ -200,6 +203,20 @@ def test_parse_manifest_refuses_a_hostile_table_in_one_line(table, named):
         parse_manifest(raw, "shared/shards/manifest.json")
     msg = _one_line(e)
     assert msg.startswith("shared/shards/manifest.json: ") and named in msg, msg
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_any_edit_of_a_table_reads_as_a_table_or_one_data_error(data):
+    table = data.draw(edited_json(GOOD))
+    raw = json.dumps(_manifest(classes=table)).encode()
+    try:
+        t = class_table(parse_manifest(raw, "fuzzed/manifest.json"))
+    except DataError as e:
+        assert "\n" not in str(e) and str(e).startswith("fuzzed/manifest.json: "), str(e)
+    else:
+        assert ClassTable.from_manifest(t.to_manifest()) == t
 
 
 # ------------------------------------------------------------------------------ helpers
