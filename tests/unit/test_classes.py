@@ -34,6 +34,7 @@ def test_command_line_table_reads_in_order_with_the_ignore_entry_apart():
     np.testing.assert_array_equal(t.colours, [[0, 0, 0], [255, 0, 0], [0, 0, 255], [0, 255, 0]])
     assert t.colours.dtype == np.uint8
     assert (t.num_classes, t.out_channels, t.is_binary) == (4, 4, False)
+    assert ClassTable.from_specs(AV).ignore_index is None
     assert ClassTable.from_specs([" background = 0, 0 ,0", "vessel=255,255,255"]) \
         == ClassTable.binary()
     assert t.describe() == ("4 classes (multiclass): background, artery, vein, crossing; "

@@ -231,9 +231,10 @@ class ClassTable:
         return len(self.entries) if self.mode == "multiclass" else len(self.entries) - 1
 
     @property
-    def ignore_index(self) -> int:
-        """The label-map value of ignored pixels (no pixel has it when there is no ignore)."""
-        return IGNORE_INDEX
+    def ignore_index(self) -> int | None:
+        """The label-map value of ignored pixels (IGNORE_INDEX), None without an ignore entry:
+        what `loss.ignore_index` and the multi-class metrics take."""
+        return IGNORE_INDEX if self.ignore is not None else None
 
     @property
     def names(self) -> tuple[str, ...]:
