@@ -1,6 +1,7 @@
 """Shards and the streaming pipeline (shards -> batches).
 
 - `manifest.py` — the shard set's manifest.json: splits, k-fold lists, sizes, hashes, verification
+- `classes.py` — the class table: names, indices, colours, ignore entry, mode (CLI, YAML, JSON)
 - `codec.py` — PNG/JSON members of a sample: our own decoders, never pickles
 - `tario.py` — reproducible tar shard writing and hashing
 - `jsonsafe.py` — JSON from shards and run folders, parsed with size and depth limits

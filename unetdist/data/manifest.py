@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from unetdist.data import jsonsafe
+from unetdist.data.classes import ClassTable
 from unetdist.data.tario import file_sha256
 from unetdist.errors import ConfigError, DataError
 
@@ -87,6 +88,7 @@ def _check_manifest(m: object, where: str) -> None:
     if m.get("folds") is not None:
         _check_folds(m["folds"], splits, where)
     _check_fov_diameter(m.get("fov_diameter", {}), where)
+    ClassTable.from_manifest(m.get("classes"), where)  # a hostile table is one DataError too
 
 
 def _check_fov_diameter(value: object, where: str) -> None:
@@ -133,6 +135,11 @@ def parse_manifest(raw: bytes, path: str | Path) -> dict:
     manifest = jsonsafe.loads(raw, str(path), max_bytes=jsonsafe.MANIFEST_BYTES)
     _check_manifest(manifest, str(path))
     return manifest
+
+
+def class_table(manifest: dict) -> ClassTable:
+    """What the labels of a checked manifest's shards mean (binary when it has no table)."""
+    return ClassTable.from_manifest(manifest.get("classes"), MANIFEST)
 
 
 def check_fold(manifest: dict, fold: int, where: str | Path) -> None:

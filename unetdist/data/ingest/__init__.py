@@ -5,6 +5,8 @@
 - `datasets.py` — the CHASE_DB1, STARE and HRF layouts, as their owners ship them
 - `readers.py` — read raw images and masks (TIFF, GIF palettes, PNG, JPEG, PPM(.gz), ...)
   and the two-level mask rule
+- `colour_masks.py` — colour-coded (JPEG too) and index label masks -> checked class-index maps;
+  multilabel channel stacks
 - `detect.py` — which known layout a folder looks like (the hint of a wrong --layout error)
 - `fov.py` — estimate a fundus image's field of view (shard and predict), its diameter
 - `folds.py` — `--folds K`: deal the training samples into seeded folds
