@@ -228,7 +228,7 @@ def test_unweighted_ce_from_the_registry_is_the_plain_mean():
 
 def test_config_accepts_the_new_fields():
     cfg = load_config(None, ["loss.name=ce_dice", "loss.class_weights=[0,1,2.5]",
-                             "loss.ignore_index=255"])
+                             "loss.ignore_index=255", "model.num_classes=3"])
     assert cfg.loss.class_weights == [0.0, 1.0, 2.5] and cfg.loss.ignore_index == 255
     assert load_config().loss.class_weights == [] and load_config().loss.ignore_index is None
 
@@ -263,5 +263,26 @@ def test_a_weight_count_that_is_not_the_class_count_names_the_field():
     with pytest.raises(ConfigError, match="loss.class_weights.*3.*got 2"):
         multilabel_bce_dice(logits[:, :3], label.expand(B, 3, H, W).clamp_max(1).float(), fov,
                             torch.tensor([1.0, 2.0]))
-    with pytest.raises(ConfigError, match="model.out_channels"):
+    with pytest.raises(ConfigError, match="model.num_classes"):
         build_loss(LossConfig(name="ce_dice"))(logits[:, :1], label.clamp_max(0), fov)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["loss.name=ce_dice"], "model.num_classes must be >= 2 for loss.name=ce_dice"),
+    (["model.num_classes=2"], "model.num_classes must be 1 for loss.name=bce_dice"),
+    (["loss.name=ce", "model.num_classes=2", "loss.class_weights=[1,2,3]"],
+     "loss.class_weights must be one weight per output channel"),
+    (["loss.name=multilabel_bce_dice", "model.num_classes=2", "loss.class_weights=[1]"],
+     "loss.class_weights must be one weight per output channel"),
+    (["loss.class_weights=[1,2]"], "loss.class_weights must be empty for loss.name=bce_dice"),
+    (["loss.name=cldice", "loss.ignore_index=255"], "loss.ignore_index must be null"),
+])
+def test_loss_and_model_outputs_must_agree_at_load(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_agreeing_loss_and_outputs_load():
+    assert load_config(None, ["loss.name=ce", "model.num_classes=2",
+                              "loss.class_weights=[1,3]"]).model.num_classes == 2
+    assert load_config(None, ["loss.name=multilabel_bce_dice"]).model.num_classes == 1

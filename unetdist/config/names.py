@@ -30,6 +30,14 @@ def registered(kind: str) -> tuple[str, ...]:
     return tuple(table)
 
 
+def loss_output(name: str) -> str:
+    """How loss NAME reads the model's outputs: "sigmoid" (one vessel logit), "softmax" (one
+    logit per class) or "multilabel" (one sigmoid per label channel)."""
+    from unetdist.train.losses import LOSS_OUTPUTS
+
+    return LOSS_OUTPUTS[name]
+
+
 def tta_mode(value: object) -> str:
     """eval.tta as a mode name: old configs hold the on/off switch (true/false)."""
     from unetdist.eval.tta import tta_mode as mode

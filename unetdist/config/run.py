@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from unetdist.config.checks import _require
+from unetdist.config.names import loss_output
 from unetdist.config.sections import (
     CheckpointConfig,
     DataConfig,
@@ -60,3 +61,25 @@ class RunConfig:
         _require(self.model.in_channels == self.data.in_channels, "model.in_channels",
                  self.model.in_channels, f"{self.data.in_channels} for data.channels="
                  f"{self.data.channels}")
+        self._check_loss_outputs()
+
+    def _check_loss_outputs(self) -> None:
+        """The loss and the model's output channels must agree before anything is built: a
+        mismatch would otherwise surface at the first step, or not at all (a binary loss would
+        ignore class weights)."""
+        k, loss = self.model.num_classes, self.loss
+        output = loss_output(loss.name)
+        if output == "sigmoid":
+            _require(k == 1, "model.num_classes", k, f"1 for loss.name={loss.name} (one vessel "
+                     "logit); a softmax model over K classes trains with loss.name=ce or ce_dice")
+            _require(not loss.class_weights, "loss.class_weights", list(loss.class_weights),
+                     f"empty for loss.name={loss.name} (its positive weight is loss.pos_weight)")
+            _require(loss.ignore_index is None, "loss.ignore_index", loss.ignore_index,
+                     f"null for loss.name={loss.name} (binary labels have no ignore value)")
+            return
+        if output == "softmax":
+            _require(k >= 2, "model.num_classes", k, f">= 2 for loss.name={loss.name} (one "
+                     "logit per class; a binary vessel model is 2 classes)")
+        _require(not loss.class_weights or len(loss.class_weights) == k, "loss.class_weights",
+                 list(loss.class_weights), f"one weight per output channel (model.num_classes="
+                 f"{k}) or empty")

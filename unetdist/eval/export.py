@@ -26,7 +26,8 @@ from unetdist.models.weights import clean_state_dict, save_weights
 
 ONNX_TOLERANCE = 1e-4  # max |onnxruntime - torch| on the logits (absolute, plus the same rel.)
 SAMPLE_HW = (67, 83)  # odd sides: see the module docstring
-OUTPUT_NOTE = "logits; sigmoid gives the vessel probability; input preprocessed as config.data"
+OUTPUT_NOTE = ("logits; the vessel probability is sigmoid(logit) for 1 channel, softmax(logits)[1] "
+               "for more; input preprocessed as config.data")
 CHECK_SHAPES = ((3, 96, 128), (1, 77, 101))  # (batch, H, W) checked with onnxruntime
 
 

@@ -131,6 +131,12 @@ LOSSES: dict[str, Callable[[LossConfig], LossFn]] = {
 }
 
 
+# what each loss reads from the model's K output channels (config checks K against it)
+LOSS_OUTPUTS: dict[str, str] = {"bce": "sigmoid", "dice": "sigmoid", "bce_dice": "sigmoid",
+                                "cldice": "sigmoid", "ce": "softmax", "ce_dice": "softmax",
+                                "multilabel_bce_dice": "multilabel"}
+
+
 def build_loss(cfg: LossConfig) -> LossFn:
     """The loss named by `cfg.name`."""
     return LOSSES[cfg.name](cfg)

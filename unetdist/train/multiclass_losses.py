@@ -53,7 +53,7 @@ def _check_classes(logits: Tensor, weight: Tensor | None) -> None:
     # shapes only: known on the host, so no device sync
     k = logits.shape[1]
     if k < 2:
-        raise ConfigError(f"model.out_channels must be >= 2 for a multi-class loss, got {k}")
+        raise ConfigError(f"model.num_classes must be >= 2 for a multi-class loss, got {k}")
     if weight is not None and weight.numel() != k:
         raise ConfigError(f"loss.class_weights must have one weight per class ({k}), "
                           f"got {weight.numel()}")
