@@ -1,6 +1,12 @@
 """Errors a user can cause. The CLI prints them as one line and exits with their status."""
 
 
+def one_line(text: str) -> str:
+    """TEXT with its control characters escaped (newline, CR, NUL, line separators): a message
+    may quote a value from a hostile file or spec, and an error must stay one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class UserError(Exception):
     """Bad input from the user (path, data, config): one clear line, exit status 2.
 

@@ -103,6 +103,13 @@ def test_a_mapping_for_a_list_names_the_field(tmp_path):
     assert load_config(write(tmp_path, "track:\n  wandb:\n    tags: [a]\n")).track.wandb.tags == ["a"]
 
 
+def test_an_override_value_yaml_cannot_read_is_one_line():
+    # a NUL in a sweep parameter value reached OmegaConf's YAML reader (found by make fuzz)
+    with pytest.raises(ConfigError, match="control characters") as e:
+        load_config(None, ["optim.lr=\x00"])
+    assert "\n" not in str(e.value)
+
+
 def test_malformed_override_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="section.field=value"):
         load_config(None, ["optim.lr"])

@@ -78,3 +78,14 @@ def test_anchors_merge_keys_and_exponent_floats_still_load(tmp_path):
                     "model: {width: 8, name: unet}\ntrain: {run_dir: r}\n")
     cfg = load_config(path)
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.model.width) == (3e-4, 1e-5, 8)
+
+
+def test_a_sweep_value_with_a_newline_and_a_nul_is_one_escaped_line(tmp_path, capsys):
+    # found by `make fuzz`: the trial's parameters are quoted in the error, NUL and newline too
+    spec = tmp_path / "spec.yaml"
+    spec.write_text('method: grid\nparameters:\n  optim.lr: ["\\u00e9\\n\\u0000", 0.003]\n'
+                    f"overrides: [data.shared_dir={tmp_path}]\n")
+    assert main(["sweep", str(spec), "--launch", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: sweep trial-000"), err
+    assert "optim.lr=\u00e9\\n\\x00" in err, err

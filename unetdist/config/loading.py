@@ -11,17 +11,11 @@ import dataclasses
 from pathlib import Path
 
 from unetdist.config.run import RunConfig
-from unetdist.errors import ConfigError
-
-
-def _escaped(text: str) -> str:
-    """TEXT with its control characters escaped: a key from a file may hold a CR or a line
-    separator, and an error must stay one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+from unetdist.errors import ConfigError, one_line
 
 
 def _first_line(e: Exception) -> str:
-    return _escaped(str(e).split("\n")[0])
+    return one_line(str(e).split("\n")[0])
 
 
 def _wrap_omegaconf_error(e: Exception) -> ConfigError:
@@ -29,7 +23,7 @@ def _wrap_omegaconf_error(e: Exception) -> ConfigError:
     msg = _first_line(e)
     if type(e).__name__ == "ConfigKeyError" or "not in" in msg:
         return ConfigError(f"unknown config key {key!r} ({msg})")
-    return ConfigError(f"{_escaped(str(key))}: {msg}" if key else msg)
+    return ConfigError(f"{one_line(str(key))}: {msg}" if key else msg)
 
 
 def _check_overrides(overrides: list[str] | tuple, only: str | None) -> None:
@@ -60,7 +54,7 @@ def _check_containers(given: dict, schema: dict, prefix: str = "") -> None:
     for key, value in given.items():
         if not isinstance(key, str) or key not in schema:
             continue  # OmegaConf names unknown keys itself
-        want, name = schema[key], _escaped(f"{prefix}{key}")
+        want, name = schema[key], one_line(f"{prefix}{key}")
         if isinstance(want, list) and isinstance(value, dict):
             raise ConfigError(f"{name} must be a list, got a mapping")
         if isinstance(want, dict) and isinstance(value, dict):
@@ -71,6 +65,7 @@ def _merge(base: Path | dict | None, overrides: list[str] | tuple) -> RunConfig:
     """The one merger: defaults < base (a YAML file or a stored config) < dotted overrides."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
 
     try:
         layers = [OmegaConf.structured(RunConfig)]
@@ -85,7 +80,7 @@ def _merge(base: Path | dict | None, overrides: list[str] | tuple) -> RunConfig:
         return OmegaConf.to_object(OmegaConf.merge(*layers))  # __post_init__ validates
     except OmegaConfBaseException as e:
         raise _wrap_omegaconf_error(e) from None
-    except ValueError as e:  # yaml errors and the like
+    except (ValueError, YAMLError) as e:  # OmegaConf parses override values as YAML
         raise ConfigError(_first_line(e)) from None
 
 
