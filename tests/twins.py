@@ -151,3 +151,62 @@ def make_hrf(root: Path, per_category: int = 15, size: tuple[int, int] = (96, 14
         rgb = np.repeat((s.fov * 255)[..., None], 3, axis=2)
         _save(Image.fromarray(rgb, "RGB"), root / "mask" / f"{stem}_mask.tif", "TIFF")
     return root
+
+
+# RITE's av/*.png colours (RGB), written here independently of unetdist's writer.
+RITE_AV_COLOURS = {"background": (0, 0, 0), "artery": (255, 0, 0), "vein": (0, 0, 255),
+                   "crossing": (0, 255, 0), "uncertain": (255, 255, 255)}
+
+
+def _av_sample(index: int, size: tuple[int, int], split: str = "train"):
+    from unetdist.data.ingest.synth_av import synthetic_av_sample
+
+    return synthetic_av_sample(index, split=split, seed=16, size=size)
+
+
+def av_rgb(labels: np.ndarray, uncertain: np.ndarray | None = None) -> np.ndarray:
+    """Colour-code a 0..3 (background, artery, vein, crossing) label map; uncertain white."""
+    table = np.array([RITE_AV_COLOURS[k] for k in ("background", "artery", "vein", "crossing")],
+                     dtype=np.uint8)
+    rgb = table[labels]
+    if uncertain is not None:
+        rgb[uncertain > 0] = RITE_AV_COLOURS["uncertain"]
+    return rgb
+
+
+def make_rite(root: Path, n_train: int = 20, n_test: int = 20, size: tuple[int, int] = (96, 88),
+              fov_masks: bool = False) -> Path:
+    """AV_groundTruth/{training,test}/{images,av,vessel}: DRIVE's RGB TIFFs, RGB PNG A/V maps
+    (red artery, blue vein, green crossing, white uncertain), 0/255 vessel PNGs. `fov_masks`
+    adds DRIVE's mask GIFs as AV_groundTruth/<split>/mask/NN_<kind>_mask.gif."""
+    for split, kind, first, n in (("train", "training", 21, n_train),
+                                  ("test", "test", 1, n_test)):
+        base = root / "AV_groundTruth" / kind
+        for i in range(n):
+            s, stem = _av_sample(i, size, split), f"{first + i:02d}_{kind}"
+            _save(Image.fromarray(s.image, "RGB"), base / "images" / f"{stem}.tif", "TIFF")
+            _save(Image.fromarray(av_rgb(s.labels, s.uncertain), "RGB"),
+                  base / "av" / f"{stem}.png", "PNG")
+            _save(Image.fromarray((s.labels > 0).astype(np.uint8) * 255, "L"),
+                  base / "vessel" / f"{stem}.png", "PNG")
+            if fov_masks:
+                _save(Image.fromarray(s.fov * 255, "L"), base / "mask" / f"{stem}_mask.gif",
+                      "GIF")
+    return root
+
+
+def make_av_jpeg_folders(root: Path, n: int = 6, size: tuple[int, int] = (96, 88),
+                         suffix: str = "--av", quality: int = 90,
+                         subsampling: int = 0) -> Path:
+    """The generic-folders A/V case of issue 25: images/NN.png, and beside images/ the masks
+    as JPEG with a suffix in the name, masks/NN<suffix>.jpg, red artery, blue vein, green
+    crossing, black background (no uncertain colour: its pixels keep their class). JPEG
+    with full chroma (`subsampling=0`, quality 90) leaves most pixels near, not at, the
+    table's colours, each still nearest its own class's; `subsampling=2` (4:2:0, PIL's
+    default) smears 1-2 px vessels across classes, a harder case."""
+    for i in range(n):
+        s, stem = _av_sample(i, size), f"{i + 1:02d}"
+        _save(Image.fromarray(s.image, "RGB"), root / "images" / f"{stem}.png", "PNG")
+        _save(Image.fromarray(av_rgb(s.labels), "RGB"), root / "masks" / f"{stem}{suffix}.jpg",
+              "JPEG", quality=quality, subsampling=subsampling)
+    return root

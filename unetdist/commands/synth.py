@@ -1,4 +1,5 @@
-"""`unetdist synth OUT`: a synthetic fundus dataset in the DRIVE layout (demo and tests)."""
+"""`unetdist synth OUT`: a synthetic fundus dataset in the DRIVE layout, or with
+`--classes av` artery/vein labels in RITE's layout (demo and tests)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import time
 
 from unetdist.commands._common import add_quiet_argument
 
-HELP = "write a synthetic fundus dataset (DRIVE layout) for the demo and tests"
+HELP = ("write a synthetic fundus dataset for the demo and tests (DRIVE layout; artery/vein "
+        "labels in RITE's with --classes av)")
+CLASSES = {  # --classes choice -> what it writes
+    "vessel": "binary vessel labels in the DRIVE layout: training/{images,1st_manual,mask}, "
+              "test/...",
+    "av": "artery/vein labels in RITE's layout: AV_groundTruth/{training,test}/{images,av,"
+          "vessel}; av/*.png red artery, blue vein, green crossing, white uncertain",
+}
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -25,7 +33,14 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", metavar="OUT", help="folder to create (DRIVE layout)")
+    p.add_argument("out", metavar="OUT", help="folder to create")
+    p.add_argument("--classes", choices=tuple(CLASSES), default="vessel",
+                   help="; ".join(f"{k}: {v}" for k, v in CLASSES.items())
+                   + " (default vessel)")
+    p.add_argument("--fov-masks", action="store_true",
+                   help="--classes av: also write DRIVE's FOV masks as AV_groundTruth/<split>/"
+                        "mask/NN_<training|test>_mask.gif (RITE ships none; the DRIVE layout "
+                        "always has them)")
     p.add_argument("--n-train", type=int, default=20, help="training images (default 20)")
     p.add_argument("--n-test", type=int, default=20, help="test images (default 20)")
     p.add_argument("--size", type=parse_size, default=(584, 565), metavar="HxW",
@@ -37,12 +52,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from unetdist.data.ingest.synth import write_synthetic
+    from unetdist.data.ingest.synth_av import write_synthetic_av
 
     start = time.perf_counter()
-    out = write_synthetic(args.out, n_train=args.n_train, n_test=args.n_test, size=args.size,
-                          seed=args.seed, progress=not args.quiet, overwrite=args.force)
+    common = {"n_train": args.n_train, "n_test": args.n_test, "size": args.size,
+              "seed": args.seed, "progress": not args.quiet, "overwrite": args.force}
+    if args.classes == "av":
+        out = write_synthetic_av(args.out, fov_masks=args.fov_masks, **common)
+    else:
+        out = write_synthetic(args.out, **common)
     h, w = args.size
-    print(f"wrote {args.n_train + args.n_test} synthetic images ({args.n_train} train, "
+    kind = "A/V " if args.classes == "av" else ""
+    print(f"wrote {args.n_train + args.n_test} synthetic {kind}images ({args.n_train} train, "
           f"{args.n_test} test, {h}x{w}, seed {args.seed}) in "
           f"{time.perf_counter() - start:.1f} s -> {out}")
     return 0

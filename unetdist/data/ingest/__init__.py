@@ -13,6 +13,7 @@
 - `checks.py` — validate every sample up front (sizes, binary masks) and list the problems
 - `writer.py` — `shard_dataset`: encode samples into tar shards + manifest, atomically
 - `synth.py` — synthetic DRIVE-layout datasets for tests and the demo
+- `synth_av.py` — synthetic artery/vein datasets (class-index labels) in RITE's layout
 - `vessels.py` — the synthetic vessel-tree renderer behind synth, and the image `Geometry`
   it draws into
 """

@@ -23,6 +23,7 @@ from unetdist.errors import UserError
 
 REF_SIZE = 565.0  # DRIVE image width: the unit of every geometric constant below
 SPLIT_CODES = {"train": 1, "test": 2}  # keeps train and test images independent
+VESSEL_WEIGHT = np.array([0.35, 1.0, 0.6])  # vessels show best in green, least in red
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class FundusSample:
     fov: np.ndarray  # (H, W) uint8 in {0, 1}
 
 
-def _geometry(h: int, w: int, rng: np.random.Generator) -> Geometry:
+def random_geometry(h: int, w: int, rng: np.random.Generator) -> Geometry:
     s = min(h, w) / REF_SIZE
     radius = 0.475 * min(h, w)
     cy = h / 2 + rng.uniform(-0.01, 0.01) * h
@@ -54,7 +55,7 @@ def _smooth_field(h: int, w: int, cells: float, rng: np.random.Generator) -> np.
     return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
-def _fov(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+def field_of_view(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
     """Binary FOV mask and the normalised radius r (0 at the centre, 1 on the FOV border)."""
     yy = (np.arange(g.h, dtype=np.float64)[:, None] - g.cy) / g.radius
     xx = (np.arange(g.w, dtype=np.float64)[None, :] - g.cx) / g.radius
@@ -82,22 +83,25 @@ def _illumination(g: Geometry, r: np.ndarray, rng: np.random.Generator) -> np.nd
     return vignette * gradient * slow * macula
 
 
-def _shade(g: Geometry, r: np.ndarray, fov: np.ndarray, dark: np.ndarray,
-           rng: np.random.Generator) -> np.ndarray:
-    """The uint8 RGB image from illumination, disc, texture, signed vessel darkness, noise."""
+def shade(g: Geometry, r: np.ndarray, fov: np.ndarray, dark: np.ndarray,
+          rng: np.random.Generator) -> np.ndarray:
+    """The uint8 RGB image from illumination, disc, texture, signed vessel darkness, noise.
+
+    `dark` (H, W) is weighted per channel like a vessel's (`VESSEL_WEIGHT`); a (H, W, 3)
+    `dark` is used as it is (synth_av: arteries and veins darken the channels differently).
+    """
     base = np.array([rng.uniform(0.80, 0.92), rng.uniform(0.38, 0.47), rng.uniform(0.13, 0.2)])
     light = _illumination(g, r, rng)
     texture = 1.0 + 0.03 * _smooth_field(g.h, g.w, 14 * g.scale, rng)
     disc = _blob(g, g.disc, g.disc_r, 6.0) + 0.35 * _blob(g, g.disc, 2.2 * g.disc_r, 2.0)
     disc_colour = np.array([0.25, 0.5, 0.3]) * rng.uniform(0.8, 1.0)
-    vessel_weight = np.array([0.35, 1.0, 0.6])  # vessels show best in green, least in red
     edge = cv2.GaussianBlur(fov.astype(np.float64), (0, 0), max(0.8, 2.0 * g.scale))
     # In-place (H, W, 3) arithmetic: this function dominates the generation time.
     out = np.multiply.outer(light * texture, base)
     out += np.multiply.outer(disc, disc_colour)
-    shade = np.multiply.outer(dark, -vessel_weight)
-    shade += 1.0
-    out *= shade
+    shading = np.multiply.outer(dark, -VESSEL_WEIGHT) if dark.ndim == 2 else -dark
+    shading += 1.0
+    out *= shading
     out *= edge[..., None]
     noise = rng.standard_normal(out.shape, dtype=np.float32)  # float32 draws are faster
     noise *= rng.uniform(0.008, 0.012)
@@ -109,7 +113,12 @@ def _shade(g: Geometry, r: np.ndarray, fov: np.ndarray, dark: np.ndarray,
     return out.astype(np.uint8)
 
 
-def _lesions(g: Geometry, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def optics(dark: np.ndarray, g: Geometry) -> np.ndarray:
+    """The camera's blur on a darkness map: thin vessels lose contrast, edges soften."""
+    return cv2.GaussianBlur(dark, (0, 0), max(0.5, 0.6 * g.scale))
+
+
+def lesions(g: Geometry, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Dark round haemorrhages and bright exudates: blobs a UNet must learn are not vessels."""
     dark = np.zeros((g.h, g.w), dtype=np.uint8)
     bright = np.zeros((g.h, g.w), dtype=np.uint8)
@@ -128,24 +137,27 @@ def render_fundus(size: tuple[int, int], rng: np.random.Generator) -> FundusSamp
     h, w = int(size[0]), int(size[1])
     if h < 32 or w < 32:
         raise UserError(f"synthetic images need at least 32x32 px, got {h}x{w}")
-    g = _geometry(h, w, rng)
-    fov, r = _fov(g)
+    g = random_geometry(h, w, rng)
+    fov, r = field_of_view(g)
     canvas = VesselCanvas(h, w)
     grow_vessel_tree(canvas, g, rng)
-    blur = max(0.5, 0.6 * g.scale)  # optics: thin vessels lose contrast, edges soften
-    spots, exudates = _lesions(g, rng)
+    spots, exudates = lesions(g, rng)
     # Signed darkness: vessels and haemorrhages darken, exudates brighten.
     dark = np.maximum(canvas.dark, spots).astype(np.float64) - exudates.astype(np.float64)
-    dark = cv2.GaussianBlur(dark / 255.0, (0, 0), blur)
-    image = _shade(g, r, fov, dark, rng)
+    dark = optics(dark / 255.0, g)
+    image = shade(g, r, fov, dark, rng)
     return FundusSample(image=image, vessels=canvas.mask & fov, fov=fov)
+
+
+def sample_rng(index: int, split: str, seed: int) -> np.random.Generator:
+    """The generator of sample `index` of `split` for `seed` (synth_av's samples too)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, SPLIT_CODES[split], index]))
 
 
 def synthetic_sample(index: int, *, split: str = "train", seed: int = 0,
                      size: tuple[int, int] = (584, 565)) -> FundusSample:
     """Sample `index` of `split` for `seed`; independent of how many samples are generated."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, SPLIT_CODES[split], index]))
-    return render_fundus(size, rng)
+    return render_fundus(size, sample_rng(index, split, seed))
 
 
 def drive_names(split: str, number: int) -> tuple[str, str, str]:
@@ -167,6 +179,18 @@ def _save_sample(root: Path, split: str, number: int, sample: FundusSample) -> N
     Image.fromarray(sample.fov * 255, "L").save(folder / "mask" / mask_name, format="GIF")
 
 
+def synth_jobs(n_train: int, n_test: int, size: tuple[int, int]) -> list[tuple[str, int, int]]:
+    """(split, DRIVE number, sample index) of every image to write: training images are
+    numbered from 21 and test images from 1, as in DRIVE (and RITE, its A/V labelling)."""
+    if n_train < 0 or n_test < 0 or n_train + n_test == 0:
+        raise UserError(f"need n_train, n_test >= 0 and at least one image, got {n_train}, "
+                        f"{n_test}")
+    if min(size) < 32:
+        raise UserError(f"synthetic images need at least 32x32 px, got {size[0]}x{size[1]}")
+    jobs = [("train", 21 + i, i) for i in range(n_train)]
+    return jobs + [("test", 1 + i, i) for i in range(n_test)]
+
+
 def write_synthetic(out: str | Path, n_train: int = 20, n_test: int = 20,
                     size: tuple[int, int] = (584, 565), seed: int = 0,
                     progress: bool = True, overwrite: bool = False) -> Path:
@@ -178,13 +202,7 @@ def write_synthetic(out: str | Path, n_train: int = 20, n_test: int = 20,
     from tqdm import tqdm
 
     out = Path(out).absolute()
-    if n_train < 0 or n_test < 0 or n_train + n_test == 0:
-        raise UserError(f"need n_train, n_test >= 0 and at least one image, got {n_train}, "
-                        f"{n_test}")
-    if min(size) < 32:
-        raise UserError(f"synthetic images need at least 32x32 px, got {size[0]}x{size[1]}")
-    jobs = [("train", 21 + i, i) for i in range(n_train)]
-    jobs += [("test", 1 + i, i) for i in range(n_test)]
+    jobs = synth_jobs(n_train, n_test, size)
     with atomic_dir(out, overwrite) as tmp:
         for split in sorted({split for split, _, _ in jobs}):  # no empty split folders
             for sub in ("images", "1st_manual", "mask"):
