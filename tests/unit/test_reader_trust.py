@@ -83,3 +83,34 @@ def test_decode_errors_in_a_staged_copy_suggest_rehash(tmp_path):
     (tmp_path / ".stage").mkdir()
     _, why = reader.decode_checked(raw, "skip")
     assert f"unetdist stage --rehash SHARED_DIR {tmp_path}" in why
+
+
+def test_a_classes_map_decodes_to_its_indices_and_a_label_mask_to_0_1():
+    from unetdist.data.codec import decode_sample, encode_classes
+
+    raw = _raw(32)
+    binary = decode_sample(raw)["label"]
+    assert binary.dtype == np.uint8 and set(np.unique(binary)) == {0, 1}
+    index = np.random.default_rng(1).choice([0, 1, 2, 3, 255], (32, 32)).astype(np.uint8)
+    del raw["label.png"]
+    raw["classes.png"] = encode_classes(index)
+    assert np.array_equal(decode_sample(raw)["label"], index)
+
+
+@pytest.mark.parametrize("members", [(), ("label.png", "classes.png")])
+def test_a_sample_needs_exactly_one_label_member(members):
+    from unetdist.data.codec import decode_sample, encode_classes
+
+    raw = _raw(16)
+    del raw["label.png"]
+    for m in members:
+        raw[m] = encode_classes(np.zeros((16, 16), np.uint8))
+    with pytest.raises(DataError, match="exactly one of the members label.png and classes.png"):
+        decode_sample(raw)
+
+
+def test_a_classes_member_bomb_is_refused_before_decoding(no_decode):
+    raw = _raw(16)
+    raw["classes.png"] = _with_size(raw.pop("label.png"), 100_000, 100_000)
+    with pytest.raises(DataError, match="classes.png declares"):
+        reader.decode_checked(raw, "error")

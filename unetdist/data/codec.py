@@ -1,7 +1,13 @@
 """Our own decoders/encoders for shard members: PNG and JSON only, never pickles.
 
 Shards come from shared storage that others can write, so we decode only the members we know
-(`image.png`, `label.png`, `fov.png`, `label2.png`, `meta.json`) and ignore everything else.
+(`image.png`, `label.png` or `classes.png`, `fov.png`, `label2.png`, `meta.json`) and ignore
+everything else.
+
+A sample's label is one of two members. `label.png` is a binary mask stored 0/255 (viewable);
+`classes.png` is a class-index map (0..K-1, 255 = ignore) of a shard folder whose manifest holds
+a class table with more than two classes. Either decodes to the same thing: `label`, a uint8 map
+of class indices ({0, 1} for a binary mask), so every reader downstream handles one form.
 A meta.json is typed before use (`read_meta`): its sizes reach OpenCV (evaluate resizes
 predictions back to them), so a size that is not a positive int within MAX_PIXELS is refused.
 """
@@ -14,7 +20,8 @@ import numpy as np
 from unetdist.data import jsonsafe
 from unetdist.errors import DataError
 
-MASK_MEMBERS = ("label", "fov", "label2")
+MASK_MEMBERS = ("label", "fov", "label2")  # binary masks, stored 0/255
+IGNORE = 255  # the class index of "do not score" pixels in a classes.png map
 MAX_PIXELS = 64_000_000  # per image, read and written: HRF's 8 MP fit; a 100k x 100k bomb does not
 
 
@@ -34,6 +41,11 @@ def encode_mask(mask01: np.ndarray) -> bytes:
     return encode_png((mask01 > 0).astype(np.uint8) * 255)
 
 
+def encode_classes(index_map: np.ndarray) -> bytes:
+    """A class-index map (0..K-1, IGNORE for pixels that score nothing) as a gray PNG."""
+    return encode_png(np.ascontiguousarray(index_map, dtype=np.uint8))
+
+
 def decode_png(data: bytes, *, color: bool, what: str = "PNG") -> np.ndarray:
     arr = np.frombuffer(data, dtype=np.uint8)
     flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
@@ -46,19 +58,23 @@ def decode_png(data: bytes, *, color: bool, what: str = "PNG") -> np.ndarray:
 def decode_sample(sample: dict) -> dict:
     """webdataset raw sample (bytes per member) -> arrays.
 
-    Returns key, image (H,W,3 uint8 RGB), label/fov (H,W uint8 in {0,1}), label2 when present,
-    meta (dict). Raises DataError naming the key and member on anything malformed.
+    Returns key, image (H,W,3 uint8 RGB), label (H,W uint8 class indices: {0,1} from label.png),
+    fov (H,W uint8 in {0,1}), label2 when present, meta (dict). Raises DataError naming the key and member on anything malformed.
     """
     key = sample.get("__key__", "?")
     where = f"sample {key!r}" + (f" in {sample['__url__']}" if "__url__" in sample else "")
-    for m in ("image.png", "label.png", "fov.png"):
+    for m in ("image.png", "fov.png"):
         if m not in sample:
             raise DataError(f"{where}: member {m} missing")
+    if ("label.png" in sample) == ("classes.png" in sample):
+        raise DataError(f"{where}: needs exactly one of the members label.png and classes.png")
     out = {"key": key, "image": decode_png(sample["image.png"], color=True, what=f"{where} image")}
     for m in MASK_MEMBERS:
         if f"{m}.png" in sample:
             out[m] = (decode_png(sample[f"{m}.png"], color=False, what=f"{where} {m}") > 127)
             out[m] = out[m].astype(np.uint8)
+    if "classes.png" in sample:
+        out["label"] = decode_png(sample["classes.png"], color=False, what=f"{where} classes")
     if out["label"].shape != out["image"].shape[:2] or out["fov"].shape != out["image"].shape[:2]:
         raise DataError(f"{where}: image/label/fov sizes differ")
     out["meta"] = read_meta(sample["meta.json"], where) if "meta.json" in sample else {}

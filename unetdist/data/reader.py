@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 DECODE_THREADS = 4
 DECODE_CHUNK = 32  # raw samples held in memory at once while filling the cache
-PNG_MEMBERS = ("image.png", "label.png", "fov.png", "label2.png")
+PNG_MEMBERS = ("image.png", "label.png", "fov.png", "label2.png", "classes.png")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STAGE_STATE = ".stage"  # the folder `unetdist stage` keeps in a staged copy (stage/copy.py)
 
