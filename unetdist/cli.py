@@ -12,7 +12,7 @@ import os
 import sys
 
 from unetdist import __version__
-from unetdist.errors import UserError, one_line
+from unetdist.errors import UserError
 
 COMMANDS = ("config", "doctor", "synth", "shard", "inspect", "plan", "stage", "train",
             "evaluate", "predict", "export", "report", "bench", "demo", "sweep")
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         # Under `accelerate launch` every rank raises the same error: one line for the job.
         # The other ranks exit quietly with the same status.
         if should_print(e):
-            print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
+            print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:
         if _is_main():

@@ -3,7 +3,7 @@
 
 def one_line(text: str) -> str:
     """TEXT with its control characters escaped (newline, CR, NUL, line separators): a message
-    may quote a value from a hostile file or spec, and an error must stay one line."""
+    that quotes a value from a hostile file or spec must stay one line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 

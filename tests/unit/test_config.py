@@ -103,6 +103,19 @@ def test_a_mapping_for_a_list_names_the_field(tmp_path):
     assert load_config(write(tmp_path, "track:\n  wandb:\n    tags: [a]\n")).track.wandb.tags == ["a"]
 
 
+def test_a_deeply_nested_stored_config_is_refused_before_omegaconf_walks_it():
+    # 60 levels exhausted Python's recursion inside OmegaConf (found by make fuzz)
+    from unetdist.config import config_from_dict
+
+    deep: dict = {}
+    node = deep
+    for _ in range(200):
+        node["a"] = {}
+        node = node["a"]
+    with pytest.raises(ConfigError, match="nested deeper than 8 levels"):
+        config_from_dict(deep)
+
+
 def test_an_override_value_yaml_cannot_read_is_one_line():
     # a NUL in a sweep parameter value reached OmegaConf's YAML reader (found by make fuzz)
     with pytest.raises(ConfigError, match="control characters") as e:

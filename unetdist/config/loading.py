@@ -44,8 +44,24 @@ def _yaml_layer(path: Path):
     loaded = load_yaml(path, "config file")  # duplicate keys, syntax, alias bombs: one line
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    _check_depth(loaded, f"config file {path}")
     _check_containers(loaded, dataclasses.asdict(RunConfig()))
     return OmegaConf.create(loaded)
+
+
+MAX_DEPTH = 8  # a config nests 3 levels (track.wandb.tags); OmegaConf recurses ~15 frames a level
+
+
+def _check_depth(given: object, where: str) -> None:
+    """Refuse a deeper tree before OmegaConf walks it: a stored config (safetensors metadata,
+    config.yaml) is untrusted, and 60 levels already exhaust Python's recursion limit there."""
+    level = [given]
+    for depth in range(MAX_DEPTH + 1):
+        level = [v for x in level if isinstance(x, dict | list)
+                 for v in (x.values() if isinstance(x, dict) else x)]
+        if not level:
+            return
+    raise ConfigError(f"{where} is nested deeper than {MAX_DEPTH} levels")
 
 
 def _check_containers(given: dict, schema: dict, prefix: str = "") -> None:
@@ -72,6 +88,7 @@ def _merge(base: Path | dict | None, overrides: list[str] | tuple) -> RunConfig:
         if isinstance(base, Path):
             layers.append(_yaml_layer(base))
         elif base is not None:
+            _check_depth(base, "the stored config")
             _check_containers(base, dataclasses.asdict(RunConfig()))
             layers.append(OmegaConf.create(base))
         dotted = OmegaConf.from_dotlist(list(overrides))

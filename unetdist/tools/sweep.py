@@ -41,7 +41,7 @@ from typing import Any
 
 from unetdist.atomic import user_writes, write_atomic
 from unetdist.config import load_config
-from unetdist.errors import ConfigError, FileSystemError, UserError
+from unetdist.errors import ConfigError, FileSystemError, UserError, one_line
 from unetdist.log import say
 from unetdist.tools.sweep_spec import Spec, Values, read_spec
 from unetdist.train.runlock import RunLock, _describe, _read_holder
@@ -111,8 +111,9 @@ def expand(spec: Spec) -> dict:
 
 
 def _short(params: dict) -> str:
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in params.items())
+    """The trial's parameters on one line (a value from the spec may hold a newline or a NUL)."""
+    return one_line(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in params.items()))
 
 
 def load_sweep(target: str | Path) -> tuple[Path, dict]:
