@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="image stems end in S, the rest is the pairing key (default none)")
     for name in ("label", "fov", "label2"):
         g.add_argument(f"--{name}-suffix", default="", metavar="S",
-                       help=f"the {name} of key K is K<S>.* (e.g. _mask; default none)")
+                       help=f"the {name} of key K is K<S>.* (e.g. _mask; default none; a "
+                       f"suffix starting with - is written --{name}-suffix=--av)")
     _add_class_arguments(p)
     p.add_argument("--split-val", type=float, default=None, metavar="F",
                    help="fraction of training samples moved to val, >= 1 sample when > 0 "
