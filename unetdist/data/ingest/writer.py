@@ -4,10 +4,11 @@ Per sample, in this order: `<id>.image.png` (RGB, original size), `<id>.label.pn
 `<id>.fov.png` (gray 0/255; FOV all 255 when the layout has none), `<id>.label2.png` when a
 second annotator exists, `<id>.meta.json` (id, source, split, size, `fov_source`: file,
 estimated or none). With a class table of more than two classes (`--classes`, or RITE's) the
-label is `<id>.classes.png` instead (class indices, 255 = ignore), the manifest holds the
-table under "classes", and a colour mask's meta.json and the manifest's "snapped" map count
-the pixels snapped to a class colour. Ids are sorted within a split (within a fold, for k-fold shards); shards
-follow that order. Output is byte-identical for identical input (see `unetdist.data.tario`).
+label is `<id>.classes.png` instead (class indices, 255 = ignore); with any table the manifest
+holds it under "classes", and a colour mask's meta.json and the manifest's "snapped" map count
+the pixels snapped to a class colour. Ids are sorted within a split (within a fold, for k-fold
+shards); shards follow that order. Output is byte-identical for identical input (see
+`unetdist.data.tario`).
 
 Memory: at most `threads` samples are decoded at once and `threads + 1` encoded samples wait
 for the tar writer, so 8-megapixel datasets (HRF) shard in a few hundred MB.
