@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "manifest.json (exit 1 on a mismatch) instead of writing")
     p.add_argument("--layout", choices=LAYOUTS, default="drive",
                    help="drive, chase (CHASE_DB1), stare, hrf: each dataset's official tree "
-                   "(see docs/datasets.md); seed: Train_Images/Train_Labels/Test_*; "
+                   "(see docs/datasets.md); rite: RITE's artery/vein labels "
+                   "(AV_groundTruth/); seed: Train_Images/Train_Labels/Test_*; "
                    "folders: --images/--labels [--fov] (default drive)")
     g = p.add_argument_group("folders layout (folders relative to SRC; pairing by file stem)")
     for name, what in (("images", "images (default: images)"),
@@ -46,7 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="image stems end in S, the rest is the pairing key (default none)")
     for name in ("label", "fov", "label2"):
         g.add_argument(f"--{name}-suffix", default="", metavar="S",
-                       help=f"the {name} of key K is K<S>.* (e.g. _mask; default none)")
+                       help=f"the {name} of key K is K<S>.* (e.g. _mask; default none; a "
+                       f"suffix starting with - is written --{name}-suffix=--av)")
+    _add_class_arguments(p)
     p.add_argument("--split-val", type=float, default=None, metavar="F",
                    help="fraction of training samples moved to val, >= 1 sample when > 0 "
                    "(default 0.1, or 0 with --folds; 0 keeps all for training)")
@@ -70,6 +73,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_quiet_argument(p)
 
 
+def _add_class_arguments(p: argparse.ArgumentParser) -> None:
+    from unetdist.data.ingest.checks import DEFAULT_MAX_FAR_SHARE, DEFAULT_SNAP_TOLERANCE
+
+    g = p.add_argument_group("class masks (multi-class labels: --layout rite, folders, seed)")
+    table = g.add_mutually_exclusive_group()
+    table.add_argument("--classes", nargs="+", metavar="NAME=R,G,B",
+                       help="the class table, background first: e.g. background=0,0,0 "
+                       "artery=255,0,0 vein=0,0,255 uncertain=255,255,255:ignore (:ignore: "
+                       "pixels no loss or metric counts). Colour masks are snapped to these "
+                       "colours, one-channel masks are class indices (default for rite: "
+                       "RITE's colours; otherwise binary masks)")
+    table.add_argument("--classes-file", metavar="YAML",
+                       help="the class table as a YAML list of {name, colour, ignore?}")
+    g.add_argument("--snap-tolerance", type=float, default=None, metavar="D",
+                   help="a colour-mask pixel within RGB distance D of a class colour takes "
+                   f"that class (JPEG masks; default {DEFAULT_SNAP_TOLERANCE:g})")
+    g.add_argument("--max-far-share", type=float, default=None, metavar="F",
+                   help="refuse a colour mask when more than this share of its pixels is "
+                   f"farther than D from every class colour (default {DEFAULT_MAX_FAR_SHARE:g})")
+
+
+def _class_table(args: argparse.Namespace):
+    """The --classes / --classes-file table, or None (ConfigError naming the bad entry)."""
+    from unetdist.data.classes import ClassTable
+
+    if args.classes:
+        return ClassTable.from_specs(args.classes)
+    if args.classes_file:
+        return ClassTable.from_yaml(args.classes_file)
+    return None
+
+
 def _verify(root: str, progress: bool) -> int:
     from unetdist.data.manifest import read_manifest, verify_shards
 
@@ -86,7 +121,7 @@ def _verify(root: str, progress: bool) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unetdist.data.ingest.writer import fov_summary, shard_dataset
+    from unetdist.data.ingest.writer import classes_summary, fov_summary, shard_dataset
     from unetdist.errors import UserError
 
     if args.verify:
@@ -103,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
                       max_samples=args.max_samples, max_bytes=args.max_bytes,
                       progress=not args.quiet, overwrite=args.force, binarize=args.binarize,
                       folds=args.folds, fold_seed=args.fold_seed, max_pixels=args.max_pixels,
-                      **folder_opts)
+                      classes=_class_table(args), snap_tolerance=args.snap_tolerance,
+                      max_far_share=args.max_far_share, **folder_opts)
     splits = m["splits"]
     counts = ", ".join(f"{s} {e['samples']}" for s, e in splits.items())
     n = sum(e["samples"] for e in splits.values())
@@ -117,4 +153,6 @@ def run(args: argparse.Namespace) -> int:
               f"data.fold=0..{m['folds']['k'] - 1}")
     if fov_line := fov_summary(m):
         print(fov_line)
+    if classes_line := classes_summary(m):
+        print(classes_line)
     return 0

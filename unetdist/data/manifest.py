@@ -7,6 +7,9 @@ consistent counts, and every member the readers use typed (ints are ints, lists 
 K-fold manifests (`shard --folds K`) also hold `folds`: {"k", "seed", "ids": [[id, ...] per
 fold], "shards": [[shard name, ...] per fold]}. Each training shard holds one fold only, so
 `data.fold=i` selects whole shards: training reads the other folds' shards, "val" is fold i's.
+
+Multi-class manifests hold `classes` (the class table, `ClassTable.to_manifest`) and, when
+colour masks were snapped, `snapped`: {sample id: pixels snapped to a class colour}.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from pathlib import Path
 
 from unetdist.data import jsonsafe
 from unetdist.data.classes import ClassTable
+from unetdist.data.keys import is_sample_id
 from unetdist.data.tario import file_sha256
 from unetdist.errors import ConfigError, DataError
 
 FORMAT = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
-LAYOUTS = ("drive", "chase", "stare", "hrf", "seed", "folders")  # raw layouts `shard` reads
+LAYOUTS = ("drive", "chase", "stare", "hrf", "rite", "seed", "folders")  # raw layouts `shard` reads
 FOV_SOURCES = ("file", "estimated", "none")  # where a sample's fov.png came from
 DEFAULT_MAX_SAMPLES = 16  # small, balanced shards spread over ranks x workers
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -89,6 +93,17 @@ def _check_manifest(m: object, where: str) -> None:
         _check_folds(m["folds"], splits, where)
     _check_fov_diameter(m.get("fov_diameter", {}), where)
     ClassTable.from_manifest(m.get("classes"), where)  # a hostile table is one DataError too
+    if "snapped" in m:
+        _check_snapped(m["snapped"], sum(e["samples"] for e in splits.values()), where)
+
+
+def _check_snapped(value: object, n_samples: int, where: str) -> None:
+    """At most one count per sample, keyed by a sample id: a non-negative int of pixels."""
+    ok = (isinstance(value, dict) and len(value) <= n_samples
+          and all(is_sample_id(k) and _is_count(v, 0) for k, v in value.items()))
+    if not ok:
+        raise DataError(f"{where}: snapped must map at most {n_samples} sample ids to "
+                        "non-negative pixel counts")
 
 
 def _check_fov_diameter(value: object, where: str) -> None:

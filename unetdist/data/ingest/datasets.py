@@ -10,6 +10,12 @@
   id train, the rest test (10 / 10); `--folds K` covers all labelled images instead.
 - `hrf`: `images/NN_{dr,g,h}.{jpg,JPG}`, `manual1/NN_x.tif`, `mask/NN_x_mask.tif`. Split per
   category (dr, g, h): the first 5 by number train, the rest test (15 / 30).
+- `rite` (RITE, artery/vein labels of the DRIVE images): `AV_groundTruth/{training,test}/`
+  `images/NN_<kind>.tif` (DRIVE's), `av/NN_<kind>.png` (RGB: red artery, blue vein, green
+  crossing, white uncertain, black background; read through the class table `RITE_CLASSES`
+  unless `--classes` says otherwise) and `vessel/` (binary, not read: the classes hold it).
+  DRIVE's FOV masks are used when a split has `mask/NN_<kind>_mask.gif`, else estimated.
+  SRC may be the folder holding AV_groundTruth/ or AV_groundTruth/ itself. Split: DRIVE's.
 
 Each reader raises DataError at once when the folder is plainly another dataset, and records a
 Problem per image whose label is missing.
@@ -30,6 +36,11 @@ CHASE_TRAIN_CHILDREN = 10  # children 01-10 train, 11-14 test (the usual 20 / 8 
 STARE_IMAGE = re.compile(r"^im\d{4}$")
 HRF_IMAGE = re.compile(r"^(\d\d)_(dr|g|h)$")
 HRF_TRAIN_PER_CATEGORY = 5
+RITE_SPLITS = (("train", "training"), ("test", "test"))
+# RITE's av/*.png colours; white marks a vessel whose type the annotators could not tell.
+RITE_CLASSES = ("background=0,0,0", "artery=255,0,0", "vein=0,0,255", "crossing=0,255,0",
+                "uncertain=255,255,255:ignore")
+DEFAULT_CLASSES = {"rite": RITE_CLASSES}  # layouts whose labels are class masks by default
 
 
 def _index(found: Discovery, folder: Path) -> dict[str, Path]:
@@ -135,7 +146,47 @@ def read_hrf(root: Path, found: Discovery) -> None:
                                                relative(img, root)))
 
 
+def _rite_base(root: Path) -> Path:
+    """The folder holding training/ and test/: AV_groundTruth/ inside ROOT, or ROOT itself."""
+    if (root / "AV_groundTruth").is_dir():
+        return root / "AV_groundTruth"
+    if (root / "training" / "av").is_dir():
+        return root
+    raise DataError(f"{root}: no AV_groundTruth/ folder (nor training/av/): is this RITE?")
+
+
+def _rite_split(root: Path, base: Path, split: str, found: Discovery) -> None:
+    images_dir, av_dir, mask_dir = base / "images", base / "av", base / "mask"
+    if not images_dir.is_dir():
+        found.problems.append(Problem(str(images_dir), "RITE images folder not found"))
+        return
+    if not av_dir.is_dir():
+        if split == "test":
+            found.notes.append(f"{av_dir} not found: test split skipped (no labels)")
+        else:
+            found.problems.append(Problem(str(av_dir), "label folder not found"))
+        return
+    av, masks = _index(found, av_dir), _index(found, mask_dir) if mask_dir.is_dir() else None
+    images = _index(found, images_dir)
+    if not images:
+        found.problems.append(Problem(str(images_dir), "no image files in this folder"))
+    for stem, img in sorted(images.items()):
+        label = _require(found, av, stem, "A/V label", img, av_dir)
+        fov = None if masks is None else _require(found, masks, f"{stem}_mask", "FOV mask",
+                                                   img, mask_dir)
+        if label is not None and (fov is not None or masks is None):
+            found.samples.append(RawSample(stem, split, img, label, fov, None,
+                                           relative(img, root), estimate_fov=fov is None))
+
+
+def read_rite(root: Path, found: Discovery) -> None:
+    base = _rite_base(root)
+    for split, kind in RITE_SPLITS:
+        if split == "train" or (base / kind).is_dir():
+            _rite_split(root, base / kind, split, found)
+
+
 DATASETS: dict[str, Callable[[Path, Discovery], None]] = {
-    "chase": read_chase, "stare": read_stare, "hrf": read_hrf}
+    "chase": read_chase, "stare": read_stare, "hrf": read_hrf, "rite": read_rite}
 # Layouts without an official split: `--folds K` folds all their labelled images.
 NO_OFFICIAL_SPLIT = frozenset({"stare"})

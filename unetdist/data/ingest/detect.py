@@ -14,7 +14,7 @@ from unetdist.data.ingest.datasets import CHASE_IMAGE, HRF_IMAGE, STARE_IMAGE
 from unetdist.data.ingest.readers import image_stem, is_image_name
 
 NAMES = {"drive": "DRIVE", "chase": "CHASE_DB1", "stare": "STARE", "hrf": "HRF",
-         "seed": "the seed layout"}
+         "rite": "RITE", "seed": "the seed layout"}
 
 
 def _stems(folder: Path) -> list[str]:
@@ -28,13 +28,19 @@ def _has(folder: Path, pattern: re.Pattern) -> bool:
     return any(pattern.match(stem) for stem in _stems(folder))
 
 
+def _rite(root: Path) -> bool:
+    """RITE's tree, or its AV_groundTruth/ folder (whose training/images/ DRIVE's has too)."""
+    return (root / "AV_groundTruth").is_dir() or (root / "training" / "av").is_dir()
+
+
 SIGNS: dict[str, Callable[[Path], bool]] = {
     "drive": lambda root: (root / "training" / "1st_manual").is_dir()
-    or (root / "training" / "images").is_dir(),
+    or ((root / "training" / "images").is_dir() and not _rite(root)),
     "chase": lambda root: _has(root, CHASE_IMAGE) or _has(root / "images", CHASE_IMAGE),
     "stare": lambda root: (root / "labels-ah").is_dir() or _has(root / "stare-images", STARE_IMAGE)
     or _has(root, STARE_IMAGE),
     "hrf": lambda root: _has(root / "images", HRF_IMAGE),
+    "rite": _rite,
     "seed": lambda root: (root / "Train_Images").is_dir(),
 }
 

@@ -3,11 +3,12 @@
 Layouts:
 - `drive`: the official DRIVE tree: {training,test}/images/*.tif, 1st_manual/NN_manual1.gif,
   mask/<stem>_mask.gif, and test/2nd_manual/NN_manual2.gif kept as a second label when present.
-- `chase`, `stare`, `hrf`: see `unetdist.data.ingest.datasets`.
+- `chase`, `stare`, `hrf`, `rite`: see `unetdist.data.ingest.datasets`.
 - `seed`: the tutorial's Train_Images/, Train_Labels/, Test_Images/, Test_Labels/ (paired by
   stem, no FOV).
 - `folders`: --images/--labels [--fov] [--labels2] (and optional --test-* folders), paired by
-  stem with configurable suffixes.
+  stem with configurable suffixes (e.g. `--label-suffix=--av` pairs images/01.png with
+  masks/01--av.jpg).
 
 Discovery only pairs files; `unetdist.data.ingest.checks` decodes and validates them.
 """
@@ -182,7 +183,7 @@ def discover(root: str | Path, layout: str, spec: FolderSpec | None = None) -> D
     if not root.is_dir():
         raise DataError(f"source folder not found: {root}")
     found = Discovery()
-    if layout in ("chase", "stare", "hrf"):
+    if layout in DATASETS:
         DATASETS[layout](root, found)
     elif layout == "drive":
         if not (root / "training").is_dir():

@@ -9,6 +9,10 @@ The mask rule: a mask with exactly two gray levels, one <= 127 and one >= 128, i
 bright level is the foreground). That covers 0/1, 0/255, mode "1" PNGs, RGB masks with equal
 channels and DRIVE's second-observer GIFs, whose palette maps indices 0/1 to (4, 2, 4) and
 (252, 254, 252), i.e. gray 3 and 253. More levels need an explicit `--binarize T`.
+
+Class masks (a dataset with a class table, `read_class_mask`) are read as stored instead: a
+colour image as RGB (its colours are snapped to the table's), a one-channel image as its raw
+values, palette images by their indices, not through the palette (the indices are the classes).
 """
 
 from __future__ import annotations
@@ -95,6 +99,37 @@ def _mask_array(path: Path) -> np.ndarray:
             raise RawFileError("mask is a colour image (its R, G, B channels differ)")
         return rgb[..., 0]
     return np.asarray(im)
+
+
+_RAW_MODES = frozenset({"L", "P", "1", "I", "I;16", "I;16B", "I;16L"})  # one channel, as stored
+
+
+def _palette_is(im, colours: frozenset) -> bool:
+    """Whether every palette entry P-mode image `im` uses is one of `colours` (RGB tuples)."""
+    if not colours or im.mode != "P":
+        return False
+    pal = np.asarray(im.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)
+    used = distinct_values(np.asarray(im))
+    return max(used) < len(pal) and all(tuple(pal[i].tolist()) in colours for i in used)
+
+
+def read_class_mask(path: str | Path, colours: frozenset = frozenset()) -> np.ndarray:
+    """A class mask as stored: (H, W, 3) uint8 RGB for a colour image (alpha dropped), or the
+    (H, W) raw values (palette indices, gray levels, 16-bit ints) of a one-channel image.
+
+    A palette image whose used entries are all in `colours` (the class table's) is a colour
+    mask saved with a palette, and is read as RGB: the table says what the colours mean.
+    """
+    im = _open(Path(path))
+    if im.mode in _RAW_MODES and not _palette_is(im, colours):
+        return np.asarray(im)
+    if im.mode in ("LA", "PA"):  # the alpha band says nothing about the class
+        return np.asarray(im.getchannel(0))
+    if im.mode == "F":
+        raise RawFileError("mask holds floating-point values (expected class indices or colours)")
+    if im.mode != "RGB":  # RGBA, CMYK, YCbCr, a palette of class colours, ...
+        im = im.convert("RGB")
+    return np.asarray(im, dtype=np.uint8)
 
 
 def distinct_values(arr: np.ndarray) -> list[int]:

@@ -3,8 +3,12 @@
 Per sample, in this order: `<id>.image.png` (RGB, original size), `<id>.label.png` and
 `<id>.fov.png` (gray 0/255; FOV all 255 when the layout has none), `<id>.label2.png` when a
 second annotator exists, `<id>.meta.json` (id, source, split, size, `fov_source`: file,
-estimated or none). Ids are sorted within a split (within a fold, for k-fold shards); shards
-follow that order. Output is byte-identical for identical input (see `unetdist.data.tario`).
+estimated or none). With a class table of more than two classes (`--classes`, or RITE's) the
+label is `<id>.classes.png` instead (class indices, 255 = ignore); with any table the manifest
+holds it under "classes", and a colour mask's meta.json and the manifest's "snapped" map count
+the pixels snapped to a class colour. Ids are sorted within a split (within a fold, for k-fold
+shards); shards follow that order. Output is byte-identical for identical input (see
+`unetdist.data.tario`).
 
 Memory: at most `threads` samples are decoded at once and `threads + 1` encoded samples wait
 for the tar writer, so 8-megapixel datasets (HRF) shard in a few hundred MB.
@@ -13,6 +17,7 @@ for the tar writer, so 8-megapixel datasets (HRF) shard in a few hundred MB.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -22,15 +27,18 @@ from pathlib import Path
 import numpy as np
 
 from unetdist.atomic import atomic_dir, check_output_dir, fsync_path
-from unetdist.data.codec import encode_mask, encode_png
+from unetdist.data.classes import ClassTable
+from unetdist.data.codec import encode_classes, encode_mask, encode_png
 from unetdist.data.ingest.checks import (
+    DEFAULT_MAX_FAR_SHARE,
     DEFAULT_MAX_PIXELS,
+    DEFAULT_SNAP_TOLERANCE,
     ReadOptions,
     check_samples,
     format_problems,
     load_sample,
 )
-from unetdist.data.ingest.datasets import NO_OFFICIAL_SPLIT
+from unetdist.data.ingest.datasets import DEFAULT_CLASSES, NO_OFFICIAL_SPLIT
 from unetdist.data.ingest.detect import layout_hint
 from unetdist.data.ingest.folds import assign_folds
 from unetdist.data.ingest.fov import estimate_fov, fov_diameter
@@ -62,13 +70,18 @@ def encode_sample(s: RawSample, opts: ReadOptions | None = None) -> list[tuple[s
         raise DataError(format_problems(problems, s.source))
     h, w = loaded.image.shape[:2]
     fov, fov_source = _fov(s, loaded.image, loaded.fov)
-    members = [(f"{s.id}.image.png", encode_png(loaded.image)),
-               (f"{s.id}.label.png", encode_mask(loaded.label)),
+    table = (opts or ReadOptions()).classes
+    label = ((f"{s.id}.classes.png", encode_classes(loaded.label))
+             if table is not None and not table.is_binary
+             else (f"{s.id}.label.png", encode_mask(loaded.label)))
+    members = [(f"{s.id}.image.png", encode_png(loaded.image)), label,
                (f"{s.id}.fov.png", encode_mask(fov))]
     if loaded.label2 is not None:
         members.append((f"{s.id}.label2.png", encode_mask(loaded.label2)))
     meta = {"id": s.id, "source": s.source, "split": s.split, "height": h, "width": w,
             "fov_source": fov_source, "fov_diameter": round(fov_diameter(fov), 1)}
+    if loaded.snapped is not None:
+        meta["snapped"] = loaded.snapped
     members.append((f"{s.id}.meta.json", json.dumps(meta).encode()))
     return members
 
@@ -220,6 +233,9 @@ def _summarise(manifest: dict, fold_lists: list[list[str]] | None, fold_seed: in
     manifest["fov_sources"] = counts  # per kind: e.g. an image whose estimate failed is none
     manifest["fov_diameter"] = {split: round(float(np.median([m["fov_diameter"] for m in ms])), 1)
                                 for split, ms in metas.items()}
+    snapped = {m["id"]: m["snapped"] for ms in metas.values() for m in ms if "snapped" in m}
+    if snapped:
+        manifest["snapped"] = snapped
     if fold_lists is not None:
         train = list(zip(groups["train"], manifest["splits"]["train"]["shards"]))
         names = [[sh["name"] for g, sh in train if g == i] for i in range(len(fold_lists))]
@@ -243,12 +259,29 @@ def fov_summary(manifest: dict) -> str | None:
     return "FOV masks: " + ", ".join(parts)
 
 
+def classes_summary(manifest: dict) -> str | None:
+    """One line naming the classes (and the ignore entry) and the pixels snapped to a class
+    colour; None for a dataset without a class table."""
+    if manifest.get("classes") is None:
+        return None
+    table = ClassTable.from_manifest(manifest["classes"])
+    line = "classes: " + ", ".join(table.names)
+    if table.ignore is not None:
+        line += f" (+ ignore {table.ignore.name})"
+    if snapped := manifest.get("snapped"):
+        line += (f"; {sum(snapped.values())} pixels snapped to the nearest class colour in "
+                 f"{len(snapped)} colour mask{'s' if len(snapped) != 1 else ''}")
+    return line
+
+
 def shard_dataset(src: str | Path, out: str | Path, *, layout: str = "drive",
                   split_val: float | None = None, max_samples: int = DEFAULT_MAX_SAMPLES,
                   max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = True,
                   overwrite: bool = False, threads: int | None = None,
                   binarize: float | None = None, folds: int = 0, fold_seed: int = 0,
-                  max_pixels: int | None = None, **folder_opts: str | None) -> dict:
+                  max_pixels: int | None = None, classes: ClassTable | None = None,
+                  snap_tolerance: float | None = None, max_far_share: float | None = None,
+                  **folder_opts: str | None) -> dict:
     """Validate every sample of the raw dataset at `src`, then write shards + manifest.json
     to `out` (via a temporary folder renamed at the end). Returns the manifest.
 
@@ -256,6 +289,8 @@ def shard_dataset(src: str | Path, out: str | Path, *, layout: str = "drive",
     `folder_opts` are the `folders` layout's folders (images, labels, fov, labels2, test_*,
     relative to `src`) and the suffixes (image_suffix, label_suffix, ...).
     `split_val` defaults to 0.1 (0 with `folds`); `folds` >= 2 writes k-fold training shards.
+    `classes` (default: the layout's, e.g. RITE's) makes the labels class masks, colour ones
+    snapped within `snap_tolerance` (RGB distance) unless over `max_far_share` are far.
     """
     from functools import partial
 
@@ -264,12 +299,15 @@ def shard_dataset(src: str | Path, out: str | Path, *, layout: str = "drive",
     _check_paths(src, out)
     check_output_dir(out, overwrite)  # fail before a long validation pass, not after
     spec = _folder_spec(layout, folder_opts)
-    opts = ReadOptions(binarize, max_pixels or DEFAULT_MAX_PIXELS)
+    opts = _read_options(layout, spec, binarize, max_pixels, classes,
+                         (snap_tolerance, max_far_share))
     threads = threads or min(4, os.cpu_count() or 1)
     samples = _validated(src, layout, spec, threads, progress, opts)
     samples, fold_lists = _splits(samples, layout, split_val, folds, fold_seed)
     manifest: dict = {"format": FORMAT, "layout": layout, "source": str(src),
                       "binarize": binarize, "splits": {}}
+    if opts.classes is not None:
+        manifest["classes"] = opts.classes.to_manifest()
     with atomic_dir(out, overwrite) as tmp, ThreadPoolExecutor(threads) as pool, \
             log_progress(len(samples), desc="sharding", unit="img", enabled=progress) as bar:
         for split in SPLITS:
@@ -295,6 +333,43 @@ def _check_options(max_samples: int, max_bytes: int, split_val: float | None,
         raise UserError(f"--binarize must be in [0, 255), got {binarize}")
     if max_pixels is not None and max_pixels < 1:
         raise UserError(f"--max-pixels must be >= 1, got {max_pixels}")
+
+
+CLASS_LAYOUTS = ("rite", "folders", "seed")  # layouts whose labels may be class masks
+
+
+def _read_options(layout: str, spec: FolderSpec, binarize: float | None,
+                  max_pixels: int | None, table: ClassTable | None,
+                  snapping: tuple[float | None, float | None]) -> ReadOptions:
+    """The ReadOptions of a shard run; UserError naming the option that does not fit."""
+    if table is None and layout in DEFAULT_CLASSES:
+        table = ClassTable.from_specs(DEFAULT_CLASSES[layout], where=f"--layout {layout}")
+    tolerance, far_share = snapping
+    if table is None:
+        if tolerance is not None or far_share is not None:
+            raise UserError("--snap-tolerance and --max-far-share apply to colour masks read "
+                            "through a class table: give --classes (or --classes-file)")
+        return ReadOptions(binarize, max_pixels or DEFAULT_MAX_PIXELS)
+    if layout not in CLASS_LAYOUTS:
+        raise UserError(f"--classes does not apply to --layout {layout} (its labels are "
+                        f"binary vessel masks); class masks are read by --layout "
+                        f"{', '.join(CLASS_LAYOUTS)}")
+    if binarize is not None:
+        raise UserError("--binarize does not combine with a class table (class masks are "
+                        "snapped to the table's colours or read as class indices)")
+    if table.is_binary and table.ignore is not None:
+        raise UserError(f"a 2-class table is binary (label.png 0/255) and has no ignore "
+                        f"value: drop {table.ignore.name!r} or add a third class")
+    if not table.is_binary and (spec.labels2 or spec.test_labels2):
+        raise UserError("--labels2/--test-labels2 do not combine with a multi-class table "
+                        "(a shard holds one class map per sample)")
+    tolerance = DEFAULT_SNAP_TOLERANCE if tolerance is None else tolerance
+    far_share = DEFAULT_MAX_FAR_SHARE if far_share is None else far_share
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise UserError(f"--snap-tolerance must be a finite RGB distance >= 0, got {tolerance}")
+    if not 0 <= far_share <= 1:
+        raise UserError(f"--max-far-share must be in [0, 1], got {far_share}")
+    return ReadOptions(None, max_pixels or DEFAULT_MAX_PIXELS, table, tolerance, far_share)
 
 
 FOLDER_OPTS = ("images", "labels", "fov", "labels2", "test_images", "test_labels", "test_fov",
