@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from unetdist.data.augment import render_view, view_size
-from unetdist.data.preprocess import Prepared, prepare
+from unetdist.data.preprocess import FOV_LUT, LABEL_LUT, Prepared, prepare
 from unetdist.data.reader import (
     CacheView,
     SampleCache,
@@ -150,12 +150,6 @@ class _Materializer:
         return prep
 
 
-# packed masks -> {0,1} uint8: label and FOV travel to the trainer (and over PCIe) as one byte
-# per pixel, a quarter of float32; the loss converts them on the device
-_LABEL_LUT = (np.arange(256) & 1).astype(np.uint8)
-_FOV_LUT = ((np.arange(256) >> 1) & 1).astype(np.uint8)
-
-
 def _batch_array(shape: tuple[int, ...], shared: bool,
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
     t = torch.empty(shape, dtype=dtype)
@@ -186,8 +180,10 @@ class _Batch:
                             f"{self.image.shape[2:]}: data.crop=0 needs equal image sizes; "
                             f"set data.crop or data.resize")
         _, masks = render_view(prep, self.cfg, rng, out=self.image[i])
-        cv2.LUT(masks, _LABEL_LUT, dst=self.label[i, 0])
-        cv2.LUT(masks, _FOV_LUT, dst=self.fov[i, 0])
+        # label (class indices, ignore 255) and FOV travel to the trainer (and over PCIe) as
+        # one uint8 each, a quarter of float32; the loss converts them on the device
+        cv2.LUT(masks, LABEL_LUT, dst=self.label[i, 0])
+        cv2.LUT(masks, FOV_LUT, dst=self.fov[i, 0])
         self.keys.append(prep.key)
 
     @property
