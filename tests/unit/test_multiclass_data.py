@@ -25,6 +25,7 @@ from tests.unit.test_pipeline import make_sample, write_shards
 from tests.util import cli
 from unetdist.config import AugConfig, DataConfig
 from unetdist.data.augment import train_view
+from unetdist.data.codec import encode_classes
 from unetdist.data.pipeline import run_batches
 from unetdist.data.preprocess import (
     FOV_SHIFT,
@@ -35,6 +36,7 @@ from unetdist.data.preprocess import (
     unpack_masks,
 )
 from unetdist.data.reader import CACHE, decode_checked, iter_raw, prep_key, split_shards
+from unetdist.data.tario import TarShard
 from unetdist.errors import DataError
 
 AV_VALUES = {0, 1, 2, 3, 255}
@@ -98,6 +100,43 @@ def test_a_class_index_the_byte_cannot_hold_is_one_data_error(bad):
     with pytest.raises(DataError, match=rf"^sample 'k7': label values \[{bad}\] are neither a "
                                         r"class index 0\.\.126 nor the ignore value 255$"):
         pack_masks(label, np.ones_like(label), "k7")
+
+
+def _with_bad_class_value(src: Path, dst: Path, key: str, value: int) -> Path:
+    """A copy of shard folder SRC whose sample KEY has one label pixel = VALUE."""
+    shutil.copytree(src, dst)
+    grouped: dict[str, list[tuple[str, bytes]]] = {}
+    with tarfile.open(src / "train-000000.tar") as tar:
+        for m in tar.getmembers():
+            grouped.setdefault(m.name.split(".", 1)[0], []).append(
+                (m.name, tar.extractfile(m).read()))
+    shard = TarShard(dst / "train-000000.tar")
+    for k, members in grouped.items():
+        if k == key:
+            name, data = next(x for x in members if x[0].endswith(".classes.png"))
+            label = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            label[0, 0] = value
+            members = [(n, encode_classes(label) if n == name else b) for n, b in members]
+        shard.add(members)
+    nbytes, digest = shard.close()
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][0].update(bytes=nbytes, sha256=digest)
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_label_value_the_byte_cannot_hold_follows_data_on_corrupt(av_root, tmp_path, cache):
+    bad = _with_bad_class_value(av_root, tmp_path / "bad", "02_train", 200)
+    kw = {"crop": 24, "batch_size": 2, "num_workers": 0, "steps_per_epoch": 4, "cache": cache}
+    CACHE.clear()
+    with pytest.raises(DataError, match=r"^sample '02_train': label values \[200\] are neither"):
+        list(islice(run_batches(DataConfig(**kw), str(bad), seed=0, rank=0, world_size=1), 4))
+    CACHE.clear()
+    batches = list(islice(run_batches(DataConfig(on_corrupt="skip", **kw), str(bad), seed=0,
+                                      rank=0, world_size=1), 4))
+    keys = {k for b in batches for k in b["key"]}
+    assert keys == {"01_train", "03_train", "04_train"}
 
 
 def test_the_cache_key_carries_the_packing_version():

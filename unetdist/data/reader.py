@@ -218,9 +218,20 @@ class CacheView:
         return e
 
 
+def prepare_checked(decoded: dict, cfg: DataConfig) -> tuple[Prepared | None, str]:
+    """(training sample, '') or, with on_corrupt=skip, (None, reason): a label value the packed
+    byte cannot hold (preprocess.pack_masks) is a bad sample like an undecodable member."""
+    try:
+        return prepare(decoded, cfg), ""
+    except DataError as e:
+        if cfg.on_corrupt == "error":
+            raise
+        return None, str(e)
+
+
 def _decode_prepare(raw: dict, cfg: DataConfig) -> tuple[Prepared | None, str]:
     decoded, why = decode_checked(raw, cfg.on_corrupt)
-    return (prepare(decoded, cfg) if decoded is not None else None), why
+    return prepare_checked(decoded, cfg) if decoded is not None else (None, why)
 
 
 def fill_cache(shards: list[ShardInfo], cfg: DataConfig,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from unetdist.data.augment import render_view, view_size
-from unetdist.data.preprocess import FOV_LUT, LABEL_LUT, Prepared, prepare
+from unetdist.data.preprocess import FOV_LUT, LABEL_LUT, Prepared
 from unetdist.data.reader import (
     CacheView,
     SampleCache,
@@ -34,6 +34,7 @@ from unetdist.data.reader import (
     decode_checked,
     iter_raw,
     prep_key,
+    prepare_checked,
 )
 from unetdist.errors import DataError
 
@@ -139,7 +140,8 @@ class _Materializer:
             if ref.raw is None:
                 raise RuntimeError(f"cache lost sample {ref.key}")  # cannot happen: no eviction
             decoded, why = decode_checked(ref.raw, self.cfg.on_corrupt)
-            prep = prepare(decoded, self.cfg) if decoded is not None else None
+            if decoded is not None:
+                prep, why = prepare_checked(decoded, self.cfg)
             if e is not None and prep is not None:
                 e.samples[ref.key] = prep
             elif e is not None:
