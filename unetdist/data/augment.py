@@ -3,9 +3,10 @@
 Speed comes from doing all geometry in one resampling: crop position, flips, 90-degree turns,
 small rotation and zoom (and resize-to-N) are composed into one 2x3 matrix, and the image is
 warped once (bilinear) while label and FOV, packed into one byte (preprocess.pack_masks), are
-warped once with nearest neighbour, so class indices never blend and stay aligned. An optional elastic distortion turns the
-same matrix into a `remap` grid. Photometric jitter (gamma, contrast, brightness) and the
-normalisation are one 256-entry lookup table on the uint8 crop; then optional blur and noise.
+warped once with nearest neighbour, so class indices never blend and stay aligned. An optional
+elastic distortion turns the same matrix into a `remap` grid. Photometric jitter (gamma,
+contrast, brightness) and the normalisation are one 256-entry lookup table on the uint8 crop;
+then optional blur and noise.
 
 Every random number comes from the `rng` argument, so a view is a pure function of
 (sample, config, rng seed).

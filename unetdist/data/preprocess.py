@@ -63,7 +63,8 @@ class Prepared:
 
     @property
     def nbytes(self) -> int:
-        return self.intensity.nbytes + self.masks.nbytes
+        extra = sum(p.nbytes for p in self.points.values()) if self.points else 0
+        return self.intensity.nbytes + self.masks.nbytes + extra
 
 
 def intensity(rgb: np.ndarray, cfg: DataConfig) -> np.ndarray:

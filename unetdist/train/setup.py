@@ -183,7 +183,8 @@ def check_classes(cfg: RunConfig, manifest: dict) -> None:
     if k != table.out_channels:
         raise ConfigError(f"model.num_classes must be {table.out_channels} for {names}, got {k}")
     if loss.name not in MULTICLASS_LOSSES:
-        raise ConfigError(f"loss.name must be ce or ce_dice for {names}, got {loss.name!r}")
+        raise ConfigError(f"loss.name must be {' or '.join(MULTICLASS_LOSSES)} for {names}, "
+                          f"got {loss.name!r}")
     if table.ignore_index is not None and loss.ignore_index != table.ignore_index:
         raise ConfigError(f"loss.ignore_index must be {table.ignore_index} for the shards' "
                           f"ignore entry {table.ignore.name!r}, got {loss.ignore_index}")
