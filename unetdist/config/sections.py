@@ -68,6 +68,9 @@ class DataConfig:
     normalize: str = "zscore"  # zscore (per image, inside FOV) | unit (x/255) | none
     crop: int = 128  # training crop size in px (0 = full image)
     crop_in_fov: float = 0.9  # fraction of crops whose centre is forced inside the FOV
+    # fraction of crops centred on a pixel of a foreground class drawn uniformly among those in
+    # the image (nnU-Net's foreground oversampling: rare classes are seen more; 0 = off)
+    crop_class_bias: float = 0.0
     resize: int = 0  # seed mode: resize whole images to N x N instead of cropping (0 = off)
     # resize every image by this factor at load, in training and (as eval.scale) evaluation:
     # `unetdist plan` sets it to bring the vessel calibre to the recipe's (1 = native)
@@ -94,6 +97,8 @@ class DataConfig:
         _require(self.resize == 0 or self.scale == 1.0, f"{p}.scale", self.scale,
                  f"1.0 with data.resize={self.resize} (choose one way to rescale)")
         _require(0 <= self.crop_in_fov <= 1, f"{p}.crop_in_fov", self.crop_in_fov, "in [0, 1]")
+        _require(0 <= self.crop_class_bias <= 1, f"{p}.crop_class_bias", self.crop_class_bias,
+                 "in [0, 1]")
         _require(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, ">= 1")
         _require(self.num_workers >= 0, f"{p}.num_workers", self.num_workers, ">= 0")
         _require(self.stall_seconds > 0, f"{p}.stall_seconds", self.stall_seconds, "> 0")

@@ -2,10 +2,11 @@
 
 Speed comes from doing all geometry in one resampling: crop position, flips, 90-degree turns,
 small rotation and zoom (and resize-to-N) are composed into one 2x3 matrix, and the image is
-warped once (bilinear) while label and FOV, stacked as two channels, are warped once with
-nearest neighbour, so they stay binary and aligned. An optional elastic distortion turns the
-same matrix into a `remap` grid. Photometric jitter (gamma, contrast, brightness) and the
-normalisation are one 256-entry lookup table on the uint8 crop; then optional blur and noise.
+warped once (bilinear) while label and FOV, packed into one byte (preprocess.pack_masks), are
+warped once with nearest neighbour, so class indices never blend and stay aligned. An optional
+elastic distortion turns the same matrix into a `remap` grid. Photometric jitter (gamma,
+contrast, brightness) and the normalisation are one 256-entry lookup table on the uint8 crop;
+then optional blur and noise.
 
 Every random number comes from the `rng` argument, so a view is a pure function of
 (sample, config, rng seed).
@@ -19,7 +20,16 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from unetdist.data.preprocess import Prepared, apply_lut, norm_lut, to_chw
+from unetdist.data.preprocess import (
+    FOV_BIT,
+    LABEL_BITS,
+    PACKED_IGNORE,
+    Prepared,
+    apply_lut,
+    norm_lut,
+    to_chw,
+    unpack_masks,
+)
 
 if TYPE_CHECKING:
     from unetdist.config import AugConfig, DataConfig
@@ -30,6 +40,7 @@ _ROT90 = [np.array(m, dtype=np.float64) for m in
 FOV_TRIES = 64  # rejection-sampling attempts for a crop centre inside the FOV
 ELASTIC_GRID = 5  # control points per side of the coarse random displacement field
 ELASTIC_ALPHA = 0.03  # displacement std as a fraction of the view size
+CLASS_POINTS = 4096  # most candidate centres kept per class (evenly strided) for crop_class_bias
 
 
 def view_size(prep: Prepared, cfg: DataConfig) -> tuple[int, int]:
@@ -55,21 +66,51 @@ def _fov_point(masks: np.ndarray, rng: np.random.Generator) -> tuple[int, int] |
     H, W = masks.shape
     for _ in range(FOV_TRIES):  # a fundus FOV covers most of the image: ~1-2 tries
         y, x = int(rng.integers(0, H)), int(rng.integers(0, W))
-        if masks[y, x] >> 1:
+        if masks[y, x] & FOV_BIT:
             return y, x
-    inside = np.flatnonzero(masks.reshape(-1) >> 1)  # small FOV: exact, slower
+    inside = np.flatnonzero(masks.reshape(-1) & FOV_BIT)  # small FOV: exact, slower
     if inside.size == 0:
         return None
     return divmod(int(inside[rng.integers(0, inside.size)]), W)
 
 
+def class_points(prep: Prepared) -> dict[int, np.ndarray]:
+    """Non-background, non-ignore class -> flat indices of (up to CLASS_POINTS of) its pixels.
+
+    Made once per sample on first use (kept on PREP); an even stride keeps a thin class's
+    candidates spread along it.
+    """
+    if prep.points is None:
+        label = (prep.masks & LABEL_BITS).reshape(-1)
+        counts = np.bincount(label, minlength=LABEL_BITS + 1)
+        prep.points = {}
+        for c in np.flatnonzero(counts[1:PACKED_IGNORE]) + 1:
+            idx = np.flatnonzero(label == c)
+            stride = -(-idx.size // CLASS_POINTS)  # ceil
+            prep.points[int(c)] = idx[::stride].astype(np.int32)
+    return prep.points
+
+
+def _class_point(prep: Prepared, rng: np.random.Generator) -> tuple[int, int] | None:
+    """A pixel (y, x) of a class drawn uniformly among the foreground classes present (nnU-Net's
+    foreground oversampling: a rare class is drawn as often as a common one), or None."""
+    points = class_points(prep)
+    if not points:
+        return None
+    idx = points[sorted(points)[int(rng.integers(0, len(points)))]]
+    return divmod(int(idx[rng.integers(0, idx.size)]), prep.masks.shape[1])
+
+
 def _crop_centre(prep: Prepared, cfg: DataConfig, size: tuple[int, int],
                  rng: np.random.Generator) -> tuple[float, float]:
-    """Source (x, y) of the view centre; with prob crop_in_fov the window holds a FOV pixel."""
+    """Source (x, y) of the view centre: with prob crop_class_bias centred on a foreground
+    class's pixel, else with prob crop_in_fov the window holds a FOV pixel."""
     H, W = prep.intensity.shape[:2]
     h, w = size
     point = None
-    if rng.random() < cfg.crop_in_fov:
+    if cfg.crop_class_bias > 0 and rng.random() < cfg.crop_class_bias:  # 0: no draw at all
+        point = _class_point(prep, rng)
+    if point is None and rng.random() < cfg.crop_in_fov:
         point = _fov_point(prep.masks, rng)
     y0 = _top_left(H, h, None if point is None else point[0], rng)
     x0 = _top_left(W, w, None if point is None else point[1], rng)
@@ -126,7 +167,7 @@ def _elastic_maps(m: np.ndarray, size: tuple[int, int],
 
 def warp(prep: Prepared, m: np.ndarray, size: tuple[int, int],
          maps: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 intensity view, uint8 packed label|fov<<1 view); outside the image all is 0.
+    """(uint8 intensity view, uint8 packed label/FOV view); outside the image all is 0.
 
     A constant black border matches what lies outside a fundus image's FOV anyway, and it is
     OpenCV's fast path (reflecting borders make 4-channel warps ~4x slower).
@@ -173,7 +214,7 @@ def _blur_and_noise(x: np.ndarray, prep: Prepared, aug: AugConfig,
 
 def render_view(prep: Prepared, cfg: DataConfig, rng: np.random.Generator,
                 out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(image float32 (C,h,w), packed uint8 label | fov << 1 (h,w)) of one augmented view.
+    """(image float32 (C,h,w), packed uint8 label/FOV (h,w)) of one augmented view.
 
     OUT, a C-contiguous float32 (C,h,w) array (e.g. a slot of a batch), receives the image
     without an intermediate copy.
@@ -195,6 +236,7 @@ def render_view(prep: Prepared, cfg: DataConfig, rng: np.random.Generator,
 
 def train_view(prep: Prepared, cfg: DataConfig,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One augmented training view: (image float32 (C,h,w), label uint8 (h,w), fov uint8 (h,w))."""
+    """One augmented training view: (image float32 (C,h,w), label uint8 (h,w) class indices with
+    ignore 255, fov uint8 (h,w) {0,1})."""
     x, masks = render_view(prep, cfg, rng)
-    return x, masks & 1, masks >> 1
+    return (x, *unpack_masks(masks))

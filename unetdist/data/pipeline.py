@@ -191,8 +191,9 @@ def run_batches(cfg: DataConfig, shard_dir: str, *, seed: int, rank: int, world_
                 start_batch: int = 0, hang_at: int | None = None) -> Iterator[dict]:
     """This rank's batches from global batch START_BATCH on, epoch after epoch, endlessly.
 
-    Batches are dicts of CPU tensors: image float32 (B,C,h,w), label/fov uint8 (B,1,h,w) in
-    {0,1}, key list[str]. Batch g is step `g % steps_per_epoch` of epoch `g // steps_per_epoch`,
+    Batches are dicts of CPU tensors: image float32 (B,C,h,w), label uint8 (B,1,h,w) class
+    indices ({0,1} for binary shards, 255 = ignore), fov uint8 (B,1,h,w) in {0,1}, key
+    list[str]. Batch g is step `g % steps_per_epoch` of epoch `g // steps_per_epoch`,
     deterministic in (seed, epoch, rank, data.num_workers); started at START_BATCH=k it yields
     what the uninterrupted stream yields after k batches. Close the generator to stop the
     workers. Raises `DataStall` when workers make no batch for `data.stall_seconds`; HANG_AT

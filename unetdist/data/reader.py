@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from unetdist.data.codec import MAX_PIXELS, decode_sample, read_meta
 from unetdist.data.keys import checked_keys
 from unetdist.data.manifest import MANIFEST, check_fold, read_manifest, split_entries, split_names
-from unetdist.data.preprocess import Prepared, prepare
+from unetdist.data.preprocess import PACK_VERSION, Prepared, prepare
 from unetdist.errors import DataError
 
 if TYPE_CHECKING:
@@ -161,8 +161,9 @@ def decode_checked(raw: dict, on_corrupt: str) -> tuple[dict | None, str]:
 
 
 def prep_key(cfg: DataConfig) -> tuple:
-    """The config fields a `Prepared` sample depends on (part of the cache key)."""
-    return cfg.channels, cfg.clahe, cfg.gamma, cfg.normalize, cfg.scale
+    """The config fields a `Prepared` sample depends on, and the packed-mask layout's version
+    (so a cache can never hand out masks packed the old way), as the cache key."""
+    return PACK_VERSION, cfg.channels, cfg.clahe, cfg.gamma, cfg.normalize, cfg.scale
 
 
 @dataclass
@@ -217,9 +218,20 @@ class CacheView:
         return e
 
 
+def prepare_checked(decoded: dict, cfg: DataConfig) -> tuple[Prepared | None, str]:
+    """(training sample, '') or, with on_corrupt=skip, (None, reason): a label value the packed
+    byte cannot hold (preprocess.pack_masks) is a bad sample like an undecodable member."""
+    try:
+        return prepare(decoded, cfg), ""
+    except DataError as e:
+        if cfg.on_corrupt == "error":
+            raise
+        return None, str(e)
+
+
 def _decode_prepare(raw: dict, cfg: DataConfig) -> tuple[Prepared | None, str]:
     decoded, why = decode_checked(raw, cfg.on_corrupt)
-    return (prepare(decoded, cfg) if decoded is not None else None), why
+    return prepare_checked(decoded, cfg) if decoded is not None else (None, why)
 
 
 def fill_cache(shards: list[ShardInfo], cfg: DataConfig,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from unetdist.data.augment import render_view, view_size
-from unetdist.data.preprocess import Prepared, prepare
+from unetdist.data.preprocess import FOV_LUT, LABEL_LUT, Prepared
 from unetdist.data.reader import (
     CacheView,
     SampleCache,
@@ -34,6 +34,7 @@ from unetdist.data.reader import (
     decode_checked,
     iter_raw,
     prep_key,
+    prepare_checked,
 )
 from unetdist.errors import DataError
 
@@ -139,7 +140,8 @@ class _Materializer:
             if ref.raw is None:
                 raise RuntimeError(f"cache lost sample {ref.key}")  # cannot happen: no eviction
             decoded, why = decode_checked(ref.raw, self.cfg.on_corrupt)
-            prep = prepare(decoded, self.cfg) if decoded is not None else None
+            if decoded is not None:
+                prep, why = prepare_checked(decoded, self.cfg)
             if e is not None and prep is not None:
                 e.samples[ref.key] = prep
             elif e is not None:
@@ -148,12 +150,6 @@ class _Materializer:
             self.bad[(ref.shard.name, ref.key)] = why
             self.new_bad.append((ref.key, ref.shard.name, why))
         return prep
-
-
-# packed masks -> {0,1} uint8: label and FOV travel to the trainer (and over PCIe) as one byte
-# per pixel, a quarter of float32; the loss converts them on the device
-_LABEL_LUT = (np.arange(256) & 1).astype(np.uint8)
-_FOV_LUT = ((np.arange(256) >> 1) & 1).astype(np.uint8)
 
 
 def _batch_array(shape: tuple[int, ...], shared: bool,
@@ -186,8 +182,10 @@ class _Batch:
                             f"{self.image.shape[2:]}: data.crop=0 needs equal image sizes; "
                             f"set data.crop or data.resize")
         _, masks = render_view(prep, self.cfg, rng, out=self.image[i])
-        cv2.LUT(masks, _LABEL_LUT, dst=self.label[i, 0])
-        cv2.LUT(masks, _FOV_LUT, dst=self.fov[i, 0])
+        # label (class indices, ignore 255) and FOV travel to the trainer (and over PCIe) as
+        # one uint8 each, a quarter of float32; the loss converts them on the device
+        cv2.LUT(masks, LABEL_LUT, dst=self.label[i, 0])
+        cv2.LUT(masks, FOV_LUT, dst=self.fov[i, 0])
         self.keys.append(prep.key)
 
     @property

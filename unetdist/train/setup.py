@@ -21,11 +21,13 @@ from unetdist.config import DataConfig, RunConfig, TrainConfig, to_dict, to_yaml
 from unetdist.data.manifest import (
     MANIFEST,
     check_fold,
+    class_table,
     manifest_hash,
     read_manifest,
     split_entries,
     split_names,
 )
+from unetdist.data.preprocess import MAX_CLASS
 from unetdist.data.stage.node import check_data_paths
 from unetdist.distributed import gather_objects, make_accelerator, resolve_precision
 from unetdist.errors import ConfigError, DataError, FileSystemError, UserError
@@ -160,7 +162,32 @@ def validate_run(cfg: RunConfig) -> tuple[RunConfig, str]:
         have = ", ".join(split_names(manifest, cfg.data.fold)) or "none"
         fold = f" with data.fold={cfg.data.fold}" if cfg.data.fold >= 0 else ""
         raise DataError(f"{source / MANIFEST}: no shards for split 'train'{fold} (it has: {have})")
+    check_classes(cfg, manifest)
     return cfg, folder
+
+
+MULTICLASS_LOSSES = ("ce", "ce_dice")  # softmax over the table's classes, ignore-aware
+
+
+def check_classes(cfg: RunConfig, manifest: dict) -> None:
+    """The model and loss must fit the shards' class table: multi-class shards trained with a
+    binary sigmoid loss would silently learn the vessel union. Binary tables: nothing to check."""
+    table = class_table(manifest)
+    if table.is_binary:
+        return
+    names = f"the shards' classes {', '.join(table.names)}"
+    if table.mode != "multiclass" or table.num_classes > MAX_CLASS + 1:
+        raise DataError(f"training reads multiclass shards of at most {MAX_CLASS + 1} classes; "
+                        f"these have {table.describe()}")
+    k, loss = cfg.model.num_classes, cfg.loss
+    if k != table.out_channels:
+        raise ConfigError(f"model.num_classes must be {table.out_channels} for {names}, got {k}")
+    if loss.name not in MULTICLASS_LOSSES:
+        raise ConfigError(f"loss.name must be {' or '.join(MULTICLASS_LOSSES)} for {names}, "
+                          f"got {loss.name!r}")
+    if table.ignore_index is not None and loss.ignore_index != table.ignore_index:
+        raise ConfigError(f"loss.ignore_index must be {table.ignore_index} for the shards' "
+                          f"ignore entry {table.ignore.name!r}, got {loss.ignore_index}")
 
 
 def _check_folder(path: str, setting: str, doing: str) -> None:
@@ -175,6 +202,7 @@ def _check_folder(path: str, setting: str, doing: str) -> None:
 def setup_run(cfg: RunConfig, acc, shard_dir: str, threads: ThreadTuner | None = None) -> Run:
     manifest = read_manifest(shard_dir)
     check_fold(manifest, cfg.data.fold, Path(shard_dir) / MANIFEST)
+    check_classes(cfg, manifest)  # also for callers that skip validate_run (bench, tests)
     if not cfg.eval.ref_fov_diameter:  # stored with the model, for eval.scale=auto later
         # the model sees training images at data.scale: that is the diameter it learnt at
         ref = float(manifest.get("fov_diameter", {}).get("train", 0.0)) * cfg.data.scale
