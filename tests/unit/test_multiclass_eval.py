@@ -213,3 +213,19 @@ def test_predict_and_export_carry_the_class_table(shards, tmp_path):
     paths = [tmp_path / "p1" / n for n in [*names, "b.png"]]
     inputs, earlier = split_outputs(paths)  # earlier outputs are never taken for inputs
     assert inputs == [tmp_path / "p1" / "b.png"] and len(earlier) == len(names)
+
+
+def test_onnx_export_names_the_classes(tmp_path):
+    pytest.importorskip("onnx")
+    import onnx
+
+    from unetdist.eval.classes_io import write_classes_json
+    from unetdist.eval.export import export_onnx
+
+    best = make_best_dir(tmp_path / "run" / "best", tiny_config(*AV))
+    write_classes_json(best, av_table())
+    export_onnx(best, tmp_path / "m.onnx", check=False)
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["classes"]) == av_table().to_manifest()
+    assert proto.doc_string.endswith(props["classes"]) and "argmax" in proto.doc_string
