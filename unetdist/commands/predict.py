@@ -7,7 +7,8 @@ import sys
 
 from unetdist.commands._common import add_quiet_argument
 
-HELP = "predict vessel probability + binary PNGs for a folder of images"
+HELP = ("predict vessel probability + binary PNGs (multi-class models: colour-coded classes, "
+        "per-class probabilities, overlay) for a folder of images")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,7 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "averaging their probabilities")
     p.add_argument("--images", required=True,
                    help="an image file or a folder of PNG/JPEG/TIFF images, any size")
-    p.add_argument("--out", required=True, help="output folder for <stem>.png, <stem>_prob.png")
+    p.add_argument("--out", required=True,
+                   help="output folder for <stem>.png, <stem>_prob.png (multi-class: <stem>.png "
+                        "in the classes' colours, <stem>.<class>.png, <stem>.overlay.png)")
     p.add_argument("--fov", help="folder of FOV masks named <stem> or <stem>_mask "
                                  "(default: estimated from the dark border, else whole image)")
     p.add_argument("--overwrite", action="store_true",
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         warn(f"skipped {name} in {args.images}: its name is not valid UTF-8; rename it")
     if report.ignored:
         print(f"note: ignored {len(report.ignored)} earlier prediction file(s) in {args.images} "
-              "(<stem>.png beside <stem>_prob.png)", file=sys.stderr)
+              "(<stem>.png beside <stem>_prob.png or <stem>.overlay.png)", file=sys.stderr)
     for name, reason in report.failed:
         print(f"failed: {reason if name in reason else f'{name}: {reason}'}", file=sys.stderr)
     print(f"predicted {len(report.done)} image(s) into {args.out}"

@@ -7,8 +7,16 @@
 - `ensemble.py` — several checkpoints averaging their probabilities
 - `evaluate.py` — `evaluate_checkpoints` (the evaluate job) and exactly-once distributed
   scoring of a split (`evaluate_split`)
+- `evaluate_classes.py` — the multi-class form of `evaluate_split`: class probabilities,
+  one K×K confusion all-reduced once, A/V numbers, its summary line
+- `scoring.py` — what the binary and multi-class scoring share: timed prediction, the cost
+  estimate, the barrier, original sizes
 - `outputs.py` — the evaluation's output folder (one per data + split, never overwriting other
   results), predictions, metrics.json, per_image.csv, plots
+- `class_outputs.py` — a multi-class model's files: colour-coded predictions, per-class
+  probability maps, overlays, metrics.json, per_image.csv and plots
+- `classes_io.py` — the class table stored with a model (classes.json, safetensors metadata)
+  and whether a model's outputs fit a table
 - `metrics.py` — reducible confusion counts + score histograms, metric formulas
 - `multiclass.py` — reducible K×K confusion + one-vs-rest histograms (per-class metrics, mean
   IoU, A/V numbers) and per-channel multi-label counts

@@ -5,6 +5,10 @@
     prob = model.predict("fundus.png")        # HxW float32 vessel probability, 0 outside the FOV
     mask = model.segment(image_array)         # HxW bool at the model's threshold
 
+A multi-class model (e.g. artery/vein) gives KxHxW class probabilities from `predict` and an
+HxW uint8 class-index map (the argmax, no threshold) from `segment`; `model.table` is its class
+table (`model.table.colourize(mask)` paints the map in the table's colours), None when binary.
+
 `load_model` is `predict`'s own loading (`predict.load_predictor`) and `predict`/`segment` call
 `predict.predict_image`, the function `unetdist predict` runs per image: the same
 preprocessing, data/eval scale, whole-image or sliding window, TTA and threshold (eval.threshold,
@@ -21,6 +25,7 @@ import numpy as np
 from torch import nn
 
 from unetdist.config import RunConfig
+from unetdist.data.classes import ClassTable
 from unetdist.errors import DataError
 from unetdist.eval.inference import inference_policy
 from unetdist.eval.predict import default_fov, load_predictor, predict_image, read_image, read_mask
@@ -55,8 +60,9 @@ def _fov(fov: ImageLike | None, rgb: np.ndarray) -> np.ndarray:
 class Model:
     """A trained model ready for inference; build it with `load_model`."""
 
-    def __init__(self, network: nn.Module, cfg: RunConfig) -> None:
-        self.network, self.cfg = network, cfg
+    def __init__(self, network: nn.Module, cfg: RunConfig, table: ClassTable | None = None
+                 ) -> None:
+        self.network, self.cfg, self.table = network, cfg, table
         self.policy = inference_policy(network, precision=cfg.train.precision)
 
     @property
@@ -70,13 +76,19 @@ class Model:
 
     def predict(self, image: ImageLike, fov: ImageLike | None = None) -> np.ndarray:
         """(H, W) float32 vessel probability of an HxWx3 uint8 RGB array or image file, zero
-        outside the FOV (FOV: a mask array or file, else estimated as `predict` does)."""
+        outside the FOV (FOV: a mask array or file, else estimated as `predict` does); a
+        multi-class model: (K, H, W) class probabilities, background outside the FOV."""
         rgb = _rgb(image)
-        return predict_image(self.network, rgb, _fov(fov, rgb), self.cfg, self.policy)
+        return predict_image(self.network, rgb, _fov(fov, rgb), self.cfg, self.policy,
+                             classes=self.table is not None)
 
     def segment(self, image: ImageLike, fov: ImageLike | None = None) -> np.ndarray:
-        """(H, W) bool vessel mask: `predict` at the model's threshold."""
-        return self.predict(image, fov) >= self.threshold
+        """(H, W) bool vessel mask: `predict` at the model's threshold; a multi-class model:
+        (H, W) uint8 class indices, the argmax of the probabilities."""
+        prob = self.predict(image, fov)
+        if self.table is not None:
+            return prob.argmax(0).astype(np.uint8)
+        return prob >= self.threshold
 
     def __repr__(self) -> str:
         return (f"Model({self.cfg.model.name}, width {self.cfg.model.width}, "
@@ -89,5 +101,5 @@ def load_model(checkpoint: str | Path | Sequence[str | Path], device: str = "aut
     ensemble) on DEVICE (auto: CUDA when present, else CPU); `overrides` are `eval.key=value`
     settings as on the command line (e.g. ["eval.tta=flip"])."""
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
-    network, cfg = load_predictor(paths, device, overrides)
-    return Model(network, cfg)
+    network, cfg, table = load_predictor(paths, device, overrides)
+    return Model(network, cfg, table)

@@ -38,7 +38,8 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     def vessel_prob(self, tiles: torch.Tensor, to_prob) -> torch.Tensor:
-        """Mean of `to_prob(member(tiles))`: (B, 1, h, w) probabilities."""
+        """Mean of `to_prob(member(tiles))`: (B, 1, h, w) vessel probabilities, or (B, K, h, w)
+        class probabilities of multi-class members (averaged after each member's softmax)."""
         total = None
         for m in self.members:
             p = to_prob(m(tiles))
@@ -61,6 +62,12 @@ def check_same_input(paths: Sequence[str | Path], cfgs: Sequence[RunConfig]) -> 
             if a != b:
                 raise UserError(f"--checkpoint {path}: {f}={b!r} but {paths[0]} has {a!r}; an "
                                 "ensemble's models must be trained on the same preprocessing")
+        # binary members may mix 1 sigmoid and 2 softmax outputs (both give a vessel
+        # probability); multi-class members must predict the same classes
+        a, b = cfgs[0].model.num_classes, cfg.model.num_classes
+        if a != b and max(a, b) > 2:
+            raise UserError(f"--checkpoint {path}: model.num_classes={b} but {paths[0]} has "
+                            f"{a}; an ensemble's models must predict the same classes")
 
 
 def load_models(paths: Sequence[str | Path]) -> tuple[nn.Module, RunConfig, list[dict]]:

@@ -13,78 +13,42 @@ world size.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from unetdist.config import EvalConfig
+from unetdist.data.classes import ClassTable
 from unetdist.distributed import gather_objects, rank_of_process
 from unetdist.eval import outputs
-from unetdist.eval.inference import (
-    InferencePolicy,
-    image_scale,
-    inference_policy,
-    sliding_window_predict,
-    unwrap,
-)
+from unetdist.eval.inference import image_scale, inference_policy, unwrap
 from unetdist.eval.metrics import MetricState
+from unetdist.eval.scoring import barrier as _barrier
+from unetdist.eval.scoring import estimate_line
+from unetdist.eval.scoring import host_mask as _host_mask
+from unetdist.eval.scoring import original_size as _original_size
+from unetdist.eval.scoring import timed_predict as _timed_predict
 from unetdist.eval.threshold import fixed_threshold
-from unetdist.eval.windows import forward_count, inference_size
+from unetdist.eval.windows import inference_size
 from unetdist.log import progress_iter, say, world_size
 
-
-def _barrier(accelerator) -> None:
-    import torch.distributed as dist
-
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-    elif dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _original_size(sample: dict) -> tuple[int, int]:
-    meta = sample.get("meta") or {}
-    if "height" in meta and "width" in meta:
-        return int(meta["height"]), int(meta["width"])
-    return tuple(sample["rgb"].shape[:2])
-
-
-def _timed_predict(model: nn.Module, s: dict, cfg: EvalConfig, policy: InferencePolicy,
-                   scale: float) -> tuple[torch.Tensor, float]:
-    t0 = time.perf_counter()
-    prob = sliding_window_predict(model, s["image"], cfg, policy=policy, scale=scale)
-    if prob.device.type == "cuda":
-        torch.cuda.synchronize(prob.device)
-    return prob, time.perf_counter() - t0
-
-
-def estimate_line(model: nn.Module, images: int, shape: tuple[int, int], cfg: EvalConfig,
-                  seconds: float, processes: int = 1) -> str:
-    """What this process's share will cost: images x windows x views, timed on one image."""
-    tiles, n_views, forwards = forward_count(*shape, cfg, model)
-    per_forward = seconds / forwards
-    total = images * seconds
-    how = "whole image" if cfg.tile == 0 else f"{cfg.tile} px tiles, overlap {cfg.overlap}"
-    return (f"estimate: {images} images x {tiles} windows ({how}) x {n_views} views = "
-            f"{images * tiles * n_views} windows in {images * forwards} forwards of <= "
-            f"{cfg.batch_size}; {per_forward:.2f} s per forward on the first image -> about "
-            f"{total:.0f} s ({seconds:.2f} s per image)"
-            + (f", each of {processes} processes scoring its share" if processes > 1 else ""))
-
-
-def _host_mask(t: torch.Tensor) -> np.ndarray:
-    return t.reshape(t.shape[-2:]).cpu().numpy() > 0.5
+__all__ = ["Evaluation", "estimate_line", "evaluate_checkpoints", "evaluate_split",
+           "summary_line"]
 
 
 def evaluate_split(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *,
                    accelerator=None, out_dir: Path | None = None,
                    info: dict | None = None, progress: bool = True,
-                   estimate: bool = False, chosen: float | None = None) -> dict:
+                   estimate: bool = False, chosen: float | None = None,
+                   table: ClassTable | None = None) -> dict:
     """Score every sample (each rank its share), all-reduce once, return identical results.
+
+    A multi-class TABLE (not binary: the shards' `manifest.class_table`) scores a K-output
+    softmax model: see `evaluate_classes.evaluate_class_split` for its result and files (the
+    predicted class is the argmax; `chosen`/eval.threshold do not apply). Without a table, or
+    with a binary one, the binary path below, exactly as before tables existed.
 
     Returns {"num_images", "fov": {...}, "image": {...}, "topology": {...},
     ["second_observer"], "f1_threshold", ["at_threshold"], "seconds_per_image",
@@ -94,6 +58,20 @@ def evaluate_split(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *
     (each rank its images), overlays, and on rank 0 metrics.json (with `info` under "info"),
     per_image.csv and plots/. `estimate` prints what the rest will cost after the first image.
     """
+    if table is not None and not table.is_binary:
+        from unetdist.eval.evaluate_classes import evaluate_class_split
+
+        return evaluate_class_split(model, samples, cfg, table, accelerator=accelerator,
+                                    out_dir=out_dir, info=info, progress=progress,
+                                    estimate=estimate)
+    return _evaluate_binary(model, samples, cfg, accelerator=accelerator, out_dir=out_dir,
+                            info=info, progress=progress, estimate=estimate, chosen=chosen)
+
+
+def _evaluate_binary(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *,
+                     accelerator, out_dir: Path | None, info: dict | None, progress: bool,
+                     estimate: bool, chosen: float | None) -> dict:
+    """`evaluate_split` of a binary model (its docstring)."""
     model = unwrap(model)
     policy = inference_policy(model, accelerator=accelerator)  # once for every image
     out_dir = Path(out_dir) if out_dir is not None else None
@@ -149,7 +127,12 @@ def _write_files(result: dict, state: MetricState, cfg: EvalConfig, out_dir: Pat
 
 
 def summary_line(result: dict) -> str:
-    """One line for logs: the FOV metrics that papers report, topology, the chosen threshold."""
+    """One line for logs: the FOV metrics that papers report, topology, the chosen threshold
+    (a multi-class result: per-class Dice, mean IoU, the A/V numbers)."""
+    if result.get("mode") == "multiclass":
+        from unetdist.eval.evaluate_classes import class_summary_line
+
+        return class_summary_line(result)
     f = result["fov"]
     auc = "n/a" if f["auc_roc"] is None else f"{f['auc_roc']:.4f}"
     line = (f"{result['num_images']} images | FOV dice {f['dice']:.4f} mIoU {f['miou']:.4f} "
@@ -214,6 +197,23 @@ def _chosen(cfg: EvalConfig, checkpoint: Path, meta: dict) -> float | None:
     return chosen_threshold(cfg, threshold_of(checkpoint, meta))
 
 
+def shards_table(shard_dir: str, checkpoints: Sequence[Path], metas: Sequence[dict],
+                 num_classes: int) -> ClassTable:
+    """The class table of the shards (their manifest), checked against the model: as many
+    outputs as the table needs, and the classes it was trained on when it stored them."""
+    from unetdist.data.manifest import class_table, read_manifest
+    from unetdist.eval.classes_io import check_fits, check_same_classes, stored_table
+    from unetdist.runfolder import weights_file
+
+    table = class_table(read_manifest(shard_dir))
+    check_fits(table, num_classes, f"the classes of {shard_dir}")
+    if not table.is_binary:
+        for ckpt, meta in zip(checkpoints, metas):
+            wf = weights_file(ckpt)
+            check_same_classes(stored_table(wf, meta), table, str(wf))
+    return table
+
+
 def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str | Path,
                          split: str = "test", *, out: str | Path | None = None,
                          overrides: Sequence[str] = (), local_dir: str | None = None,
@@ -239,6 +239,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str | Path,
     shard_dir = _shard_dir(str(data), split, local_dir, cfg)  # before the process group
     resolved = [resolve_checkpoint(c).resolve() for c in checkpoints]
     info = _info(resolved, metas, str(data), shard_dir, split, cfg.data.fold)
+    table = shards_table(shard_dir, resolved, metas, cfg.model.num_classes)  # before any work
     out_dir = Path(out) if out is not None else outputs.default_out_dir(resolved[0], data, split)
     writable_folder(out_dir, "--out")  # a file, a link to one, read-only: before any work
     stale = outputs.check_out_dir(out_dir, info, overwrite)  # every rank: one error each
@@ -255,6 +256,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str | Path,
     with user_writes(out_dir, "write evaluation results into", "--out"):  # e.g. disk full
         result = evaluate_split(model, samples, cfg.eval, accelerator=acc, out_dir=out_dir,
                                 info=info, progress=progress, estimate=True,
-                                chosen=_chosen(cfg.eval, resolved[0], metas[0]))
+                                chosen=None if not table.is_binary else
+                                _chosen(cfg.eval, resolved[0], metas[0]), table=table)
     acc.end_training()
     return Evaluation(result, out_dir)

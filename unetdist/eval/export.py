@@ -5,6 +5,11 @@ it fails), dynamic batch/height/width, weights inside the file, the run config i
 metadata_props. Control flow on shapes is baked into the graph at export, so the sample input
 has odd sides (every "pad to a multiple" branch is taken, and padding by zero at other sizes
 is still correct); the result is then checked with onnxruntime at other sizes and batches.
+
+A multi-class model's class table (`classes_io`: classes.json beside best/ or already in the
+metadata) goes into both: the safetensors metadata key `classes` and, for ONNX, the model's
+doc string and a `classes` metadata entry (the table's JSON), so an exported file names its
+outputs.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ ONNX_TOLERANCE = 1e-4  # max |onnxruntime - torch| on the logits (absolute, plus
 SAMPLE_HW = (67, 83)  # odd sides: see the module docstring
 OUTPUT_NOTE = ("logits; the vessel probability is sigmoid(logit) for 1 channel, softmax(logits)[1] "
                "for more; input preprocessed as config.data")
+CLASSES_NOTE = ("logits of the classes in metadata 'classes' (softmax over them; the predicted "
+                "class is the argmax); input preprocessed as config.data; classes: ")
 CHECK_SHAPES = ((3, 96, 128), (1, 77, 101))  # (batch, H, W) checked with onnxruntime
 
 
@@ -36,10 +43,21 @@ def export_safetensors(checkpoint: str | Path, out: str | Path) -> Path:
 
     state, meta, _ = read_checkpoint(checkpoint)
     meta.setdefault("format", "unetdist-1")
+    _add_classes(checkpoint, meta)
     try:
         return save_weights(clean_state_dict(state), Path(out), meta)  # temp + rename inside
     except OSError as e:
         raise FileSystemError.of(e, out, "write", "--out") from None
+
+
+def _add_classes(checkpoint: str | Path, meta: dict) -> None:
+    """META["classes"]: the class table stored with the checkpoint, when it has one."""
+    from unetdist.eval.classes_io import META_KEY, classes_json, stored_table
+    from unetdist.runfolder import resolve_checkpoint, weights_file
+
+    table = stored_table(weights_file(resolve_checkpoint(checkpoint)), meta)
+    if table is not None:
+        meta[META_KEY] = classes_json(table)
 
 
 def _export_graph(model: nn.Module, sample: torch.Tensor, path: Path, exporter: str) -> str:
@@ -72,8 +90,14 @@ def _finish_onnx(graph: Path, out: Path, meta: dict) -> None:
     import onnx
 
     proto = onnx.load(str(graph), load_external_data=True)
-    for k, v in (("format", meta.get("format", "unetdist-1")), ("config", meta["config"]),
-                 ("step", meta.get("step", "")), ("output", OUTPUT_NOTE)):
+    classes = meta.get("classes")
+    props = [("format", meta.get("format", "unetdist-1")), ("config", meta["config"]),
+             ("step", meta.get("step", "")),
+             ("output", OUTPUT_NOTE if classes is None else CLASSES_NOTE + classes)]
+    if classes is not None:
+        props.append(("classes", classes))
+        proto.doc_string = CLASSES_NOTE + classes
+    for k, v in props:
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     onnx.checker.check_model(proto)
@@ -107,6 +131,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, exporter: str = "aut
                 check: bool = True) -> dict:
     """ONNX file with dynamic batch/height/width; returns {"exporter", "max_abs_diff"}."""
     model, cfg, meta = load_checkpoint(checkpoint)
+    _add_classes(checkpoint, meta)
     model = model.float().eval()
     out = Path(out)
     try:

@@ -68,6 +68,14 @@ def _vessel_prob(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=1)[:, 1:2]
 
 
+def _class_probs(logits: torch.Tensor) -> torch.Tensor:
+    """(B, K, h, w) logits -> (B, K, h, w) class probabilities (softmax over K >= 2)."""
+    if logits.shape[1] < 2:
+        raise ConfigError(f"a multi-class model needs >= 2 outputs (model.num_classes), got "
+                          f"{logits.shape[1]}")
+    return torch.softmax(logits.float(), dim=1)
+
+
 def _memory_format(model: nn.Module) -> torch.memory_format:
     """channels_last when the model's conv weights are (the training memory format).
 
@@ -87,36 +95,40 @@ def apply_inference_format(model: nn.Module, cfg: RunConfig) -> nn.Module:
     return model
 
 
-def _forward(model: nn.Module, batch: torch.Tensor, policy: InferencePolicy) -> torch.Tensor:
+def _forward(model: nn.Module, batch: torch.Tensor, policy: InferencePolicy,
+             to_prob: Callable[[torch.Tensor], torch.Tensor] = _vessel_prob) -> torch.Tensor:
     batch = batch.contiguous(memory_format=policy.memory_format)
     with policy.autocast():
         ensemble = getattr(model, "vessel_prob", None)  # eval.ensemble.Ensemble
-        return ensemble(batch, _vessel_prob) if ensemble else _vessel_prob(model(batch))
+        return ensemble(batch, to_prob) if ensemble else to_prob(model(batch))
 
 
 def _views_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, tile: int,
-                   policy: InferencePolicy) -> torch.Tensor:
-    """Mean over the TTA views of the blended window probabilities, (1,1,h,w).
+                   policy: InferencePolicy, to_prob=_vessel_prob) -> torch.Tensor:
+    """Mean over the TTA views of the blended window probabilities, (1,P,h,w): P = 1 for the
+    vessel probability, K for class probabilities (`to_prob`).
 
     The windows of all views are batched together: same-size windows share forwards.
     """
     vs, m = views(cfg.tta), network_multiple(model)
-    inputs, plans, accs, norms = [], [], [], []
+    inputs, plans, norms = [], [], []
     for v in vs:
         x = v.forward(image)
         plan = window_plan(*x.shape[-2:], tile, cfg.overlap, m)
         ph, pw = plan.padded[0] - x.shape[-2], plan.padded[1] - x.shape[-1]
         inputs.append(F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x)
         plans.append(plan)
-        accs.append(torch.zeros((1, 1, *plan.padded), dtype=torch.float32, device=x.device))
-        norms.append(torch.zeros_like(accs[-1]) if tile else None)
+        # one weight sum per pixel, shared by the P channels (it broadcasts in the division)
+        norms.append(torch.zeros((1, 1, *plan.padded), dtype=torch.float32, device=x.device)
+                     if tile else None)
+    accs: list[torch.Tensor | None] = [None] * len(vs)  # allocated once P is known
     groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
     for i, plan in enumerate(plans):
         groups.setdefault(plan.window, []).extend((i, y, x) for y, x in plan.starts)
     for window, jobs in groups.items():
         for n in range(0, len(jobs), cfg.batch_size):
             _blend_chunk(model, window, jobs[n:n + cfg.batch_size], inputs, accs, norms,
-                         tile, policy)
+                         tile, policy, to_prob)
     total = None
     for v, x, acc, norm in zip(vs, inputs, accs, norms):
         vh, vw = (image.shape[-1], image.shape[-2]) if v.k % 2 else image.shape[-2:]
@@ -126,14 +138,18 @@ def _views_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, tile:
 
 
 def _blend_chunk(model: nn.Module, window: tuple[int, int], chunk: list, inputs: list,
-                 accs: list, norms: list, tile: int, policy: InferencePolicy) -> None:
+                 accs: list, norms: list, tile: int, policy: InferencePolicy,
+                 to_prob=_vessel_prob) -> None:
     """One forward over CHUNK's (view, y, x) windows of size WINDOW, added into the views'
     probability maps (Gaussian-weighted tiles, or the whole view as it is)."""
     th, tw = window
     batch = torch.cat([inputs[i][..., y:y + th, x:x + tw] for i, y, x in chunk])
-    probs = _forward(model, batch, policy)
+    probs = _forward(model, batch, policy, to_prob)
     weight = gaussian_on(tile, batch.device) if tile else None
     for (i, y, x), p in zip(chunk, probs):
+        if accs[i] is None:
+            accs[i] = torch.zeros((1, p.shape[0], *inputs[i].shape[-2:]), dtype=torch.float32,
+                                  device=p.device)
         if weight is None:  # the whole view in one window
             accs[i][0] = p
             continue
@@ -164,27 +180,31 @@ def image_scale(cfg: EvalConfig, fov: torch.Tensor) -> float:
 
 
 def _predict_at(model: nn.Module, image: torch.Tensor, cfg: EvalConfig,
-                policy: InferencePolicy) -> torch.Tensor:
+                policy: InferencePolicy, to_prob=_vessel_prob) -> torch.Tensor:
     """The views' probabilities for IMAGE as given; tile 0 falls back to tiles on a CUDA
     out-of-memory (the whole image did not fit)."""
     if cfg.tile or policy.device.type != "cuda":
-        return _views_predict(model, image, cfg, cfg.tile, policy)
+        return _views_predict(model, image, cfg, cfg.tile, policy, to_prob)
     try:
-        return _views_predict(model, image, cfg, 0, policy)
+        return _views_predict(model, image, cfg, 0, policy, to_prob)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         from unetdist.log import rank_warn
 
         rank_warn(f"eval.tile=0: a whole {tuple(image.shape[-2:])} image does not fit in GPU "
                   f"memory; using tiles of {FALLBACK_TILE} px for it")
-        return _views_predict(model, image, cfg, FALLBACK_TILE, policy)
+        return _views_predict(model, image, cfg, FALLBACK_TILE, policy, to_prob)
 
 
 @torch.no_grad()
 def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, *,
                            policy: InferencePolicy | None = None, scale: float = 1.0,
-                           accelerator=None, precision: str = "no") -> torch.Tensor:
-    """Vessel probabilities (1,1,H,W) float32 on the model's device for image (1,C,H,W).
+                           accelerator=None, precision: str = "no",
+                           classes: bool = False) -> torch.Tensor:
+    """Vessel probabilities (1,1,H,W) float32 on the model's device for image (1,C,H,W);
+    with `classes`, the class probabilities (1,K,H,W) of a multi-class model (softmax of its K
+    logits: windows, views and resizing all average probabilities, so each pixel's K values
+    still sum to 1).
 
     With cfg.tta (flip | dihedral, see unetdist.eval.tta) the result is the mean over the
     views, mapped back. `policy` says how forwards run (build it once per job with
@@ -197,6 +217,7 @@ def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfi
         raise ValueError(f"expected an image of shape (1,C,H,W), got {tuple(image.shape)}")
     model = unwrap(model)
     policy = policy or inference_policy(model, accelerator=accelerator, precision=precision)
+    to_prob = _class_probs if classes else _vessel_prob
     was_training = model.training
     model.eval()
     try:
@@ -204,11 +225,12 @@ def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfi
         native = tuple(image.shape[-2:])
         size = inference_size(*native, cfg, scale)
         if size == native:
-            return _predict_at(model, image, cfg, policy)
+            return _predict_at(model, image, cfg, policy, to_prob)
         # antialias when shrinking: an 8 MP HRF image scaled to DRIVE's vessel calibre
         small = F.interpolate(image, size=size, mode="bilinear", align_corners=False,
                               antialias=cfg.resize <= 0 and scale < 1)
-        prob = _predict_at(model, small, cfg, policy)
+        prob = _predict_at(model, small, cfg, policy, to_prob)
+        # probabilities, never labels, are resized: a convex blend keeps each pixel's sum 1
         return F.interpolate(prob, size=native, mode="bilinear", align_corners=False)
     finally:
         model.train(was_training)

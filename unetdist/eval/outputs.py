@@ -35,7 +35,15 @@ REGION_NOTES = {
                     "eval.threshold=auto chooses it on the validation split instead)",
     "at_threshold": "FOV and whole-image metrics at the threshold eval.threshold=auto chose on "
                     "the validation split (from the score histograms)",
+    "classes": "multi-class: inside the FOV, pixels at the ignore index excluded; per class "
+               "the one-vs-rest counts of the argmax prediction; means over the classes present "
+               "in truth or prediction (mean_over); confusion rows = truth, columns = prediction",
+    "av": "artery/vein call on the pixels that are artery or vein in both truth and prediction "
+          "(crossings excluded, artery positive); vessel = any non-background class, vessel_f1 "
+          "its Dice (comparable with a binary vessel model's FOV dice)",
 }
+PREDICTION_NOTE = ("argmax of the class probabilities (eval.threshold applies to binary and "
+                   "multi-label models only)")
 
 
 def write_prediction_pngs(out_dir: Path, key: str, prob: np.ndarray, threshold: float,
@@ -76,8 +84,12 @@ def _csv_row(row: dict) -> dict:
 
 
 def write_per_image_csv(rows: list[dict], path: Path) -> None:
+    write_csv([_csv_row(r) for r in rows], path)
+
+
+def write_csv(flat: list[dict], path: Path) -> None:
+    """FLAT rows (one dict of scalars each, the first one's keys as the header) as CSV."""
     buf = io.StringIO()
-    flat = [_csv_row(r) for r in rows]
     fields = list(flat[0]) if flat else ["key"]
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
@@ -92,6 +104,7 @@ def write_metrics_json(result: dict, cfg: EvalConfig, path: Path, info: dict | N
     doc = {"info": info or {},
            "settings": {k: getattr(cfg, k) for k in ("threshold", "tile", "overlap", "tta",
                                                     "auc_bins", "scale", "ref_fov_diameter")},
+           **({"prediction": PREDICTION_NOTE} if result.get("mode") == "multiclass" else {}),
            "regions": {k: v for k, v in REGION_NOTES.items() if k in result},
            **{k: v for k, v in result.items() if k != "per_image"}}
     write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())

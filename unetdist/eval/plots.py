@@ -1,4 +1,5 @@
-"""Matplotlib figures (Agg backend, no display): result bars, ROC/PR, confusion, overlays, curves.
+"""Matplotlib figures (Agg backend, no display): result bars, ROC/PR, confusion, overlays, curves;
+the K-class forms of the bars, ROC curves, confusion matrix and overlays for multi-class models.
 
 Every figure is written to a temporary name and renamed, so a crash never leaves half a PNG.
 """
@@ -125,6 +126,93 @@ def plot_overlay(rgb: np.ndarray, label: np.ndarray, pred: np.ndarray, out_png: 
                 (FN_COLOR, "false negative"))]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=3,
               fontsize=8, frameon=False)
+    return save_figure(fig, out_png)
+
+
+def plot_class_confusion(confusion: Sequence[Sequence[int]], names: Sequence[str],
+                         out_png: str | Path, title: str = "confusion matrix") -> Path:
+    """K×K matrix (rows: truth, columns: prediction) with counts and row fractions."""
+    m = np.asarray(confusion, dtype=np.float64)
+    k = m.shape[0]
+    rows = m.sum(axis=1, keepdims=True)
+    frac = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    side = 2.2 + 1.0 * k
+    fig, ax = plt.subplots(figsize=(side + 0.6, side))
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{int(m[i, j]):,}\n{frac[i, j]:.3f}", ha="center", va="center",
+                    color="white" if frac[i, j] > 0.5 else "black", fontsize=8)
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true", title=title)
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_yticklabels(names)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    return save_figure(fig, out_png)
+
+
+def plot_per_class_bars(per_class: dict, colours: np.ndarray, out_png: str | Path,
+                        title: str = "") -> Path:
+    """Dice / IoU / sensitivity / precision of each class, bars in the class's colour."""
+    names = list(per_class)
+    # a black or white class colour would vanish against the axes: edge every bar
+    face = [tuple(np.asarray(c, np.float64) / 255) for c in colours]
+    metrics = ("dice", "iou", "sensitivity", "precision")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), sharey=True)
+    for ax, metric in zip(axes, metrics):
+        vals = [per_class[n][metric] for n in names]
+        _label(ax, ax.bar(names, vals, color=face, edgecolor="#333333", linewidth=0.8))
+        ax.set_title(metric if metric != "iou" else "IoU")
+        ax.set_ylim(0, 1.1)
+        ax.tick_params(axis="x", labelrotation=30)
+    fig.suptitle(title or "per-class results")
+    return save_figure(fig, out_png)
+
+
+def plot_class_roc(curves: dict, colours: np.ndarray, out_png: str | Path,
+                   title: str = "one-vs-rest ROC") -> Path:
+    """One ROC curve per class; CURVES: name -> (fpr, tpr, auc) (classes without both positive
+    and negative pixels left out by the caller)."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    for (name, (fpr, tpr, auc)), c in zip(curves.items(), colours):
+        colour = np.asarray(c, np.float64) / 255
+        if colour.max() > 0.92 or colour.max() < 0.08:  # white or black on white axes
+            colour = np.array([0.45, 0.45, 0.45])
+        ax.plot(fpr, tpr, color=colour, label=f"{name} (AUC {auc:.4f})")
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", ls=":", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1),
+           ylim=(0, 1.01), title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    return save_figure(fig, out_png)
+
+
+def class_overlay_image(rgb: np.ndarray, colour_map: np.ndarray, paint: np.ndarray,
+                        fov: np.ndarray | None = None, alpha: float = 0.75) -> np.ndarray:
+    """RGB uint8: COLOUR_MAP (H, W, 3) blended over a gray copy of RGB where PAINT (the
+    non-background pixels), outside the FOV dimmed."""
+    out = np.repeat(rgb.astype(np.float32).mean(axis=2, keepdims=True), 3, axis=2)
+    if fov is not None:
+        out[~fov.astype(bool)] *= 0.4
+    paint = paint.astype(bool)
+    out[paint] = (1 - alpha) * out[paint] + alpha * colour_map[paint].astype(np.float32)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def plot_class_overlay(truth: np.ndarray, pred: np.ndarray, legend: Sequence[tuple],
+                       out_png: str | Path, title: str = "") -> Path:
+    """Truth and prediction overlays (RGB uint8 each) side by side; LEGEND: (name, RGB)."""
+    from matplotlib.patches import Patch
+
+    h, w = truth.shape[:2]
+    fig, axes = plt.subplots(1, 2, figsize=(min(16.0, 2 + 12 * w / max(h, w)), 6.3))
+    for ax, img, name in zip(axes, (truth, pred), ("truth", "prediction")):
+        ax.imshow(img)
+        ax.set_axis_off()
+        ax.set_title(name, fontsize=10)
+    handles = [Patch(facecolor=np.array(c) / 255, edgecolor="#333333", label=n)
+               for n, c in legend]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8,
+               frameon=False)
+    fig.suptitle(title)
     return save_figure(fig, out_png)
 
 

@@ -5,7 +5,10 @@ The FOV comes from a mask folder when given (matched by stem, `<stem>` or `<stem
 it is estimated from the dark border around a fundus photograph, else it is the whole image.
 Outputs `<stem>.png` (0/255) and `<stem>_prob.png` (8-bit probability), both at the input's
 size and zero outside the FOV; the binary mask is at eval.threshold, under `auto` the threshold
-chosen on the validation split when the model was trained. Files that cannot be used are
+chosen on the validation split when the model was trained. A multi-class model (its class table
+stored with it, see `classes_io`) writes `<stem>.png` in the table's colours (argmax; no
+threshold), `<stem>.<class>.png` per class and `<stem>.overlay.png` (see `class_outputs`);
+outside the FOV every pixel is background. Files that cannot be used are
 reported by name; the rest are still processed. Files are read as bytes and decoded from
 memory: OpenCV never gets a path (it crashes on names that are not UTF-8), and such a name is
 skipped with a warning that shows it as escaped bytes.
@@ -13,7 +16,8 @@ skipped with a warning that shows it as escaped bytes.
 Inputs are never overwritten: an output folder equal to or inside the image (or FOV) folder is
 refused unless asked for (`check_output_folder`), and even then an output that would replace an
 input file is skipped and reported. An earlier run's outputs in the image folder (a `<stem>.png`
-with its `<stem>_prob.png`) are not taken for inputs.
+with its `<stem>_prob.png`, or with its `<stem>.overlay.png` and the `<stem>.<class>.png` maps)
+are not taken for inputs.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from torch import nn
 
 from unetdist.atomic import inside, writable_folder
 from unetdist.config import RunConfig
+from unetdist.data.classes import ClassTable
 from unetdist.data.ingest.fov import estimate_fov
 from unetdist.data.preprocess import preprocess
 from unetdist.errors import DataError, FileSystemError, UserError
+from unetdist.eval.class_outputs import prediction_names, write_class_pngs
 from unetdist.eval.inference import (
     InferencePolicy,
     image_scale,
@@ -122,8 +128,9 @@ def find_mask(fov_dir: Path, stem: str) -> Path | None:
 
 @torch.no_grad()
 def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunConfig,
-                  policy: InferencePolicy | None = None) -> np.ndarray:
-    """(H, W) float32 vessel probability, zero outside the FOV.
+                  policy: InferencePolicy | None = None, classes: bool = False) -> np.ndarray:
+    """(H, W) float32 vessel probability, zero outside the FOV; with CLASSES (a multi-class
+    model), (K, H, W) class probabilities, background (class 0) certain outside the FOV.
 
     Without a `policy`, forwards autocast to the training precision (train.precision)."""
 
@@ -131,7 +138,14 @@ def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunCo
     scale = image_scale(cfg.eval, torch.from_numpy(fov))
     policy = policy or inference_policy(model, precision=cfg.train.precision)
     prob = sliding_window_predict(model, torch.from_numpy(np.ascontiguousarray(x))[None],
-                                  cfg.eval, scale=scale, policy=policy)
+                                  cfg.eval, scale=scale, policy=policy, classes=classes)
+    if classes:
+        from unetdist.eval.class_outputs import resize_probs
+
+        prob = resize_probs(prob[0].float().cpu().numpy(), fov.shape)
+        prob = prob * fov
+        prob[0] += 1 - fov  # outside the FOV: background, as the datasets define it
+        return prob
     prob = prob[0, 0].float().cpu().numpy()
     if prob.shape != fov.shape:
         import cv2
@@ -176,10 +190,15 @@ def split_bad_names(paths: list[Path]) -> tuple[list[Path], list[str]]:
 
 
 def split_outputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
-    """(inputs, earlier outputs): a `<stem>.png` beside its `<stem>_prob.png` is a prediction."""
+    """(inputs, earlier outputs): a `<stem>.png` beside its `<stem>_prob.png` is a prediction;
+    so is one beside its `<stem>.overlay.png`, with the `<stem>.<class>.png` maps (multi-class)."""
     names = {p.name for p in paths}
     ours = {n for n in names if n.endswith("_prob.png") and n[:-len("_prob.png")] + ".png" in names}
     ours |= {n[:-len("_prob.png")] + ".png" for n in ours}
+    stems = {n[:-len(".overlay.png")] for n in names
+             if n.endswith(".overlay.png") and n[:-len(".overlay.png")] + ".png" in names}
+    ours |= {n for n in names if n.endswith(".png") and
+             (n[:-len(".png")] in stems or n[:-len(".png")].rsplit(".", 1)[0] in stems)}
     return [p for p in paths if p.name not in ours], [p for p in paths if p.name in ours]
 
 
@@ -201,9 +220,12 @@ def check_output_folder(out_dir: Path, images_dir: Path, fov_dir: Path | None,
         raise UserError(f"--out {out_dir} exists and is not a folder; choose another --out")
 
 
-def _clash(out_dir: Path, stem: str, protected: set[Path]) -> str | None:
+def _clash(out_dir: Path, stem: str, protected: set[Path],
+           table: ClassTable | None = None) -> str | None:
     """Why STEM's outputs must not be written (one would replace an input), or None."""
-    for target in (inside(out_dir, f"{stem}.png"), inside(out_dir, f"{stem}_prob.png")):
+    names = ([f"{stem}.png", f"{stem}_prob.png"] if table is None
+             else prediction_names(stem, table, overlay=True))
+    for target in (inside(out_dir, n) for n in names):
         if target.resolve() in protected:
             return f"its output {target} would replace an input file; not written (choose " \
                    "another --out)"
@@ -236,10 +258,19 @@ def default_fov(rgb: np.ndarray) -> np.ndarray:
     return est if est is not None else np.ones(rgb.shape[:2], dtype=bool)
 
 
+def _write(out_dir: Path, stem: str, prob: np.ndarray, cfg: RunConfig,
+           table: ClassTable | None, rgb: np.ndarray, fov: np.ndarray) -> None:
+    if table is None:
+        write_prediction_pngs(out_dir, stem, prob, fixed_threshold(cfg.eval))
+    else:
+        write_class_pngs(out_dir, stem, prob, table, rgb=rgb, fov=fov)
+
+
 def predict_folder(model: nn.Module, cfg: RunConfig, images_dir: Path, out_dir: Path, *,
-                   fov_dir: Path | None = None, progress: bool = True) -> PredictReport:
+                   fov_dir: Path | None = None, progress: bool = True,
+                   table: ClassTable | None = None) -> PredictReport:
     """Predict every image of images_dir (or that one image file) into out_dir; failures are
-    collected, not raised."""
+    collected, not raised. A multi-class TABLE: the model's classes (None: binary)."""
     report, stems = PredictReport(), {}
     policy = inference_policy(model, precision=cfg.train.precision)  # once for every image
     paths, report.bad_names = split_bad_names(list_images(images_dir))
@@ -251,30 +282,52 @@ def predict_folder(model: nn.Module, cfg: RunConfig, images_dir: Path, out_dir: 
             report.failed.append((path.name, f"same name stem as {stems[path.stem]}"))
             continue
         stems[path.stem] = path.name
-        clash = _clash(out_dir, path.stem, protected)
+        clash = _clash(out_dir, path.stem, protected, table)
         if clash:
             report.failed.append((path.name, clash))
             continue
         try:
             rgb = read_image(path)
             fov = _fov_for(path, rgb, fov_dir, report)
-            prob = predict_image(model, rgb, fov, cfg, policy)
+            prob = predict_image(model, rgb, fov, cfg, policy, classes=table is not None)
         except (DataError, ValueError) as e:
             report.failed.append((path.name, str(e)))
             continue
         try:
-            write_prediction_pngs(out_dir, path.stem, prob, fixed_threshold(cfg.eval))
+            _write(out_dir, path.stem, prob, cfg, table, rgb, fov)
         except OSError as e:  # the same for every file: stop, naming the folder
             raise FileSystemError.of(e, out_dir, "write predictions into", "--out") from None
         report.done.append(path.name)
     return report
 
 
+def model_table(checkpoint: str | Path, meta: dict, num_classes: int) -> ClassTable | None:
+    """The classes of a model with NUM_CLASSES outputs: None for a binary model (1 or 2
+    outputs), else the table stored with it (`classes_io.stored_table`), or, when none was
+    stored, `classes_io.generic_table` with a warning."""
+    from unetdist.eval.classes_io import check_fits, generic_table, stored_table
+    from unetdist.log import warn
+    from unetdist.runfolder import resolve_checkpoint, weights_file
+
+    if num_classes <= 2:
+        return None
+    wf = weights_file(resolve_checkpoint(checkpoint))
+    table = stored_table(wf, meta)
+    if table is None:
+        table = generic_table(num_classes)
+        warn(f"{wf}: a {num_classes}-class model without a stored class table (classes.json "
+             f"beside it, or export metadata); its classes are named {', '.join(table.names)}")
+    check_fits(table, num_classes, f"the classes stored with {wf}")
+    return table
+
+
 def load_predictor(checkpoints: Sequence[str | Path], device: str = "auto",
-                   overrides: Sequence[str] = ()) -> tuple[nn.Module, RunConfig]:
-    """(model or ensemble on DEVICE, its config) as `predict` and the Python API use them:
-    `eval.key=value` overrides applied, and eval.threshold=auto replaced by the threshold
-    chosen on validation (stored with the first model; 0.5 without one)."""
+                   overrides: Sequence[str] = ()
+                   ) -> tuple[nn.Module, RunConfig, ClassTable | None]:
+    """(model or ensemble on DEVICE, its config, its class table: None for binary) as
+    `predict` and the Python API use them: `eval.key=value` overrides applied, and
+    eval.threshold=auto replaced by the threshold chosen on validation (stored with the first
+    model; 0.5 without one)."""
     import dataclasses
 
     from unetdist.config import config_from_dict, to_dict
@@ -287,7 +340,8 @@ def load_predictor(checkpoints: Sequence[str | Path], device: str = "auto",
     if cfg.eval.threshold == "auto":
         t = chosen_threshold(cfg.eval, threshold_of(checkpoints[0], metas[0]))
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, threshold=t))
-    return model.to(pick_device(device)), cfg
+    table = model_table(checkpoints[0], metas[0], cfg.model.num_classes)
+    return model.to(pick_device(device)), cfg, table
 
 
 def predict_images(checkpoints: Sequence[str | Path], images: str | Path, out: str | Path, *,
@@ -307,6 +361,6 @@ def predict_images(checkpoints: Sequence[str | Path], images: str | Path, out: s
     if fov is not None and not fov.is_dir():
         raise DataError(f"FOV mask folder not found: {fov}")
     check_output_folder(out, images, fov, overwrite)
-    model, cfg = load_predictor(checkpoints, device, overrides)
+    model, cfg, table = load_predictor(checkpoints, device, overrides)
     writable_folder(out, "--out", "write predictions into")
-    return predict_folder(model, cfg, images, out, fov_dir=fov, progress=progress)
+    return predict_folder(model, cfg, images, out, fov_dir=fov, progress=progress, table=table)

@@ -204,6 +204,11 @@ def _cards(records: list[dict], run_dir: Path) -> str:
         m = load(d / "metrics.json") or {}
         if _number((m.get("fov") or {}).get("dice")):
             cards.append((f"{d.name[5:]} dice (FOV)", m["fov"]["dice"]))
+        classes, av = m.get("classes"), m.get("av")  # a multi-class evaluation
+        if isinstance(classes, dict) and _number(classes.get("mean_iou")):
+            cards.append((f"{d.name[5:]} mIoU (FOV)", classes["mean_iou"]))
+        if isinstance(av, dict) and _number(av.get("accuracy")):
+            cards.append((f"{d.name[5:]} A/V accuracy", av["accuracy"]))
     if not cards:
         return ""
     return '<div class="cards">' + "".join(

@@ -2,7 +2,9 @@
 
 Each names what was evaluated (data, manifest hash, checkpoint, step) from its metrics.json,
 then shows the metrics, settings, seconds per image, the figures and the per-image table
-(per_image.csv). Older folders without that information still render, with "n/a".
+(per_image.csv). Older folders without that information still render, with "n/a". A multi-class
+evaluation (metrics.json with a "classes" block) shows the per-class table, the means, the
+confusion matrix, the A/V numbers when present, and evaluate's K-class figures.
 """
 
 from __future__ import annotations
@@ -29,6 +31,19 @@ PER_IMAGE = (("key", "image"), ("fov_dice", "dice"), ("fov_auc_roc", "AUC-ROC"),
              ("fov_recall", "recall"), ("fov_precision", "precision"),
              ("fov_specificity", "specificity"), ("second_observer_fov_dice", "2nd obs. dice"),
              ("seconds", "seconds"))
+
+
+# multi-class: per-class columns of metrics.json's classes.per_class, with their headings
+CLASS_COLS = (("dice", "Dice"), ("iou", "IoU"), ("sensitivity", "sensitivity"),
+              ("specificity", "specificity"), ("precision", "precision"),
+              ("auc_roc", "AUC-ROC"), ("support", "true pixels"), ("predicted", "predicted"))
+CLASS_MEANS = (("pixel_accuracy", "pixel accuracy"), ("mean_iou", "mean IoU"),
+               ("mean_iou_fg", "mean IoU without background"), ("mean_dice", "mean Dice"),
+               ("mean_dice_fg", "mean Dice without background"))
+AV_ROWS = (("accuracy", "A/V accuracy"), ("sensitivity", "A/V sensitivity (artery)"),
+           ("specificity", "A/V specificity (vein)"), ("pixels", "pixels scored"),
+           ("excluded_pixels", "vessel pixels excluded"), ("crossing_pixels", "crossing pixels"),
+           ("vessel_f1", "vessel-union F1"))
 
 
 def load(path: Path) -> dict | None:
@@ -123,7 +138,14 @@ def _per_image(eval_dir: Path) -> str:
         return _na("not available (no per_image.csv)")
     if not rows:
         return _na("per_image.csv lists no images")
-    cols = [(k, t) for k, t in PER_IMAGE if k in rows[0] and any(r[k] for r in rows)]
+    per_image = PER_IMAGE
+    if "fov_dice" not in rows[0] and "mean_iou" in rows[0]:  # a multi-class evaluation
+        per_image = (("key", "image"), ("pixel_accuracy", "pixel acc."), ("mean_iou", "mIoU"),
+                     *((k, f"Dice {k[len('dice_'):]}") for k in rows[0]
+                       if k.startswith("dice_")),
+                     ("av_accuracy", "A/V acc."), ("vessel_f1", "vessel F1"),
+                     ("seconds", "seconds"))
+    cols = [(k, t) for k, t in per_image if k in rows[0] and any(r[k] for r in rows)]
 
     def cell(k: str, v: str):
         try:
@@ -132,6 +154,32 @@ def _per_image(eval_dir: Path) -> str:
             return None if v == "" else v
 
     return _table([t for _, t in cols], [[cell(k, r[k]) for k, _ in cols] for r in rows])
+
+
+def _num(v):
+    return v if _number(v) else None
+
+
+def _class_metrics(m: dict) -> str:
+    """A multi-class evaluation's tables: per class, the means, the confusion, A/V."""
+    c = m["classes"]
+    per = c.get("per_class") if isinstance(c.get("per_class"), dict) else {}
+    rows = [[str(n)] + [_num(r.get(k)) if isinstance(r, dict) else None for k, _ in CLASS_COLS]
+            for n, r in per.items()]
+    parts = ["<h3>Per-class metrics (inside FOV, ignore excluded)</h3>",
+             _table(["class"] + [t for _, t in CLASS_COLS], rows) if rows else _na()]
+    parts.append(_table(["mean", "value"], [[t, _num(c.get(k))] for k, t in CLASS_MEANS]))
+    conf, names = c.get("confusion"), [str(n) for n in per]
+    if isinstance(conf, list) and len(conf) == len(names) and all(
+            isinstance(r, list) and len(r) == len(names) for r in conf):
+        parts.append("<h3>Confusion matrix (rows: truth, columns: prediction)</h3>" + _table(
+            ["truth \\ prediction"] + names, [[n] + [_num(v) for v in r]
+                                               for n, r in zip(names, conf)]))
+    av = m.get("av")
+    if isinstance(av, dict):
+        parts.append("<h3>Artery / vein</h3>" + _table(
+            ["metric", "value"], [[t, _num(av.get(k))] for k, t in AV_ROWS]))
+    return "".join(parts)
 
 
 def _eval_block(eval_dir: Path) -> str:
@@ -144,8 +192,11 @@ def _eval_block(eval_dir: Path) -> str:
     cols = [t for _, t in regions] + (["2nd observer (FOV)"] if obs else [])
     rows = [[name] + [m[k].get(name) for k, _ in regions] + ([obs.get(name)] if obs else [])
             for name in METRIC_ROWS]
-    parts = [title, "<h3>Metrics</h3>",
-             _table(["metric"] + cols, rows) if regions else _na("no region metrics")]
+    if isinstance(m.get("classes"), dict):
+        parts = [title, _class_metrics(m)]
+    else:
+        parts = [title, "<h3>Metrics</h3>",
+                 _table(["metric"] + cols, rows) if regions else _na("no region metrics")]
     counts = [[t] + [(m[k].get("counts") or {}).get(c) for c in ("tp", "fp", "fn", "tn")]
               for k, t in regions]
     if counts:
@@ -153,6 +204,8 @@ def _eval_block(eval_dir: Path) -> str:
     if isinstance(m.get("settings"), dict):
         parts.append("<p>Settings: " + _esc(", ".join(f"{k}={v}" for k, v in
                                                        m["settings"].items())) + "</p>")
+    if isinstance(m.get("prediction"), str):  # multi-class: argmax, not eval.threshold
+        parts.append("<p>Prediction: " + _esc(m["prediction"]) + "</p>")
     pngs = _eval_pngs(eval_dir)
     # Drawn here for both regions; evaluate's own bar figure (FOV only) would repeat it.
     bars = ('<div class="figs">' + _figure(_class_bars_png(m), "per-class IoU, precision, "
