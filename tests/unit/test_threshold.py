@@ -104,7 +104,7 @@ def test_training_stores_the_f1_threshold_with_best(tmp_path):
     from unetdist.config import to_dict, to_yaml
     from unetdist.eval.threshold import threshold_of
     from unetdist.train.checkpoint import export_best
-    from unetdist.train.loop import chosen_threshold_entry
+    from unetdist.train.validation import chosen_threshold_entry
 
     metrics = {"dice": 0.7, "f1_threshold": {"threshold": 0.31, "dice": 0.74}}
     assert chosen_threshold_entry(tiny_config().eval, metrics) == {}

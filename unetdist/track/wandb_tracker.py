@@ -188,12 +188,12 @@ def wandb_metrics(metrics: dict, step: int) -> tuple[str, dict]:
     return split, out
 
 
-def _mask(a: np.ndarray, name: str) -> np.ndarray:
+def _mask(a: np.ndarray, name: str, binary: bool = True) -> np.ndarray:
     a = np.asarray(a)
     a = a[0] if a.ndim == 3 and a.shape[0] == 1 else a
     if a.ndim != 2:
         raise ValueError(f"{name} mask must be (H, W), got shape {a.shape}")
-    return (a > 0).astype(np.uint8)
+    return (a > 0).astype(np.uint8) if binary else a.astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- run dir state
@@ -312,7 +312,8 @@ class WandbTracker:
     def log_masks(self, images: list[dict], step: int) -> None:
         """Validation images with toggleable prediction / ground truth / FOV mask layers.
 
-        Each dict: key, rgb (H,W,3 uint8), pred, label, fov (H,W in {0,1}).
+        Each dict: key, rgb (H,W,3 uint8), pred, label, fov (H,W in {0,1}); with
+        `class_labels` ({index: name}), pred and label are class-index maps.
         """
         if (self._run is None or not images or self.cfg.log_images == 0
                 or not self._fresh("media", step)):
@@ -321,11 +322,13 @@ class WandbTracker:
 
         panel = []
         for im in images[: self.cfg.log_images]:
+            labels = im.get("class_labels")  # a multi-class map keeps its class indices
+            binary = labels is None
             masks = {
-                "prediction": {"mask_data": _mask(im["pred"], "pred"),
-                               "class_labels": VESSEL_LABELS},
-                "ground_truth": {"mask_data": _mask(im["label"], "label"),
-                                 "class_labels": VESSEL_LABELS},
+                "prediction": {"mask_data": _mask(im["pred"], "pred", binary),
+                               "class_labels": labels or VESSEL_LABELS},
+                "ground_truth": {"mask_data": _mask(im["label"], "label", binary),
+                                 "class_labels": labels or VESSEL_LABELS},
                 "fov": {"mask_data": _mask(im["fov"], "fov") * 2, "class_labels": FOV_LABELS},
             }
             rgb = np.ascontiguousarray(np.asarray(im["rgb"], dtype=np.uint8))

@@ -1,6 +1,7 @@
 """Training.
 
-- `loop.py` — `fit()`: the loop, validation, checkpoints, preemption
+- `loop.py` — `fit()`: the loop, checkpoints, preemption
+- `validation.py` — validation during training (binary or per-class), best/ export, W&B masks
 - `step.py` — one optimizer step and its single agreement all-reduce (one host sync)
 - `setup.py` — accelerator, model/optimizer/scheduler, resume, run dir (before step 1)
 - `checkpoint.py` — `save_checkpoint`/`load_checkpoint` over one list of stateful parts

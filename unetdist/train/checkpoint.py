@@ -7,14 +7,14 @@ state: `JsonPart`s in a JSON file (TrainState and RunIdentity at the top of trai
 the budget and thread count under their keys, the LR scheduler as scheduler.json), `FilePart`s
 in their own safetensors file (the EMA). `setup` builds the list once: one entry per state.
 
-Nothing is half-written after a crash: folders and small files are written under temporary
-names and renamed when complete; old checkpoints are pruned only after the new one and
-`latest` are in place (accelerate's `total_limit` deletes before writing: not used).
+Nothing is half-written after a crash: folders and files are written under temporary names and
+renamed when complete; old checkpoints are pruned only after the new one and `latest` are in
+place (accelerate's `total_limit` deletes before writing: not used).
 
-A run folder lives on storage others may write, so loading one must never run code: the
-pickles accelerate writes are loaded with `weights_only=True`, our own state is JSON or
-safetensors (never a pickle), and `unetdist.train.resume` refuses a `custom_checkpoint_*.pkl`
-(which accelerate would unpickle with `weights_only=False`) before anything is loaded.
+A run folder lives on storage others may write, so loading one must never run code: accelerate's
+pickles are loaded with `weights_only=True`, our own state is JSON or safetensors, and
+`unetdist.train.resume` refuses a `custom_checkpoint_*.pkl` (which accelerate would unpickle with
+`weights_only=False`) before anything is loaded.
 """
 
 from __future__ import annotations
@@ -284,7 +284,6 @@ def _fsync_tree(folder: Path, files: bool = True) -> None:
 
 def _fs_guard(write, folder: Path, tmp: Path | None) -> None:
     """Run WRITE; a failed write (full disk, permissions) removes TMP and is one clear error.
-
     The previous checkpoint and `latest` are untouched: nothing is renamed before all is written.
     """
     try:
@@ -379,15 +378,15 @@ def clear_preempted(run_dir: str | Path) -> None:
 
 
 def export_best(state_dict: dict, config_dict: dict, config_yaml: str, metrics: dict[str, Any],
-                step: int, run_dir: str | Path) -> Path:
+                step: int, run_dir: str | Path, extra_meta: dict | None = None) -> Path:
     """Write run_dir/best/ atomically (rank 0): weights with the config in their metadata."""
-
     best = Path(run_dir) / BEST
     tmp = Path(run_dir) / f"{TMP_PREFIX}{BEST}"
     shutil.rmtree(tmp, ignore_errors=True)
     meta = {"format": "unetdist-1", "config": json.dumps(config_dict), "step": str(step)}
     if "threshold" in metrics:  # eval.threshold=auto's choice travels with the weights file
         meta["threshold"] = repr(float(metrics["threshold"]))
+    meta.update(extra_meta or {})  # e.g. a multi-class model's class table
     try:
         tmp.mkdir(parents=True)
         save_weights(state_dict, tmp / "model.safetensors", meta)

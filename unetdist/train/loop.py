@@ -19,20 +19,11 @@ from pathlib import Path
 
 import torch
 
-from unetdist.config import RunConfig, to_dict, to_yaml
-from unetdist.data.pipeline import DataStall, eval_samples, run_batches, start_worker_server
+from unetdist.config import RunConfig
+from unetdist.data.pipeline import DataStall, run_batches, start_worker_server
 from unetdist.data.stage.node import resolve_data_dir
-from unetdist.distributed import (
-    broadcast_buffers,
-    sum_across,
-)
 from unetdist.errors import UserError
-from unetdist.eval.evaluate import evaluate_split
-from unetdist.eval.inference import sliding_window_predict
-from unetdist.eval.plots import plot_training_curves
-from unetdist.eval.threshold import fixed_threshold
 from unetdist.log import progress, rank_say, say
-from unetdist.track.jsonl import METRICS_FILE, read_records
 from unetdist.train import checkpoint as ckpt
 from unetdist.train.faults import install_faults, worker_stall_batch
 from unetdist.train.preempt import PreemptionFlag
@@ -45,6 +36,7 @@ from unetdist.train.setup import (
 )
 from unetdist.train.step import StepStats, stand_in, train_step
 from unetdist.train.threads import apply_thread_policy
+from unetdist.train.validation import export_best, preempt_agreed, validate
 
 
 class DataStallError(UserError):
@@ -241,117 +233,6 @@ def checkpoint_due(run: Run, stats: StepStats) -> bool:
     every, step = run.cfg.checkpoint.every_steps, run.state.step
     return (is_last(run) or stats.clock_due
             or (every > 0 and step % every == 0))
-
-
-def preempt_agreed(run: Run, flag: PreemptionFlag) -> bool:
-    """Whether some rank has a preemption signal (one small collective, all ranks call it)."""
-    return sum_across([float(flag.requested)], run.acc.device)[0] > 0
-
-
-def _until_signal(samples, flag: PreemptionFlag):
-    for s in samples:
-        if flag.requested:  # stop scoring; the ranks agree once the all-reduce is done
-            return
-        yield s
-
-
-def validate(run: Run, flag: PreemptionFlag | None = None) -> dict | None:
-    """Full-image validation on every rank's share; best model by FOV Dice.
-
-    Polls the preemption flag before every image: a signal during validation (long with TTA)
-    cuts it short on that rank, the ranks agree after the metric all-reduce, and None (no
-    metrics, no best/) tells the loop to checkpoint and stop within the signal's lead time.
-    With train.ema_decay the EMA weights are validated too (split "val_ema"); best/ takes
-    whichever scored higher (the raw weights on a tie) and its metrics.json says which.
-    """
-
-    acc, st = run.acc, run.state
-    t0 = time.perf_counter()
-    metrics = score(run, acc.unwrap_model(run.model), "val", flag)
-    if metrics is None:
-        return None
-    run.tracker.log(metrics, st.step)
-    log_val_masks(run)
-    candidates = [("raw", None, metrics)]
-    if run.ema is not None:
-        ema_metrics = score(run, run.ema.module, "val_ema", flag)
-        if ema_metrics is None:
-            return None
-        run.tracker.log(ema_metrics, st.step)
-        candidates.append(("ema", run.ema.module, ema_metrics))
-    which, module, best = max(candidates, key=lambda c: float(c[2]["dice"]))  # first on ties
-    dice = float(best["dice"])
-    improved = st.best_dice is None or dice > st.best_dice
-    if improved:
-        st.best_dice, st.best_step = dice, st.step
-        export_best(run, {**best, "split": "val", "weights": which,
-                          **chosen_threshold_entry(run.cfg.eval, best)}, module)
-    if acc.is_main_process:
-        plot_training_curves(read_records(run.run_dir / METRICS_FILE),
-                             run.run_dir / "plots" / "loss.png")
-    auc = best.get("auc_roc")
-    say(f"step {st.step} val dice {dice:.3f}{' (best)' if improved else ''}"
-        + (f" auc {auc:.3f}" if auc is not None else "")
-        + (" (EMA weights)" if which == "ema" else "")
-        + f" · {time.perf_counter() - t0:.0f} s")
-    return metrics
-
-
-def score(run: Run, model: torch.nn.Module, split: str,
-          flag: PreemptionFlag | None) -> dict | None:
-    """Validation metrics of `model` (all ranks, each its share); None when preempted."""
-
-    cfg, acc = run.cfg, run.acc
-    broadcast_buffers(model)  # one copy of the BN statistics
-    samples = eval_samples(cfg.data, run.shard_dir, cfg.eval.split, rank=acc.process_index,
-                           world_size=acc.num_processes)
-    if flag is not None:
-        samples = _until_signal(samples, flag)
-    res = evaluate_split(model, samples, cfg.eval, accelerator=acc,
-                         progress=False)  # the uncompiled module: no recompiles for eval
-    if flag is not None and preempt_agreed(run, flag):
-        return None
-    return {"split": split, "num_images": res["num_images"], **res["fov"],
-            "f1_threshold": res["f1_threshold"]}
-
-
-def chosen_threshold_entry(cfg, metrics: dict) -> dict:
-    """eval.threshold=auto: best/metrics.json's `threshold`, the F1-optimal one on validation."""
-    best = metrics.get("f1_threshold")
-    if cfg.threshold != "auto" or best is None:
-        return {}
-    return {"threshold": best["threshold"], "threshold_dice": best["dice"]}
-
-
-def log_val_masks(run: Run) -> None:
-    """Rank 0 renders a fixed set of validation images (first by key) for W&B's mask viewer."""
-    n = run.cfg.track.wandb.log_images
-    if not (run.acc.is_main_process and n > 0 and run.tracker.wants_masks):
-        return
-    from itertools import islice
-
-
-    model = run.acc.unwrap_model(run.model)  # DDP's forward would sync with idle ranks
-    images = []
-    for s in islice(eval_samples(run.cfg.data, run.shard_dir, run.cfg.eval.split, rank=0,
-                                 world_size=1), n):
-        prob = sliding_window_predict(model, s["image"].to(run.acc.device), run.cfg.eval,
-                                      accelerator=run.acc)  # the training precision
-        pred = (prob[0, 0].float().cpu().numpy() >= fixed_threshold(run.cfg.eval))
-        images.append({"key": s["key"], "rgb": s["rgb"], "pred": pred.astype("uint8"),
-                       "label": s["label"][0, 0].numpy().astype("uint8"),
-                       "fov": s["fov"][0, 0].numpy().astype("uint8")})
-    run.tracker.log_masks(images, run.state.step)
-
-
-def export_best(run: Run, metrics: dict, module: torch.nn.Module | None = None) -> None:
-    """best/ from the trained model, or from `module` (the EMA copy) when given."""
-    state_dict = run.acc.get_state_dict(run.model) if module is None else module.state_dict()
-    if run.acc.is_main_process:
-        path = ckpt.export_best(state_dict, to_dict(run.cfg), to_yaml(run.cfg), metrics,
-                                run.state.step, run.run_dir)
-        run.tracker.log_model(path)
-    run.acc.wait_for_everyone()
 
 
 def save(run: Run) -> Path | None:

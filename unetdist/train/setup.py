@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from unetdist.config import DataConfig, RunConfig, TrainConfig, to_dict, to_yaml
+from unetdist.data.classes import ClassTable
 from unetdist.data.manifest import (
     MANIFEST,
     check_fold,
@@ -72,6 +73,7 @@ class Run:
     last_save_time: float = field(default_factory=time.monotonic)
     last_saved_step: int = -1
     parts: list[ckpt.Part] = field(default_factory=list)  # what a checkpoint holds: see setup
+    table: ClassTable = field(default_factory=ClassTable.binary)  # the shards' class table
     before_step: Callable[[], None] = lambda: None  # extension point (test fault injection)
 
 
@@ -249,6 +251,7 @@ def _setup_locked(cfg: RunConfig, acc, shard_dir: str, manifest: dict, run_dir: 
     run = Run(cfg, acc, run_dir, shard_dir, mhash, has_val, model, optimizer, scheduler,
               build_loss(cfg.loss), TrainState(steps_per_epoch=cfg.data.steps_per_epoch),
               forward=forward, budget=budget, threads=threads)
+    run.table = class_table(manifest)
     if cfg.train.ema_decay > 0:
         run.ema = ModelEma(acc.unwrap_model(model), cfg.train.ema_decay)
     run.parts = checkpoint_parts(run)
