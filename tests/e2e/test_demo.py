@@ -146,3 +146,22 @@ def test_launch_command_topologies():
     assert gpu1[gpu1.index("--mixed_precision") + 1] == "bf16"
     gpu8 = launch_command(cfg, [], Topology(8, cuda=True), "bf16", 1234)
     assert "--multi_gpu" in gpu8 and gpu8[gpu8.index("--num_processes") + 1] == "8"
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_demo_task_av_trains_and_scores_each_class(tmp_path):
+    work = tmp_path / "work"
+    r = cli_subprocess("demo", "--task", "av", "--workdir", work, "--size", str(SIZE),
+                       "--n-train", str(N_TRAIN), "--n-test", str(N_TEST), "--steps", "8",
+                       "--nproc", "2", "--quiet", *TINY, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    manifest = json.loads((work / "shared" / "manifest.json").read_text())
+    assert manifest["layout"] == "rite" and len(manifest["classes"]["entries"]) == 4
+    metrics = json.loads((work / "run" / "eval-test" / "metrics.json").read_text())
+    per_class = metrics["classes"]["per_class"]
+    assert list(per_class) == ["background", "artery", "vein", "crossing"]
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("test split"))
+    assert f"artery {per_class['artery']['dice']:.4f}" in line
+    assert f"A/V accuracy {metrics['av']['accuracy']:.4f}" in line
+    assert "mean foreground Dice" in r.stdout

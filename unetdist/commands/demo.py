@@ -29,6 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default demo_run; a re-run replaces what the demo wrote there)")
     p.add_argument("--config", type=Path, default=None,
                    help="experiment YAML (default: configs/demo.yaml, shipped in the package)")
+    p.add_argument("--task", choices=("vessel", "av"), default="vessel",
+                   help="vessel: vessel vs background (default); av: arteries, veins and "
+                        "crossings, a 4-class model on synthetic RITE-layout data "
+                        "(default config configs/demo_av.yaml)")
     p.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, metavar="HxW",
                    help=f"synthetic image size (default {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]})")
     p.add_argument("--n-train", type=_positive, default=20,
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("train.progress=false")
     opts = DemoOptions(workdir=args.workdir, config=args.config, size=args.size,
                        n_train=args.n_train, n_test=args.n_test, steps=args.steps,
-                       nproc=args.nproc, overrides=overrides, seed=args.seed,
+                       nproc=args.nproc, overrides=overrides, seed=args.seed, task=args.task,
                        progress=not args.quiet)
     print(summary(run_demo(opts)), flush=True)
     return 0

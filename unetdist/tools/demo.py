@@ -37,7 +37,8 @@ class StepFailed(UserError):
 @dataclass
 class DemoOptions:
     workdir: Path = Path("demo_run")
-    config: Path | None = None  # None: the packaged configs/demo.yaml
+    config: Path | None = None  # None: the packaged configs/demo.yaml (demo_av.yaml for av)
+    task: str = "vessel"  # vessel | av (arteries and veins: RITE layout, 4 classes)
     size: tuple[int, int] = DEFAULT_SIZE
     n_train: int = 20
     n_test: int = 20
@@ -76,12 +77,12 @@ class DemoResult:
 # ----------------------------------------------------------------------------- planning
 
 
-def default_config() -> Path:
-    """configs/demo.yaml as shipped inside the package (works from any directory)."""
-    # lazily: `unetdist --help` imports this module for DEFAULT_SIZE
-    from unetdist.resources import resource
+def default_config(task: str = "vessel") -> Path:
+    """configs/demo.yaml (demo_av.yaml for --task av) as shipped inside the package (works
+    from any directory)."""
+    from unetdist.resources import resource  # lazily: `unetdist --help` imports this module
 
-    return resource("configs", "demo.yaml")
+    return resource("configs", "demo_av.yaml" if task == "av" else "demo.yaml")
 
 
 def topology(nproc: int | None) -> Topology:
@@ -162,9 +163,17 @@ def make_data(opts: DemoOptions) -> None:
     from unetdist.data.ingest.synth import write_synthetic
     from unetdist.data.ingest.writer import shard_dataset
 
-    raw = write_synthetic(opts.workdir / "raw", n_train=opts.n_train, n_test=opts.n_test,
-                          size=opts.size, seed=opts.seed or 0, progress=opts.progress)
-    m = shard_dataset(raw, opts.workdir / "shared", layout="drive", progress=opts.progress)
+    if opts.task == "av":
+        from unetdist.data.ingest.synth_av import write_synthetic_av
+
+        raw = write_synthetic_av(opts.workdir / "raw", n_train=opts.n_train, n_test=opts.n_test,
+                                 size=opts.size, seed=opts.seed or 0, progress=opts.progress,
+                                 fov_masks=True)
+    else:
+        raw = write_synthetic(opts.workdir / "raw", n_train=opts.n_train, n_test=opts.n_test,
+                              size=opts.size, seed=opts.seed or 0, progress=opts.progress)
+    m = shard_dataset(raw, opts.workdir / "shared", layout="rite" if opts.task == "av" else
+                      "drive", progress=opts.progress)
     counts = ", ".join(f"{s} {e['samples']}" for s, e in m["splits"].items())
     print(f"{m['total_bytes'] / 2**20:.1f} MiB of shards ({counts}) in "
           f"{opts.workdir / 'shared'}", flush=True)
@@ -230,7 +239,7 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     from unetdist.config import load_config
     from unetdist.track.report import build_report
 
-    config = (opts.config or default_config()).absolute()
+    config = (opts.config or default_config(opts.task)).absolute()
     cfg = load_config(config, train_overrides(opts))  # bad overrides fail here, in one line
     topo = topology(opts.nproc)
     precision = cfg.train.precision
@@ -238,7 +247,8 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     t = time.perf_counter()
     opts.workdir = Path(opts.workdir)
     prepare_workdir(opts.workdir)
-    header(1, 4, f"synthesise {opts.n_train}+{opts.n_test} fundus images "
+    kind = "artery/vein fundus" if opts.task == "av" else "fundus"
+    header(1, 4, f"synthesise {opts.n_train}+{opts.n_test} {kind} images "
                  f"({opts.size[0]}x{opts.size[1]}) and shard them into {opts.workdir}/shared")
     make_data(opts)
     seconds["data"], t = time.perf_counter() - t, time.perf_counter()
@@ -275,12 +285,26 @@ def _training_line(rows: list[dict]) -> str:
             f"{100 * mean['data_wait']:.1f}% of step time waiting for data")
 
 
+def _test_line(m: dict) -> str:
+    head = f"test split, inside the FOV ({m.get('num_images', '?')} images): "
+    if "classes" in m:  # a multi-class evaluation
+        c, av = m["classes"], m.get("av") or {}
+        dice = "  ".join(f"{k} {_metric(v, 'dice')}" for k, v in c["per_class"].items())
+        return (head + f"Dice {dice}  mIoU {_metric(c, 'mean_iou')}  "
+                f"A/V accuracy {_metric(av, 'accuracy')}  vessel F1 {_metric(av, 'vessel_f1')}")
+    fov = m.get("fov", {})
+    return (head + f"Dice {_metric(fov, 'dice')}  AUC-ROC {_metric(fov, 'auc_roc')}  "
+            f"mIoU {_metric(fov, 'miou')}  sensitivity {_metric(fov, 'recall')}  "
+            f"specificity {_metric(fov, 'specificity')}  accuracy {_metric(fov, 'accuracy')}")
+
+
 def summary(r: DemoResult) -> str:
-    fov = r.metrics.get("fov", {})
     total = sum(r.seconds.values())
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items())
     val, at = r.best_metrics.get("dice"), r.best_metrics.get("step")
-    chosen = (f"  (chosen at step {at}: {r.best_metrics.get('split', 'val')} FOV Dice {val:.4f})"
+    # a multi-class record (train.validation.class_record) has pixel_accuracy, a binary one not
+    what = "mean foreground Dice" if "pixel_accuracy" in r.best_metrics else "FOV Dice"
+    chosen = (f"  (chosen at step {at}: {r.best_metrics.get('split', 'val')} {what} {val:.4f})"
               if isinstance(val, float) else "")
     lines = [
         "", f"=== demo finished in {total:.0f} s ({steps})",
@@ -290,10 +314,7 @@ def summary(r: DemoResult) -> str:
         f"predictions  {r.eval_dir / 'predictions'}",
         f"metrics      {r.eval_dir / 'metrics.json'}  (plots in {r.eval_dir / 'plots'})",
         f"report       {r.report}",
-        (f"test split, inside the FOV ({r.metrics.get('num_images', '?')} images): "
-         f"Dice {_metric(fov, 'dice')}  AUC-ROC {_metric(fov, 'auc_roc')}  "
-         f"mIoU {_metric(fov, 'miou')}  sensitivity {_metric(fov, 'recall')}  "
-         f"specificity {_metric(fov, 'specificity')}  accuracy {_metric(fov, 'accuracy')}"),
+        _test_line(r.metrics),
         f"next: unetdist predict --checkpoint {r.best} --images YOUR_IMAGES --out preds",
     ]
     return "\n".join(lines)
