@@ -1,6 +1,6 @@
 """An artery/vein dataset end to end (issue 25), the way docs/datasets.md says: each supported
 A/V layout (RITE's tree, and JPEG colour masks in generic folders) -> `shard` -> `--verify` ->
-`train` with `configs/av_unet.yaml` scaled down (2 processes under `accelerate launch` for RITE)
+`train` with `configs/av_unet.yaml` scaled down (2 processes under `accelerate launch`)
 -> `evaluate` -> `predict` -> `report` -> `export`."""
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def test_rite_evaluates_predicts_reports_and_exports(rite):
         assert json.loads(f.metadata()["classes"])["entries"][1]["name"] == "artery"
 
 
+@pytest.mark.dist
 def test_jpeg_colour_masks_in_folders_shard_train_and_evaluate(tmp_path):
     raw = make_av_jpeg_folders(tmp_path / "raw", n=6, size=(96, 88))
     _ok(cli("shard", raw, tmp_path / "shards", "--layout", "folders", "--labels", "masks",
@@ -96,9 +97,9 @@ def test_jpeg_colour_masks_in_folders_shard_train_and_evaluate(tmp_path):
     _ok(cli("shard", "--verify", tmp_path / "shards"))
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert sum(manifest["snapped"].values()) > 0  # JPEG colours are near, not at, the table's
-    _ok(cli("train", "--config", REPO / "configs" / "av_unet.yaml", *SMALL,
-            "loss.ignore_index=null", f"data.shared_dir={tmp_path / 'shards'}",
-            f"train.run_dir={tmp_path / 'run'}"))
+    _ok(launch(["train", "--config", REPO / "configs" / "av_unet.yaml", *SMALL,
+                "loss.ignore_index=null", f"data.shared_dir={tmp_path / 'shards'}",
+                f"train.run_dir={tmp_path / 'run'}"], env=subprocess_env(), timeout=600))
     _ok(cli("evaluate", "--checkpoint", tmp_path / "run", "--data", tmp_path / "shards",
             "--split", "val", "--out", tmp_path / "eval", "--quiet"))
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
