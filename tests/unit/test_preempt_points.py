@@ -54,15 +54,15 @@ class Flag:
 
 def test_a_signal_during_validation_checkpoints_that_step_and_stops(run, monkeypatch):
     from unetdist.track.jsonl import read_records
-    from unetdist.train import loop
+    from unetdist.train import loop, validation
 
-    flag, real = Flag(), loop.eval_samples
+    flag, real = Flag(), validation.eval_samples
 
     def signal_while_validating(*args, **kw):  # the signal lands as validation starts
         flag.received.append("SIGUSR1")
         return real(*args, **kw)
 
-    monkeypatch.setattr(loop, "eval_samples", signal_while_validating)
+    monkeypatch.setattr(validation, "eval_samples", signal_while_validating)
     result = loop.train_loop(run, flag)
     assert result.preempted and result.step == 2
     assert (run.run_dir / "PREEMPTED").read_text().strip() == "2"
