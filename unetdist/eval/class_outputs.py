@@ -62,18 +62,12 @@ def write_class_pngs(out_dir: Path, key: str, prob: np.ndarray, table: ClassTabl
     return pred
 
 
-class ClassOverlayCache:
-    """Keeps the inputs of this rank's first n sample ids (candidates for the overlays)."""
+class ClassOverlayCache(outputs.OverlayCache):
+    """The binary cache's choice of images, drawn in the table's colours."""
 
     def __init__(self, n: int, table: ClassTable) -> None:
-        self.n, self.table, self.items = n, table, {}
-
-    def offer(self, key: str, sample: dict, pred: np.ndarray) -> None:
-        if self.n == 0:
-            return
-        self.items[key] = (sample["rgb"], sample["label"], sample["fov"], pred)
-        if len(self.items) > self.n:
-            del self.items[max(self.items)]
+        super().__init__(n)
+        self.table = table
 
     def write(self, keys: list[str], plot_dir: Path) -> None:
         import cv2

@@ -185,6 +185,22 @@ def _hist(prob: torch.Tensor, mask: torch.Tensor, bins: int) -> torch.Tensor:
     return out.index_add_(0, idx.flatten(), torch.ones_like(idx.flatten()))[:bins]
 
 
+def reduce_state(state, accelerator=None):
+    """Sum STATE (`as_tensor`/`load_tensor`/`reduced`) over all ranks with one all-reduce of
+    its flat tensor (a no-op in one process); every metric state reduces this way."""
+    import torch.distributed as dist
+
+    if state.reduced:
+        return state
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        device = accelerator.device if accelerator is not None else collective_device()
+        flat = state.as_tensor().to(device)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        state.load_tensor(flat)
+    state.reduced = True
+    return state
+
+
 class MetricState:
     """Per-rank sums for one evaluation; `update` per image, `reduce` once, then `compute`."""
 
@@ -262,17 +278,7 @@ class MetricState:
 
     def reduce(self, accelerator=None) -> MetricState:
         """Sum the state over all ranks with one all-reduce (a no-op in one process)."""
-        import torch.distributed as dist
-
-        if self.reduced:
-            return self
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            device = accelerator.device if accelerator is not None else collective_device()
-            flat = self.as_tensor().to(device)
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            self.load_tensor(flat)
-        self.reduced = True
-        return self
+        return reduce_state(self, accelerator)
 
     def scalar(self, name: str) -> int:
         return int(self.scalars[_SCALARS.index(name)])

@@ -40,7 +40,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from unetdist.distributed import collective_device
 from unetdist.errors import DataError
 from unetdist.eval.metrics import (
     _counts,
@@ -48,6 +47,7 @@ from unetdist.eval.metrics import (
     _ratio,
     auc_from_histograms,
     metrics_from_counts,
+    reduce_state,
     region_metrics,
 )
 
@@ -202,17 +202,7 @@ class _Reducible:
 
     def reduce(self, accelerator=None):
         """Sum the state over all ranks with one all-reduce (a no-op in one process)."""
-        import torch.distributed as dist
-
-        if self.reduced:
-            return self
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            device = accelerator.device if accelerator is not None else collective_device()
-            flat = self.as_tensor().to(device)
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            self.load_tensor(flat)
-        self.reduced = True
-        return self
+        return reduce_state(self, accelerator)
 
 
 class ClassMetricState(_Reducible):
