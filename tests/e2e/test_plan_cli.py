@@ -192,3 +192,17 @@ def test_inspect_page_opens_in_headless_chromium(shards, tmp_path):
     img = cv2.imread(str(shot))[..., ::-1].astype(int)
     red = (img[..., 0] > 180) & (img[..., 1] < 110) & (img[..., 2] < 110)
     assert red.sum() > 200, "the montage's label overlay was not rendered"
+
+
+def test_plan_on_av_shards_follows_the_class_table(tmp_path, fake_probe):
+    raw = twins.make_rite(tmp_path / "raw", n_train=4, n_test=1, size=(96, 88))
+    _ok("shard", raw, tmp_path / "shards", "--layout", "rite", "--quiet")
+    out = _ok("plan", tmp_path / "shards", "--out", tmp_path / "p.yaml")
+    decided = _decisions(out)
+    assert decided["model.num_classes"].startswith("4: ")
+    assert decided["loss.name"].startswith("ce_dice: ")
+    assert decided["loss.ignore_index"].startswith("255: ")
+    assert decided["data.channels"].startswith("rgb: ")
+    cfg = load_config(tmp_path / "p.yaml")
+    assert (cfg.model.num_classes, cfg.loss.name, cfg.loss.ignore_index) == (4, "ce_dice", 255)
+    _ok("train", "--check", "--config", tmp_path / "p.yaml")  # the shards' checks accept it

@@ -13,6 +13,7 @@ import yaml
 
 from unetdist.atomic import write_atomic
 from unetdist.config import config_from_dict
+from unetdist.data.manifest import class_table, read_manifest
 from unetdist.errors import UserError
 from unetdist.plan.fingerprint import Fingerprint, fingerprint
 from unetdist.plan.planner import (
@@ -22,6 +23,7 @@ from unetdist.plan.planner import (
     decide_batch_cuda,
     decide_budget,
     decide_channels,
+    decide_classes,
     decide_crop,
     decide_scale,
     differences,
@@ -70,7 +72,9 @@ def make_plan(fp: Fingerprint, *, device: str = "cpu", gpus: int = 1,
              "to stage a copy per node)")
     plan.set("data.stage", False, "nothing to stage without data.local_dir")
     scale = decide_scale(plan, fp)
-    decide_channels(plan, fp)
+    table = class_table(read_manifest(fp.root))
+    decide_channels(plan, fp, colour=not table.is_binary)
+    decide_classes(plan, table)
     decide_crop(plan, fp, scale)
     measured = None
     if device == "cpu":

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from unetdist.data.classes import ClassTable
 from unetdist.plan.fingerprint import Fingerprint
 from unetdist.plan.probe import Probe
 
@@ -143,25 +144,51 @@ def decide_batch_cuda(plan: Plan, gpus: int, probe: Probe | None, memory: int | 
              "process(es)")
 
 
-def decide_channels(plan: Plan, fp: Fingerprint) -> None:
-    stats = fp.channel_stats()
-    if fp.is_gray:
-        plan.set("data.channels", "gray", "the three channels are equal: a grayscale camera")
+def decide_channels(plan: Plan, fp: Fingerprint, colour: bool = False) -> None:
+    """The input channels by vessel contrast; COLOUR (a multi-class table) keeps RGB."""
+    if colour and not fp.is_gray:
+        plan.set("data.channels", "rgb", "classes such as arteries and veins differ in colour, "
+                 "not only in vessel contrast")
+        plan.set("data.clahe", False, "per-channel equalisation would shift that colour balance")
     else:
-        best = max(stats, key=lambda c: stats[c][2])
-        green = stats["green"][2]
-        others = ", ".join(f"{c} {v[2]:.2f}" for c, v in stats.items() if c != "green")
-        if best == "green" or green >= 0.9 * stats[best][2]:
-            plan.set("data.channels", "green", f"green shows the vessels best (contrast "
-                     f"{green:.2f}; {others})")
-        else:
-            plan.set("data.channels", "rgb", f"{best} shows the vessels best (contrast "
-                     f"{stats[best][2]:.2f} vs green {green:.2f}): give the network every "
-                     "channel")
+        _channels_by_contrast(plan, fp)
+        plan.set("data.clahe", plan.get("data.clahe"), "the recipe's local contrast equalisation")
     spread = max(s.brightness for s in fp.images) - min(s.brightness for s in fp.images)
     plan.set("data.normalize", "zscore", f"per image inside the FOV: brightness spans "
              f"{spread:.0f} gray levels between images")
-    plan.set("data.clahe", plan.get("data.clahe"), "the recipe's local contrast equalisation")
+
+
+def _channels_by_contrast(plan: Plan, fp: Fingerprint) -> None:
+    stats = fp.channel_stats()
+    if fp.is_gray:
+        plan.set("data.channels", "gray", "the three channels are equal: a grayscale camera")
+        return
+    best = max(stats, key=lambda c: stats[c][2])
+    green = stats["green"][2]
+    others = ", ".join(f"{c} {v[2]:.2f}" for c, v in stats.items() if c != "green")
+    if best == "green" or green >= 0.9 * stats[best][2]:
+        plan.set("data.channels", "green", f"green shows the vessels best (contrast "
+                 f"{green:.2f}; {others})")
+    else:
+        plan.set("data.channels", "rgb", f"{best} shows the vessels best (contrast "
+                 f"{stats[best][2]:.2f} vs green {green:.2f}): give the network every "
+                 "channel")
+
+
+def decide_classes(plan: Plan, table: ClassTable) -> None:
+    """A multi-class table: the model and loss follow it (configs/av_unet.yaml says why).
+    Binary tables keep the recipe's sigmoid model."""
+    if table.is_binary:
+        return
+    names = ", ".join(table.names)
+    plan.set("model.num_classes", table.out_channels, f"one softmax output per class ({names})")
+    plan.set("loss.name", "ce_dice", "softmax cross-entropy + foreground soft Dice (nnU-Net's "
+             "multi-class pairing)")
+    if table.ignore is not None:
+        plan.set("loss.ignore_index", table.ignore_index, f"the shards' ignore entry "
+                 f"'{table.ignore.name}' counts in neither loss nor metrics")
+    plan.set("data.crop_class_bias", 0.33, "a third of the crops centred on a rare class "
+             "(nnU-Net's foreground oversampling)")
 
 
 def decide_budget(plan: Plan, minutes: float | None, probe: Probe | None) -> None:
