@@ -28,7 +28,7 @@ SKIP = {  # pattern (re.search on the command line) -> why it cannot run in a te
     r"^make demo": "creates .venv with pip (network); tests/e2e/test_install.py runs the demo",
     r"pip install torch": "installs torch from the network (tests/e2e/test_install.py installs "
                           "the package offline)",
-    r"/data/(DRIVE|CHASEDB1|STARE|seed|x)\b": "needs the real dataset (or a folder of the user's)",
+    r"/data/(DRIVE|CHASEDB1|STARE|RITE|seed|x|av)\b": "needs the real dataset (or a folder of the user's)",
     r"my_images/": "needs the user's own images",
     r"^(?!unetdist (config|doctor) ).*(drive_unet|drive-shards|/root/shared-storage)":
         "needs DRIVE (not on development machines)",
