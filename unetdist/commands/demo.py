@@ -22,7 +22,7 @@ def _positive(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from unetdist.commands.synth import parse_size
-    from unetdist.tools.demo import DEFAULT_SIZE
+    from unetdist.tools.demo import AV_SIZE, DEFAULT_SIZE
 
     p.add_argument("--workdir", type=Path, default=Path("demo_run"),
                    help="folder for the data, the shards, the staged copy and the run "
@@ -33,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="vessel: vessel vs background (default); av: arteries, veins and "
                         "crossings, a 4-class model on synthetic RITE-layout data "
                         "(default config configs/demo_av.yaml)")
-    p.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, metavar="HxW",
-                   help=f"synthetic image size (default {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]})")
+    p.add_argument("--size", type=parse_size, default=None, metavar="HxW",
+                   help=f"synthetic image size (default {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}, "
+                        f"{AV_SIZE[0]}x{AV_SIZE[1]} for --task av)")
     p.add_argument("--n-train", type=_positive, default=20,
                    help="synthetic training images, 10%% of them held out for validation "
                         "(default 20)")
