@@ -210,3 +210,31 @@ def make_av_jpeg_folders(root: Path, n: int = 6, size: tuple[int, int] = (96, 88
         _save(Image.fromarray(av_rgb(s.labels), "RGB"), root / "masks" / f"{stem}{suffix}.jpg",
               "JPEG", quality=quality, subsampling=subsampling)
     return root
+
+
+MULTILABEL_NAMES = ("vessel", "artery", "vein")  # overlapping: a crossing is artery and vein
+
+
+def multilabel_masks(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """The three overlapping {0,1} masks of a 0..3 (background, artery, vein, crossing) map."""
+    return {"vessel": (labels > 0).astype(np.uint8),
+            "artery": np.isin(labels, (1, 3)).astype(np.uint8),
+            "vein": np.isin(labels, (2, 3)).astype(np.uint8)}
+
+
+def make_multilabel_folders(root: Path, n_train: int = 8, n_test: int = 4,
+                            size: tuple[int, int] = (96, 88)) -> Path:
+    """A multi-label dataset as the `folders` layout reads one: images/NN.png and
+    labels/<label>/NN.png per label (vessel, artery, vein: a crossing pixel is in all three),
+    the same under test_images/ and test_labels/. Masks are 0/255 PNGs except vein, stored
+    0/1 as some tools write them (the binary rule takes either)."""
+    for split, images, labels, first, n in (("train", "images", "labels", 1, n_train),
+                                            ("test", "test_images", "test_labels", 41, n_test)):
+        for i in range(n):
+            s, stem = _av_sample(i, size, split), f"{first + i:02d}"
+            _save(Image.fromarray(s.image, "RGB"), root / images / f"{stem}.png", "PNG")
+            for name, mask in multilabel_masks(s.labels).items():
+                scale = 1 if name == "vein" else 255
+                _save(Image.fromarray(mask * scale, "L"), root / labels / name / f"{stem}.png",
+                      "PNG")
+    return root

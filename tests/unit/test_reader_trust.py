@@ -97,7 +97,8 @@ def test_a_classes_map_decodes_to_its_indices_and_a_label_mask_to_0_1():
     assert np.array_equal(decode_sample(raw)["label"], index)
 
 
-@pytest.mark.parametrize("members", [(), ("label.png", "classes.png")])
+@pytest.mark.parametrize("members", [(), ("label.png", "classes.png"),
+                                     ("classes.png", "channel1.png"), ("channel2.png",)])
 def test_a_sample_needs_exactly_one_label_member(members):
     from unetdist.data.codec import decode_sample, encode_classes
 
@@ -105,7 +106,25 @@ def test_a_sample_needs_exactly_one_label_member(members):
     del raw["label.png"]
     for m in members:
         raw[m] = encode_classes(np.zeros((16, 16), np.uint8))
-    with pytest.raises(DataError, match="exactly one of the members label.png and classes.png"):
+    with pytest.raises(DataError, match="needs exactly one label: label.png, classes.png or "
+                                        "channel1.png"):
+        decode_sample(raw)
+
+
+def test_multilabel_channels_decode_to_the_bit_mask_they_were_written_from():
+    from unetdist.data.classes import from_bitmask
+    from unetdist.data.codec import decode_sample, encode_channels
+
+    rng = np.random.default_rng(3)
+    channels = (rng.random((3, 16, 16)) < 0.4).astype(np.uint8)  # overlapping labels
+    bits = channels[0] | channels[1] << 1 | channels[2] << 2  # built here, not by to_bitmask
+    raw = _raw(16)
+    del raw["label.png"]
+    raw.update(encode_channels(bits, 3))
+    got = decode_sample(raw)["label"]
+    assert np.array_equal(got, bits) and np.array_equal(from_bitmask(got, 3), channels)
+    raw["channel2.png"] = raw["channel2.png"][:40]  # a truncated member: one line naming it
+    with pytest.raises(DataError, match="channel2"):
         decode_sample(raw)
 
 

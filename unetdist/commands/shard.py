@@ -86,6 +86,10 @@ def _add_class_arguments(p: argparse.ArgumentParser) -> None:
                        "RITE's colours; otherwise binary masks)")
     table.add_argument("--classes-file", metavar="YAML",
                        help="the class table as a YAML list of {name, colour, ignore?}")
+    g.add_argument("--multilabel", action="store_true",
+                   help="the classes after the background are overlapping labels (disc and "
+                   "cup; vessel, artery and vein), each a binary mask in its own subfolder "
+                   "of --labels named after it (--layout folders); at most 6 labels")
     g.add_argument("--snap-tolerance", type=float, default=None, metavar="D",
                    help="a colour-mask pixel within RGB distance D of a class colour takes "
                    f"that class (JPEG masks; default {DEFAULT_SNAP_TOLERANCE:g})")
@@ -97,11 +101,16 @@ def _add_class_arguments(p: argparse.ArgumentParser) -> None:
 def _class_table(args: argparse.Namespace):
     """The --classes / --classes-file table, or None (ConfigError naming the bad entry)."""
     from unetdist.data.classes import ClassTable
+    from unetdist.errors import UserError
 
+    mode = "multilabel" if args.multilabel else "multiclass"
     if args.classes:
-        return ClassTable.from_specs(args.classes)
+        return ClassTable.from_specs(args.classes, mode)
     if args.classes_file:
-        return ClassTable.from_yaml(args.classes_file)
+        return ClassTable.from_yaml(args.classes_file, mode)
+    if args.multilabel:
+        raise UserError("--multilabel needs the labels: give --classes (or --classes-file), "
+                        "background first, e.g. background=0,0,0 disc=255,255,0 cup=255,0,0")
     return None
 
 

@@ -9,6 +9,8 @@ Two modes, as in smp and nnU-Net:
 - "multiclass": one index map per image, every pixel one class (softmax over K classes);
 - "multilabel": one binary channel per non-background class, overlaps allowed (disc and cup).
   Entry 0 names the "no label" background. There is no index map, so no ignore entry either.
+  In memory a multilabel label map is a bit mask: label c (entry c, c >= 1) is bit c-1. At most
+  MAX_LABELS labels, so a mask stays below 64 and never meets the training pack's ignore value.
 A 2-class table is binary in either mode (one sigmoid channel): `ClassTable.binary()` is the
 table of every dataset written before tables existed (background, vessel).
 
@@ -35,6 +37,7 @@ from unetdist.errors import ConfigError, DataError
 
 IGNORE_INDEX = 255
 MAX_CLASSES = 255  # indices 0..254; 255 is the ignore index
+MAX_LABELS = 6  # multilabel channels: bit masks 0..63 (the training pack keeps 7 bits, 127 = ignore)
 MODES = ("multiclass", "multilabel")
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")  # becomes file names and metric keys
 _IGNORE_SUFFIX = ":ignore"
@@ -103,6 +106,9 @@ def _problem(t: ClassTable) -> str | None:
     if t.ignore is not None and t.mode == "multilabel":
         return (f"ignore entry {t.ignore.name!r}: a multilabel table has no ignore entry "
                 "(its labels are binary channels, not an index map)")
+    if t.mode == "multilabel" and len(t.entries) - 1 > MAX_LABELS:
+        return (f"a multilabel table holds at most {MAX_LABELS} labels besides the background, "
+                f"got {len(t.entries) - 1}")
     return None
 
 
@@ -231,6 +237,16 @@ class ClassTable:
         return len(self.entries) if self.mode == "multiclass" else len(self.entries) - 1
 
     @property
+    def is_multilabel(self) -> bool:
+        """Overlapping binary labels (bit masks), not one class per pixel."""
+        return self.mode == "multilabel" and not self.is_binary
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The names of a multilabel table's channels (every entry but the background)."""
+        return self.names[1:]
+
+    @property
     def ignore_index(self) -> int | None:
         """The label-map value of ignored pixels (IGNORE_INDEX), None without an ignore entry:
         what `loss.ignore_index` and the multi-class metrics take."""
@@ -246,15 +262,32 @@ class ClassTable:
         return np.array([e.colour for e in self.entries], dtype=np.uint8).reshape(-1, 3)
 
     def valid_values(self) -> np.ndarray:
-        """(256,) bool: which uint8 values may appear in an index map of this table."""
+        """(256,) bool: which uint8 values may appear in a label map of this table (class
+        indices, or a multilabel table's bit masks)."""
         ok = np.zeros(256, dtype=bool)
+        if self.is_multilabel:
+            ok[:1 << (len(self.entries) - 1)] = True
+            return ok
         ok[:len(self.entries)] = True
         ok[IGNORE_INDEX] = self.ignore is not None
         return ok
 
+    def lookup(self) -> np.ndarray:
+        """(256, 3) uint8: the display colour of each label-map value. A multilabel mask shows
+        its highest label (later labels are drawn over earlier ones: cup over disc)."""
+        lut = np.zeros((256, 3), dtype=np.uint8)
+        if self.is_multilabel:
+            for v in range(1, 1 << (len(self.entries) - 1)):
+                lut[v] = self.entries[v.bit_length()].colour
+            return lut
+        lut[:len(self.entries)] = self.colours
+        if self.ignore is not None:
+            lut[IGNORE_INDEX] = self.ignore.colour
+        return lut
+
     def colourize(self, index_map: np.ndarray) -> np.ndarray:
-        """(H, W) class indices -> (H, W, 3) uint8 RGB in the table's colours (ignore pixels in
-        the ignore colour); ValueError on a value the table does not have."""
+        """(H, W) class indices (or multilabel bit masks) -> (H, W, 3) uint8 RGB in the table's
+        colours (`lookup`); ValueError on a value the table does not have."""
         arr = np.asarray(index_map)
         if arr.dtype != np.uint8:
             if not np.issubdtype(arr.dtype, np.integer) or (
@@ -265,16 +298,27 @@ class ClassTable:
         if invalid.any():
             bad = np.unique(arr[invalid])[:5].tolist()
             raise ValueError(f"colourize: values {bad} are not in the class table")
-        lut = np.zeros((256, 3), dtype=np.uint8)
-        lut[:len(self.entries)] = self.colours
-        if self.ignore is not None:
-            lut[IGNORE_INDEX] = self.ignore.colour
-        return lut[arr]
+        return self.lookup()[arr]
 
     def describe(self) -> str:
         """One line for logs: '4 classes (multiclass): background, artery, ...; ignore: x'."""
         ign = f"; ignore: {self.ignore.name}" if self.ignore is not None else ""
         return f"{len(self.entries)} classes ({self.mode}): {', '.join(self.names)}{ign}"
+
+
+def to_bitmask(channels: np.ndarray) -> np.ndarray:
+    """(C, H, W) binary label channels -> (H, W) uint8 bit mask (channel c is bit c)."""
+    if channels.ndim != 3 or not 1 <= channels.shape[0] <= MAX_LABELS:
+        raise ValueError(f"expected (C, H, W) with 1 <= C <= {MAX_LABELS}, got {channels.shape}")
+    bits = (np.asarray(channels) > 0).astype(np.uint8)
+    weights = (1 << np.arange(bits.shape[0], dtype=np.uint8)).reshape(-1, 1, 1)
+    return (bits * weights).sum(0, dtype=np.uint8)
+
+
+def from_bitmask(mask: np.ndarray, num_labels: int) -> np.ndarray:
+    """(H, W) bit mask -> (C, H, W) uint8 {0, 1} channels, C = NUM_LABELS."""
+    shifts = np.arange(num_labels, dtype=np.uint8).reshape(-1, 1, 1)
+    return (np.asarray(mask, dtype=np.uint8)[None] >> shifts) & 1
 
 
 def _parse_colour(text: str) -> Colour | None:

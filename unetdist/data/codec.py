@@ -1,13 +1,15 @@
 """Our own decoders/encoders for shard members: PNG and JSON only, never pickles.
 
 Shards come from shared storage that others can write, so we decode only the members we know
-(`image.png`, `label.png` or `classes.png`, `fov.png`, `label2.png`, `meta.json`) and ignore
+(`image.png`, `label.png`, `classes.png` or `channel<c>.png`, `fov.png`, `label2.png`, `meta.json`) and ignore
 everything else.
 
-A sample's label is one of two members. `label.png` is a binary mask stored 0/255 (viewable);
+A sample's label is one of three forms. `label.png` is a binary mask stored 0/255 (viewable);
 `classes.png` is a class-index map (0..K-1, 255 = ignore) of a shard folder whose manifest holds
-a class table with more than two classes. Either decodes to the same thing: `label`, a uint8 map
-of class indices ({0, 1} for a binary mask), so every reader downstream handles one form.
+a class table with more than two classes; `channel1.png` .. `channelC.png` are a multilabel
+table's binary masks, one per label (0/255, viewable). Each decodes to one uint8 map `label`:
+class indices ({0, 1} for a binary mask), or the labels' bit mask (`classes.to_bitmask`: label
+c is bit c-1), so every reader downstream handles one form.
 A meta.json is typed before use (`read_meta`): its sizes reach OpenCV (evaluate resizes
 predictions back to them), so a size that is not a positive int within MAX_PIXELS is refused.
 """
@@ -18,10 +20,12 @@ import cv2
 import numpy as np
 
 from unetdist.data import jsonsafe
+from unetdist.data.classes import MAX_LABELS, ClassTable, to_bitmask
 from unetdist.errors import DataError
 
 MASK_MEMBERS = ("label", "fov", "label2")  # binary masks, stored 0/255
 IGNORE = 255  # the class index of "do not score" pixels in a classes.png map
+CHANNEL_MEMBER = "channel{}.png"  # multilabel label c (1-based), a 0/255 mask
 MAX_PIXELS = 64_000_000  # per image, read and written: HRF's 8 MP fit; a 100k x 100k bomb does not
 
 
@@ -46,6 +50,39 @@ def encode_classes(index_map: np.ndarray) -> bytes:
     return encode_png(np.ascontiguousarray(index_map, dtype=np.uint8))
 
 
+def encode_label(label: np.ndarray, table: ClassTable | None) -> list[tuple[str, bytes]]:
+    """A sample's label members (without the `<id>.` prefix): `label.png` for a binary table
+    (or none), `classes.png` for a multi-class one, `channel<c>.png` for a multilabel one."""
+    if table is None or table.is_binary:
+        return [("label.png", encode_mask(label))]
+    if table.is_multilabel:
+        return encode_channels(label, len(table.label_names))
+    return [("classes.png", encode_classes(label))]
+
+
+def encode_channels(bitmask: np.ndarray, num_labels: int) -> list[tuple[str, bytes]]:
+    """A multilabel bit mask as (member, 0/255 PNG) per label, label 1 first."""
+    return [(CHANNEL_MEMBER.format(c + 1), encode_mask((bitmask >> c) & 1))
+            for c in range(num_labels)]
+
+
+def _decode_channels(sample: dict, where: str) -> np.ndarray | None:
+    """The bit mask of the channel<c>.png members (None without any); they must run from
+    channel1 without a gap and stay within MAX_LABELS."""
+    n = 0
+    while CHANNEL_MEMBER.format(n + 1) in sample and n <= MAX_LABELS:
+        n += 1
+    if n == 0:
+        return None
+    if n > MAX_LABELS:
+        raise DataError(f"{where}: more than {MAX_LABELS} channel<c>.png label members")
+    masks = [decode_png(sample[CHANNEL_MEMBER.format(c + 1)], color=False,
+                        what=f"{where} channel{c + 1}") for c in range(n)]
+    if any(m.shape != masks[0].shape for m in masks):
+        raise DataError(f"{where}: channel<c>.png label masks differ in size")
+    return to_bitmask(np.stack(masks) > 127)
+
+
 def decode_png(data: bytes, *, color: bool, what: str = "PNG") -> np.ndarray:
     arr = np.frombuffer(data, dtype=np.uint8)
     flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
@@ -58,7 +95,8 @@ def decode_png(data: bytes, *, color: bool, what: str = "PNG") -> np.ndarray:
 def decode_sample(sample: dict) -> dict:
     """webdataset raw sample (bytes per member) -> arrays.
 
-    Returns key, image (H,W,3 uint8 RGB), label (H,W uint8 class indices: {0,1} from label.png),
+    Returns key, image (H,W,3 uint8 RGB), label (H,W uint8 class indices: {0,1} from label.png;
+    a bit mask from channel<c>.png),
     fov (H,W uint8 in {0,1}), label2 when present, meta (dict). Raises DataError naming the key and member on anything malformed.
     """
     key = sample.get("__key__", "?")
@@ -66,8 +104,10 @@ def decode_sample(sample: dict) -> dict:
     for m in ("image.png", "fov.png"):
         if m not in sample:
             raise DataError(f"{where}: member {m} missing")
-    if ("label.png" in sample) == ("classes.png" in sample):
-        raise DataError(f"{where}: needs exactly one of the members label.png and classes.png")
+    channels = _decode_channels(sample, where)
+    if ("label.png" in sample) + ("classes.png" in sample) + (channels is not None) != 1:
+        raise DataError(f"{where}: needs exactly one label: label.png, classes.png or "
+                        "channel1.png ..")
     out = {"key": key, "image": decode_png(sample["image.png"], color=True, what=f"{where} image")}
     for m in MASK_MEMBERS:
         if f"{m}.png" in sample:
@@ -75,6 +115,8 @@ def decode_sample(sample: dict) -> dict:
             out[m] = out[m].astype(np.uint8)
     if "classes.png" in sample:
         out["label"] = decode_png(sample["classes.png"], color=False, what=f"{where} classes")
+    if channels is not None:
+        out["label"] = channels
     if out["label"].shape != out["image"].shape[:2] or out["fov"].shape != out["image"].shape[:2]:
         raise DataError(f"{where}: image/label/fov sizes differ")
     out["meta"] = read_meta(sample["meta.json"], where) if "meta.json" in sample else {}

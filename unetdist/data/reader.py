@@ -27,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from unetdist.data.codec import MAX_PIXELS, decode_sample, read_meta
+from unetdist.data.classes import MAX_LABELS
+from unetdist.data.codec import CHANNEL_MEMBER, MAX_PIXELS, decode_sample, read_meta
 from unetdist.data.keys import checked_keys
 from unetdist.data.manifest import MANIFEST, check_fold, read_manifest, split_entries, split_names
 from unetdist.data.preprocess import PACK_VERSION, Prepared, prepare
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
 
 DECODE_THREADS = 4
 DECODE_CHUNK = 32  # raw samples held in memory at once while filling the cache
-PNG_MEMBERS = ("image.png", "label.png", "fov.png", "label2.png", "classes.png")
+PNG_MEMBERS = ("image.png", "label.png", "fov.png", "label2.png", "classes.png",
+               *(CHANNEL_MEMBER.format(c) for c in range(1, MAX_LABELS + 1)))
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STAGE_STATE = ".stage"  # the folder `unetdist stage` keeps in a staged copy (stage/copy.py)
 

@@ -3,7 +3,9 @@
 With a class table (`ReadOptions.classes`) labels are class masks instead, decided per file: a
 colour image is snapped to the table's colours (`colour_masks.snap_colours`: JPEG-damaged
 colours go to the nearest class within `snap_tolerance`), a one-channel image is an index map
-(`colour_masks.check_index_mask`). The two-level binary rule is never applied to them.
+(`colour_masks.check_index_mask`). The two-level binary rule is never applied to them, except
+to a multilabel table's per-label masks (`RawSample.channels`), which are binary masks each and
+become one bit mask (`classes.to_bitmask`).
 
 Validation decodes every file once before anything is written; the writer decodes again (the
 encoding dominates the cost, and keeping a whole dataset decoded in memory would not scale).
@@ -17,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from unetdist.data.classes import ClassTable
+from unetdist.data.classes import ClassTable, to_bitmask
 from unetdist.data.codec import MAX_PIXELS
-from unetdist.data.ingest.colour_masks import check_index_mask, snap_colours
+from unetdist.data.ingest.colour_masks import check_index_mask, multilabel_channels, snap_colours
 from unetdist.data.ingest.readers import (
     RawFileError,
     image_size,
@@ -79,6 +81,22 @@ def read_labels(path: Path, opts: ReadOptions) -> tuple[np.ndarray, int | None]:
         raise RawFileError(str(e).removeprefix(f"{path}: ")) from None
 
 
+def read_channels(paths: tuple[Path, ...], opts: ReadOptions) -> tuple[np.ndarray, None]:
+    """A multilabel sample's per-label masks -> (bit mask, None): each by the binary mask rule,
+    all the same size (RawFileError naming the label otherwise)."""
+    masks = []
+    for p in paths:
+        try:
+            _check_pixels(p, opts.max_pixels)
+            masks.append(read_mask(p))
+        except RawFileError as e:
+            raise RawFileError(f"{p}: {e}") from None
+    try:
+        return to_bitmask(multilabel_channels(masks, opts.classes, "")), None
+    except DataError as e:
+        raise RawFileError(str(e).removeprefix(": ")) from None
+
+
 def _check_pixels(path: Path, max_pixels: int) -> None:
     w, h = image_size(path)
     if w * h > max_pixels:
@@ -104,7 +122,10 @@ def load_sample(s: RawSample, opts: ReadOptions = ReadOptions()
     image = read(s.image, read_image)
     if image is None:  # no point decoding (maybe huge) masks of an unusable image
         return None, problems
-    label = read(s.label, lambda p: read_labels(p, opts))  # (map, snapped)
+    if s.channels:  # a multilabel table's masks, one per label
+        label = read(s.label, lambda p: read_channels(s.channels, opts))
+    else:
+        label = read(s.label, lambda p: read_labels(p, opts))  # (map, snapped)
     fov = read(s.fov, lambda p: read_mask(p, opts.binarize))
     label2 = read(s.label2, lambda p: read_labels(p, opts))
     masks = {"label": (s.label, label[0] if label else None), "FOV mask": (s.fov, fov),

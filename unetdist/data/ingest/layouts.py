@@ -8,7 +8,8 @@ Layouts:
   stem, no FOV).
 - `folders`: --images/--labels [--fov] [--labels2] (and optional --test-* folders), paired by
   stem with configurable suffixes (e.g. `--label-suffix=--av` pairs images/01.png with
-  masks/01--av.jpg).
+  masks/01--av.jpg). With a multilabel class table the labels folder holds one subfolder per
+  label, named as in the table (labels/disc/01.png, labels/cup/01.png).
 
 Discovery only pairs files; `unetdist.data.ingest.checks` decodes and validates them.
 """
@@ -45,6 +46,7 @@ class FolderSpec:
     label_suffix: str = ""
     fov_suffix: str = ""
     label2_suffix: str = ""
+    channels: tuple[str, ...] = ()  # multilabel: the labels folder's subfolders, in table order
 
 
 def _stems(folder: Path, found: Discovery) -> dict[str, list[Path]]:
@@ -137,18 +139,38 @@ def _folder_split(root: Path, split: str, dirs: tuple, spec: FolderSpec, found: 
         return
     fov = _folder(root, fov_dir, f"{split} FOV", found, True)
     second = _folder(root, labels2_dir, f"{split} second-label", found, True)
-    idx = {"label": _stems(labels, found), "fov": _stems(fov, found) if fov else None,
+    channels = _channel_folders(labels, spec.channels, found)
+    if channels is None:
+        return
+    idx = {"fov": _stems(fov, found) if fov else None,
            "label2": _stems(second, found) if second else None}
     for img in _nonempty(images, found):
         key = _key(img.stem, spec.image_suffix)
         if key is None:
             continue
-        label = _pick(idx["label"], labels, key + spec.label_suffix, "label", img, found)
+        picked = [_pick(stems, folder, key + spec.label_suffix, what, img, found)
+                  for what, (folder, stems) in channels.items()]
         f = _pick(idx["fov"], fov, key + spec.fov_suffix, "FOV mask", img, found)
         l2 = _pick(idx["label2"], second, key + spec.label2_suffix, "second label", img, found)
-        if label is not None and (f is not None or fov is None) and (l2 or second is None):
-            found.samples.append(RawSample(img.stem, split, img, label, f, l2,
-                                           relative(img, root)))
+        if None not in picked and (f is not None or fov is None) and (l2 or second is None):
+            found.samples.append(RawSample(img.stem, split, img, picked[0], f, l2,
+                                           relative(img, root),
+                                           channels=tuple(picked) if spec.channels else ()))
+
+
+def _channel_folders(labels: Path, names: tuple[str, ...], found: Discovery
+                     ) -> dict[str, tuple[Path, dict]] | None:
+    """{what: (folder, stems)} of the label masks: the labels folder itself, or with NAMES (a
+    multilabel table's labels) its subfolder per label; None when one is missing."""
+    if not names:
+        return {"label": (labels, _stems(labels, found))}
+    out = {}
+    for name in names:
+        sub = _folder(labels, name, f"label {name!r}", found, True)
+        if sub is None:
+            return None
+        out[f"{name!r} label"] = (sub, _stems(sub, found))
+    return out
 
 
 def _check_ids(found: Discovery) -> None:

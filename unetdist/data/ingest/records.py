@@ -25,6 +25,8 @@ class RawSample:
     label2: Path | None = None  # a second annotator's label
     source: str = ""
     estimate_fov: bool = False  # no FOV file: estimate it from the image (else whole image)
+    # a multilabel table's masks, one per label in table order (`label` is the first of them)
+    channels: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ Per sample, in this order: `<id>.image.png` (RGB, original size), `<id>.label.pn
 `<id>.fov.png` (gray 0/255; FOV all 255 when the layout has none), `<id>.label2.png` when a
 second annotator exists, `<id>.meta.json` (id, source, split, size, `fov_source`: file,
 estimated or none). With a class table of more than two classes (`--classes`, or RITE's) the
-label is `<id>.classes.png` instead (class indices, 255 = ignore); with any table the manifest
+label is `<id>.classes.png` instead (class indices, 255 = ignore), with a multilabel table
+`<id>.channel1.png`.. (one 0/255 mask per label); with any table the manifest
 holds it under "classes", and a colour mask's meta.json and the manifest's "snapped" map count
 the pixels snapped to a class colour. Ids are sorted within a split (within a fold, for k-fold
 shards); shards follow that order. Output is byte-identical for identical input (see
@@ -22,13 +23,14 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from unetdist.atomic import atomic_dir, check_output_dir, fsync_path
 from unetdist.data.classes import ClassTable
-from unetdist.data.codec import encode_classes, encode_mask, encode_png
+from unetdist.data.codec import encode_label, encode_mask, encode_png
 from unetdist.data.ingest.checks import (
     DEFAULT_MAX_FAR_SHARE,
     DEFAULT_MAX_PIXELS,
@@ -71,10 +73,8 @@ def encode_sample(s: RawSample, opts: ReadOptions | None = None) -> list[tuple[s
     h, w = loaded.image.shape[:2]
     fov, fov_source = _fov(s, loaded.image, loaded.fov)
     table = (opts or ReadOptions()).classes
-    label = ((f"{s.id}.classes.png", encode_classes(loaded.label))
-             if table is not None and not table.is_binary
-             else (f"{s.id}.label.png", encode_mask(loaded.label)))
-    members = [(f"{s.id}.image.png", encode_png(loaded.image)), label,
+    members = [(f"{s.id}.image.png", encode_png(loaded.image)),
+               *((f"{s.id}.{name}", data) for name, data in encode_label(loaded.label, table)),
                (f"{s.id}.fov.png", encode_mask(fov))]
     if loaded.label2 is not None:
         members.append((f"{s.id}.label2.png", encode_mask(loaded.label2)))
@@ -301,6 +301,8 @@ def shard_dataset(src: str | Path, out: str | Path, *, layout: str = "drive",
     spec = _folder_spec(layout, folder_opts)
     opts = _read_options(layout, spec, binarize, max_pixels, classes,
                          (snap_tolerance, max_far_share))
+    if opts.classes is not None and opts.classes.is_multilabel:
+        spec = replace(spec, channels=opts.classes.label_names)
     threads = threads or min(4, os.cpu_count() or 1)
     samples = _validated(src, layout, spec, threads, progress, opts)
     samples, fold_lists = _splits(samples, layout, split_val, folds, fold_seed)
@@ -360,6 +362,9 @@ def _read_options(layout: str, spec: FolderSpec, binarize: float | None,
     if table.is_binary and table.ignore is not None:
         raise UserError(f"a 2-class table is binary (label.png 0/255) and has no ignore "
                         f"value: drop {table.ignore.name!r} or add a third class")
+    if table.is_multilabel and layout != "folders":
+        raise UserError(f"--multilabel reads one mask folder per label (--layout folders), "
+                        f"not --layout {layout}")
     if not table.is_binary and (spec.labels2 or spec.test_labels2):
         raise UserError("--labels2/--test-labels2 do not combine with a multi-class table "
                         "(a shard holds one class map per sample)")
