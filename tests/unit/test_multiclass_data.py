@@ -301,7 +301,8 @@ AV_NAMES = "the shards' classes background, artery, vein, crossing"
 
 
 @pytest.mark.parametrize("args, line", [
-    ([], f"model.num_classes must be 4 for {AV_NAMES}, got 1"),
+    (["model.num_classes=2", "loss.name=ce_dice"],
+     f"model.num_classes must be 4 for {AV_NAMES}, got 2"),
     (["model.num_classes=3", "loss.name=ce", "loss.ignore_index=255"],
      f"model.num_classes must be 4 for {AV_NAMES}, got 3"),
     (["model.num_classes=4", "loss.name=multilabel_bce_dice", "loss.ignore_index=255"],
@@ -327,7 +328,19 @@ def test_train_check_accepts_the_classes_right_and_binary_shards_as_before(av_ro
         assert rc == 0 and out[0].startswith("ok: config valid"), (args, out)
 
 
-def test_a_multilabel_table_is_refused_in_one_line(av_root, tmp_path):
+def test_a_binary_config_takes_its_outputs_and_loss_from_the_classes(av_root, tmp_path):
+    """model.out_channels follows the table: the defaults (one sigmoid output) are replaced,
+    said in one line, and the run folder's config holds what training will use."""
+    r = cli("train", "--check", f"data.shared_dir={av_root}", f"train.run_dir={tmp_path / 'r'}")
+    assert r.returncode == 0, r.stderr
+    assert ("model.num_classes=4, loss.name=ce_dice, loss.ignore_index=255: from the shards' "
+            "4 classes (multiclass): background, artery, vein, crossing") in r.stdout + r.stderr
+    r = cli("train", "--check", f"data.shared_dir={av_root}", f"train.run_dir={tmp_path / 'r'}",
+            "loss.name=bce")  # no Dice term asked for: plain cross-entropy
+    assert "loss.name=ce," in r.stdout + r.stderr
+
+
+def test_a_multilabel_table_needs_the_multilabel_loss_in_one_line(av_root, tmp_path):
     root = tmp_path / "ml"
     shutil.copytree(av_root, root)
     manifest = json.loads((root / "manifest.json").read_text())
@@ -335,6 +348,11 @@ def test_a_multilabel_table_is_refused_in_one_line(av_root, tmp_path):
     manifest["classes"] = dict(table, mode="multilabel", ignore=None)
     (root / "manifest.json").write_text(json.dumps(manifest))
     rc, out = _check(root, tmp_path / "run", "model.num_classes=3", "loss.name=ce_dice")
-    want = ("error: training reads multiclass shards of at most 127 classes; these have 4 "
-            "classes (multilabel): background, artery, vein, crossing")
+    want = ("error: loss.name must be multilabel_bce_dice for the shards' labels artery, vein, "
+            "crossing, got 'ce_dice'")
+    assert rc == 2 and out == [want], out
+    rc, out = _check(root, tmp_path / "run", "model.num_classes=4",
+                     "loss.name=multilabel_bce_dice")
+    want = ("error: model.num_classes must be 3 for the shards' labels artery, vein, crossing, "
+            "got 4")
     assert rc == 2 and out == [want], out

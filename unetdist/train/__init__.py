@@ -6,6 +6,7 @@
 - `setup.py` — accelerator, model/optimizer/scheduler, resume, run dir (before step 1)
 - `checkpoint.py` — `save_checkpoint`/`load_checkpoint` over one list of stateful parts
   (TrainState, budget, scheduler, EMA), atomic and crash-safe; pruning, best/ export
+- `class_fit.py` — the model's outputs and loss follow (or must fit) the shards' class table
 - `resume.py` — which checkpoint a run resumes and whether it may (before anything is built)
 - `optim.py` — optimizers and LR schedules (registries)
 - `budget.py` — the training-time budget (`train.max_minutes`), agreed across ranks

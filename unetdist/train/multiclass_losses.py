@@ -148,12 +148,22 @@ def build_ce_dice(cfg: LossConfig) -> LossFn:
         lg, y, f, cfg.ignore_index)
 
 
+def unpack_bits(mask: Tensor, channels: int) -> Tensor:
+    """(B, 1, H, W) integer bit masks (`classes.to_bitmask`: label c is bit c) -> (B, C, H, W)
+    float {0, 1}, C = CHANNELS."""
+    shifts = torch.arange(channels, device=mask.device, dtype=torch.int32).view(1, -1, 1, 1)
+    return ((mask.to(torch.int32) >> shifts) & 1).float()
+
+
 def build_multilabel_bce_dice(cfg: LossConfig) -> LossFn:
     """`multilabel_bce_dice`: loss.class_weights are the per-channel positive weights (empty:
-    loss.pos_weight for every channel); label values equal to loss.ignore_index do not count."""
+    loss.pos_weight for every channel); label values equal to loss.ignore_index do not count.
+    The label is (B, C, H, W) channels, or a training batch's (B, 1, H, W) bit masks."""
     pos = _per_device(list(cfg.class_weights) or [cfg.pos_weight])
 
     def loss(lg: Tensor, y: Tensor, f: Tensor) -> Tensor:
+        if y.shape[1] == 1 and lg.shape[1] > 1 and not y.is_floating_point():
+            y = unpack_bits(y, lg.shape[1])  # a training batch: one bit mask per pixel
         ignore = None if cfg.ignore_index is None else y == cfg.ignore_index
         target = y if ignore is None else torch.where(ignore, torch.zeros_like(y), y)
         return multilabel_bce_dice(lg, target, f, pos(lg.device), ignore, cfg.dice_weight)

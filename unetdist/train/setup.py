@@ -28,7 +28,6 @@ from unetdist.data.manifest import (
     split_entries,
     split_names,
 )
-from unetdist.data.preprocess import MAX_CLASS
 from unetdist.data.stage.node import check_data_paths
 from unetdist.distributed import gather_objects, make_accelerator, resolve_precision
 from unetdist.errors import ConfigError, DataError, FileSystemError, UserError
@@ -40,6 +39,7 @@ from unetdist.track.runinfo import run_info, write_run_config
 from unetdist.train import checkpoint as ckpt
 from unetdist.train.budget import TimeBudget
 from unetdist.train.checkpoint import TrainState
+from unetdist.train.class_fit import adopt_classes, check_classes
 from unetdist.train.compile_cache import with_cache_repair
 from unetdist.train.ema import ModelEma
 from unetdist.train.losses import build_loss
@@ -164,32 +164,11 @@ def validate_run(cfg: RunConfig) -> tuple[RunConfig, str]:
         have = ", ".join(split_names(manifest, cfg.data.fold)) or "none"
         fold = f" with data.fold={cfg.data.fold}" if cfg.data.fold >= 0 else ""
         raise DataError(f"{source / MANIFEST}: no shards for split 'train'{fold} (it has: {have})")
+    cfg, note = adopt_classes(cfg, manifest)
+    if note:
+        say(note)
     check_classes(cfg, manifest)
     return cfg, folder
-
-
-MULTICLASS_LOSSES = ("ce", "ce_dice")  # softmax over the table's classes, ignore-aware
-
-
-def check_classes(cfg: RunConfig, manifest: dict) -> None:
-    """The model and loss must fit the shards' class table: multi-class shards trained with a
-    binary sigmoid loss would silently learn the vessel union. Binary tables: nothing to check."""
-    table = class_table(manifest)
-    if table.is_binary:
-        return
-    names = f"the shards' classes {', '.join(table.names)}"
-    if table.mode != "multiclass" or table.num_classes > MAX_CLASS + 1:
-        raise DataError(f"training reads multiclass shards of at most {MAX_CLASS + 1} classes; "
-                        f"these have {table.describe()}")
-    k, loss = cfg.model.num_classes, cfg.loss
-    if k != table.out_channels:
-        raise ConfigError(f"model.num_classes must be {table.out_channels} for {names}, got {k}")
-    if loss.name not in MULTICLASS_LOSSES:
-        raise ConfigError(f"loss.name must be {' or '.join(MULTICLASS_LOSSES)} for {names}, "
-                          f"got {loss.name!r}")
-    if table.ignore_index is not None and loss.ignore_index != table.ignore_index:
-        raise ConfigError(f"loss.ignore_index must be {table.ignore_index} for the shards' "
-                          f"ignore entry {table.ignore.name!r}, got {loss.ignore_index}")
 
 
 def _check_folder(path: str, setting: str, doing: str) -> None:

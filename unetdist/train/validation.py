@@ -7,11 +7,14 @@ in the record, so selection, logging and the report read one key.
 
 from __future__ import annotations
 
+import json
 import time
 
+import numpy as np
 import torch
 
 from unetdist.config import to_dict, to_yaml
+from unetdist.data.classes import to_bitmask
 from unetdist.data.pipeline import eval_samples
 from unetdist.distributed import broadcast_buffers, sum_across
 from unetdist.eval.classes_io import META_KEY as CLASSES_KEY
@@ -19,7 +22,7 @@ from unetdist.eval.classes_io import classes_json
 from unetdist.eval.evaluate import evaluate_split
 from unetdist.eval.inference import sliding_window_predict
 from unetdist.eval.plots import plot_training_curves
-from unetdist.eval.threshold import fixed_threshold
+from unetdist.eval.threshold import LABELS_KEY, fixed_threshold
 from unetdist.log import say
 from unetdist.track.jsonl import METRICS_FILE, read_records
 from unetdist.train import checkpoint as ckpt
@@ -97,6 +100,8 @@ def score(run: Run, model: torch.nn.Module, split: str,
         return None
     if res.get("mode") == "multiclass":
         return {"split": split, "num_images": res["num_images"], **class_record(res)}
+    if res.get("mode") == "multilabel":
+        return {"split": split, "num_images": res["num_images"], **label_record(res)}
     return {"split": split, "num_images": res["num_images"], **res["fov"],
             "f1_threshold": res["f1_threshold"]}
 
@@ -114,8 +119,22 @@ def class_record(res: dict) -> dict:
     return out
 
 
+def label_record(res: dict) -> dict:
+    """A multi-label evaluation as one flat metrics record: "dice" is the mean label Dice
+    (what picks best/), then the mean IoU, each label's Dice, and each label's F1-optimal
+    threshold on this split (what eval.threshold=auto keeps)."""
+    lab = res["labels"]
+    out = {"dice": lab["mean_dice"], "miou": lab["mean_iou"]}
+    out.update({f"dice_{name}": r["dice"] for name, r in lab["per_label"].items()})
+    out["f1_thresholds"] = res["f1_thresholds"]
+    return out
+
+
 def chosen_threshold_entry(cfg, metrics: dict) -> dict:
-    """eval.threshold=auto: best/metrics.json's `threshold`, the F1-optimal one on validation."""
+    """eval.threshold=auto: best/metrics.json's `threshold`, the F1-optimal one on validation
+    (a multi-label model: `label_thresholds`, one per label)."""
+    if cfg.threshold == "auto" and metrics.get("f1_thresholds"):
+        return {LABELS_KEY: {n: v["threshold"] for n, v in metrics["f1_thresholds"].items()}}
     best = metrics.get("f1_threshold")
     if cfg.threshold != "auto" or best is None:
         return {}
@@ -131,25 +150,42 @@ def log_val_masks(run: Run) -> None:
     from itertools import islice
 
     model = run.acc.unwrap_model(run.model)  # DDP's forward would sync with idle ranks
-    classes = not run.table.is_binary
+    classes = not run.table.is_binary and not run.table.is_multilabel
+    labels = run.table.is_multilabel
     images = []
     for s in islice(eval_samples(run.cfg.data, run.shard_dir, run.cfg.eval.split, rank=0,
                                  world_size=1), n):
         prob = sliding_window_predict(model, s["image"].to(run.acc.device), run.cfg.eval,
-                                      accelerator=run.acc, classes=classes)  # training precision
-        pred = (prob[0].argmax(0).cpu().numpy() if classes
-                else prob[0, 0].float().cpu().numpy() >= fixed_threshold(run.cfg.eval))
+                                      accelerator=run.acc, classes=classes,
+                                      labels=labels)  # training precision
+        pred = _val_mask(prob, run.table, run.cfg.eval)
         image = {"key": s["key"], "rgb": s["rgb"], "pred": pred.astype("uint8"),
                  "label": s["label"][0, 0].numpy().astype("uint8"),
                  "fov": s["fov"][0, 0].numpy().astype("uint8")}
-        if classes:
+        if not run.table.is_binary:
             image["class_labels"] = mask_labels(run.table)
         images.append(image)
     run.tracker.log_masks(images, run.state.step)
 
 
+def _val_mask(prob: torch.Tensor, table, cfg) -> np.ndarray:
+    """What W&B shows as the prediction: the argmax class, a multi-label bit mask (each label
+    at eval.threshold), or the binary mask."""
+    p = prob[0].float().cpu().numpy()
+    if table.is_multilabel:
+        return to_bitmask(p >= fixed_threshold(cfg))
+    if not table.is_binary:
+        return p.argmax(0)
+    return p[0] >= fixed_threshold(cfg)
+
+
 def mask_labels(table) -> dict[int, str]:
-    """W&B's class_labels for a class-index mask: the table's names, ignore included."""
+    """W&B's class_labels for a class-index mask: the table's names, ignore included (a bit
+    mask: each value names the labels it holds, "artery+vein")."""
+    if table.is_multilabel:
+        names = table.label_names
+        return {0: table.names[0], **{v: "+".join(n for c, n in enumerate(names) if v >> c & 1)
+                                      for v in range(1, 1 << len(names))}}
     labels = dict(enumerate(table.names))
     if table.ignore_index is not None:
         labels[table.ignore_index] = table.ignore.name
@@ -161,6 +197,8 @@ def export_best(run: Run, metrics: dict, module: torch.nn.Module | None = None) 
     state_dict = run.acc.get_state_dict(run.model) if module is None else module.state_dict()
     if run.acc.is_main_process:
         extra = {} if run.table.is_binary else {CLASSES_KEY: classes_json(run.table)}
+        if LABELS_KEY in metrics:  # eval.threshold=auto's per-label choice travels with it
+            extra[LABELS_KEY] = json.dumps(metrics[LABELS_KEY], sort_keys=True)
         path = ckpt.export_best(state_dict, to_dict(run.cfg), to_yaml(run.cfg), metrics,
                                 run.state.step, run.run_dir, extra)
         run.tracker.log_model(path)
