@@ -8,6 +8,8 @@
 A multi-class model (e.g. artery/vein) gives KxHxW class probabilities from `predict` and an
 HxW uint8 class-index map (the argmax, no threshold) from `segment`; `model.table` is its class
 table (`model.table.colourize(mask)` paints the map in the table's colours), None when binary.
+A multi-label model (e.g. disc and cup) gives CxHxW label probabilities from `predict` and a
+CxHxW bool mask per label from `segment`, each label at its own threshold (`model.thresholds`).
 
 `load_model` is `predict`'s own loading (`predict.load_predictor`) and `predict`/`segment` call
 `predict.predict_image`, the function `unetdist predict` runs per image: the same
@@ -27,8 +29,9 @@ from torch import nn
 from unetdist.config import RunConfig
 from unetdist.data.classes import ClassTable
 from unetdist.errors import DataError
+from unetdist.eval.image_files import read_image, read_mask
 from unetdist.eval.inference import inference_policy
-from unetdist.eval.predict import default_fov, load_predictor, predict_image, read_image, read_mask
+from unetdist.eval.predict import default_fov, head_kind, load_predictor, predict_image
 from unetdist.eval.threshold import fixed_threshold
 
 ImageLike = str | Path | np.ndarray
@@ -60,9 +63,10 @@ def _fov(fov: ImageLike | None, rgb: np.ndarray) -> np.ndarray:
 class Model:
     """A trained model ready for inference; build it with `load_model`."""
 
-    def __init__(self, network: nn.Module, cfg: RunConfig, table: ClassTable | None = None
-                 ) -> None:
+    def __init__(self, network: nn.Module, cfg: RunConfig, table: ClassTable | None = None,
+                 thresholds: Sequence[float] = ()) -> None:
         self.network, self.cfg, self.table = network, cfg, table
+        self.thresholds = list(thresholds)  # a multi-label model's, one per label
         self.policy = inference_policy(network, precision=cfg.train.precision)
 
     @property
@@ -77,15 +81,19 @@ class Model:
     def predict(self, image: ImageLike, fov: ImageLike | None = None) -> np.ndarray:
         """(H, W) float32 vessel probability of an HxWx3 uint8 RGB array or image file, zero
         outside the FOV (FOV: a mask array or file, else estimated as `predict` does); a
-        multi-class model: (K, H, W) class probabilities, background outside the FOV."""
+        multi-class model: (K, H, W) class probabilities, background outside the FOV; a
+        multi-label model: (C, H, W) label probabilities, zero outside the FOV."""
         rgb = _rgb(image)
         return predict_image(self.network, rgb, _fov(fov, rgb), self.cfg, self.policy,
-                             classes=self.table is not None)
+                             **head_kind(self.table))
 
     def segment(self, image: ImageLike, fov: ImageLike | None = None) -> np.ndarray:
         """(H, W) bool vessel mask: `predict` at the model's threshold; a multi-class model:
-        (H, W) uint8 class indices, the argmax of the probabilities."""
+        (H, W) uint8 class indices, the argmax of the probabilities; a multi-label model:
+        (C, H, W) bool, each label at its threshold."""
         prob = self.predict(image, fov)
+        if self.table is not None and self.table.is_multilabel:
+            return prob >= np.asarray(self.thresholds, np.float32).reshape(-1, 1, 1)
         if self.table is not None:
             return prob.argmax(0).astype(np.uint8)
         return prob >= self.threshold
@@ -101,5 +109,5 @@ def load_model(checkpoint: str | Path | Sequence[str | Path], device: str = "aut
     ensemble) on DEVICE (auto: CUDA when present, else CPU); `overrides` are `eval.key=value`
     settings as on the command line (e.g. ["eval.tta=flip"])."""
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
-    network, cfg, table = load_predictor(paths, device, overrides)
-    return Model(network, cfg, table)
+    network, cfg, table, thresholds = load_predictor(paths, device, overrides)
+    return Model(network, cfg, table, thresholds)

@@ -42,13 +42,16 @@ def evaluate_split(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *
                    accelerator=None, out_dir: Path | None = None,
                    info: dict | None = None, progress: bool = True,
                    estimate: bool = False, chosen: float | None = None,
-                   table: ClassTable | None = None) -> dict:
+                   table: ClassTable | None = None,
+                   stored_labels: dict[str, float] | None = None) -> dict:
     """Score every sample (each rank its share), all-reduce once, return identical results.
 
     A multi-class TABLE (not binary: the shards' `manifest.class_table`) scores a K-output
     softmax model: see `evaluate_classes.evaluate_class_split` for its result and files (the
     predicted class is the argmax; `chosen`/eval.threshold do not apply). Without a table, or
-    with a binary one, the binary path below, exactly as before tables existed.
+    with a binary one, the binary path below, exactly as before tables existed. A multi-label
+    table: `evaluate_labels.evaluate_label_split` (STORED_LABELS: the per-label thresholds the
+    model was trained with, for eval.threshold=auto).
 
     Returns {"num_images", "fov": {...}, "image": {...}, "topology": {...},
     ["second_observer"], "f1_threshold", ["at_threshold"], "seconds_per_image",
@@ -58,6 +61,12 @@ def evaluate_split(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig, *
     (each rank its images), overlays, and on rank 0 metrics.json (with `info` under "info"),
     per_image.csv and plots/. `estimate` prints what the rest will cost after the first image.
     """
+    if table is not None and table.is_multilabel:
+        from unetdist.eval.evaluate_labels import evaluate_label_split
+
+        return evaluate_label_split(model, samples, cfg, table, accelerator=accelerator,
+                                    out_dir=out_dir, info=info, progress=progress,
+                                    estimate=estimate, stored=stored_labels)
     if table is not None and not table.is_binary:
         from unetdist.eval.evaluate_classes import evaluate_class_split
 
@@ -133,6 +142,10 @@ def summary_line(result: dict) -> str:
         from unetdist.eval.evaluate_classes import class_summary_line
 
         return class_summary_line(result)
+    if result.get("mode") == "multilabel":
+        from unetdist.eval.evaluate_labels import label_summary_line
+
+        return label_summary_line(result)
     f = result["fov"]
     auc = "n/a" if f["auc_roc"] is None else f"{f['auc_roc']:.4f}"
     line = (f"{result['num_images']} images | FOV dice {f['dice']:.4f} mIoU {f['miou']:.4f} "
@@ -197,6 +210,16 @@ def _chosen(cfg: EvalConfig, checkpoint: Path, meta: dict) -> float | None:
     return chosen_threshold(cfg, threshold_of(checkpoint, meta))
 
 
+def _stored_labels(table: ClassTable, checkpoint: Path, meta: dict) -> dict[str, float] | None:
+    """A multi-label model's stored per-label thresholds (None for other tables)."""
+    from unetdist.eval.threshold import stored_label_thresholds
+    from unetdist.runfolder import weights_file
+
+    if not table.is_multilabel:
+        return None
+    return stored_label_thresholds(weights_file(checkpoint), meta)
+
+
 def shards_table(shard_dir: str, checkpoints: Sequence[Path], metas: Sequence[dict],
                  num_classes: int) -> ClassTable:
     """The class table of the shards (their manifest), checked against the model: as many
@@ -257,6 +280,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], data: str | Path,
         result = evaluate_split(model, samples, cfg.eval, accelerator=acc, out_dir=out_dir,
                                 info=info, progress=progress, estimate=True,
                                 chosen=None if not table.is_binary else
-                                _chosen(cfg.eval, resolved[0], metas[0]), table=table)
+                                _chosen(cfg.eval, resolved[0], metas[0]), table=table,
+                                stored_labels=_stored_labels(table, resolved[0], metas[0]))
     acc.end_training()
     return Evaluation(result, out_dir)

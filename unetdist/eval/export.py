@@ -35,6 +35,9 @@ OUTPUT_NOTE = ("logits; the vessel probability is sigmoid(logit) for 1 channel, 
                "for more; input preprocessed as config.data")
 CLASSES_NOTE = ("logits of the classes in metadata 'classes' (softmax over them; the predicted "
                 "class is the argmax); input preprocessed as config.data; classes: ")
+LABELS_NOTE = ("logits of the labels after the background in metadata 'classes' (one sigmoid "
+               "each, labels may overlap; thresholds in metadata 'label_thresholds' when "
+               "training chose them); input preprocessed as config.data; classes: ")
 CHECK_SHAPES = ((3, 96, 128), (1, 77, 101))  # (batch, H, W) checked with onnxruntime
 
 
@@ -91,12 +94,15 @@ def _finish_onnx(graph: Path, out: Path, meta: dict) -> None:
 
     proto = onnx.load(str(graph), load_external_data=True)
     classes = meta.get("classes")
+    note = (None if classes is None else
+            (LABELS_NOTE if '"multilabel"' in classes else CLASSES_NOTE) + classes)
     props = [("format", meta.get("format", "unetdist-1")), ("config", meta["config"]),
-             ("step", meta.get("step", "")),
-             ("output", OUTPUT_NOTE if classes is None else CLASSES_NOTE + classes)]
+             ("step", meta.get("step", "")), ("output", note or OUTPUT_NOTE)]
     if classes is not None:
         props.append(("classes", classes))
-        proto.doc_string = CLASSES_NOTE + classes
+        proto.doc_string = note
+    if "label_thresholds" in meta:
+        props.append(("label_thresholds", meta["label_thresholds"]))
     for k, v in props:
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v

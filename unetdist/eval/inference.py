@@ -76,6 +76,11 @@ def _class_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=1)
 
 
+def _label_probs(logits: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) logits -> (B, C, h, w) label probabilities (one sigmoid per label)."""
+    return torch.sigmoid(logits.float())
+
+
 def _memory_format(model: nn.Module) -> torch.memory_format:
     """channels_last when the model's conv weights are (the training memory format).
 
@@ -200,11 +205,12 @@ def _predict_at(model: nn.Module, image: torch.Tensor, cfg: EvalConfig,
 def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfig, *,
                            policy: InferencePolicy | None = None, scale: float = 1.0,
                            accelerator=None, precision: str = "no",
-                           classes: bool = False) -> torch.Tensor:
+                           classes: bool = False, labels: bool = False) -> torch.Tensor:
     """Vessel probabilities (1,1,H,W) float32 on the model's device for image (1,C,H,W);
     with `classes`, the class probabilities (1,K,H,W) of a multi-class model (softmax of its K
     logits: windows, views and resizing all average probabilities, so each pixel's K values
-    still sum to 1).
+    still sum to 1); with `labels`, the C label probabilities (1,C,H,W) of a multi-label model
+    (one sigmoid per output).
 
     With cfg.tta (flip | dihedral, see unetdist.eval.tta) the result is the mean over the
     views, mapped back. `policy` says how forwards run (build it once per job with
@@ -217,7 +223,7 @@ def sliding_window_predict(model: nn.Module, image: torch.Tensor, cfg: EvalConfi
         raise ValueError(f"expected an image of shape (1,C,H,W), got {tuple(image.shape)}")
     model = unwrap(model)
     policy = policy or inference_policy(model, accelerator=accelerator, precision=precision)
-    to_prob = _class_probs if classes else _vessel_prob
+    to_prob = _class_probs if classes else _label_probs if labels else _vessel_prob
     was_training = model.training
     model.eval()
     try:

@@ -37,6 +37,8 @@ FOV metrics (`iou_vessel` is the label's IoU), means over the labels present as 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -280,15 +282,20 @@ class ClassMetricState(_Reducible):
 
 
 class MultiLabelMetricState(_Reducible):
-    """Per-rank sums for overlapping labels: per channel, binary counts at THRESHOLD inside the
-    FOV and the FOV score histograms (as `metrics.MetricState`'s FOV region)."""
+    """Per-rank sums for overlapping labels: per channel, binary counts at its THRESHOLD (one
+    for all, or one per label) inside the FOV and the FOV score histograms (as
+    `metrics.MetricState`'s FOV region)."""
 
-    def __init__(self, num_labels: int, threshold: float = 0.5, bins: int = 1000,
-                 label_names: list[str] | None = None) -> None:
+    def __init__(self, num_labels: int, threshold: float | Sequence[float] = 0.5,
+                 bins: int = 1000, label_names: list[str] | None = None) -> None:
         if num_labels < 1 or bins < 1:
             raise DataError(f"MultiLabelMetricState needs >= 1 label and >= 1 bin, got "
                             f"{num_labels} labels, {bins} bins")
-        self.num_labels, self.threshold, self.bins = num_labels, threshold, bins
+        thresholds = [float(threshold)] * num_labels if isinstance(threshold, (int, float)) \
+            else [float(t) for t in threshold]
+        if len(thresholds) != num_labels:
+            raise DataError(f"one threshold per label ({num_labels}), got {len(thresholds)}")
+        self.num_labels, self.thresholds, self.bins = num_labels, thresholds, bins
         self.label_names = _names(label_names, num_labels, "label")
         self.num_images = 0
         self.counts = torch.zeros(num_labels, 4, dtype=torch.int64)  # tp fp fn tn
@@ -305,8 +312,7 @@ class MultiLabelMetricState(_Reducible):
         prob = prob.detach().float().reshape(c, *hw)
         lab = label.reshape(c, *hw).to(prob.device, non_blocking=True) > 0.5
         region = fov.reshape(hw).to(prob.device, non_blocking=True) > 0.5
-        pred = prob >= self.threshold
-        parts = [_counts(pred[i], lab[i], region) for i in range(c)]
+        parts = [_counts(prob[i] >= self.thresholds[i], lab[i], region) for i in range(c)]
         for i in range(c):
             parts += [_hist(prob[i], region & lab[i], self.bins),
                       _hist(prob[i], region & ~lab[i], self.bins)]

@@ -38,6 +38,9 @@ REGION_NOTES = {
     "classes": "multi-class: inside the FOV, pixels at the ignore index excluded; per class "
                "the one-vs-rest counts of the argmax prediction; means over the classes present "
                "in truth or prediction (mean_over); confusion rows = truth, columns = prediction",
+    "labels": "multi-label: inside the FOV, each label scored as its own binary mask at its "
+              "threshold (label_thresholds); means over the labels present in truth or "
+              "prediction (mean_over)",
     "av": "artery/vein call on the pixels that are artery or vein in both truth and prediction "
           "(crossings excluded, artery positive); vessel = any non-background class, vessel_f1 "
           "its Dice (comparable with a binary vessel model's FOV dice)",

@@ -22,11 +22,8 @@ are not taken for inputs.
 
 from __future__ import annotations
 
-import io
 import os
-import warnings
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,17 +38,17 @@ from unetdist.data.ingest.fov import estimate_fov
 from unetdist.data.preprocess import preprocess
 from unetdist.errors import DataError, FileSystemError, UserError
 from unetdist.eval.class_outputs import prediction_names, write_class_pngs
+from unetdist.eval.image_files import IMAGE_EXTS, find_mask, read_image, read_mask
 from unetdist.eval.inference import (
     InferencePolicy,
     image_scale,
     inference_policy,
     sliding_window_predict,
 )
+from unetdist.eval.label_outputs import label_prediction_names, write_label_pngs
 from unetdist.eval.outputs import write_prediction_pngs
 from unetdist.eval.threshold import fixed_threshold
 from unetdist.log import progress_iter
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".webp")
 
 
 @dataclass
@@ -63,74 +60,13 @@ class PredictReport:
     bad_names: list[str] = field(default_factory=list)  # names not UTF-8, as escaped bytes
 
 
-@contextmanager
-def _quiet_decoders():
-    """Bad files are reported once by name; silence the decoders' own log lines about them."""
-    import cv2
-
-    log = cv2.utils.logging
-    level = log.getLogLevel()
-    log.setLogLevel(log.LOG_LEVEL_SILENT)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        log.setLogLevel(level)
-
-
-def _read(path: Path, color: bool) -> np.ndarray:
-    """cv2 first (handles 16-bit and TIFF), Pillow for what cv2 cannot read (GIF); both decode
-    bytes read here, never a path."""
-    import cv2
-    from PIL import Image
-
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read image {path.name}: {e.strerror or type(e).__name__}"
-                        ) from None
-    flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
-    with _quiet_decoders():
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), flag) if data else None
-        if img is not None:
-            return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if color else img
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                return np.asarray(im.convert("RGB" if color else "L"))
-        except Exception as e:  # noqa: BLE001 -- Pillow raises many types for bad files
-            raise DataError(f"cannot read image {path.name}: not a readable image file "
-                            f"({type(e).__name__})") from None
-
-
-def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of any supported image; DataError naming the file otherwise."""
-    img = _read(path, color=True)
-    if img.ndim != 3 or img.shape[2] != 3 or min(img.shape[:2]) < 1:
-        raise DataError(f"cannot read image {path.name}: unexpected shape {img.shape}")
-    return img
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """Boolean mask from a 0/255 (or 0/1) gray image."""
-    m = _read(path, color=False)
-    return m > (127 if m.max() > 1 else 0)
-
-
-def find_mask(fov_dir: Path, stem: str) -> Path | None:
-    for name in (stem, f"{stem}_mask"):
-        for ext in IMAGE_EXTS:
-            for cand in (fov_dir / f"{name}{ext}", fov_dir / f"{name}{ext.upper()}"):
-                if cand.is_file():
-                    return cand
-    return None
-
-
 @torch.no_grad()
 def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunConfig,
-                  policy: InferencePolicy | None = None, classes: bool = False) -> np.ndarray:
+                  policy: InferencePolicy | None = None, classes: bool = False,
+                  labels: bool = False) -> np.ndarray:
     """(H, W) float32 vessel probability, zero outside the FOV; with CLASSES (a multi-class
-    model), (K, H, W) class probabilities, background (class 0) certain outside the FOV.
+    model), (K, H, W) class probabilities, background (class 0) certain outside the FOV; with
+    LABELS (a multi-label model), (C, H, W) label probabilities, zero outside the FOV.
 
     Without a `policy`, forwards autocast to the training precision (train.precision)."""
 
@@ -138,13 +74,15 @@ def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunCo
     scale = image_scale(cfg.eval, torch.from_numpy(fov))
     policy = policy or inference_policy(model, precision=cfg.train.precision)
     prob = sliding_window_predict(model, torch.from_numpy(np.ascontiguousarray(x))[None],
-                                  cfg.eval, scale=scale, policy=policy, classes=classes)
-    if classes:
+                                  cfg.eval, scale=scale, policy=policy, classes=classes,
+                                  labels=labels)
+    if classes or labels:
         from unetdist.eval.class_outputs import resize_probs
 
         prob = resize_probs(prob[0].float().cpu().numpy(), fov.shape)
         prob = prob * fov
-        prob[0] += 1 - fov  # outside the FOV: background, as the datasets define it
+        if classes:
+            prob[0] += 1 - fov  # outside the FOV: background, as the datasets define it
         return prob
     prob = prob[0, 0].float().cpu().numpy()
     if prob.shape != fov.shape:
@@ -152,6 +90,13 @@ def predict_image(model: nn.Module, rgb: np.ndarray, fov: np.ndarray, cfg: RunCo
 
         prob = cv2.resize(prob, fov.shape[::-1], interpolation=cv2.INTER_LINEAR)
     return prob * fov
+
+
+def head_kind(table: ClassTable | None) -> dict[str, bool]:
+    """`predict_image`'s keywords for a model of TABLE: classes (softmax) or labels (sigmoids)."""
+    if table is None or table.is_binary:
+        return {}
+    return {"labels": True} if table.is_multilabel else {"classes": True}
 
 
 def list_images(images: Path) -> list[Path]:
@@ -191,14 +136,16 @@ def split_bad_names(paths: list[Path]) -> tuple[list[Path], list[str]]:
 
 def split_outputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
     """(inputs, earlier outputs): a `<stem>.png` beside its `<stem>_prob.png` is a prediction;
-    so is one beside its `<stem>.overlay.png`, with the `<stem>.<class>.png` maps (multi-class)."""
+    so is one beside its `<stem>.overlay.png`, with the `<stem>.<class>.png` maps (multi-class)
+    or the `<stem>.<label>.png` and `<stem>.<label>.prob.png` maps (multi-label)."""
     names = {p.name for p in paths}
     ours = {n for n in names if n.endswith("_prob.png") and n[:-len("_prob.png")] + ".png" in names}
     ours |= {n[:-len("_prob.png")] + ".png" for n in ours}
     stems = {n[:-len(".overlay.png")] for n in names
              if n.endswith(".overlay.png") and n[:-len(".overlay.png")] + ".png" in names}
     ours |= {n for n in names if n.endswith(".png") and
-             (n[:-len(".png")] in stems or n[:-len(".png")].rsplit(".", 1)[0] in stems)}
+             (n[:-len(".png")] in stems or n[:-len(".png")].rsplit(".", 1)[0] in stems
+              or n.endswith(".prob.png") and n[:-len(".prob.png")].rsplit(".", 1)[0] in stems)}
     return [p for p in paths if p.name not in ours], [p for p in paths if p.name in ours]
 
 
@@ -224,6 +171,7 @@ def _clash(out_dir: Path, stem: str, protected: set[Path],
            table: ClassTable | None = None) -> str | None:
     """Why STEM's outputs must not be written (one would replace an input), or None."""
     names = ([f"{stem}.png", f"{stem}_prob.png"] if table is None
+             else label_prediction_names(stem, table, overlay=True) if table.is_multilabel
              else prediction_names(stem, table, overlay=True))
     for target in (inside(out_dir, n) for n in names):
         if target.resolve() in protected:
@@ -259,18 +207,23 @@ def default_fov(rgb: np.ndarray) -> np.ndarray:
 
 
 def _write(out_dir: Path, stem: str, prob: np.ndarray, cfg: RunConfig,
-           table: ClassTable | None, rgb: np.ndarray, fov: np.ndarray) -> None:
+           table: ClassTable | None, rgb: np.ndarray, fov: np.ndarray,
+           thresholds: Sequence[float]) -> None:
     if table is None:
         write_prediction_pngs(out_dir, stem, prob, fixed_threshold(cfg.eval))
+    elif table.is_multilabel:
+        write_label_pngs(out_dir, stem, prob, list(thresholds), table, rgb=rgb, fov=fov)
     else:
         write_class_pngs(out_dir, stem, prob, table, rgb=rgb, fov=fov)
 
 
 def predict_folder(model: nn.Module, cfg: RunConfig, images_dir: Path, out_dir: Path, *,
                    fov_dir: Path | None = None, progress: bool = True,
-                   table: ClassTable | None = None) -> PredictReport:
+                   table: ClassTable | None = None,
+                   thresholds: Sequence[float] = ()) -> PredictReport:
     """Predict every image of images_dir (or that one image file) into out_dir; failures are
-    collected, not raised. A multi-class TABLE: the model's classes (None: binary)."""
+    collected, not raised. TABLE: the model's classes or labels (None: binary); THRESHOLDS:
+    a multi-label model's, one per label (`load_predictor`)."""
     report, stems = PredictReport(), {}
     policy = inference_policy(model, precision=cfg.train.precision)  # once for every image
     paths, report.bad_names = split_bad_names(list_images(images_dir))
@@ -289,12 +242,12 @@ def predict_folder(model: nn.Module, cfg: RunConfig, images_dir: Path, out_dir: 
         try:
             rgb = read_image(path)
             fov = _fov_for(path, rgb, fov_dir, report)
-            prob = predict_image(model, rgb, fov, cfg, policy, classes=table is not None)
+            prob = predict_image(model, rgb, fov, cfg, policy, **head_kind(table))
         except (DataError, ValueError) as e:
             report.failed.append((path.name, str(e)))
             continue
         try:
-            _write(out_dir, path.stem, prob, cfg, table, rgb, fov)
+            _write(out_dir, path.stem, prob, cfg, table, rgb, fov, thresholds)
         except OSError as e:  # the same for every file: stop, naming the folder
             raise FileSystemError.of(e, out_dir, "write predictions into", "--out") from None
         report.done.append(path.name)
@@ -302,17 +255,20 @@ def predict_folder(model: nn.Module, cfg: RunConfig, images_dir: Path, out_dir: 
 
 
 def model_table(checkpoint: str | Path, meta: dict, num_classes: int) -> ClassTable | None:
-    """The classes of a model with NUM_CLASSES outputs: None for a binary model (1 or 2
-    outputs), else the table stored with it (`classes_io.stored_table`), or, when none was
+    """The classes of a model with NUM_CLASSES outputs: a multi-label table stored with it,
+    None for a binary model (1 or 2 outputs), else the table stored with it (`classes_io.stored_table`), or, when none was
     stored, `classes_io.generic_table` with a warning."""
     from unetdist.eval.classes_io import check_fits, generic_table, stored_table
     from unetdist.log import warn
     from unetdist.runfolder import resolve_checkpoint, weights_file
 
-    if num_classes <= 2:
-        return None
     wf = weights_file(resolve_checkpoint(checkpoint))
     table = stored_table(wf, meta)
+    if table is not None and table.is_multilabel:  # 2 labels are 2 outputs too
+        check_fits(table, num_classes, f"the labels stored with {wf}")
+        return table
+    if num_classes <= 2:
+        return None
     if table is None:
         table = generic_table(num_classes)
         warn(f"{wf}: a {num_classes}-class model without a stored class table (classes.json "
@@ -323,25 +279,36 @@ def model_table(checkpoint: str | Path, meta: dict, num_classes: int) -> ClassTa
 
 def load_predictor(checkpoints: Sequence[str | Path], device: str = "auto",
                    overrides: Sequence[str] = ()
-                   ) -> tuple[nn.Module, RunConfig, ClassTable | None]:
-    """(model or ensemble on DEVICE, its config, its class table: None for binary) as
-    `predict` and the Python API use them: `eval.key=value` overrides applied, and
-    eval.threshold=auto replaced by the threshold chosen on validation (stored with the first
-    model; 0.5 without one)."""
+                   ) -> tuple[nn.Module, RunConfig, ClassTable | None, list[float]]:
+    """(model or ensemble on DEVICE, its config, its class table: None for binary, a
+    multi-label model's per-label thresholds: [] for the others) as `predict` and the Python
+    API use them: `eval.key=value` overrides applied, and eval.threshold=auto replaced by the
+    threshold(s) chosen on validation (stored with the first model; 0.5 without one)."""
     import dataclasses
 
     from unetdist.config import config_from_dict, to_dict
     from unetdist.distributed import pick_device
     from unetdist.eval.ensemble import load_models
-    from unetdist.eval.threshold import chosen_threshold, threshold_of
+    from unetdist.eval.threshold import (
+        chosen_threshold,
+        label_thresholds,
+        stored_label_thresholds,
+        threshold_of,
+    )
+    from unetdist.runfolder import resolve_checkpoint, weights_file
 
     model, cfg, metas = load_models(checkpoints)
     cfg = config_from_dict(to_dict(cfg), list(overrides), only="eval")
+    table = model_table(checkpoints[0], metas[0], cfg.model.num_classes)
+    thresholds = []
+    if table is not None and table.is_multilabel:
+        stored = stored_label_thresholds(weights_file(resolve_checkpoint(checkpoints[0])),
+                                         metas[0])
+        thresholds = label_thresholds(cfg.eval, table.label_names, stored)
     if cfg.eval.threshold == "auto":
         t = chosen_threshold(cfg.eval, threshold_of(checkpoints[0], metas[0]))
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, threshold=t))
-    table = model_table(checkpoints[0], metas[0], cfg.model.num_classes)
-    return model.to(pick_device(device)), cfg, table
+    return model.to(pick_device(device)), cfg, table, thresholds
 
 
 def predict_images(checkpoints: Sequence[str | Path], images: str | Path, out: str | Path, *,
@@ -361,6 +328,7 @@ def predict_images(checkpoints: Sequence[str | Path], images: str | Path, out: s
     if fov is not None and not fov.is_dir():
         raise DataError(f"FOV mask folder not found: {fov}")
     check_output_folder(out, images, fov, overwrite)
-    model, cfg, table = load_predictor(checkpoints, device, overrides)
+    model, cfg, table, thresholds = load_predictor(checkpoints, device, overrides)
     writable_folder(out, "--out", "write predictions into")
-    return predict_folder(model, cfg, images, out, fov_dir=fov, progress=progress, table=table)
+    return predict_folder(model, cfg, images, out, fov_dir=fov, progress=progress, table=table,
+                          thresholds=thresholds)

@@ -32,12 +32,13 @@ def original_size(sample: dict) -> tuple[int, int]:
 
 
 def timed_predict(model: nn.Module, s: dict, cfg: EvalConfig, policy: InferencePolicy,
-                  scale: float, classes: bool = False) -> tuple[torch.Tensor, float]:
-    """(probabilities, seconds) of sample S: vessel (1,1,H,W), or class (1,K,H,W) probabilities
-    with CLASSES."""
+                  scale: float, classes: bool = False,
+                  labels: bool = False) -> tuple[torch.Tensor, float]:
+    """(probabilities, seconds) of sample S: vessel (1,1,H,W), class (1,K,H,W) probabilities
+    with CLASSES, label (1,C,H,W) probabilities with LABELS."""
     t0 = time.perf_counter()
     prob = sliding_window_predict(model, s["image"], cfg, policy=policy, scale=scale,
-                                  classes=classes)
+                                  classes=classes, labels=labels)
     if prob.device.type == "cuda":
         torch.cuda.synchronize(prob.device)
     return prob, time.perf_counter() - t0

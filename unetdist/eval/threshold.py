@@ -68,3 +68,39 @@ def threshold_of(checkpoint: str | Path, meta: dict | None = None) -> float | No
     from unetdist.runfolder import resolve_checkpoint, weights_file
 
     return stored_threshold(weights_file(resolve_checkpoint(checkpoint)), meta)
+
+
+# ----------------------------------------------------------------------------- multi-label
+
+LABELS_KEY = "label_thresholds"  # metadata / best/metrics.json: {label: threshold} as JSON
+
+
+def stored_label_thresholds(weights: str | Path, meta: dict | None = None
+                            ) -> dict[str, float]:
+    """The per-label thresholds training chose for a multi-label model's WEIGHTS ({} when it
+    stored none, or stored something that is not {name: number in (0, 1)})."""
+    meta = _metadata(Path(weights)) if meta is None else meta
+    raw = meta.get(LABELS_KEY)
+    if raw is None:
+        try:
+            raw = json.loads((Path(weights).parent / "metrics.json").read_text()).get(LABELS_KEY)
+        except (OSError, ValueError, AttributeError):
+            return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): t for k, v in list(raw.items())[:64] if (t := _valid(v)) is not None}
+
+
+def label_thresholds(cfg: EvalConfig, names: tuple[str, ...] | list[str],
+                     stored: dict[str, float] | None = None) -> list[float]:
+    """One threshold per label of NAMES: a numeric eval.threshold for every label, else (auto)
+    each label's stored choice, else DEFAULT."""
+    if cfg.threshold != "auto":
+        return [float(cfg.threshold)] * len(names)
+    stored = stored or {}
+    return [stored.get(n, DEFAULT) for n in names]

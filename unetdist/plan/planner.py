@@ -176,9 +176,18 @@ def _channels_by_contrast(plan: Plan, fp: Fingerprint) -> None:
 
 
 def decide_classes(plan: Plan, table: ClassTable) -> None:
-    """A multi-class table: the model and loss follow it (configs/av_unet.yaml says why).
-    Binary tables keep the recipe's sigmoid model."""
+    """A multi-class or multi-label table: the model and loss follow it (configs/av_unet.yaml
+    says why). Binary tables keep the recipe's sigmoid model."""
     if table.is_binary:
+        return
+    if table.is_multilabel:
+        labels = ", ".join(table.label_names)
+        plan.set("model.num_classes", table.out_channels, f"one sigmoid output per label "
+                 f"({labels}): labels may overlap")
+        plan.set("loss.name", "multilabel_bce_dice", "per-label BCE + soft Dice (smp's "
+                 "multilabel mode)")
+        plan.set("data.crop_class_bias", 0.33, "a third of the crops centred on a rare label "
+                 "combination (nnU-Net's foreground oversampling)")
         return
     names = ", ".join(table.names)
     plan.set("model.num_classes", table.out_channels, f"one softmax output per class ({names})")

@@ -4,7 +4,8 @@ Each names what was evaluated (data, manifest hash, checkpoint, step) from its m
 then shows the metrics, settings, seconds per image, the figures and the per-image table
 (per_image.csv). Older folders without that information still render, with "n/a". A multi-class
 evaluation (metrics.json with a "classes" block) shows the per-class table, the means, the
-confusion matrix, the A/V numbers when present, and evaluate's K-class figures.
+confusion matrix, the A/V numbers when present, and evaluate's K-class figures; a multi-label
+one (a "labels" block) the per-label table with each label's threshold, and the means.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ AV_ROWS = (("accuracy", "A/V accuracy"), ("sensitivity", "A/V sensitivity (arter
            ("specificity", "A/V specificity (vein)"), ("pixels", "pixels scored"),
            ("excluded_pixels", "vessel pixels excluded"), ("crossing_pixels", "crossing pixels"),
            ("vessel_f1", "vessel-union F1"))
+
+
+# multi-label: per-label columns of metrics.json's labels.per_label
+LABEL_COLS = (("dice", "Dice"), ("iou_vessel", "IoU"), ("recall", "sensitivity"),
+              ("specificity", "specificity"), ("precision", "precision"),
+              ("auc_roc", "AUC-ROC"), ("auc_pr", "AUC-PR"))
 
 
 def load(path: Path) -> dict | None:
@@ -98,7 +105,7 @@ def _eval_pngs(eval_dir: Path) -> dict[str, list[Path]]:
             continue
         n = p.stem.lower()
         found["overlays" if "overlay" in n else "curves" if re.search(r"roc|(^|_)pr(_|$)", n)
-              else "confusion" if "confusion" in n else "bars" if re.search(r"class|bar", n)
+              else "confusion" if "confusion" in n else "bars" if re.search(r"class|bar|label", n)
               else "other"].append(p)
     return found
 
@@ -182,6 +189,20 @@ def _class_metrics(m: dict) -> str:
     return "".join(parts)
 
 
+def _label_metrics(m: dict) -> str:
+    """A multi-label evaluation's tables: per label (with its threshold), the means."""
+    lab = m["labels"]
+    per = lab.get("per_label") if isinstance(lab.get("per_label"), dict) else {}
+    thr = m.get("label_thresholds") if isinstance(m.get("label_thresholds"), dict) else {}
+    rows = [[str(n)] + [_num(r.get(k)) if isinstance(r, dict) else None for k, _ in LABEL_COLS]
+            + [_num(thr.get(n))] for n, r in per.items()]
+    return "".join([
+        "<h3>Per-label metrics (inside FOV, each label at its threshold)</h3>",
+        _table(["label"] + [t for _, t in LABEL_COLS] + ["threshold"], rows) if rows else _na(),
+        _table(["mean", "value"], [["mean Dice", _num(lab.get("mean_dice"))],
+                                   ["mean IoU", _num(lab.get("mean_iou"))]])])
+
+
 def _eval_block(eval_dir: Path) -> str:
     m = load(eval_dir / "metrics.json")
     if m is None:
@@ -194,6 +215,8 @@ def _eval_block(eval_dir: Path) -> str:
             for name in METRIC_ROWS]
     if isinstance(m.get("classes"), dict):
         parts = [title, _class_metrics(m)]
+    elif isinstance(m.get("labels"), dict):
+        parts = [title, _label_metrics(m)]
     else:
         parts = [title, "<h3>Metrics</h3>",
                  _table(["metric"] + cols, rows) if regions else _na("no region metrics")]
