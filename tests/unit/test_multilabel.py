@@ -206,3 +206,27 @@ def test_training_adopts_the_labels_and_refuses_a_loss_that_does_not_fit(shards,
     with pytest.raises(ConfigError, match="loss.name must be multilabel_bce_dice for the "
                                           "shards' labels vessel, artery, vein"):
         check_classes(adopt_classes(wrong, manifest)[0], manifest)
+
+
+def test_the_fingerprint_counts_each_label_and_each_class(raw, shards, tmp_path):
+    from tests.av_shards import av_shards
+    from unetdist.data.pipeline import eval_samples
+    from unetdist.plan.fingerprint import fingerprint
+
+    fr = fingerprint(str(shards), "test").class_fractions
+    masks = np.concatenate([_raw_masks(raw, "test_labels", k).reshape(3, -1)
+                            for k in ("41", "42")], axis=1)  # FOV: the whole image here
+    want = {"background": float((masks.sum(0) == 0).mean()),
+            **{n: float(masks[i].mean()) for i, n in enumerate(MULTILABEL_NAMES)}}
+    assert fr == pytest.approx(want, abs=1e-12)
+    assert fr["artery"] + fr["vein"] > fr["vessel"]  # overlapping labels: crossings in both
+    av = av_shards(tmp_path / "av", n_train=1, n_val=1, n_test=2, size=(64, 64))
+    cfg = load_config(None, ["data.channels=rgb"])
+    counts, inside = np.zeros(4), 0
+    for s in eval_samples(cfg.data, str(av), "test", rank=0, world_size=1):
+        lab, fov = s["label"][0, 0].numpy().astype(np.int64), s["fov"][0, 0].numpy() > 0
+        counts += np.bincount(lab[fov][lab[fov] != 255], minlength=4)[:4]
+        inside += int(fov.sum())
+    got = fingerprint(str(av), "test").class_fractions
+    assert list(got) == ["background", "artery", "vein", "crossing"]
+    assert list(got.values()) == pytest.approx(list(counts / inside), abs=1e-12)

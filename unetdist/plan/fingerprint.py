@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from unetdist.data.classes import IGNORE_INDEX, ClassTable
 from unetdist.data.ingest.fov import fov_diameter
-from unetdist.data.manifest import read_manifest
+from unetdist.data.manifest import class_table, read_manifest
 from unetdist.data.reader import decode_checked, iter_raw, split_shards
 
-CLASSES = ("background", "vessel")  # binary labels today: label.png 0/1
 CHANNELS = ("red", "green", "blue")
 CALIBRE_IMAGES = 4  # images measured for the calibre, spread over the split
 CALIBRE_SPAN = 8.0  # px the calibre should span where it is measured
@@ -43,6 +43,9 @@ class ImageStats:
     contrast: tuple[float, ...]  # per channel (background - vessel mean) / std, inside the FOV
     fov_pixels: int
     calibre: float | None = None  # px, on the images measured for it
+    # multi-class: pixels of each class inside the FOV (ignore excluded); multi-label: of each
+    # label (overlapping), "no label" first; () for a binary table (label_fraction says it all)
+    class_pixels: tuple[int, ...] = ()
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Fingerprint:
     split: str
     fov_source: str  # file | estimated | none (from the manifest)
     images: list[ImageStats] = field(default_factory=list)
+    table: ClassTable = field(default_factory=ClassTable.binary)
 
     def _median(self, attr: str) -> float:
         return float(np.median([getattr(s, attr) for s in self.images]))
@@ -78,10 +82,14 @@ class Fingerprint:
 
     @property
     def class_fractions(self) -> dict[str, float]:
-        """Pixel fractions inside the FOV, pooled over the images."""
+        """Pixel fractions inside the FOV, pooled over the images: background and vessel, or
+        each class of the table (multi-label: each label, overlapping, and "no label")."""
         total = sum(s.fov_pixels for s in self.images) or 1
-        vessel = sum(s.label_fraction * s.fov_pixels for s in self.images) / total
-        return {"background": 1.0 - vessel, "vessel": vessel}
+        if self.table.is_binary or not all(s.class_pixels for s in self.images):
+            vessel = sum(s.label_fraction * s.fov_pixels for s in self.images) / total
+            return {"background": 1.0 - vessel, "vessel": vessel}
+        pooled = np.sum([s.class_pixels for s in self.images], axis=0) / total
+        return dict(zip(self.table.names, map(float, pooled)))
 
     def channel_stats(self) -> dict[str, tuple[float, float, float]]:
         """channel -> (mean, std, vessel contrast) pooled inside the FOVs."""
@@ -111,8 +119,8 @@ class Fingerprint:
                 f"{min(hs)}-{max(hs)}, widths {min(ws)}-{max(ws)}"),
                (f"  FOV diameter: median {self.fov_diameter:.0f} px ({min(fovs):.0f}-"
                 f"{max(fovs):.0f}), FOV source: {self.fov_source}"),
-               "  label fraction inside the FOV: " + ", ".join(f"{c} {fr[c]:.3f}"
-                                                               for c in CLASSES),
+               "  label fraction inside the FOV: " + ", ".join(f"{c} {v:.3f}"
+                                                               for c, v in fr.items()),
                (f"  vessel calibre: median {self.calibre:.2f} px (2 x median distance "
                 f"transform on the skeleton, {measured} images)")]
         for c, (mean, std, con) in self.channel_stats().items():
@@ -143,9 +151,25 @@ def vessel_calibre(label: np.ndarray, fov: np.ndarray) -> float | None:
     return _skeleton_calibre(up >= 0.5) / k
 
 
-def image_stats(d: dict, split: str, with_calibre: bool) -> ImageStats:
-    """The numbers of one decoded sample (codec.decode_sample)."""
-    rgb, label, fov = d["image"], d["label"] > 0, d["fov"] > 0
+def class_pixels(label: np.ndarray, inside: np.ndarray, table: ClassTable) -> tuple[int, ...]:
+    """Pixels of each class (multi-label: each label, "no label" first) inside the FOV."""
+    if table.is_binary:
+        return ()
+    values = np.bincount(label[inside].reshape(-1), minlength=256)
+    if table.is_multilabel:
+        per_label = [int(values[[v for v in range(256) if v >> c & 1]].sum())
+                     for c in range(len(table.label_names))]
+        return (int(values[0]), *per_label)
+    return tuple(int(v) for v in values[:table.num_classes])
+
+
+def image_stats(d: dict, split: str, with_calibre: bool,
+                table: ClassTable | None = None) -> ImageStats:
+    """The numbers of one decoded sample (codec.decode_sample) of a dataset with TABLE."""
+    table = table or ClassTable.binary()
+    rgb, fov = d["image"], d["fov"] > 0
+    # vessel: any class or label but the ignore value (the union, what the calibre measures)
+    label = (d["label"] > 0) & (d["label"] != IGNORE_INDEX)
     inside = fov if fov.any() else np.ones_like(fov)
     pix = rgb[inside].astype(np.float64)
     vessel, back = label & inside, ~label & inside
@@ -161,7 +185,8 @@ def image_stats(d: dict, split: str, with_calibre: bool) -> ImageStats:
         label_fraction=float(vessel.sum() / inside.sum()), brightness=float(gray.mean()),
         channel_mean=tuple(map(float, pix.mean(axis=0))), channel_std=tuple(map(float, std)),
         contrast=tuple(map(float, contrast)), fov_pixels=int(inside.sum()),
-        calibre=vessel_calibre(label, inside) if with_calibre else None)
+        calibre=vessel_calibre(label, inside) if with_calibre else None,
+        class_pixels=class_pixels(d["label"], inside, table))
 
 
 def iter_decoded(root: str, split: str) -> Iterator[dict]:
@@ -179,12 +204,13 @@ def split_count(root: str, split: str) -> int:
 def scan_split(root: str, split: str, *, calibre_images: int = CALIBRE_IMAGES,
                on_sample: Callable[[dict, ImageStats], None] | None = None) -> list[ImageStats]:
     """ImageStats of every sample of SPLIT; the calibre on `calibre_images` spread over it."""
+    table = class_table(read_manifest(root))
     n = split_count(root, split)
     measure = set(np.linspace(0, n - 1, min(n, calibre_images)).round().astype(int).tolist()
                   if calibre_images > 0 else [])
     out = []
     for i, d in enumerate(iter_decoded(root, split)):
-        stats = image_stats(d, split, i in measure)
+        stats = image_stats(d, split, i in measure, table)
         if on_sample is not None:
             on_sample(d, stats)
         out.append(stats)
@@ -197,4 +223,5 @@ def fingerprint(root: str, split: str = "train", *,
     manifest = read_manifest(root)
     return Fingerprint(root=str(root), split=split,
                        fov_source=str(manifest.get("fov_source", "file")),
-                       images=scan_split(root, split, on_sample=on_sample))
+                       images=scan_split(root, split, on_sample=on_sample),
+                       table=class_table(manifest))
