@@ -125,12 +125,15 @@ def _with_bad_class_value(src: Path, dst: Path, key: str, value: int) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_a_label_value_the_byte_cannot_hold_follows_data_on_corrupt(av_root, tmp_path, cache):
-    bad = _with_bad_class_value(av_root, tmp_path / "bad", "02_train", 200)
+@pytest.mark.parametrize("cache, value", [(True, 200), (False, 200), (True, 9)])
+def test_a_label_value_outside_the_table_follows_data_on_corrupt(av_root, tmp_path, cache, value):
+    """200: more than the packed byte holds; 9: a class index the 4-class table lacks (it would
+    reach the loss as an out-of-range target)."""
+    bad = _with_bad_class_value(av_root, tmp_path / "bad", "02_train", value)
     kw = {"crop": 24, "batch_size": 2, "num_workers": 0, "steps_per_epoch": 4, "cache": cache}
     CACHE.clear()
-    with pytest.raises(DataError, match=r"^sample '02_train': label values \[200\] are neither"):
+    with pytest.raises(DataError, match=rf"^sample '02_train' in .*: label values \[{value}\] "
+                                        "are not in the shards' table \\(4 classes"):
         list(islice(run_batches(DataConfig(**kw), str(bad), seed=0, rank=0, world_size=1), 4))
     CACHE.clear()
     batches = list(islice(run_batches(DataConfig(on_corrupt="skip", **kw), str(bad), seed=0,

@@ -230,3 +230,25 @@ def test_the_fingerprint_counts_each_label_and_each_class(raw, shards, tmp_path)
     got = fingerprint(str(av), "test").class_fractions
     assert list(got) == ["background", "artery", "vein", "crossing"]
     assert list(got.values()) == pytest.approx(list(counts / inside), abs=1e-12)
+
+
+def test_a_sample_whose_labels_do_not_fit_the_table_is_one_data_error(shards, tmp_path):
+    """A shard folder from another writer: a table naming 4 labels over samples holding 3
+    (the fourth would train as all negative), or a multi-class table over channel masks."""
+    import shutil
+
+    from unetdist.data.pipeline import eval_samples
+
+    cfg = load_config(None, ["data.channels=rgb"])
+    for i, (edit, want) in enumerate((
+            (lambda t: t["entries"].append({"name": "disc", "index": 4, "colour": [9, 9, 9]}),
+             "3 channel<c>.png masks, but the shards' table is 5 classes (multilabel)"),
+            (lambda t: t.update(mode="multiclass"),
+             "3 channel<c>.png masks, but the shards' table is 4 classes (multiclass)"))):
+        folder = tmp_path / f"edited{i}"
+        shutil.copytree(shards, folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        edit(manifest["classes"])
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(DataError, match=want.replace("(", r"\(").replace(")", r"\)")):
+            list(eval_samples(cfg.data, str(folder), "test", rank=0, world_size=1))

@@ -229,3 +229,35 @@ def test_av_jpeg_folders_twin_colours_are_near_the_table(tmp_path):
         want = synthetic_av_sample(i, split="train", seed=16, size=(96, 88))
         assert np.array_equal(dist.argmin(axis=-1), want.labels)
         assert np.array_equal(_rgb(root / "images" / f"{i + 1:02d}.png"), want.image)
+
+
+def test_cli_synth_classes_labels_writes_overlapping_label_folders(tmp_path):
+    """The multi-label form: the RITE files' A/V colours, read back here, give each label."""
+    out = tmp_path / "ml"
+    r = cli("synth", out, "--classes", "labels", "--n-train", 2, "--n-test", 1, "--size", "64x72",
+            "--seed", 3, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "wrote 3 synthetic multi-label images (2 train, 1 test, 64x72, seed 3)" in r.stdout
+    want = [f"{pre}{sub}/{stem}.png" for pre, stems in (("", ("21_training", "22_training")),
+                                                        ("test_", ("01_test",)))
+            for stem in stems for sub in ("images", "labels/vessel", "labels/artery",
+                                          "labels/vein")]
+    assert _files(out) == sorted(want)
+    rite = tmp_path / "rite"
+    assert cli("synth", rite, "--classes", "av", "--n-train", 2, "--n-test", 1, "--size",
+               "64x72", "--seed", 3, "--quiet").returncode == 0
+    for split, pre, stem in (("training", "", "22_training"), ("test", "test_", "01_test")):
+        av = np.array(Image.open(rite / "AV_groundTruth" / split / "av" / f"{stem}.png"))
+        red, green, blue = (np.all(av == c, axis=2) for c in ((255, 0, 0), (0, 255, 0),
+                                                             (0, 0, 255)))
+        white = np.all(av == 255, axis=2)
+        masks = {n: np.array(Image.open(out / f"{pre}labels" / n / f"{stem}.png")) > 0
+                 for n in ("vessel", "artery", "vein")}
+        assert np.array_equal(masks["vessel"], av.any(axis=2))
+        known = ~white  # an uncertain stretch is white in av/ but keeps its tree in labels/
+        assert np.array_equal(masks["artery"][known], (red | green)[known])
+        assert np.array_equal(masks["vein"][known], (blue | green)[known])
+        assert (masks["artery"] & masks["vein"]).any() == green.any()
+        image = np.array(Image.open(out / f"{pre}images" / f"{stem}.png"))
+        tif = np.array(Image.open(rite / "AV_groundTruth" / split / "images" / f"{stem}.tif"))
+        assert np.array_equal(image, tif)

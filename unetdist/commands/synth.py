@@ -1,5 +1,6 @@
 """`unetdist synth OUT`: a synthetic fundus dataset in the DRIVE layout, or with
-`--classes av` artery/vein labels in RITE's layout (demo and tests)."""
+`--classes av` artery/vein labels in RITE's layout, or with `--classes labels` overlapping
+vessel/artery/vein labels as multi-label folders (demo and tests)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ CLASSES = {  # --classes choice -> what it writes
               "test/...",
     "av": "artery/vein labels in RITE's layout: AV_groundTruth/{training,test}/{images,av,"
           "vessel}; av/*.png red artery, blue vein, green crossing, white uncertain",
+    "labels": "the same images with overlapping vessel, artery and vein labels (a crossing in "
+              "both) as a multi-label folder set: images/, labels/{vessel,artery,vein}/, "
+              "test_images/, test_labels/...",
 }
 
 
@@ -52,17 +56,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from unetdist.data.ingest.synth import write_synthetic
-    from unetdist.data.ingest.synth_av import write_synthetic_av
+    from unetdist.data.ingest.synth_av import write_synthetic_av, write_synthetic_labels
 
     start = time.perf_counter()
     common = {"n_train": args.n_train, "n_test": args.n_test, "size": args.size,
               "seed": args.seed, "progress": not args.quiet, "overwrite": args.force}
     if args.classes == "av":
         out = write_synthetic_av(args.out, fov_masks=args.fov_masks, **common)
+    elif args.classes == "labels":
+        out = write_synthetic_labels(args.out, **common)
     else:
         out = write_synthetic(args.out, **common)
     h, w = args.size
-    kind = "A/V " if args.classes == "av" else ""
+    kind = {"av": "A/V ", "labels": "multi-label "}.get(args.classes, "")
     print(f"wrote {args.n_train + args.n_test} synthetic {kind}images ({args.n_train} train, "
           f"{args.n_test} test, {h}x{w}, seed {args.seed}) in "
           f"{time.perf_counter() - start:.1f} s -> {out}")

@@ -66,6 +66,13 @@ def encode_channels(bitmask: np.ndarray, num_labels: int) -> list[tuple[str, byt
             for c in range(num_labels)]
 
 
+def _channel_count(sample: dict) -> int:
+    n = 0
+    while CHANNEL_MEMBER.format(n + 1) in sample:
+        n += 1
+    return n
+
+
 def _decode_channels(sample: dict, where: str) -> np.ndarray | None:
     """The bit mask of the channel<c>.png members (None without any); they must run from
     channel1 without a gap and stay within MAX_LABELS."""
@@ -96,7 +103,7 @@ def decode_sample(sample: dict) -> dict:
     """webdataset raw sample (bytes per member) -> arrays.
 
     Returns key, image (H,W,3 uint8 RGB), label (H,W uint8 class indices: {0,1} from label.png;
-    a bit mask from channel<c>.png),
+    a bit mask from channel<c>.png, with "channels": how many),
     fov (H,W uint8 in {0,1}), label2 when present, meta (dict). Raises DataError naming the key and member on anything malformed.
     """
     key = sample.get("__key__", "?")
@@ -116,11 +123,29 @@ def decode_sample(sample: dict) -> dict:
     if "classes.png" in sample:
         out["label"] = decode_png(sample["classes.png"], color=False, what=f"{where} classes")
     if channels is not None:
-        out["label"] = channels
+        out["label"], out["channels"] = channels, _channel_count(sample)
     if out["label"].shape != out["image"].shape[:2] or out["fov"].shape != out["image"].shape[:2]:
         raise DataError(f"{where}: image/label/fov sizes differ")
     out["meta"] = read_meta(sample["meta.json"], where) if "meta.json" in sample else {}
     return out
+
+
+def check_label(decoded: dict, table: ClassTable, where: str) -> None:
+    """DataError unless the decoded label fits the shard folder's TABLE: the member form its
+    mode writes (channel<c>.png, one per label, for multilabel) and only values the table has.
+    A class index past the table would reach the loss as an out-of-range target (on CUDA a
+    device-side assert), a missing label channel would train as all negative."""
+    label = decoded["label"]
+    if table.is_multilabel != ("channels" in decoded) or (
+            table.is_multilabel and decoded["channels"] != len(table.label_names)):
+        have = (f"{decoded['channels']} channel<c>.png masks" if "channels" in decoded
+                else "a label.png or classes.png map")
+        raise DataError(f"{where}: {have}, but the shards' table is {table.describe()}")
+    bad = ~table.valid_values()[label]
+    if bad.any():
+        values = np.unique(label[bad])[:5].tolist()
+        raise DataError(f"{where}: label values {values} are not in the shards' table "
+                        f"({table.describe()})")
 
 
 def _is_side(v: object) -> bool:

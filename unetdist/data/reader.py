@@ -19,6 +19,7 @@ pickled to each worker as it starts (`pipeline.py`), so workers never open a tar
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import tarfile
@@ -27,10 +28,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from unetdist.data.classes import MAX_LABELS
-from unetdist.data.codec import CHANNEL_MEMBER, MAX_PIXELS, decode_sample, read_meta
+from unetdist.data.classes import MAX_LABELS, ClassTable
+from unetdist.data.codec import CHANNEL_MEMBER, MAX_PIXELS, check_label, decode_sample, read_meta
 from unetdist.data.keys import checked_keys
-from unetdist.data.manifest import MANIFEST, check_fold, read_manifest, split_entries, split_names
+from unetdist.data.manifest import (
+    MANIFEST,
+    check_fold,
+    class_table,
+    read_manifest,
+    split_entries,
+    split_names,
+)
 from unetdist.data.preprocess import PACK_VERSION, Prepared, prepare
 from unetdist.errors import DataError
 
@@ -150,11 +158,35 @@ def _rehash_hint(raw: dict) -> str:
             "or delete it to re-stage)")
 
 
+@functools.lru_cache(maxsize=16)
+def _folder_table(folder: str, stamp: tuple) -> ClassTable:
+    """The class table of shard folder FOLDER (its manifest at STAMP: size, mtime)."""
+    return class_table(read_manifest(folder))
+
+
+def shard_table(url: str | None) -> ClassTable | None:
+    """The class table of the folder holding shard URL (None without a URL or a manifest)."""
+    if not url:
+        return None
+    folder = os.path.dirname(url)
+    try:
+        st = os.stat(os.path.join(folder, MANIFEST))
+    except OSError:
+        return None
+    return _folder_table(folder, (st.st_size, st.st_mtime_ns))
+
+
 def decode_checked(raw: dict, on_corrupt: str) -> tuple[dict | None, str]:
-    """(decoded sample, '') or, with on_corrupt=skip, (None, reason). error mode raises."""
+    """(decoded sample, '') or, with on_corrupt=skip, (None, reason). error mode raises.
+    The label must fit the class table of the shard's folder (`codec.check_label`)."""
     try:
         check_png_headers(raw)
-        return decode_sample(raw), ""
+        decoded = decode_sample(raw)
+        table = shard_table(raw.get("__url__"))
+        if table is not None:
+            check_label(decoded, table, f"sample {raw.get('__key__', '?')!r} in "
+                                        f"{raw['__url__']}")
+        return decoded, ""
     except DataError as e:
         error = DataError(f"{e}{_rehash_hint(raw)}")
         if on_corrupt == "error":

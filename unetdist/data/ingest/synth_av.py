@@ -170,3 +170,37 @@ def write_synthetic_av(out: str | Path, n_train: int = 20, n_test: int = 20,
 
 def _split_dir(root: Path, split: str) -> Path:
     return root / "AV_groundTruth" / ("training" if split == "train" else "test")
+
+
+LABEL_NAMES = ("vessel", "artery", "vein")  # `--classes labels`: overlapping, crossings in both
+
+
+def label_masks(sample: AVSample) -> dict[str, np.ndarray]:
+    """The sample's overlapping {0,1} labels: every vessel (uncertain ones too), artery and
+    vein (a crossing is both; an uncertain stretch keeps the tree it was drawn from)."""
+    return {"vessel": sample.vessels,
+            "artery": np.isin(sample.labels, (ARTERY, CROSSING)).astype(np.uint8),
+            "vein": np.isin(sample.labels, (VEIN, CROSSING)).astype(np.uint8)}
+
+
+def write_synthetic_labels(out: str | Path, n_train: int = 20, n_test: int = 20,
+                           size: tuple[int, int] = (584, 565), seed: int = 0,
+                           progress: bool = True, overwrite: bool = False) -> Path:
+    """The A/V samples as a multi-label dataset in `shard --layout folders --multilabel`'s
+    form (atomically): images/NN_training.png and labels/{vessel,artery,vein}/NN_training.png
+    (0/255), the test split under test_images/ and test_labels/."""
+    from tqdm import tqdm
+
+    out = Path(out).absolute()
+    jobs = synth_jobs(n_train, n_test, size)
+    with atomic_dir(out, overwrite) as tmp:
+        for split, number, index in tqdm(jobs, desc="synth", unit="img", disable=not progress):
+            sample = synthetic_av_sample(index, split=split, seed=seed, size=size)
+            prefix = "" if split == "train" else "test_"
+            stem = Path(rite_names(split, number)["av"]).stem
+            for sub, name in (("images", None), *(("labels", n) for n in LABEL_NAMES)):
+                folder = tmp / f"{prefix}{sub}" / (name or "")
+                folder.mkdir(parents=True, exist_ok=True)
+                array = sample.image if name is None else label_masks(sample)[name] * 255
+                _imwrite(folder / f"{stem}.png", array)
+    return out
