@@ -148,7 +148,9 @@ def finish(run: Run, result: TrainResult) -> None:
     if not run.has_val:  # no validation split, no "best": export the final weights as best/
         export_best(run, {"note": f"no '{run.cfg.eval.split}' split: final weights"})
     best = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
-    say(f"done: step {result.step}, best val FOV Dice {best} (step {result.best_step}), "
+    what = ("FOV Dice" if run.table.is_binary else "mean label Dice" if run.table.is_multilabel
+            else "mean foreground Dice")  # what picked best/ (validation.py)
+    say(f"done: step {result.step}, best val {what} {best} (step {result.best_step}), "
         f"run_dir {run.run_dir}")
 
 

@@ -1,8 +1,9 @@
 """Validation during training: score the val split on every rank, log it, keep best/.
 
-The metric that picks best/ is the FOV Dice for a binary model and the mean foreground Dice
-(classes other than background, ignore excluded) for a multi-class one: both land under "dice"
-in the record, so selection, logging and the report read one key.
+The metric that picks best/ is the FOV Dice for a binary model, the mean foreground Dice
+(classes other than background, ignore excluded) for a multi-class one and the mean label Dice
+for a multi-label one: all land under "dice" in the record, so selection, logging and the report
+read one key.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _until_signal(samples, flag: PreemptionFlag):
 
 
 def validate(run: Run, flag: PreemptionFlag | None = None) -> dict | None:
-    """Full-image validation on every rank's share; best model by FOV Dice.
+    """Full-image validation on every rank's share; best model by "dice" (module docstring).
 
     Polls the preemption flag before every image: a signal during validation (long with TTA)
     cuts it short on that rank, the ranks agree after the metric all-reduce, and None (no
