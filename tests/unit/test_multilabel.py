@@ -252,3 +252,28 @@ def test_a_sample_whose_labels_do_not_fit_the_table_is_one_data_error(shards, tm
         (folder / "manifest.json").write_text(json.dumps(manifest))
         with pytest.raises(DataError, match=want.replace("(", r"\(").replace(")", r"\)")):
             list(eval_samples(cfg.data, str(folder), "test", rank=0, world_size=1))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.num_classes=3", "loss.name=multilabel_bce_dice"],
+    ["model.num_classes=4", "loss.name=ce_dice", "loss.ignore_index=255"]])
+def test_plans_probe_steps_a_multilabel_and_a_multiclass_model(overrides):
+    """`plan` times a few steps of the planned model on a made-up batch; its (B, 1, H, W) float
+    label once reached the multi-label loss unpacked (a shape error instead of a plan)."""
+    from unetdist.plan.probe import measure_step
+
+    cfg = load_config(None, ["model.width=8", "model.depth=2", "data.crop=32",
+                             "data.channels=rgb", "train.precision=no", *overrides])
+    probe = measure_step(cfg, "cpu", batch_size=2, steps=1)
+    assert probe.seconds_per_step > 0
+
+
+def test_plan_on_multilabel_shards_follows_the_labels():
+    from unetdist.plan.planner import Plan, decide_classes
+
+    plan = Plan("recipe", {}, [])
+    decide_classes(plan, TABLE)
+    assert (plan.get("model.num_classes"), plan.get("loss.name")) == (3, "multilabel_bce_dice")
+    assert plan.get("loss.ignore_index") == {}  # unset: a multi-label table has no ignore value
+    cfg = load_config(None, [f"{d.key}={d.value}" for d in plan.decisions])
+    assert cfg.model.num_classes == 3  # the planned keys form a valid config

@@ -149,8 +149,8 @@ def build_ce_dice(cfg: LossConfig) -> LossFn:
 
 
 def unpack_bits(mask: Tensor, channels: int) -> Tensor:
-    """(B, 1, H, W) integer bit masks (`classes.to_bitmask`: label c is bit c) -> (B, C, H, W)
-    float {0, 1}, C = CHANNELS."""
+    """(B, 1, H, W) bit masks (`classes.to_bitmask`: label c is bit c; any dtype holding whole
+    numbers) -> (B, C, H, W) float {0, 1}, C = CHANNELS."""
     shifts = torch.arange(channels, device=mask.device, dtype=torch.int32).view(1, -1, 1, 1)
     return ((mask.to(torch.int32) >> shifts) & 1).float()
 
@@ -162,7 +162,7 @@ def build_multilabel_bce_dice(cfg: LossConfig) -> LossFn:
     pos = _per_device(list(cfg.class_weights) or [cfg.pos_weight])
 
     def loss(lg: Tensor, y: Tensor, f: Tensor) -> Tensor:
-        if y.shape[1] == 1 and lg.shape[1] > 1 and not y.is_floating_point():
+        if y.shape[1] == 1 and lg.shape[1] > 1:
             y = unpack_bits(y, lg.shape[1])  # a training batch: one bit mask per pixel
         ignore = None if cfg.ignore_index is None else y == cfg.ignore_index
         target = y if ignore is None else torch.where(ignore, torch.zeros_like(y), y)
