@@ -15,21 +15,33 @@ from pathlib import Path
 from unetdist.data.manifest import MANIFEST
 from unetdist.data.tario import member_info
 
-KINDS = ("plain", "folds")  # train/val/test shards; k-fold train shards + test
+# train/val/test shards; k-fold train shards + test; A/V classes.png maps (RITE's layout, an
+# ignore entry); multi-label channel<c>.png masks (folders, 3 overlapping labels)
+KINDS = ("plain", "folds", "av", "labels")
+LABELS = ["background=0,0,0", "vessel=255,255,255", "artery=255,0,0", "vein=0,0,255"]
 
 
 @cache
 def base_folder(kind: str) -> Path:
     """A small synthetic shard folder of KIND, built once per process (2-sample shards)."""
+    from unetdist.data.classes import ClassTable
     from unetdist.data.ingest.synth import write_synthetic
+    from unetdist.data.ingest.synth_av import write_synthetic_av, write_synthetic_labels
     from unetdist.data.ingest.writer import shard_dataset
 
     root = Path(tempfile.mkdtemp(prefix=f"unetdist-fuzz-{kind}-"))
     atexit.register(shutil.rmtree, root, True)
-    raw = write_synthetic(root / "raw", n_train=4, n_test=2, size=(36, 32), seed=1,
-                          progress=False)
-    opts = {"folds": 2} if kind == "folds" else {"split_val": 0.25}
-    shard_dataset(raw, root / "shards", layout="drive", max_samples=2, progress=False, **opts)
+    common = {"n_train": 4, "n_test": 2, "size": (36, 32), "seed": 1, "progress": False}
+    opts: dict = {"folds": 2} if kind == "folds" else {"split_val": 0.25}
+    if kind == "av":
+        raw, layout = write_synthetic_av(root / "raw", **common), "rite"
+    elif kind == "labels":
+        raw, layout = write_synthetic_labels(root / "raw", **common), "folders"
+        opts.update(classes=ClassTable.from_specs(LABELS, mode="multilabel"),
+                    test_images="test_images", test_labels="test_labels")
+    else:
+        raw, layout = write_synthetic(root / "raw", **common), "drive"
+    shard_dataset(raw, root / "shards", layout=layout, max_samples=2, progress=False, **opts)
     return root / "shards"
 
 
