@@ -84,6 +84,25 @@ def pytest_runtest_protocol(item, nextitem):
         return (yield)
 
 
+_worker_tallies: list[dict] = []  # the fuzz tallies of the pytest-xdist workers
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """A worker is done: keep its fuzz tally (tests/fuzz/conftest.py) for the summary."""
+    tally = getattr(node, "workeroutput", {}).get("fuzz_tally")
+    if tally:
+        _worker_tallies.append(tally)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _worker_tallies:
+        from tests.fuzz.oracle import Tally
+
+        total = {k: sum(t[k] for t in _worker_tallies) for k in _worker_tallies[0]}
+        terminalreporter.write_line(Tally(**total).line())
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item):
     """Fixtures count: a module fixture that trains fails the unmarked test that needs it."""
