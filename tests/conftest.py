@@ -59,10 +59,12 @@ def pytest_collection_modifyitems(config, items):
     pytest-xdist 3.8 does so itself for xdist_group marks, through `item._nodeid`, which
     pytest 9.2 no longer reads (the id became the structured `item._id`): there its groups
     silently fell apart. Here every test gets a group, so that a module's tests (and its
-    module-scoped fixtures) stay on one worker.
+    module-scoped fixtures) stay on one worker. The exclusive tests go first: at the start
+    the other worker is in a short test, later it may be in a fixture that takes minutes.
     """
     if not config.getoption("loadgroup", False):  # set on xdist's workers only
         return
+    items.sort(key=lambda item: item.get_closest_marker("exclusive") is None)  # stable
     for item in items:
         if "@" in item.nodeid.rpartition("]")[2]:
             continue  # named by pytest-xdist (a pytest that still reads item._nodeid)
