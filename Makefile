@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Two pytest-xdist workers, a test module (or an xdist_group) to one worker, in collection order
+# (heavy dist/e2e first, many small unit tests last); tests marked
+# `exclusive` run while the other worker waits (tests/conftest.py). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Unit tests and in-process CLI tests: nothing that trains or launches (tests/guard.py checks).
 # Two pytest-xdist workers: a third of the tier's time is waiting on subprocesses and files.

@@ -1,8 +1,15 @@
-"""Test-wide fixtures: an isolated environment, the fast-tier guard, one shared tiny run.
+"""Test-wide fixtures: an isolated environment, the fast-tier guard, one shared tiny run, and
+the rules that let `make test` run on two pytest-xdist workers.
 
 The tiny dataset and the tiny trained run are built once per session and shared by the trust,
 advice, predict and tracking tests. They are read-only: a test that changes a run folder or a
 shard copies it first (`shutil.copytree(tiny_run, tmp_path / "run")`).
+
+`make test` runs `-n 2 --dist loadgroup`: a test module is one unit of work (its module-scoped
+fixtures are built once, on one worker) unless its tests name an `xdist_group` themselves (the
+Slurm tests share one cluster on fixed ports: group "slurm"). A test marked `exclusive` (it
+bounds a wall-clock time or races a clock) runs while the other worker waits (tests.util
+`exclusive_slot`), so the other worker's trainings cannot make it late; they form one group.
 """
 
 import os
@@ -35,6 +42,67 @@ def _isolated_env(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+def _group(item: pytest.Item) -> str:
+    """The item's xdist_group; else "exclusive" for an exclusive test; else its module's name."""
+    mark = item.get_closest_marker("xdist_group")
+    if mark is not None:
+        return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+    return "exclusive" if item.get_closest_marker("exclusive") else item.path.stem
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under --dist loadgroup, append `@group` to every test id (what the scheduler groups by).
+
+    pytest-xdist 3.8 does so itself for xdist_group marks, through `item._nodeid`, which
+    pytest 9.2 no longer reads (the id became the structured `item._id`): there its groups
+    silently fell apart. Here every test gets a group, so that a module's tests (and its
+    module-scoped fixtures) stay on one worker. The exclusive tests go first: at the start
+    the other worker is in a short test, later it may be in a fixture that takes minutes.
+    """
+    if not config.getoption("loadgroup", False):  # set on xdist's workers only
+        return
+    items.sort(key=lambda item: item.get_closest_marker("exclusive") is None)  # stable
+    for item in items:
+        if "@" in item.nodeid.rpartition("]")[2]:
+            continue  # named by pytest-xdist (a pytest that still reads item._nodeid)
+        nodeid = f"{item.nodeid}@{_group(item)}"
+        if hasattr(item, "_id"):
+            from _pytest.nodeid import coerce_node_id
+
+            item._id = coerce_node_id(nodeid)
+        else:
+            item._nodeid = nodeid
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """An `exclusive` test (setup, call, teardown) runs alone on a shared box."""
+    from tests.util import exclusive_slot
+
+    with exclusive_slot(item, nextitem):
+        return (yield)
+
+
+_worker_tallies: list[dict] = []  # the fuzz tallies of the pytest-xdist workers
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """A worker is done: keep its fuzz tally (tests/fuzz/conftest.py) for the summary."""
+    tally = getattr(node, "workeroutput", {}).get("fuzz_tally")
+    if tally:
+        _worker_tallies.append(tally)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _worker_tallies:
+        from tests.fuzz.oracle import Tally
+
+        total = {k: sum(t[k] for t in _worker_tallies) for k in _worker_tallies[0]}
+        terminalreporter.write_line(Tally(**total).line())
 
 
 @pytest.hookimpl(hookwrapper=True)

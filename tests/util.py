@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -96,3 +99,41 @@ def synthetic_shards(root: Path, *, n_train: int, seed: int, split_val: float = 
                           progress=False)
     shard_dataset(raw, root / "shards", layout="drive", split_val=split_val, progress=False)
     return root / "shards"
+
+
+_slot: dict = {}  # this worker's lock files and what it holds ("mode": "shared"/"exclusive")
+
+
+def _lock_files(config: pytest.Config) -> dict:
+    if not _slot:  # in the run's own temporary folder, which both workers' folders are in
+        folder = Path(config.option.basetemp).parent
+        _slot.update({name: os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                      for name in ("turn", "run")}, mode=None)
+    return _slot
+
+
+@contextlib.contextmanager
+def exclusive_slot(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Under pytest-xdist, every test runs holding the run lock shared, an `exclusive` one
+    holding it alone: it waits for the other worker's test to end, and the other worker waits
+    for it (or for a row of exclusive tests on this worker). The turn lock makes a waiting
+    exclusive test go next, before the other worker's next test. Without xdist: nothing."""
+    if "PYTEST_XDIST_WORKER" not in os.environ or not item.config.option.basetemp:
+        yield
+        return
+    locks = _lock_files(item.config)
+    want = "exclusive" if item.get_closest_marker("exclusive") else "shared"
+    if locks["mode"] != want:
+        fcntl.flock(locks["turn"], fcntl.LOCK_EX)
+        try:
+            fcntl.flock(locks["run"], fcntl.LOCK_EX if want == "exclusive" else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(locks["turn"], fcntl.LOCK_UN)
+        locks["mode"] = want
+    try:
+        yield
+    finally:
+        if not (want == "exclusive" and nextitem is not None
+                and nextitem.get_closest_marker("exclusive")):
+            fcntl.flock(locks["run"], fcntl.LOCK_UN)
+            locks["mode"] = None

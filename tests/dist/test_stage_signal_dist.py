@@ -15,7 +15,7 @@ import pytest
 from tests.unit.test_stage import make_shard_dir
 from tests.util import REPO, accelerate_cmd, subprocess_env, wait_for
 
-pytestmark = [pytest.mark.dist, pytest.mark.slow]
+pytestmark = [pytest.mark.dist, pytest.mark.slow, pytest.mark.exclusive]  # every rank within 2 s
 
 
 def _descendants(pid: int) -> list[int]:

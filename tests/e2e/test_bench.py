@@ -82,6 +82,7 @@ def test_bench_rejects_unknown_sections(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("bench_evaluation")  # not the module's: it can run beside `quick`
 def test_quick_evaluation_section_trains_times_both_windows_and_reports_the_goal(tmp_path):
     """`--only evaluation --quick`: the recipe is trained, both windows score the same test
     images, and the headline keys are what the section's figures say."""

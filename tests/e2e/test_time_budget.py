@@ -10,7 +10,7 @@ import torch
 
 from tests.util import REPO, cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # steps made within a wall-clock budget
 
 SMALL = ["model.width=8", "model.depth=2", "data.crop=48", "data.batch_size=2",
          "data.num_workers=0", "data.steps_per_epoch=5", "optim.warmup_steps=2",

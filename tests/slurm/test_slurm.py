@@ -19,7 +19,8 @@ import yaml
 from tests.slurm.cluster import SlurmCluster
 from tests.util import REPO, wait_for
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# one worker: the session's cluster listens on fixed ports (tests/slurm/cluster.py)
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 SBATCH = REPO / "slurm" / "train.sbatch"
 SIZE = (64, 64)

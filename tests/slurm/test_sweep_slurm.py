@@ -14,7 +14,8 @@ import yaml
 
 from tests.util import REPO, cli, launch
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# one worker: the session's cluster listens on fixed ports (tests/slurm/cluster.py)
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 TINY = {"seed": 0,
         "data": {"crop": 48, "batch_size": 2, "num_workers": 0, "steps_per_epoch": 3,

@@ -97,6 +97,7 @@ def _args(shards: Path, run_dir: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive  # a batch later than data.stall_seconds=3 would be a false stall
 def test_a_stalled_worker_stops_the_run_with_one_line_and_a_checkpoint(shards, tmp_path,
                                                                        monkeypatch, capsys):
     from accelerate.state import AcceleratorState

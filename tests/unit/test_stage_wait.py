@@ -26,6 +26,7 @@ def shared(tmp_path):
 
 
 @pytest.mark.slow  # a real `unetdist train` process (it never gets to train)
+@pytest.mark.exclusive  # the rank ends within 10 s of the signal
 @pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_ends_a_waiting_rank_at_once(shared, tmp_path, sig, status):
     """The real path: `unetdist train` on local rank 1, whose local rank 0 never stages."""
@@ -76,6 +77,7 @@ def test_a_stale_failure_of_another_job_is_ignored(shared, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive  # within 2 s of the signal
 @pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_ends_local_rank_0_waiting_for_another_jobs_lock(shared, tmp_path, sig, status):
     """Issue 24 case 13: the copier of `train` waiting for another job's staging lock used to

@@ -122,7 +122,11 @@ def test_sample_cpu_sees_a_forkserver_worker():
         assert s.node is None
         assert sample_cpu(sorted(os.sched_getaffinity(0))).node > 0
     finally:
-        p.terminate()
+        # SIGKILL, not SIGTERM: a forkserver started earlier in this process (an in-process
+        # training's loader) keeps the SIGTERM disposition it was started with; started while
+        # SIGTERM was ignored (after a preemption), its children ignore terminate() and the
+        # join waited out the 30 s sleep
+        p.kill()
         p.join()
 
 
