@@ -123,14 +123,20 @@ def _stalled(run_dir: Path) -> bool:
 
 
 def test_second_ctrl_c_aborts_at_once():
+    """Ctrl-C works as before afterwards: the handler the process had comes back. Python's own
+    is set first, since a pytest-xdist worker starts with SIGINT ignored."""
     from unetdist.train.preempt import PreemptionFlag
 
-    with PreemptionFlag() as flag:
-        signal.raise_signal(signal.SIGINT)
-        assert flag.interrupted and flag.requested
-        with pytest.raises(KeyboardInterrupt):
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with PreemptionFlag() as flag:
             signal.raise_signal(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert flag.interrupted and flag.requested
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def test_a_step_folder_with_a_broken_state_is_one_error(tmp_path):
