@@ -51,15 +51,21 @@ def write_class_pngs(out_dir: Path, key: str, prob: np.ndarray, table: ClassTabl
     SIZE), `<key>.overlay.png`. Returns the predicted class map (uint8) at SIZE."""
     prob = resize_probs(prob, size)
     pred = prob.argmax(0).astype(np.uint8)
+    for name, p in zip(table.names, prob):
+        write_atomic(inside(out_dir, f"{key}.{name}.png"), outputs.prob_png(p))
+    write_colour_pngs(out_dir, key, pred, table, rgb, fov)
+    return pred
+
+
+def write_colour_pngs(out_dir: Path, key: str, pred: np.ndarray, table: ClassTable,
+                      rgb: np.ndarray | None, fov: np.ndarray | None) -> None:
+    """`<key>.png`: the predicted map PRED in the table's colours; given RGB, `<key>.overlay.png`
+    (its non-zero pixels over a gray copy of the image)."""
     colour = table.colourize(pred)
     write_atomic(inside(out_dir, f"{key}.png"), encode_png(colour))
-    for name, p in zip(table.names, prob):
-        prob8 = np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8)
-        write_atomic(inside(out_dir, f"{key}.{name}.png"), encode_png(prob8))
     if rgb is not None:
         over = plots.class_overlay_image(rgb, colour, pred != 0, fov)
         write_atomic(inside(out_dir, f"{key}.overlay.png"), encode_png(over))
-    return pred
 
 
 class ClassOverlayCache(outputs.OverlayCache):

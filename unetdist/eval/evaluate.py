@@ -16,23 +16,19 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import numpy as np
 from torch import nn
 
 from unetdist.config import EvalConfig
 from unetdist.data.classes import ClassTable
-from unetdist.distributed import gather_objects, rank_of_process
+from unetdist.distributed import rank_of_process
 from unetdist.eval import outputs
-from unetdist.eval.inference import image_scale, inference_policy, unwrap
+from unetdist.eval.inference import inference_policy, unwrap
 from unetdist.eval.metrics import MetricState
 from unetdist.eval.scoring import barrier as _barrier
-from unetdist.eval.scoring import estimate_line
+from unetdist.eval.scoring import estimate_line, gathered_rows, predicted
 from unetdist.eval.scoring import host_mask as _host_mask
 from unetdist.eval.scoring import original_size as _original_size
-from unetdist.eval.scoring import timed_predict as _timed_predict
 from unetdist.eval.threshold import fixed_threshold
-from unetdist.eval.windows import inference_size
-from unetdist.log import progress_iter, say, world_size
 
 __all__ = ["Evaluation", "estimate_line", "evaluate_checkpoints", "evaluate_split",
            "summary_line"]
@@ -88,14 +84,8 @@ def _evaluate_binary(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig,
     mask_threshold = fixed if chosen is None else chosen
     state = MetricState(cfg.auc_bins, fixed)
     rows, overlays = [], outputs.OverlayCache(cfg.num_overlays if out_dir else 0)
-    total = len(samples) if hasattr(samples, "__len__") else None
-    for s in progress_iter(samples, total, desc="evaluate", unit="img", enabled=progress):
-        scale = image_scale(cfg, s["fov"])  # eval.scale: 1.0 unless asked
-        prob, seconds = _timed_predict(model, s, cfg, policy, scale)
-        if estimate and not rows:
-            shape = inference_size(*s["image"].shape[-2:], cfg, scale)
-            # rank 0 speaks for the job (it holds a share whenever there are enough images)
-            say(estimate_line(model, len(samples), shape, cfg, seconds, world_size()))
+    for s, scale, prob, seconds in predicted(model, samples, cfg, policy, progress=progress,
+                                             estimate=estimate):
         # The dataset defines everything outside the FOV as background and the loss never
         # sees it, so predictions there are zeroed (as `predict` does) rather than scored.
         prob = prob * s["fov"].to(prob.device, prob.dtype, non_blocking=True)
@@ -111,11 +101,8 @@ def _evaluate_binary(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig,
                                           _original_size(s))
             overlays.offer(s["key"], s, p >= mask_threshold)
     state.reduce(accelerator)  # the one all-reduce: confusion, topology and histogram sums
-    per_image = sorted((r for part in gather_objects(rows) for r in part),
-                       key=lambda r: r["key"])
-    seconds = [r["seconds"] for r in per_image]
-    result = {**state.compute(), "per_image": per_image,
-              "seconds_per_image": round(float(np.mean(seconds)), 4) if seconds else None}
+    per_image, seconds = gathered_rows(rows)
+    result = {**state.compute(), "per_image": per_image, "seconds_per_image": seconds}
     if chosen is not None:
         result["at_threshold"] = state.at_threshold(chosen)
     if out_dir is not None:

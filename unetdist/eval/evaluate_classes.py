@@ -24,13 +24,11 @@ from torch import nn
 
 from unetdist.config import EvalConfig
 from unetdist.data.classes import ClassTable
-from unetdist.distributed import gather_objects, rank_of_process
+from unetdist.distributed import rank_of_process
 from unetdist.eval import class_outputs
-from unetdist.eval.inference import image_scale, inference_policy, unwrap
+from unetdist.eval.inference import inference_policy, unwrap
 from unetdist.eval.multiclass import ClassMetricState, av_metrics
-from unetdist.eval.scoring import barrier, estimate_line, original_size, timed_predict
-from unetdist.eval.windows import inference_size
-from unetdist.log import progress_iter, say, world_size
+from unetdist.eval.scoring import barrier, gathered_rows, original_size, predicted
 
 
 def av_classes(table: ClassTable) -> dict[str, int] | None:
@@ -85,13 +83,8 @@ def evaluate_class_split(model: nn.Module, samples: Iterable[dict], cfg: EvalCon
     av = av_classes(table)
     rows = []
     overlays = class_outputs.ClassOverlayCache(cfg.num_overlays if out_dir else 0, table)
-    total = len(samples) if hasattr(samples, "__len__") else None
-    for s in progress_iter(samples, total, desc="evaluate", unit="img", enabled=progress):
-        scale = image_scale(cfg, s["fov"])
-        prob, seconds = timed_predict(model, s, cfg, policy, scale, classes=True)
-        if estimate and not rows:
-            shape = inference_size(*s["image"].shape[-2:], cfg, scale)
-            say(estimate_line(model, len(samples), shape, cfg, seconds, world_size()))
+    for s, scale, prob, seconds in predicted(model, samples, cfg, policy, progress=progress,
+                                             estimate=estimate, classes=True):
         prob = background_outside(prob, s["fov"])
         m = state.update(prob, s["label"], s["fov"])
         rows.append(image_row(s["key"], prob.shape[-2:], scale, seconds, m, av))
@@ -101,13 +94,11 @@ def evaluate_class_split(model: nn.Module, samples: Iterable[dict], cfg: EvalCon
                                            original_size(s))
             overlays.offer(s["key"], s, p.argmax(0).astype(np.uint8))
     state.reduce(accelerator)  # the one all-reduce: confusion and histogram sums
-    per_image = sorted((r for part in gather_objects(rows) for r in part),
-                       key=lambda r: r["key"])
-    seconds = [r["seconds"] for r in per_image]
+    per_image, seconds = gathered_rows(rows)
     metrics = state.compute()
     result = {"mode": "multiclass", "num_images": metrics.pop("num_images"), "classes": metrics,
               "table": table.to_manifest(), "per_image": per_image,
-              "seconds_per_image": round(float(np.mean(seconds)), 4) if seconds else None}
+              "seconds_per_image": seconds}
     if av is not None:
         result["av"] = av_metrics(metrics["confusion"], **av)
     if out_dir is not None:

@@ -23,16 +23,14 @@ from torch import nn
 
 from unetdist.config import EvalConfig
 from unetdist.data.classes import ClassTable, from_bitmask
-from unetdist.distributed import gather_objects, rank_of_process
+from unetdist.distributed import rank_of_process
 from unetdist.eval import label_outputs
 from unetdist.eval.class_outputs import ClassOverlayCache
-from unetdist.eval.inference import image_scale, inference_policy, unwrap
+from unetdist.eval.inference import inference_policy, unwrap
 from unetdist.eval.metrics import f1_optimal_threshold
 from unetdist.eval.multiclass import MultiLabelMetricState
-from unetdist.eval.scoring import barrier, estimate_line, original_size, timed_predict
+from unetdist.eval.scoring import barrier, gathered_rows, original_size, predicted
 from unetdist.eval.threshold import label_thresholds
-from unetdist.eval.windows import inference_size
-from unetdist.log import progress_iter, say, world_size
 
 
 def image_row(key: str, shape: tuple[int, int], scale: float, seconds: float, m: dict) -> dict:
@@ -72,13 +70,8 @@ def evaluate_label_split(model: nn.Module, samples: Iterable[dict], cfg: EvalCon
     state = MultiLabelMetricState(len(names), thresholds, cfg.auc_bins, names)
     rows = []
     overlays = ClassOverlayCache(cfg.num_overlays if out_dir else 0, table)
-    total = len(samples) if hasattr(samples, "__len__") else None
-    for s in progress_iter(samples, total, desc="evaluate", unit="img", enabled=progress):
-        scale = image_scale(cfg, s["fov"])
-        prob, seconds = timed_predict(model, s, cfg, policy, scale, labels=True)
-        if estimate and not rows:
-            shape = inference_size(*s["image"].shape[-2:], cfg, scale)
-            say(estimate_line(model, len(samples), shape, cfg, seconds, world_size()))
+    for s, scale, prob, seconds in predicted(model, samples, cfg, policy, progress=progress,
+                                             estimate=estimate, labels=True):
         fov = s["fov"].to(prob.device, prob.dtype).reshape(1, 1, *prob.shape[-2:])
         prob = prob * fov  # no label outside the FOV, as `predict` writes it
         bits = s["label"].reshape(s["label"].shape[-2:]).numpy()
@@ -91,15 +84,12 @@ def evaluate_label_split(model: nn.Module, samples: Iterable[dict], cfg: EvalCon
                                                   thresholds, table, original_size(s))
             overlays.offer(s["key"], s, _at(pred, p.shape[-2:]))
     state.reduce(accelerator)  # the one all-reduce: counts and histogram sums
-    per_image = sorted((r for part in gather_objects(rows) for r in part),
-                       key=lambda r: r["key"])
-    seconds = [r["seconds"] for r in per_image]
+    per_image, seconds = gathered_rows(rows)
     metrics = state.compute()
     result = {"mode": "multilabel", "num_images": metrics.pop("num_images"), "labels": metrics,
               "label_thresholds": dict(zip(names, thresholds)),
               "f1_thresholds": f1_thresholds(state), "table": table.to_manifest(),
-              "per_image": per_image,
-              "seconds_per_image": round(float(np.mean(seconds)), 4) if seconds else None}
+              "per_image": per_image, "seconds_per_image": seconds}
     if out_dir is not None:
         overlays.write([r["key"] for r in per_image[:cfg.num_overlays]], out_dir / "plots")
         if rank_of_process() == 0:

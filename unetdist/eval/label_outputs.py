@@ -24,7 +24,7 @@ from unetdist.config import EvalConfig
 from unetdist.data.classes import ClassTable, to_bitmask
 from unetdist.data.codec import encode_png
 from unetdist.eval import outputs, plots
-from unetdist.eval.class_outputs import resize_probs
+from unetdist.eval.class_outputs import resize_probs, write_colour_pngs
 from unetdist.eval.metrics import roc_from_histograms
 from unetdist.eval.multiclass import MultiLabelMetricState
 
@@ -45,15 +45,10 @@ def write_label_pngs(out_dir: Path, key: str, prob: np.ndarray, thresholds: list
     prob = resize_probs(prob, size)
     masks = prob >= np.asarray(thresholds, dtype=np.float32).reshape(-1, 1, 1)
     bits = to_bitmask(masks)
-    colour = table.colourize(bits)
-    write_atomic(inside(out_dir, f"{key}.png"), encode_png(colour))
     for name, m, p in zip(table.label_names, masks, prob):
         write_atomic(inside(out_dir, f"{key}.{name}.png"), encode_png(m.astype(np.uint8) * 255))
-        prob8 = np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8)
-        write_atomic(inside(out_dir, f"{key}.{name}.prob.png"), encode_png(prob8))
-    if rgb is not None:
-        over = plots.class_overlay_image(rgb, colour, bits != 0, fov)
-        write_atomic(inside(out_dir, f"{key}.overlay.png"), encode_png(over))
+        write_atomic(inside(out_dir, f"{key}.{name}.prob.png"), outputs.prob_png(p))
+    write_colour_pngs(out_dir, key, bits, table, rgb, fov)
     return bits
 
 

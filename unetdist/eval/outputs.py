@@ -62,9 +62,13 @@ def write_prediction_pngs(out_dir: Path, key: str, prob: np.ndarray, threshold: 
         prob = cv2.resize(prob, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     binary = prob >= threshold
     write_atomic(inside(out_dir, f"{key}.png"), encode_png(binary.astype(np.uint8) * 255))
-    prob8 = np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
-    write_atomic(inside(out_dir, f"{key}_prob.png"), encode_png(prob8))
+    write_atomic(inside(out_dir, f"{key}_prob.png"), prob_png(prob))
     return binary
+
+
+def prob_png(prob: np.ndarray) -> bytes:
+    """A probability map (H, W) in [0, 1] as an 8-bit gray PNG (x 255, rounded)."""
+    return encode_png(np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8))
 
 
 def _csv_row(row: dict) -> dict:

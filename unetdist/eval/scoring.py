@@ -1,18 +1,22 @@
-"""What scoring a split shares between the binary and the multi-class path (`evaluate.py`,
-`evaluate_classes.py`): the timed prediction of one sample, the up-front cost estimate, the
-barrier after the files, a sample's original size and host masks."""
+"""What scoring a split shares between the binary, multi-class and multi-label paths
+(`evaluate.py`, `evaluate_classes.py`, `evaluate_labels.py`): the loop's timed predictions with
+their progress bar and up-front cost estimate, the gathered per-image rows, the barrier after
+the files, a sample's original size and host masks."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from unetdist.config import EvalConfig
-from unetdist.eval.inference import InferencePolicy, sliding_window_predict
-from unetdist.eval.windows import forward_count
+from unetdist.distributed import gather_objects
+from unetdist.eval.inference import InferencePolicy, image_scale, sliding_window_predict
+from unetdist.eval.windows import forward_count, inference_size
+from unetdist.log import progress_iter, say, world_size
 
 
 def barrier(accelerator) -> None:
@@ -42,6 +46,32 @@ def timed_predict(model: nn.Module, s: dict, cfg: EvalConfig, policy: InferenceP
     if prob.device.type == "cuda":
         torch.cuda.synchronize(prob.device)
     return prob, time.perf_counter() - t0
+
+
+def predicted(model: nn.Module, samples: Iterable[dict], cfg: EvalConfig,
+              policy: InferencePolicy, *, progress: bool, estimate: bool,
+              **kind: bool) -> Iterator[tuple[dict, float, torch.Tensor, float]]:
+    """(sample, eval.scale factor, probabilities, seconds) of each sample (`timed_predict`;
+    KIND: classes / labels) under one progress bar. With ESTIMATE the cost line follows the
+    first image: rank 0 speaks for the job (it holds a share whenever there are enough)."""
+    total = len(samples) if hasattr(samples, "__len__") else None
+    bar = progress_iter(samples, total, desc="evaluate", unit="img", enabled=progress)
+    for i, s in enumerate(bar):
+        scale = image_scale(cfg, s["fov"])  # eval.scale: 1.0 unless asked
+        prob, seconds = timed_predict(model, s, cfg, policy, scale, **kind)
+        if estimate and i == 0:
+            shape = inference_size(*s["image"].shape[-2:], cfg, scale)
+            say(estimate_line(model, len(samples), shape, cfg, seconds, world_size()))
+        yield s, scale, prob, seconds
+
+
+def gathered_rows(rows: list[dict]) -> tuple[list[dict], float | None]:
+    """Every rank's per-image ROWS sorted by key (a collective: every rank calls it), and the
+    mean seconds per image."""
+    per_image = sorted((r for part in gather_objects(rows) for r in part),
+                       key=lambda r: r["key"])
+    seconds = [r["seconds"] for r in per_image]
+    return per_image, round(float(np.mean(seconds)), 4) if seconds else None
 
 
 def estimate_line(model: nn.Module, images: int, shape: tuple[int, int], cfg: EvalConfig,
