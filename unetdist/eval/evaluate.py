@@ -20,12 +20,10 @@ from torch import nn
 
 from unetdist.config import EvalConfig
 from unetdist.data.classes import ClassTable
-from unetdist.distributed import rank_of_process
 from unetdist.eval import outputs
 from unetdist.eval.inference import inference_policy, unwrap
 from unetdist.eval.metrics import MetricState
-from unetdist.eval.scoring import barrier as _barrier
-from unetdist.eval.scoring import estimate_line, gathered_rows, predicted
+from unetdist.eval.scoring import estimate_line, gathered_rows, predicted, write_split_files
 from unetdist.eval.scoring import host_mask as _host_mask
 from unetdist.eval.scoring import original_size as _original_size
 from unetdist.eval.threshold import fixed_threshold
@@ -114,12 +112,12 @@ def _write_files(result: dict, state: MetricState, cfg: EvalConfig, out_dir: Pat
                  info: dict | None, overlays: outputs.OverlayCache, accelerator) -> None:
     """Every rank its overlays; rank 0 metrics.json, per_image.csv and the plots."""
     per_image = result["per_image"]
-    overlays.write([r["key"] for r in per_image[:cfg.num_overlays]], out_dir / "plots")
-    if rank_of_process() == 0:
+
+    def rank0_files() -> None:
         outputs.write_metrics_json(result, cfg, out_dir / "metrics.json", info)
         outputs.write_per_image_csv(per_image, out_dir / "per_image.csv")
         outputs.write_plots(result, state, out_dir / "plots")
-    _barrier(accelerator)
+    write_split_files(per_image, cfg, out_dir, overlays, accelerator, rank0_files)
 
 
 def summary_line(result: dict) -> str:

@@ -24,11 +24,10 @@ from torch import nn
 
 from unetdist.config import EvalConfig
 from unetdist.data.classes import ClassTable
-from unetdist.distributed import rank_of_process
 from unetdist.eval import class_outputs
 from unetdist.eval.inference import inference_policy, unwrap
 from unetdist.eval.multiclass import ClassMetricState, av_metrics
-from unetdist.eval.scoring import barrier, gathered_rows, original_size, predicted
+from unetdist.eval.scoring import gathered_rows, original_size, predicted, write_split_files
 
 
 def av_classes(table: ClassTable) -> dict[str, int] | None:
@@ -102,10 +101,8 @@ def evaluate_class_split(model: nn.Module, samples: Iterable[dict], cfg: EvalCon
     if av is not None:
         result["av"] = av_metrics(metrics["confusion"], **av)
     if out_dir is not None:
-        overlays.write([r["key"] for r in per_image[:cfg.num_overlays]], out_dir / "plots")
-        if rank_of_process() == 0:
-            class_outputs.write_class_files(result, state, cfg, out_dir, info, table)
-        barrier(accelerator)
+        write_split_files(per_image, cfg, out_dir, overlays, accelerator,
+                          lambda: class_outputs.write_class_files(result, state, cfg, out_dir, info, table))
     return result
 
 

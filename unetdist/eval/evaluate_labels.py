@@ -23,13 +23,12 @@ from torch import nn
 
 from unetdist.config import EvalConfig
 from unetdist.data.classes import ClassTable, from_bitmask
-from unetdist.distributed import rank_of_process
 from unetdist.eval import label_outputs
 from unetdist.eval.class_outputs import ClassOverlayCache
 from unetdist.eval.inference import inference_policy, unwrap
 from unetdist.eval.metrics import f1_optimal_threshold
 from unetdist.eval.multiclass import MultiLabelMetricState
-from unetdist.eval.scoring import barrier, gathered_rows, original_size, predicted
+from unetdist.eval.scoring import gathered_rows, original_size, predicted, write_split_files
 from unetdist.eval.threshold import label_thresholds
 
 
@@ -91,10 +90,8 @@ def evaluate_label_split(model: nn.Module, samples: Iterable[dict], cfg: EvalCon
               "f1_thresholds": f1_thresholds(state), "table": table.to_manifest(),
               "per_image": per_image, "seconds_per_image": seconds}
     if out_dir is not None:
-        overlays.write([r["key"] for r in per_image[:cfg.num_overlays]], out_dir / "plots")
-        if rank_of_process() == 0:
-            label_outputs.write_label_files(result, state, cfg, out_dir, info, table)
-        barrier(accelerator)
+        write_split_files(per_image, cfg, out_dir, overlays, accelerator,
+                          lambda: label_outputs.write_label_files(result, state, cfg, out_dir, info, table))
     return result
 
 

@@ -6,14 +6,15 @@ the files, a sample's original size and host masks."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from unetdist.config import EvalConfig
-from unetdist.distributed import gather_objects
+from unetdist.distributed import gather_objects, rank_of_process
 from unetdist.eval.inference import InferencePolicy, image_scale, sliding_window_predict
 from unetdist.eval.windows import forward_count, inference_size
 from unetdist.log import progress_iter, say, world_size
@@ -72,6 +73,16 @@ def gathered_rows(rows: list[dict]) -> tuple[list[dict], float | None]:
                        key=lambda r: r["key"])
     seconds = [r["seconds"] for r in per_image]
     return per_image, round(float(np.mean(seconds)), 4) if seconds else None
+
+
+def write_split_files(per_image: list[dict], cfg: EvalConfig, out_dir: Path, overlays,
+                      accelerator, rank0_files: Callable[[], None]) -> None:
+    """Every rank its overlay figures (of the first eval.num_overlays ids), rank 0 RANK0_FILES
+    (metrics.json, per_image.csv, plots), then all ranks wait for them."""
+    overlays.write([r["key"] for r in per_image[:cfg.num_overlays]], out_dir / "plots")
+    if rank_of_process() == 0:
+        rank0_files()
+    barrier(accelerator)
 
 
 def estimate_line(model: nn.Module, images: int, shape: tuple[int, int], cfg: EvalConfig,
