@@ -40,10 +40,9 @@ def _reset_singletons() -> None:
     """What a fresh interpreter starts without: accelerate's process-wide state (a second
     Accelerator must not inherit the first one's settings) and the decoded-sample cache (a
     later run must decode, and judge, a shard's samples itself)."""
-    state = sys.modules.get("accelerate.state")
-    if state is not None:
-        state.AcceleratorState._reset_state(reset_partial_state=True)
-        state.GradientState._reset_state()
+    from unetdist.distributed import forget_accelerator_state
+
+    forget_accelerator_state()
     reader = sys.modules.get("unetdist.data.reader")
     if reader is not None:
         reader.CACHE.clear()

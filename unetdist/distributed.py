@@ -8,6 +8,7 @@ NCCL only reduces CUDA tensors (gloo takes CPU ones).
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any
 
 import torch
@@ -54,6 +55,20 @@ def make_accelerator(precision: str, grad_accum: int = 1, **kwargs: Any):
     one_warning_per_job()
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision,
                        gradient_accumulation_steps=grad_accum, **kwargs)
+
+
+def forget_accelerator_state() -> None:
+    """Let the next Accelerator in this (single) process choose its own precision.
+
+    accelerate keeps the first Accelerator's settings process-wide and refuses a second one
+    with another precision; `unetdist bench` runs sections of different precisions one after
+    another (on a CPU with native bf16 the CPU recipe's `auto` is bf16, the other sections fp32).
+    """
+    state = sys.modules.get("accelerate.state")
+    if state is None or is_distributed():
+        return  # nothing built yet; a live process group is not ours to tear down
+    state.AcceleratorState._reset_state(reset_partial_state=True)
+    state.GradientState._reset_state()
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -102,3 +102,18 @@ def test_quick_evaluation_section_trains_times_both_windows_and_reports_the_goal
     assert s["goal_met"] == (speedup >= 2.0 and s["dice_difference"] <= 0.001)
     assert doc["figures"]["evaluation s/image, whole, flip TTA"] == whole["sec_per_image"]
     assert "evaluation: whole image vs tiled" in r.stdout
+
+
+def test_each_section_builds_its_accelerator_with_its_own_precision(monkeypatch):
+    """accelerate fixes a process's precision with its first Accelerator: on a CPU with native
+    bf16 the threads section (the CPU recipe, `auto` = bf16) followed an fp32 section and failed."""
+    from unetdist.bench import runner
+    from unetdist.distributed import make_accelerator
+
+    def section(precision):
+        return lambda quick: {"precision": make_accelerator(precision).mixed_precision}
+
+    monkeypatch.setattr(runner, "RUNNERS", {"a": section("no"), "b": section("bf16")})
+    doc = runner.run_all(quick=True, only=("a", "b"), log=lambda line: None)
+    assert doc["errors"] == {}
+    assert doc["sections"] == {"a": {"precision": "no"}, "b": {"precision": "bf16"}}
