@@ -59,6 +59,7 @@ def restored_process_state(env: Mapping[str, str] | None,
     saved_threads = torch.get_num_threads()
     saved_umask = os.umask(0o022)
     os.umask(saved_umask)
+    _reset_singletons()  # also what an earlier test built outside run_main
     try:
         if env is not None:
             os.environ.clear()

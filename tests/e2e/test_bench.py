@@ -82,26 +82,22 @@ def test_bench_rejects_unknown_sections(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("bench_evaluation")  # not the module's: it can run beside `quick`
-def test_quick_evaluation_section_trains_times_both_windows_and_reports_the_goal(tmp_path):
-    """`--only evaluation --quick`: the recipe is trained, both windows score the same test
-    images, and the headline keys are what the section's figures say."""
-    out = tmp_path / "bench.json"
-    r = cli("bench", "--only", "evaluation", "--quick", "--out", out, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    doc = json.loads(out.read_text())
-    assert doc["errors"] == {} and set(doc["sections"]) == {"evaluation"}
+@pytest.mark.dist
+def test_quick_evaluation_section_trains_times_both_windows_and_reports_the_goal(quick):
+    """The evaluation section of the quick run: the recipe is trained, both windows score the
+    same test image, and the headline keys are what the section's figures say."""
+    doc = quick["doc"]
     s = doc["sections"]["evaluation"]
     tiled, whole = s["tiled"], s["whole"]
     assert (tiled["tile"], whole["tile"]) == (256, 0) and tiled["tta"] == whole["tta"] == "flip"
-    assert s["meta"]["image"] == [584, 565] and s["meta"]["test_images"] == 2
+    assert s["meta"]["image"] == [584, 565] and s["meta"]["test_images"] == 1
     assert all(0.0 <= x["fov_dice"] <= 1.0 and x["sec_per_image"] > 0 for x in (tiled, whole))
     speedup = doc["ratios"]["evaluation: whole image vs tiled, s/image (flip TTA)"]
     assert speedup == pytest.approx(tiled["sec_per_image"] / whole["sec_per_image"])
     assert s["dice_difference"] == pytest.approx(abs(tiled["fov_dice"] - whole["fov_dice"]))
     assert s["goal_met"] == (speedup >= 2.0 and s["dice_difference"] <= 0.001)
     assert doc["figures"]["evaluation s/image, whole, flip TTA"] == whole["sec_per_image"]
-    assert "evaluation: whole image vs tiled" in r.stdout
+    assert "evaluation: whole image vs tiled" in quick["stdout"]
 
 
 def test_each_section_builds_its_accelerator_with_its_own_precision(monkeypatch):

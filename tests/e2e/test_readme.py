@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from tests.inproc import run_main
 from tests.readme import broken_links, doc_commands, doc_files, python_blocks, readme_commands
 from tests.util import REPO, free_port, subprocess_env
 
@@ -52,15 +53,24 @@ def _skip_reason(line: str) -> str | None:
 
 def _argv(line: str) -> list[str]:
     argv = shlex.split(line)
-    if argv[0] == "unetdist":
-        argv = [sys.executable, "-m", "unetdist", *argv[1:]]
-    elif argv[:2] == ["accelerate", "launch"]:
+    if argv[:2] == ["accelerate", "launch"]:
         argv = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port",
                 str(free_port()), *argv[2:]]
     for key, extra in SCALE.items():
         if key in f" {line} " and "--check" not in argv:
             argv += extra
     return argv
+
+
+def _run(argv: list[str], home, env: dict) -> subprocess.CompletedProcess:
+    """A `unetdist` line through `cli.main` in this process (tests/inproc.py: the same argv,
+    output and exit status, without an interpreter start that costs more CPU than most of the
+    commands; tests/unit/test_cli_errors.py holds the two equal); anything else, such as
+    `accelerate launch`, in a process of its own."""
+    if argv[0] == "unetdist":
+        return run_main(argv[1:], env=env, cwd=home)
+    return subprocess.run(argv, cwd=home, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
 
 
 # only the tests that use `walk` are slow: the link and skip checks read files
@@ -78,9 +88,7 @@ def walk(tmp_path_factory) -> dict:
             skipped[line] = why
             continue
         t0 = time.monotonic()
-        r = subprocess.run(_argv(line), cwd=home, env=env, capture_output=True, text=True,
-                           timeout=600, check=False)
-        ran[line] = r
+        ran[line] = r = _run(_argv(line), home, env)
         print(f"{time.monotonic() - t0:6.1f} s  {line}")
         ok = r.returncode == 0 or (line.startswith("unetdist doctor --path")
                                    and "path does not exist" in r.stderr)
