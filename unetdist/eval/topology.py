@@ -33,8 +33,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from skimage.measure import label as label_components
-from skimage.morphology import skeletonize
 
 # Order of the counts when packed into a tensor for the all-reduce.
 TOPOLOGY_KEYS = (
@@ -60,6 +58,8 @@ def _betti(mask: np.ndarray, fov: np.ndarray) -> tuple[int, int]:
     Holes are background components enclosed by the mask: a background region that reaches the
     image border or the outside of the FOV is open (we cannot see whether it closes there).
     """
+    from skimage.measure import label as label_components  # lazy: see topology_counts
+
     _, beta0 = label_components(mask, connectivity=_FOREGROUND, return_num=True)
     # A one-pixel background frame joins every region touching the image border into one.
     background = np.pad(~mask, 1, constant_values=True)
@@ -78,6 +78,10 @@ def _as_mask(name: str, a: np.ndarray, shape: tuple[int, ...] | None) -> np.ndar
 
 def topology_counts(pred: np.ndarray, label: np.ndarray, fov: np.ndarray) -> dict[str, int]:
     """Summable topology counts of ONE image (H×W masks; nonzero = vessel / inside the FOV)."""
+    # imported here: scikit-image and SciPy cost every training process ~0.2 s at start-up,
+    # and only evaluation counts topology
+    from skimage.morphology import skeletonize
+
     fov = _as_mask("fov", fov, None)
     pred = _as_mask("pred", pred, fov.shape) & fov
     label = _as_mask("label", label, fov.shape) & fov
