@@ -82,3 +82,12 @@ def test_import_unetdist_stays_light():
     code = "import sys, unetdist; print('torch' in sys.modules, callable(unetdist.load_model))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.split() == ["False", "True"]
+
+
+def test_a_training_process_starts_without_plotting_or_topology_libraries():
+    """matplotlib and scikit-image cost every rank ~0.6 s of start-up; only evaluation and the
+    end-of-run curves (rank 0) use them, so they are imported there."""
+    code = ("import sys, unetdist.train.loop, unetdist.eval.evaluate; "
+            "print(sorted(m for m in ('matplotlib', 'skimage', 'scipy') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
