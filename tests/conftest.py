@@ -8,8 +8,9 @@ shard copies it first (`shutil.copytree(tiny_run, tmp_path / "run")`).
 `make test` runs `-n 2 --dist loadgroup`: a test module is one unit of work (its module-scoped
 fixtures are built once, on one worker) unless its tests name an `xdist_group` themselves (the
 Slurm tests share one cluster on fixed ports: group "slurm"). A test marked `exclusive` (it
-bounds a wall-clock time or races a clock) runs while the other worker waits (tests.util
-`exclusive_slot`), so the other worker's trainings cannot make it late; they form one group.
+bounds a wall-clock time or races a clock) runs while the other worker runs light tests only
+(tests.util `exclusive_slot`), so the other worker's trainings cannot make it late; they form
+one group.
 """
 
 import os
@@ -52,6 +53,23 @@ def _group(item: pytest.Item) -> str:
     return "exclusive" if item.get_closest_marker("exclusive") else item.path.stem
 
 
+def _turn(item: pytest.Item) -> int:
+    """When a test's group is handed out. The exclusive tests first: at the start the other
+    worker is in a light test, later it may be in a fixture that takes minutes. Then the light
+    tests, which run beside them (tests.util.exclusive_slot). Then the heavy groups, longest
+    first so that the run does not end on one: the Slurm group, slow unit modules, dist, and
+    the e2e modules, many of them short."""
+    from tests.util import is_heavy
+
+    if item.get_closest_marker("exclusive"):
+        return 0
+    if not is_heavy(item):
+        return 1
+    if item.get_closest_marker("slurm"):
+        return 2
+    return 3 if item.path.parent.name == "unit" else 4
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
     """Under --dist loadgroup, append `@group` to every test id (what the scheduler groups by).
@@ -59,12 +77,11 @@ def pytest_collection_modifyitems(config, items):
     pytest-xdist 3.8 does so itself for xdist_group marks, through `item._nodeid`, which
     pytest 9.2 no longer reads (the id became the structured `item._id`): there its groups
     silently fell apart. Here every test gets a group, so that a module's tests (and its
-    module-scoped fixtures) stay on one worker. The exclusive tests go first: at the start
-    the other worker is in a short test, later it may be in a fixture that takes minutes.
+    module-scoped fixtures) stay on one worker. The order (`_turn`) is the schedule.
     """
     if not config.getoption("loadgroup", False):  # set on xdist's workers only
         return
-    items.sort(key=lambda item: item.get_closest_marker("exclusive") is None)  # stable
+    items.sort(key=_turn)  # stable: collection order within a turn
     for item in items:
         if "@" in item.nodeid.rpartition("]")[2]:
             continue  # named by pytest-xdist (a pytest that still reads item._nodeid)

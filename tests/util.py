@@ -112,28 +112,48 @@ def _lock_files(config: pytest.Config) -> dict:
     return _slot
 
 
+HEAVY_MARKS = ("slow", "dist", "slurm")  # what starts trainings, launches or clusters
+
+
+def is_heavy(item: pytest.Item) -> bool:
+    return any(item.get_closest_marker(m) for m in HEAVY_MARKS)
+
+
+def _release(locks: dict) -> None:
+    if locks["mode"] is not None:
+        fcntl.flock(locks["run"], fcntl.LOCK_UN)
+        locks["mode"] = None
+
+
 @contextlib.contextmanager
 def exclusive_slot(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    """Under pytest-xdist, every test runs holding the run lock shared, an `exclusive` one
-    holding it alone: it waits for the other worker's test to end, and the other worker waits
-    for it (or for a row of exclusive tests on this worker). The turn lock makes a waiting
-    exclusive test go next, before the other worker's next test. Without xdist: nothing."""
+    """Under pytest-xdist, a heavy test (slow, dist, slurm) runs holding the run lock shared,
+    an `exclusive` one holding it alone: it waits for the other worker's heavy test to end, and
+    the other worker's heavy tests wait for it (or for a row of exclusive tests on this worker).
+    The turn lock makes a waiting exclusive test go next, before the other worker's next heavy
+    test. A light test (one process, nothing launched) takes no lock: one more busy core does
+    not make a clock-bound test late the way a training's processes do, and the other worker
+    gets through the light tests instead of idling. Without xdist: nothing."""
     if "PYTEST_XDIST_WORKER" not in os.environ or not item.config.option.basetemp:
         yield
         return
     locks = _lock_files(item.config)
-    want = "exclusive" if item.get_closest_marker("exclusive") else "shared"
+    exclusive = item.get_closest_marker("exclusive") is not None
+    if not exclusive and not is_heavy(item):
+        _release(locks)
+        yield
+        return
+    want = "exclusive" if exclusive else "shared"
     if locks["mode"] != want:
         fcntl.flock(locks["turn"], fcntl.LOCK_EX)
         try:
-            fcntl.flock(locks["run"], fcntl.LOCK_EX if want == "exclusive" else fcntl.LOCK_SH)
+            fcntl.flock(locks["run"], fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         finally:
             fcntl.flock(locks["turn"], fcntl.LOCK_UN)
         locks["mode"] = want
     try:
         yield
     finally:
-        if not (want == "exclusive" and nextitem is not None
+        if not (exclusive and nextitem is not None
                 and nextitem.get_closest_marker("exclusive")):
-            fcntl.flock(locks["run"], fcntl.LOCK_UN)
-            locks["mode"] = None
+            _release(locks)
