@@ -54,11 +54,11 @@ def _group(item: pytest.Item) -> str:
 
 
 def _turn(item: pytest.Item) -> int:
-    """When a test's group is handed out. The exclusive tests first: at the start the other
-    worker is in a light test, later it may be in a fixture that takes minutes. Then the light
-    tests, which run beside them (tests.util.exclusive_slot). Then the heavy groups, longest
-    first so that the run does not end on one: the Slurm group, slow unit modules, dist, and
-    the e2e modules, many of them short."""
+    """When a test's group is handed out (its latest test's turn). The exclusive tests first:
+    at the start the other worker is in a light test, later it may be in a fixture that takes
+    minutes. Then the all-light groups, which run beside them (tests.util.exclusive_slot).
+    Then the heavy groups, longest first so that the run does not end on one: the Slurm group,
+    slow unit modules, dist, and the e2e modules, many of them short."""
     from tests.util import is_heavy
 
     if item.get_closest_marker("exclusive"):
@@ -81,7 +81,11 @@ def pytest_collection_modifyitems(config, items):
     """
     if not config.getoption("loadgroup", False):  # set on xdist's workers only
         return
-    items.sort(key=_turn)  # stable: collection order within a turn
+    turns: dict[str, int] = {}
+    for item in items:  # a group goes when its heaviest test would: heavy and light may mix
+        group, turn = _group(item), _turn(item)
+        turns[group] = 0 if 0 in (turn, turns.get(group)) else max(turn, turns.get(group, 1))
+    items.sort(key=lambda item: turns[_group(item)])  # stable: collection order within a turn
     for item in items:
         if "@" in item.nodeid.rpartition("]")[2]:
             continue  # named by pytest-xdist (a pytest that still reads item._nodeid)
