@@ -83,8 +83,7 @@ def pytest_collection_modifyitems(config, items):
         return
     turns: dict[str, int] = {}
     for item in items:  # a group goes when its heaviest test would: heavy and light may mix
-        group, turn = _group(item), _turn(item)
-        turns[group] = 0 if 0 in (turn, turns.get(group)) else max(turn, turns.get(group, 1))
+        turns[_group(item)] = max(turns.get(_group(item), 0), _turn(item))
     items.sort(key=lambda item: turns[_group(item)])  # stable: collection order within a turn
     for item in items:
         if "@" in item.nodeid.rpartition("]")[2]:

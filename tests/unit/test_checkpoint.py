@@ -126,11 +126,12 @@ def test_metrics_records_past_the_resumed_step_are_dropped(tmp_path):
 @pytest.fixture
 def accelerator():
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
-    AcceleratorState._reset_state(reset_partial_state=True)
+    from unetdist.distributed import forget_accelerator_state
+
+    forget_accelerator_state()
     yield Accelerator(cpu=True)
-    AcceleratorState._reset_state(reset_partial_state=True)
+    forget_accelerator_state()
 
 
 class JsonDoc:

@@ -73,11 +73,12 @@ def test_disk_full_while_writing_best_keeps_the_previous_best(tmp_path, monkeypa
 @pytest.fixture
 def accelerator():
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
-    AcceleratorState._reset_state(reset_partial_state=True)
+    from unetdist.distributed import forget_accelerator_state
+
+    forget_accelerator_state()
     yield Accelerator(cpu=True)
-    AcceleratorState._reset_state(reset_partial_state=True)
+    forget_accelerator_state()
 
 
 @pytest.mark.parametrize("failure", [

@@ -26,10 +26,10 @@ def shards(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def fresh_accelerate():
-    from accelerate.state import AcceleratorState
+    from unetdist.distributed import forget_accelerator_state
 
     yield
-    AcceleratorState._reset_state(True)
+    forget_accelerator_state()
 
 
 def _run(shards: Path, tmp_path: Path, *extra: str):

@@ -100,9 +100,8 @@ def _args(shards: Path, run_dir: Path, *extra: str) -> list[str]:
 @pytest.mark.exclusive  # a batch later than data.stall_seconds=3 would be a false stall
 def test_a_stalled_worker_stops_the_run_with_one_line_and_a_checkpoint(shards, tmp_path,
                                                                        monkeypatch, capsys):
-    from accelerate.state import AcceleratorState
-
     from unetdist.cli import main
+    from unetdist.distributed import forget_accelerator_state
 
     monkeypatch.setenv("UNETDIST_FAULT", "worker_stall:batch=2")  # step 3's batch never comes
     run_dir = tmp_path / "run"
@@ -111,7 +110,7 @@ def test_a_stalled_worker_stops_the_run_with_one_line_and_a_checkpoint(shards, t
         rc = main(["train", *_args(shards, run_dir, "train.max_steps=6",
                                    "data.stall_seconds=3")])
     finally:
-        AcceleratorState._reset_state(True)
+        forget_accelerator_state()
     err = capsys.readouterr().err
     lines = [x for x in err.splitlines() if "loader worker" in x]
     assert rc == 3, err
@@ -132,8 +131,8 @@ def test_many_short_trainings_with_workers_never_hang(shards, tmp_path):
     (faulthandler kills the process with every thread's stack rather than hang the suite);
     before each, this process runs OpenCV's thread pool, as the trainer's cache fill does."""
     import cv2
-    from accelerate.state import AcceleratorState
 
+    from unetdist.distributed import forget_accelerator_state
     from unetdist.train.loop import fit
 
     runs = int(os.environ.get("UNETDIST_STRESS_RUNS", "50"))
@@ -149,6 +148,6 @@ def test_many_short_trainings_with_workers_never_hang(shards, tmp_path):
             result = fit(cfg)
         finally:
             faulthandler.cancel_dump_traceback_later()
-            AcceleratorState._reset_state(True)
+            forget_accelerator_state()
         assert result.step == 3 and not result.preempted, i
     print(f"{runs} trainings with 2 workers in {time.monotonic() - t0:.0f} s")

@@ -20,8 +20,7 @@ def shards(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def run(shards, tmp_path):
-    from accelerate.state import AcceleratorState
-
+    from unetdist.distributed import forget_accelerator_state
     from unetdist.train.setup import setup_run, training_accelerator
 
     cfg = load_config(None, [f"data.shared_dir={shards}", f"train.run_dir={tmp_path / 'run'}",
@@ -34,7 +33,7 @@ def run(shards, tmp_path):
     yield run
     run.tracker.finish()
     run.lock.release()
-    AcceleratorState._reset_state(True)
+    forget_accelerator_state()
 
 
 class Flag:

@@ -74,15 +74,14 @@ def _cfg(shards: Path, run_dir: Path):
 
 
 def _fit(cfg):
-    from accelerate.state import AcceleratorState
-
+    from unetdist.distributed import forget_accelerator_state
     from unetdist.train.loop import fit
 
-    AcceleratorState._reset_state(True)
+    forget_accelerator_state()
     try:
         return fit(cfg)
     finally:
-        AcceleratorState._reset_state(True)
+        forget_accelerator_state()
 
 
 def _weights(folder: Path, file: str) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ Every figure is written to a temporary name and renamed, so a crash never leaves
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from unetdist.atomic import atomic_file
 TP_COLOR, FP_COLOR, FN_COLOR = (0, 200, 0), (230, 30, 30), (40, 120, 255)
 
 
+@functools.cache
 def _pyplot():
     """pyplot on the file-only Agg backend, imported at the first figure: importing it at module
     load cost every training process ~0.4 s of start-up for plots only evaluation draws."""
