@@ -15,19 +15,27 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The tests start ~330 interpreters and two pytest workers. Where the environment sets
+# PYTHONDONTWRITEBYTECODE (some containers do), each of them compiled unetdist from source again
+# and each worker rewrote every test module's asserts again (~4 s of its start-up). So the
+# package is byte-compiled first, as pip does for a regular install, and the tests may write
+# caches (git-ignored __pycache__; a changed source is recompiled, never read stale). Compiling
+# first also keeps a lazy import inside a fuzz case from writing outside the case's folder.
+BYTECODE = $(BIN)/python -m compileall -q -j 0 unetdist tests >/dev/null && PYTHONDONTWRITEBYTECODE=
+
 # Two pytest-xdist workers, a test module (or an xdist_group) to one worker, in collection order
 # (heavy dist/e2e first, many small unit tests last); tests marked
 # `exclusive` run while the other worker waits (tests/conftest.py). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
+	$(BYTECODE) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Unit tests and in-process CLI tests: nothing that trains or launches (tests/guard.py checks).
 # Two pytest-xdist workers: a third of the tier's time is waiting on subprocesses and files.
 FAST_MARKS := not slow and not dist and not slurm and not gpu
 FAST_WORKERS ?= 2
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "$(FAST_MARKS)" -n $(FAST_WORKERS) $(PYTEST_ARGS)
+	$(BYTECODE) $(BIN)/python -m pytest -m "$(FAST_MARKS)" -n $(FAST_WORKERS) $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/unetdist demo $(DEMO_ARGS)
