@@ -21,11 +21,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # package is byte-compiled first, as pip does for a regular install, and the tests may write
 # caches (git-ignored __pycache__; a changed source is recompiled, never read stale). Compiling
 # first also keeps a lazy import inside a fuzz case from writing outside the case's folder.
-BYTECODE = $(BIN)/python -m compileall -q -j 0 unetdist tests >/dev/null && PYTHONDONTWRITEBYTECODE=
+BYTECODE = $(BIN)/python -m compileall -q -j 0 unetdist tests && PYTHONDONTWRITEBYTECODE=
 
-# Two pytest-xdist workers, a test module (or an xdist_group) to one worker, in collection order
-# (heavy dist/e2e first, many small unit tests last); tests marked
-# `exclusive` run while the other worker waits (tests/conftest.py). TEST_WORKERS=0: one process.
+# Two pytest-xdist workers, a test module (or an xdist_group) to one worker, in the order of
+# tests/conftest.py `_turn`: `exclusive` tests first (the other worker runs only light tests
+# meanwhile), then light groups, then heavy groups longest first. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BYTECODE) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)

@@ -69,6 +69,8 @@ def _port_free(port: int) -> bool:
     return True
 
 
+# cred_expire: a requeued job may not start again before its credential expires (120 s by
+# default); 5 is the least slurmctld accepts, and the Slurm tests requeue three jobs.
 SLURM_CONF = """\
 ClusterName=unetdisttest
 SlurmctldHost={host}
