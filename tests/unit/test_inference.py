@@ -253,6 +253,41 @@ def test_training_curves_plot(tmp_path):
         assert _read_gray(out).shape[0] > 100
 
 
+def test_the_training_plot_is_redrawn_at_most_once_a_minute_and_at_the_end(tmp_path,
+                                                                           monkeypatch):
+    """A validation marks plots/loss.png stale; rank 0 redraws it when a minute has passed
+    since the last draw, and at the end only when a validation came since."""
+    import time
+    from types import SimpleNamespace
+
+    from unetdist.train import validation
+
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 1, "split": "train", "loss": 0.9, "lr": 0.001}\n'
+        '{"step": 2, "split": "val", "loss": 0.8, "dice": 0.4}\n')
+    png = tmp_path / "plots" / "loss.png"
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    run = SimpleNamespace(acc=SimpleNamespace(is_main_process=True), run_dir=tmp_path,
+                          plotted_at=now[0], plot_stale=True)
+    now[0] += 59
+    validation.refresh_plot(run, final=False)
+    assert not png.exists()  # within the minute
+    now[0] += 2
+    validation.refresh_plot(run, final=False)
+    assert _read_gray(png).shape[0] > 100 and not run.plot_stale and run.plotted_at == now[0]
+    png.unlink()
+    validation.refresh_plot(run, final=True)
+    assert not png.exists()  # nothing new since the draw
+    run.plot_stale = True
+    validation.refresh_plot(run, final=True)
+    assert png.exists()
+    png.unlink()
+    run.plot_stale, run.acc.is_main_process = True, False
+    validation.refresh_plot(run, final=True)
+    assert not png.exists()  # other ranks never draw
+
+
 def test_eval_overrides_only_touch_the_eval_section():
     from unetdist.config import config_from_dict, to_dict
     from unetdist.errors import ConfigError

@@ -36,7 +36,7 @@ from unetdist.train.setup import (
 )
 from unetdist.train.step import StepStats, stand_in, train_step
 from unetdist.train.threads import apply_thread_policy
-from unetdist.train.validation import export_best, preempt_agreed, validate
+from unetdist.train.validation import export_best, preempt_agreed, refresh_plot, validate
 
 
 class DataStallError(UserError):
@@ -77,6 +77,7 @@ def fit(cfg: RunConfig) -> TrainResult:
         say(threads)
         try:
             result = train_loop(run, flag)
+            refresh_plot(run, final=True)
             finish(run, result)
         finally:
             run.tracker.finish()

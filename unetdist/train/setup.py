@@ -72,6 +72,8 @@ class Run:
     threads: ThreadTuner | None = None  # fit's thread policy, restored on resume
     last_save_time: float = field(default_factory=time.monotonic)
     last_saved_step: int = -1
+    plotted_at: float = field(default_factory=time.monotonic)  # plots/loss.png: validation.py
+    plot_stale: bool = False  # a validation since the last draw
     parts: list[ckpt.Part] = field(default_factory=list)  # what a checkpoint holds: see setup
     table: ClassTable = field(default_factory=ClassTable.binary)  # the shards' class table
     before_step: Callable[[], None] = lambda: None  # extension point (test fault injection)

@@ -74,15 +74,31 @@ def validate(run: Run, flag: PreemptionFlag | None = None) -> dict | None:
         st.best_dice, st.best_step = dice, st.step
         export_best(run, {**best, "split": "val", "weights": which,
                           **chosen_threshold_entry(run.cfg.eval, best)}, module)
-    if acc.is_main_process:
-        plot_training_curves(read_records(run.run_dir / METRICS_FILE),
-                             run.run_dir / "plots" / "loss.png")
+    run.plot_stale = True
+    refresh_plot(run, final=False)
     auc = best.get("auc_roc")
     say(f"step {st.step} val dice {dice:.3f}{' (best)' if improved else ''}"
         + (f" auc {auc:.3f}" if auc is not None else "")
         + (" (EMA weights)" if which == "ema" else "")
         + f" · {time.perf_counter() - t0:.0f} s")
     return metrics
+
+
+PLOT_EVERY_S = 60.0
+
+
+def refresh_plot(run: Run, *, final: bool) -> None:
+    """plots/loss.png from metrics.jsonl (rank 0): after a validation at most once a minute,
+    and at the end of the run when a validation came since. A draw costs rank 0 ~0.3 s of
+    matplotlib while the other ranks wait at the next collective; frequent validations of a
+    short run drew after each one, and a person reading the plot needs no more than this."""
+    if not (run.acc.is_main_process and run.plot_stale):
+        return
+    if not final and time.monotonic() - run.plotted_at < PLOT_EVERY_S:
+        return
+    plot_training_curves(read_records(run.run_dir / METRICS_FILE),
+                         run.run_dir / "plots" / "loss.png")
+    run.plotted_at, run.plot_stale = time.monotonic(), False
 
 
 def score(run: Run, model: torch.nn.Module, split: str,
