@@ -41,7 +41,8 @@ SKIP = {  # pattern (re.search on the command line) -> why it cannot run in a te
 }
 # Scale-down through documented overrides only (train.max_steps etc.), appended to the line.
 SCALE = {
-    " synth data/raw ": ["--n-train", "6", "--n-test", "3"],
+    # half DRIVE's side: a quarter of the pixels for every evaluation line (the last --size wins)
+    " synth data/raw ": ["--n-train", "6", "--n-test", "3", "--size", "292x282"],
     " train ": ["train.max_steps=4", "train.eval_every=2", "checkpoint.every_steps=2",
                 "model.width=8", "train.log_seconds=0.5"],
 }
