@@ -13,8 +13,8 @@ then scores the test split both ways through `evaluate_split`, the evaluator's o
 tiles, each pixel computed about 3 times); `WHOLE` is one window of the whole image padded to
 the network's multiple (592x576), all 4 flip views in one forward. Settings alternate (tiled,
 whole, tiled, ...) so that a change of the machine's load hits both alike; each figure is the
-fastest round. --quick: 1 training image, 1 test image, a few steps (a smoke run: the model
-is barely trained, so its Dice says nothing).
+fastest round. --quick: 1 training image, 1 test image at half DRIVE's side, a few steps (a
+smoke run of the code path: the model is barely trained, so its Dice says nothing).
 """
 
 from __future__ import annotations
@@ -34,16 +34,17 @@ DRIVE_SIZE = (584, 565)
 TILED = {"tile": 256, "overlap": 0.5, "batch_size": 8, "tta": "flip"}
 WHOLE = {"tile": 0, "overlap": 0.5, "batch_size": 8, "tta": "flip"}
 GOAL_SPEEDUP, GOAL_DICE = 2.0, 0.001  # issue 23, build item 3
-# (train images, test images, training steps); full: 120 steps reach FOV Dice ~0.9
-PROFILES = {"quick": (1, 1, 4), "full": (8, 4, 120)}
+# (train images, test images, training steps, image size); full: 120 steps reach FOV Dice ~0.9
+PROFILES = {"quick": (1, 1, 4, (292, 282)), "full": (8, 4, 120, DRIVE_SIZE)}
 
 
-def make_shards(root: Path, n_train: int, n_test: int) -> str:
-    """Synthetic DRIVE-size fundus images as shards (train and test, no val split)."""
+def make_shards(root: Path, n_train: int, n_test: int,
+                size: tuple[int, int] = DRIVE_SIZE) -> str:
+    """Synthetic fundus images as shards (train and test, no val split)."""
     from unetdist.data.ingest.synth import write_synthetic
     from unetdist.data.ingest.writer import shard_dataset
 
-    raw = write_synthetic(root / "raw", n_train=n_train, n_test=n_test, size=DRIVE_SIZE,
+    raw = write_synthetic(root / "raw", n_train=n_train, n_test=n_test, size=size,
                           seed=0, progress=False)
     shard_dataset(raw, root / "shards", layout="drive", split_val=0.0, progress=False)
     return str(root / "shards")
@@ -96,7 +97,7 @@ def eval_speed(checkpoint: str | Path, data: str | Path, split: str = "test",
             "ratios": {"whole image vs tiled, s/image (flip TTA)": speedup},
             "dice_difference": diff,
             "goal_met": bool(speedup >= GOAL_SPEEDUP and diff <= GOAL_DICE),
-            "meta": {"split": split, "rounds": rounds, "image": list(DRIVE_SIZE),
+            "meta": {"split": split, "rounds": rounds,
                      "model": f"{cfg.model.name} width {cfg.model.width} depth "
                               f"{cfg.model.depth}", "threads": torch.get_num_threads(),
                      "load_avg_1min": os.getloadavg()[0]}}
@@ -105,18 +106,18 @@ def eval_speed(checkpoint: str | Path, data: str | Path, split: str = "test",
 def run_benchmark(quick: bool = False, steps: int | None = None, rounds: int | None = None,
                   progress: bool = True) -> dict:
     """Train the recipe on synthetic DRIVE-size shards, then `eval_speed` on their test split."""
-    n_train, n_test, default_steps = PROFILES["quick" if quick else "full"]
+    n_train, n_test, default_steps, size = PROFILES["quick" if quick else "full"]
     steps = steps or default_steps
     with tempfile.TemporaryDirectory(prefix="unetdist-bench-eval-") as tmp:
         root = Path(tmp)
-        shards = make_shards(root, n_train, n_test)
+        shards = make_shards(root, n_train, n_test, size)
         if progress:
             print(f"bench evaluation: training the CPU recipe for {steps} steps",
                   file=sys.stderr, flush=True)
         best = train_recipe(shards, root / "run", steps)
         res = eval_speed(best, shards, "test", rounds or (1 if quick else 2))
     res["meta"].update(train_steps=steps, train_images=n_train, test_images=n_test,
-                       quick=quick)
+                       image=list(size), quick=quick)
     return res
 
 
