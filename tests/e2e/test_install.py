@@ -70,8 +70,9 @@ def test_the_installed_copy_is_used(installed):
 
 
 def test_demo_runs_from_any_directory(installed):
+    # one process: what is checked here is the installed copy's files; test_demo.py runs DDP
     r = _run(installed, "demo", "--steps", "5", "--size", "64x64", "--n-train", "4",
-             "--n-test", "2", "--no-progress", "model.width=8", "data.crop=48",
+             "--n-test", "2", "--nproc", "1", "--no-progress", "model.width=8", "data.crop=48",
              "data.num_workers=0", "eval.tile=64")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     run = installed["work"] / "demo_run" / "run"
