@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast demo lint clean-venv
+.PHONY: test test-seconds test-fast demo lint clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,10 +25,16 @@ BYTECODE = $(BIN)/python -m compileall -q -j 0 unetdist tests && PYTHONDONTWRITE
 
 # Two pytest-xdist workers, a test module (or an xdist_group) to one worker, in the order of
 # tests/conftest.py `_turn`: `exclusive` tests first (the other worker runs only light tests
-# meanwhile), then light groups, then heavy groups longest first. TEST_WORKERS=0: one process.
+# meanwhile), then light groups, then heavy groups longest first by tests/group_seconds.json.
+# TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BYTECODE) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
+
+# The full suite, rewriting tests/group_seconds.json from its own timings (commit the file when
+# groups were added or their cost changed: it only orders the run, a stale file is never wrong).
+test-seconds: $(STAMP)
+	$(MAKE) test PYTEST_ARGS="--write-group-seconds=tests/group_seconds.json $(PYTEST_ARGS)"
 
 # Unit tests and in-process CLI tests: nothing that trains or launches (tests/guard.py checks).
 # Two pytest-xdist workers: a third of the tier's time is waiting on subprocesses and files.

@@ -53,21 +53,55 @@ def _group(item: pytest.Item) -> str:
     return "exclusive" if item.get_closest_marker("exclusive") else item.path.stem
 
 
-def _turn(item: pytest.Item) -> int:
+GROUP_SECONDS = Path(__file__).with_name("group_seconds.json")
+UNKNOWN_SECONDS = 10.0  # a group the file does not know yet (a new module) goes mid-queue
+
+
+def _group_seconds() -> dict[str, float]:
+    """Each group's seconds in a measured full run: `make test-seconds` rewrites the file."""
+    import json
+
+    return json.loads(GROUP_SECONDS.read_text()) if GROUP_SECONDS.exists() else {}
+
+
+def _turn(item: pytest.Item, seconds: dict[str, float]) -> tuple[int, float]:
     """When a test's group is handed out (its latest test's turn). The exclusive tests first:
     at the start the other worker is in a light test, later it may be in a fixture that takes
     minutes. Then the all-light groups, which run beside them (tests.util.exclusive_slot).
-    Then the heavy groups, longest first so that the run does not end on one: the Slurm group,
-    slow unit modules, dist, and the e2e modules, many of them short."""
+    Then the heavy groups, longest first (the Slurm group leads), so that the run ends on
+    short groups on both workers rather than on one long group while the other core idles."""
     from tests.util import is_heavy
 
     if item.get_closest_marker("exclusive"):
-        return 0
+        return (0, 0.0)
     if not is_heavy(item):
-        return 1
-    if item.get_closest_marker("slurm"):
-        return 2
-    return 3 if item.path.parent.name == "unit" else 4
+        return (1, 0.0)
+    return (2, -seconds.get(_group(item), UNKNOWN_SECONDS))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--write-group-seconds", metavar="PATH", default=None,
+                     help="write each xdist group's seconds (setup, call, teardown) as JSON: "
+                          "the schedule's durations (make test-seconds)")
+
+
+_seconds_seen: dict[str, float] = {}  # the controller's tally for --write-group-seconds
+
+
+def pytest_runtest_logreport(report):
+    tail = report.nodeid.rpartition("]")[2]  # "@group" as collection_modifyitems appends it
+    if "@" in tail:
+        group = tail.rpartition("@")[2]
+        _seconds_seen[group] = _seconds_seen.get(group, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    out = session.config.getoption("--write-group-seconds")
+    if out and _seconds_seen and not hasattr(session.config, "workerinput"):
+        import json
+
+        doc = {g: round(s, 1) for g, s in sorted(_seconds_seen.items())}
+        Path(out).write_text(json.dumps(doc, indent=1) + "\n")
 
 
 @pytest.hookimpl(trylast=True)
@@ -81,9 +115,10 @@ def pytest_collection_modifyitems(config, items):
     """
     if not config.getoption("loadgroup", False):  # set on xdist's workers only
         return
-    turns: dict[str, int] = {}
+    turns: dict[str, tuple[int, float]] = {}
+    seconds = _group_seconds()
     for item in items:  # a group goes when its heaviest test would: heavy and light may mix
-        turns[_group(item)] = max(turns.get(_group(item), 0), _turn(item))
+        turns[_group(item)] = max(turns.get(_group(item), (0, 0.0)), _turn(item, seconds))
     items.sort(key=lambda item: turns[_group(item)])  # stable: collection order within a turn
     for item in items:
         if "@" in item.nodeid.rpartition("]")[2]:
