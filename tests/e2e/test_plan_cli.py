@@ -21,6 +21,7 @@ import yaml
 from PIL import Image
 
 from tests import twins
+from tests.inproc import run_main
 from tests.util import require
 from unetdist.config import load_config
 
@@ -35,15 +36,9 @@ LAYOUTS = {
 
 
 def _main(*args) -> tuple[int, str, str]:
-    import contextlib
-    import io
-
-    from unetdist.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
+    """In this process (tests/inproc.py): its accelerate state is not an earlier test's."""
+    r = run_main([str(a) for a in args])
+    return r.returncode, r.stdout, r.stderr
 
 
 def _ok(*args) -> str:
