@@ -120,7 +120,7 @@ COMPILE = textwrap.dedent("""
     import sys, torch
     from unetdist.train.compile_cache import with_cache_repair
     # one fused pointwise kernel: what is tested is the cache, not the size of the graph (a
-    # conv net with its backward took 20 s more per compile on 2 cores)
+    # conv net with its backward cost ~6 s more per compile, and the test compiles twice)
     net = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Hardtanh(0.0, 0.5))
     model = torch.compile(net, backend="inductor")
     if sys.argv[1] == "repair":
