@@ -53,8 +53,23 @@ def make_accelerator(precision: str, grad_accum: int = 1, **kwargs: Any):
         raise ValueError(f"make_accelerator takes a resolved precision ({'|'.join(RESOLVED)}: "
                          f"resolve_precision's answer), got {precision!r}")
     one_warning_per_job()
+    _release_other_precision(precision)
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision,
                        gradient_accumulation_steps=grad_accum, **kwargs)
+
+
+def _release_other_precision(precision: str) -> None:
+    """Forget a finished single-process Accelerator of another precision.
+
+    From Python, `fit` (bf16) then `evaluate_checkpoints` (an fp32 checkpoint) in one session
+    otherwise fails: accelerate keeps the first Accelerator's precision process-wide. Only a
+    differing precision is reset, so an Accelerator of the same precision keeps its state.
+    """
+    state = sys.modules.get("accelerate.state")
+    if state is None:
+        return
+    if state.AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
+        forget_accelerator_state()
 
 
 def forget_accelerator_state() -> None:

@@ -93,3 +93,19 @@ def test_the_accelerator_takes_the_precision_resolved_at_the_entry_point():
     with pytest.raises(ValueError, match="resolved precision.*'auto'"):
         make_accelerator("auto")  # fit and evaluate resolve it once and pass the answer on
     assert resolve_precision("auto") in ("no", "bf16")
+
+
+def test_one_python_session_builds_accelerators_of_two_precisions_one_after_another():
+    """From Python: train in bf16, then evaluate an fp32 checkpoint. accelerate alone refuses
+    the second Accelerator ("AcceleratorState has already been initialized")."""
+    from unetdist.distributed import forget_accelerator_state, make_accelerator
+
+    forget_accelerator_state()
+    try:
+        first = make_accelerator("bf16")
+        again = make_accelerator("bf16")
+        assert again.mixed_precision == first.mixed_precision == "bf16"
+        assert make_accelerator("no").mixed_precision == "no"
+        assert make_accelerator("bf16").mixed_precision == "bf16"
+    finally:
+        forget_accelerator_state()
