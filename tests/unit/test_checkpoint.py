@@ -228,21 +228,30 @@ def test_every_part_round_trips_and_a_missing_file_part_is_a_warning(tmp_path, a
     assert "holds no EMA weights; the EMA starts from the resumed weights" in err
 
 
-def test_preemption_flag_only_records_signals_and_the_marker_names_the_step(tmp_path):
+def test_preemption_flag_only_records_signals_and_the_marker_names_the_step(tmp_path,
+                                                                           monkeypatch):
     import os
     import signal
 
+    from unetdist.train import preempt
     from unetdist.train.preempt import PreemptionFlag
 
     before = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    monkeypatch.setattr(preempt, "_EXITS_AFTER_TRAINING", False)
     try:
-        with PreemptionFlag() as flag:
-            assert not flag.requested
-            os.kill(os.getpid(), signal.SIGUSR1)
-            os.kill(os.getpid(), signal.SIGTERM)  # a second signal (while saving): no exit
-            assert flag.received == ["SIGUSR1", "SIGTERM"]
-        # the process is on its way out after a preemption: late signals stay harmless
-        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        for exits in (False, True):
+            if exits:
+                preempt.process_exits_after_training()  # what `unetdist train` says
+            with PreemptionFlag() as flag:
+                assert not flag.requested
+                os.kill(os.getpid(), signal.SIGUSR1)
+                os.kill(os.getpid(), signal.SIGTERM)  # a second signal (while saving): no exit
+                assert flag.received == ["SIGUSR1", "SIGTERM"]
+            # the command's process is on its way out: late signals stay harmless; a Python
+            # caller of fit() gets its own handlers back
+            after = {s: signal.getsignal(s) for s in before}
+            assert after == ({s: signal.SIG_IGN for s in before} if exits else before)
+            assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
     finally:
         for s, h in before.items():
             signal.signal(s, h)

@@ -18,11 +18,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from unetdist.train.loop import check_only, fit
+    from unetdist.train.preempt import process_exits_after_training
 
     cfg = load_from_args(args)
     if args.check:
         print(check_only(cfg))
         return 0
+    process_exits_after_training()
     result = fit(cfg)
     # a preempted run exits 0 too: `accelerate launch` returns 1 whatever its workers return,
     # so a requeue script reads run_dir/PREEMPTED rather than the exit status. Ctrl-C is the

@@ -28,6 +28,16 @@ from types import FrameType
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 FIRST_CTRL_C = b"stopping at the next step; Ctrl-C again to abort\n"
+_EXITS_AFTER_TRAINING = False  # set by the `unetdist train` command, never by a Python caller
+
+
+def process_exits_after_training() -> None:
+    """The `unetdist train` command's promise: the process ends once `fit` returns. After a
+    preemption, late SIGTERM/SIGUSR1 then stay ignored up to the exit (a second SIGTERM after
+    the checkpoint must not turn exit 0 into a kill); a Python caller of `fit` goes on with its
+    own handlers back."""
+    global _EXITS_AFTER_TRAINING
+    _EXITS_AFTER_TRAINING = True
 
 
 class PreemptionFlag:
@@ -65,8 +75,7 @@ class PreemptionFlag:
         return self
 
     def __exit__(self, *exc) -> None:
-        # keep ignoring late signals until the process is done with its last writes: a
-        # second SIGTERM after the preemption checkpoint must not turn exit 0 into a kill
+        linger = self.requested and _EXITS_AFTER_TRAINING  # see process_exits_after_training
         for s in self.signals:
-            ignore = self.requested and s != signal.SIGINT  # Ctrl-C always works afterwards
+            ignore = linger and s != signal.SIGINT  # Ctrl-C always works afterwards
             signal.signal(s, signal.SIG_IGN if ignore else self._previous[s])
