@@ -76,8 +76,9 @@ def forget_accelerator_state() -> None:
     """Let the next Accelerator in this (single) process choose its own precision.
 
     accelerate keeps the first Accelerator's settings process-wide and refuses a second one
-    with another precision; `unetdist bench` runs sections of different precisions one after
-    another (on a CPU with native bf16 the CPU recipe's `auto` is bf16, the other sections fp32).
+    with another precision. `make_accelerator` calls this when the precision changes (`unetdist
+    bench` runs sections of both one after another: on a CPU with native bf16 the CPU recipe's
+    `auto` is bf16, the other sections fp32); tests call it to start from a fresh state.
     """
     state = sys.modules.get("accelerate.state")
     if state is None or is_distributed():

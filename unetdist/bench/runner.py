@@ -137,8 +137,6 @@ RUNNERS: dict[str, Callable[[bool], dict]] = {
 def run_all(quick: bool = False, only: tuple[str, ...] = SECTIONS,
             log: Callable[[str], None] = print) -> dict:
     """Run the selected sections in order; a failing one is recorded and skipped."""
-    from unetdist.distributed import forget_accelerator_state
-
     start = time.time()
     result = {"format": FORMAT, "quick": quick, "machine": machine_info(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ratios": {}, "figures": {},
@@ -147,7 +145,6 @@ def run_all(quick: bool = False, only: tuple[str, ...] = SECTIONS,
         log(f"=== [{i}/{len(only)}] {name}")
         t0 = time.perf_counter()
         try:
-            forget_accelerator_state()  # each section's precision, as in a process of its own
             result["sections"][name] = RUNNERS[name](quick)
         except Exception as e:  # noqa: BLE001 - one broken section must not lose the others
             result["errors"][name] = f"{type(e).__name__}: {e}"
